@@ -1,0 +1,457 @@
+//! Event types and their CloudEvents 1.0 structured-JSON encoding.
+//!
+//! A [`ChatEvent`] is the envelope (id, source, subject, time, who acted, trace context) around a
+//! typed [`Payload`]. [`ChatEvent::encode`] turns it into what is appended to JetStream: subject,
+//! headers (`Content-Type`, `Nats-Msg-Id`) and body; [`ChatEvent::decode`] reads a stored body
+//! back. The CloudEvent itself is `cloudevents-sdk`'s `Event`, so the attribute rules of the spec
+//! are the SDK's.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chrono::{DateTime, SubsecRound, Utc};
+use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Map, Value};
+
+use crate::{
+    ids::{EventId, RoomId, UserId},
+    streams::Stream,
+    subjects::headers,
+};
+
+/// `chat.room.created`: `members` lists who may see a private room (its creator included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomCreated {
+    pub name: String,
+    #[serde(default)]
+    pub topic: String,
+    #[serde(default)]
+    pub private: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<UserId>,
+}
+
+/// `chat.room.updated`: only the fields that changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomUpdated {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+/// `chat.member.joined` / `chat.member.left`: `member` added to or removed from a private room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub member: UserId,
+}
+
+/// `chat.message.posted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagePosted {
+    pub text: String,
+    #[serde(default)]
+    pub mentions: Vec<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<EventId>,
+}
+
+/// `chat.message.edited`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageEdited {
+    pub message_id: EventId,
+    pub text: String,
+}
+
+/// `chat.message.deleted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDeleted {
+    pub message_id: EventId,
+}
+
+/// `chat.reaction.added` / `chat.reaction.removed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    pub message_id: EventId,
+    pub emoji: String,
+}
+
+/// `chat.presence.online` / `heartbeat` / `offline`: `connection` is opaque, one per socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub connection: String,
+}
+
+/// Events with nothing beside `user` (`chat.typing.started` / `stopped`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// `chat.read.marked`: read up to and including `seq` in `room`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMarked {
+    pub room: RoomId,
+    pub seq: u64,
+}
+
+/// `chat.notification.created`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationCreated {
+    pub room: RoomId,
+    pub seq: u64,
+    pub message_id: EventId,
+    pub by: UserId,
+    pub text: String,
+    pub reason: String,
+}
+
+/// `chat.notification.read`: some notifications by id, or all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationRead {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<EventId>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+/// `chat.account.registered`: an argon2id PHC string, never a password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRegistered {
+    pub password_hash: String,
+}
+
+macro_rules! payloads {
+    ($($variant:ident($data:ty) = $ty:literal in $stream:ident,)*) => {
+        /// What happened: one variant per CloudEvent `type` of the protocol.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Payload {
+            $($variant($data),)*
+        }
+
+        impl Payload {
+            /// Every CloudEvent `type` this crate knows.
+            pub const TYPES: &'static [&'static str] = &[$($ty,)*];
+
+            /// The CloudEvent `type`.
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $(Payload::$variant(_) => $ty,)*
+                }
+            }
+
+            /// The stream events of this type are stored in.
+            pub fn stream(&self) -> Stream {
+                match self {
+                    $(Payload::$variant(_) => Stream::$stream,)*
+                }
+            }
+
+            fn to_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
+                match self {
+                    $(Payload::$variant(d) => to_map(d),)*
+                }
+            }
+
+            fn from_value(ty: &str, data: Value) -> Result<Self, DecodeError> {
+                match ty {
+                    $($ty => from_value(data).map(Payload::$variant),)*
+                    other => Err(DecodeError::UnknownType(other.to_string())),
+                }
+            }
+        }
+    };
+}
+
+payloads! {
+    RoomCreated(RoomCreated) = "chat.room.created" in Rooms,
+    RoomUpdated(RoomUpdated) = "chat.room.updated" in Rooms,
+    MemberJoined(Membership) = "chat.member.joined" in Rooms,
+    MemberLeft(Membership) = "chat.member.left" in Rooms,
+    MessagePosted(MessagePosted) = "chat.message.posted" in Rooms,
+    MessageEdited(MessageEdited) = "chat.message.edited" in Rooms,
+    MessageDeleted(MessageDeleted) = "chat.message.deleted" in Rooms,
+    ReactionAdded(Reaction) = "chat.reaction.added" in Rooms,
+    ReactionRemoved(Reaction) = "chat.reaction.removed" in Rooms,
+    PresenceOnline(Presence) = "chat.presence.online" in Presence,
+    PresenceHeartbeat(Presence) = "chat.presence.heartbeat" in Presence,
+    PresenceOffline(Presence) = "chat.presence.offline" in Presence,
+    TypingStarted(Empty) = "chat.typing.started" in Presence,
+    TypingStopped(Empty) = "chat.typing.stopped" in Presence,
+    ReadMarked(ReadMarked) = "chat.read.marked" in Users,
+    NotificationCreated(NotificationCreated) = "chat.notification.created" in Users,
+    NotificationRead(NotificationRead) = "chat.notification.read" in Users,
+    AccountRegistered(AccountRegistered) = "chat.account.registered" in Accounts,
+}
+
+fn to_map<T: Serialize>(data: &T) -> Result<Map<String, Value>, serde_json::Error> {
+    match serde_json::to_value(data)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(serde::ser::Error::custom("event data must be a json object")),
+    }
+}
+
+fn from_value<T: DeserializeOwned>(data: Value) -> Result<T, DecodeError> {
+    serde_json::from_value(data).map_err(DecodeError::Data)
+}
+
+/// One action, as stored in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatEvent {
+    pub id: EventId,
+    /// The component that appended it: `edge`, `notifications`, ... (`source` is
+    /// `/chatlog/<component>`).
+    pub component: String,
+    /// The room (room and presence events) or user (user and account events) it is about; the
+    /// last token of its NATS subject. Already validated: it is a [`RoomId`] or [`UserId`].
+    subject: String,
+    /// When it happened, UTC, whole microseconds (what survives an RFC 3339 round trip).
+    pub time: DateTime<Utc>,
+    /// Who acted.
+    pub user: UserId,
+    /// W3C trace context of the action, when there is one.
+    pub traceparent: Option<String>,
+    pub payload: Payload,
+}
+
+/// A [`ChatEvent`] ready to be appended.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// `chat.room.<room>`, `chat.user.<user>`, ...
+    pub subject: String,
+    /// `Content-Type: application/cloudevents+json` and `Nats-Msg-Id: <event id>`.
+    pub headers: HeaderMap,
+    /// The structured-mode CloudEvent JSON.
+    pub body: Bytes,
+}
+
+/// Why a stored message is not a chatlog event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a cloudevent: {0}")]
+    Envelope(#[source] serde_json::Error),
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("bad event data: {0}")]
+    Data(#[source] serde_json::Error),
+    #[error("event has no json object data")]
+    NoData,
+    #[error("bad event attribute: {0}")]
+    Attribute(String),
+}
+
+/// An event could not be built (a bug, not bad input: every field is typed).
+#[derive(Debug, thiserror::Error)]
+#[error("encoding event: {0}")]
+pub struct EncodeError(String);
+
+const SOURCE_PREFIX: &str = "/chatlog/";
+const TRACEPARENT: &str = "traceparent";
+
+impl ChatEvent {
+    /// A new event about `room` (for room and presence payloads), with a fresh id and now as time.
+    pub fn in_room(room: &RoomId, user: UserId, component: &str, payload: Payload) -> Self {
+        Self::with_subject(room.as_str(), user, component, payload)
+    }
+
+    /// A new event about `target` (for user and account payloads).
+    pub fn for_user(target: &UserId, user: UserId, component: &str, payload: Payload) -> Self {
+        Self::with_subject(target.as_str(), user, component, payload)
+    }
+
+    fn with_subject(subject: &str, user: UserId, component: &str, payload: Payload) -> Self {
+        Self {
+            id: EventId::new(),
+            component: component.to_string(),
+            subject: subject.to_string(),
+            time: Utc::now().trunc_subsecs(6),
+            user,
+            traceparent: None,
+            payload,
+        }
+    }
+
+    /// Sets the id (the client's id for the action, or a derived one).
+    pub fn with_id(mut self, id: EventId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Sets the time (tests and derived events carry the time of their cause).
+    pub fn with_time(mut self, time: DateTime<Utc>) -> Self {
+        self.time = time.trunc_subsecs(6);
+        self
+    }
+
+    /// The id the event is about: the room or the user.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The room, for room and presence events.
+    pub fn room(&self) -> Option<RoomId> {
+        match self.payload.stream() {
+            Stream::Rooms | Stream::Presence => RoomId::parse(self.subject.as_str()).ok(),
+            Stream::Users | Stream::Accounts => None,
+        }
+    }
+
+    /// `chat.room.<room>`, ...: where the event is stored.
+    pub fn nats_subject(&self) -> String {
+        format!("{}.{}", self.payload.stream().subject_prefix(), self.subject)
+    }
+
+    /// The structured-mode CloudEvent.
+    pub fn to_cloudevent(&self) -> Result<Event, EncodeError> {
+        let mut data = self
+            .payload
+            .to_map()
+            .map_err(|e| EncodeError(e.to_string()))?;
+        data.insert("user".into(), Value::String(self.user.to_string()));
+        let mut builder = EventBuilderV10::new()
+            .id(self.id.to_string())
+            .source(format!("{SOURCE_PREFIX}{}", self.component))
+            .ty(self.payload.event_type())
+            .subject(self.subject.clone())
+            .time(self.time)
+            .data("application/json", Value::Object(data));
+        if let Some(tp) = &self.traceparent {
+            builder = builder.extension(TRACEPARENT, tp.clone());
+        }
+        builder.build().map_err(|e| EncodeError(e.to_string()))
+    }
+
+    /// The JSON body stored in the log.
+    pub fn to_json(&self) -> Result<Vec<u8>, EncodeError> {
+        serde_json::to_vec(&self.to_cloudevent()?).map_err(|e| EncodeError(e.to_string()))
+    }
+
+    /// Subject, headers and body of the append.
+    pub fn encode(&self) -> Result<Encoded, EncodeError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(headers::CONTENT_TYPE, headers::CLOUDEVENTS_JSON);
+        headers.insert(headers::MSG_ID, self.id.to_string().as_str());
+        Ok(Encoded {
+            subject: self.nats_subject(),
+            headers,
+            body: Bytes::from(self.to_json()?),
+        })
+    }
+
+    /// Reads a stored body back.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let event: Event = serde_json::from_slice(body).map_err(DecodeError::Envelope)?;
+        Self::from_cloudevent(event)
+    }
+
+    /// Reads a CloudEvent produced by [`ChatEvent::to_cloudevent`].
+    pub fn from_cloudevent(event: Event) -> Result<Self, DecodeError> {
+        let attr = |what: &str| DecodeError::Attribute(what.to_string());
+        let id = EventId::parse(event.id()).map_err(|_| attr("id is not a uuid"))?;
+        let component = event
+            .source()
+            .as_str()
+            .strip_prefix(SOURCE_PREFIX)
+            .ok_or_else(|| attr("source is not /chatlog/<component>"))?
+            .to_string();
+        let time = *event.time().ok_or_else(|| attr("time is missing"))?;
+        let subject = event
+            .subject()
+            .ok_or_else(|| attr("subject is missing"))?
+            .to_string();
+        let traceparent = event.extension(TRACEPARENT).map(|v| v.to_string());
+        let ty = event.ty().to_string();
+        let mut data = match event.data() {
+            Some(Data::Json(Value::Object(map))) => map.clone(),
+            Some(Data::String(s)) => match serde_json::from_str(s) {
+                Ok(Value::Object(map)) => map,
+                _ => return Err(DecodeError::NoData),
+            },
+            Some(Data::Binary(b)) => match serde_json::from_slice(b) {
+                Ok(Value::Object(map)) => map,
+                _ => return Err(DecodeError::NoData),
+            },
+            _ => return Err(DecodeError::NoData),
+        };
+        let user = data
+            .remove("user")
+            .ok_or_else(|| attr("data.user is missing"))
+            .and_then(|u| serde_json::from_value::<UserId>(u).map_err(DecodeError::Data))?;
+        let payload = Payload::from_value(&ty, Value::Object(data))?;
+        let valid_subject = match payload.stream() {
+            Stream::Rooms | Stream::Presence => RoomId::parse(subject.as_str()).is_ok(),
+            Stream::Users | Stream::Accounts => UserId::parse(subject.as_str()).is_ok(),
+        };
+        if !valid_subject {
+            return Err(attr("subject is not a valid id"));
+        }
+        Ok(Self {
+            id,
+            component,
+            subject,
+            time,
+            user,
+            traceparent,
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lobby() -> RoomId {
+        RoomId::parse("lobby").unwrap()
+    }
+
+    fn ada() -> UserId {
+        UserId::parse("ada").unwrap()
+    }
+
+    #[test]
+    fn encode_sets_subject_and_headers() {
+        let ev = ChatEvent::in_room(
+            &lobby(),
+            ada(),
+            "edge",
+            Payload::MessagePosted(MessagePosted {
+                text: "hi".into(),
+                mentions: vec![],
+                reply_to: None,
+            }),
+        );
+        let enc = ev.encode().unwrap();
+        assert_eq!(enc.subject, "chat.room.lobby");
+        assert_eq!(
+            enc.headers.get(headers::MSG_ID).map(|v| v.as_str()),
+            Some(ev.id.to_string().as_str())
+        );
+        assert_eq!(
+            enc.headers.get(headers::CONTENT_TYPE).map(|v| v.as_str()),
+            Some("application/cloudevents+json")
+        );
+        assert_eq!(ChatEvent::decode(&enc.body).unwrap(), ev);
+    }
+
+    #[test]
+    fn user_events_go_to_the_user_subject() {
+        let ev = ChatEvent::for_user(
+            &ada(),
+            ada(),
+            "edge",
+            Payload::ReadMarked(ReadMarked { room: lobby(), seq: 7 }),
+        );
+        assert_eq!(ev.nats_subject(), "chat.user.ada");
+        assert_eq!(ev.room(), None);
+    }
+
+    #[test]
+    fn decode_rejects_what_is_not_a_chatlog_event() {
+        assert!(matches!(ChatEvent::decode(b"nope"), Err(DecodeError::Envelope(_))));
+        let unknown = br#"{"specversion":"1.0","id":"0190f7a2-0000-7000-8000-000000000001","source":"/chatlog/edge","type":"chat.future.thing","subject":"lobby","time":"2026-01-01T00:00:00Z","datacontenttype":"application/json","data":{"user":"ada"}}"#;
+        assert!(matches!(ChatEvent::decode(unknown), Err(DecodeError::UnknownType(t)) if t == "chat.future.thing"));
+        let bad_subject = br#"{"specversion":"1.0","id":"0190f7a2-0000-7000-8000-000000000001","source":"/chatlog/edge","type":"chat.typing.started","subject":"a.b","time":"2026-01-01T00:00:00Z","datacontenttype":"application/json","data":{"user":"ada"}}"#;
+        assert!(matches!(ChatEvent::decode(bad_subject), Err(DecodeError::Attribute(_))));
+        let no_user = br#"{"specversion":"1.0","id":"0190f7a2-0000-7000-8000-000000000001","source":"/chatlog/edge","type":"chat.typing.started","subject":"lobby","time":"2026-01-01T00:00:00Z","datacontenttype":"application/json","data":{}}"#;
+        assert!(ChatEvent::decode(no_user).is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! The four JetStream streams of the log (PROTOCOL §1) and their configuration.
+//!
+//! [`configs`] says what each stream must look like; [`ensure`] creates the missing ones and
+//! updates those whose configuration differs. Only the subject prefixes here and in
+//! [`crate::subjects`] name the log.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    stream::{Config, DiscardPolicy, Republish, StorageType},
+};
+
+/// The stream an event type lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Rooms,
+    Presence,
+    Users,
+    Accounts,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 4] = [
+        Stream::Rooms,
+        Stream::Presence,
+        Stream::Users,
+        Stream::Accounts,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Rooms => "CHAT_ROOMS",
+            Stream::Presence => "CHAT_PRESENCE",
+            Stream::Users => "CHAT_USERS",
+            Stream::Accounts => "CHAT_ACCOUNTS",
+        }
+    }
+
+    /// `chat.room`, `chat.presence`, ...: a stored subject is `<prefix>.<id>`.
+    pub fn subject_prefix(self) -> &'static str {
+        match self {
+            Stream::Rooms => "chat.room",
+            Stream::Presence => "chat.presence",
+            Stream::Users => "chat.user",
+            Stream::Accounts => "chat.account",
+        }
+    }
+
+    /// Where RePublish copies the stream's messages, if it does.
+    pub fn live_prefix(self) -> Option<&'static str> {
+        match self {
+            Stream::Rooms => Some("live.room"),
+            Stream::Presence => Some("live.presence"),
+            Stream::Users => Some("live.user"),
+            Stream::Accounts => None,
+        }
+    }
+
+    /// The stream a stored subject belongs to, if any.
+    pub fn of_subject(subject: &str) -> Option<Stream> {
+        Stream::ALL.into_iter().find(|s| {
+            subject
+                .strip_prefix(s.subject_prefix())
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+}
+
+/// The knobs of the stream configurations; the defaults are the protocol's.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Largest stored event, in bytes. Matches the edge's frame limit: an event built from an
+    /// accepted frame always fits.
+    pub max_msg_size: i32,
+    /// How long a `Nats-Msg-Id` is remembered: a retried append within it is stored once.
+    pub duplicate_window: Duration,
+    /// Presence is short-lived: heartbeats older than this are dropped.
+    pub presence_max_age: Duration,
+    /// 1 on a single server, 3 on a cluster of three or more.
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            max_msg_size: 64 * 1024,
+            duplicate_window: Duration::from_secs(5 * 60),
+            presence_max_age: Duration::from_secs(10 * 60),
+            replicas: 1,
+        }
+    }
+}
+
+/// The configuration each stream must have.
+pub fn configs(settings: &StreamSettings) -> Vec<Config> {
+    Stream::ALL
+        .into_iter()
+        .map(|stream| config(stream, settings))
+        .collect()
+}
+
+/// The configuration of one stream.
+pub fn config(stream: Stream, settings: &StreamSettings) -> Config {
+    let prefix = stream.subject_prefix();
+    let mut config = Config {
+        name: stream.name().to_string(),
+        subjects: vec![format!("{prefix}.*")],
+        storage: StorageType::File,
+        discard: DiscardPolicy::New,
+        num_replicas: settings.replicas,
+        max_message_size: settings.max_msg_size,
+        duplicate_window: settings.duplicate_window,
+        allow_direct: true,
+        republish: stream.live_prefix().map(|live| Republish {
+            source: format!("{prefix}.>"),
+            destination: format!("{live}.>"),
+            headers_only: false,
+        }),
+        ..Default::default()
+    };
+    match stream {
+        Stream::Rooms => {
+            config.description = Some("everything that happens in a room".into());
+            config.deny_delete = true;
+            config.deny_purge = true;
+        }
+        Stream::Presence => {
+            config.description = Some("heartbeats, online/offline and typing".into());
+            config.max_age = settings.presence_max_age;
+        }
+        Stream::Users => {
+            config.description = Some("per-user events: read markers, notifications".into());
+            config.deny_delete = true;
+        }
+        Stream::Accounts => {
+            config.description = Some("account registrations".into());
+            config.deny_delete = true;
+        }
+    }
+    config
+}
+
+/// Whether `have` (as the server reports it) lacks something `want` asks for.
+fn differs(want: &Config, have: &Config) -> bool {
+    want.subjects != have.subjects
+        || want.storage != have.storage
+        || want.discard != have.discard
+        || want.num_replicas != have.num_replicas.max(1)
+        || want.max_message_size != have.max_message_size
+        || want.duplicate_window != have.duplicate_window
+        || want.max_age != have.max_age
+        || want.deny_delete != have.deny_delete
+        || want.deny_purge != have.deny_purge
+        || want.allow_direct != have.allow_direct
+        || want.republish != have.republish
+        || want.description != have.description
+}
+
+/// What [`ensure`] did to one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// A stream could not be read, created or updated.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} stream {stream}: {source}")]
+pub struct EnsureError {
+    pub action: &'static str,
+    pub stream: &'static str,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Creates every missing stream and updates those whose configuration differs.
+pub async fn ensure(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<Vec<(Stream, Ensured)>, EnsureError> {
+    use async_nats::jetstream::{context::GetStreamErrorKind, ErrorCode};
+    let mut done = Vec::new();
+    for stream in Stream::ALL {
+        let name = stream.name();
+        let fail = |action: &'static str| {
+            move |e: Box<dyn std::error::Error + Send + Sync>| EnsureError {
+                action,
+                stream: name,
+                source: e,
+            }
+        };
+        let want = config(stream, settings);
+        let outcome = match js.get_stream(name).await {
+            Ok(mut existing) => {
+                let info = existing.info().await.map_err(|e| fail("reading")(e.into()))?;
+                if differs(&want, &info.config) {
+                    js.update_stream(&want)
+                        .await
+                        .map_err(|e| fail("updating")(e.into()))?;
+                    Ensured::Updated
+                } else {
+                    Ensured::Unchanged
+                }
+            }
+            Err(e)
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                js.create_stream(want)
+                    .await
+                    .map_err(|e| fail("creating")(e.into()))?;
+                Ensured::Created
+            }
+            Err(e) => return Err(fail("reading")(e.into())),
+        };
+        done.push((stream, outcome));
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_room_log_is_append_only_and_republished() {
+        let c = config(Stream::Rooms, &StreamSettings::default());
+        assert_eq!(c.name, "CHAT_ROOMS");
+        assert_eq!(c.subjects, vec!["chat.room.*".to_string()]);
+        assert_eq!(c.discard, DiscardPolicy::New);
+        assert!(c.deny_delete && c.deny_purge);
+        assert_eq!(c.max_message_size, 64 * 1024);
+        assert!(c.duplicate_window >= Duration::from_secs(120));
+        let rp = c.republish.expect("rooms are republished");
+        assert_eq!((rp.source.as_str(), rp.destination.as_str()), ("chat.room.>", "live.room.>"));
+        assert!(!rp.headers_only);
+    }
+
+    #[test]
+    fn every_stream_but_accounts_has_a_live_copy() {
+        for c in configs(&StreamSettings::default()) {
+            assert_eq!(c.republish.is_some(), c.name != "CHAT_ACCOUNTS", "{}", c.name);
+        }
+        assert!(config(Stream::Presence, &StreamSettings::default()).max_age > Duration::ZERO);
+    }
+
+    #[test]
+    fn a_subject_maps_to_its_stream() {
+        assert_eq!(Stream::of_subject("chat.room.lobby"), Some(Stream::Rooms));
+        assert_eq!(Stream::of_subject("chat.user.ada"), Some(Stream::Users));
+        assert_eq!(Stream::of_subject("chat.roomx.a"), None);
+        assert_eq!(Stream::of_subject("live.room.a"), None);
+    }
+}

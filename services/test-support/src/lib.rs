@@ -1,0 +1,187 @@
+//! Test support: a real `nats-server` per test.
+//!
+//! [`NatsServer::start`] runs `nats-server` with JetStream on a free loopback port and a
+//! temporary store, waits (asynchronously, with a real timeout) until JetStream answers, and
+//! kills it and removes the store on `Drop`. [`NatsServer::kill`] and [`NatsServer::restart`] are
+//! for fault tests: the restarted server keeps its port and its store.
+//!
+//! The binary is `$NATS_SERVER_BIN`, else the one `make` installed under `.tools/`, else
+//! `nats-server` on `PATH`; a missing binary panics with a message saying how to get one.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// How long a server may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `nats-server` owned by one test.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+    extra_config: String,
+}
+
+impl NatsServer {
+    /// Starts a JetStream server on a free port with a fresh store, and waits until it is ready.
+    pub async fn start() -> Self {
+        Self::start_with_config("").await
+    }
+
+    /// Like [`NatsServer::start`], with extra lines appended to the server's config file.
+    pub async fn start_with_config(extra_config: &str) -> Self {
+        let store = tempfile::tempdir().expect("creating a temporary store directory");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            store,
+            extra_config: extra_config.to_string(),
+        };
+        server.spawn();
+        server.wait_ready().await;
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's JetStream store directory.
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// `kill -9`: the server gets no chance to flush or say goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store, and waits until it is ready.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    fn spawn(&mut self) {
+        let config_path = self.store.path().join("nats.conf");
+        let jetstream_dir = self.store.path().join("jetstream");
+        let config = format!(
+            "listen: 127.0.0.1:{port}\nserver_name: test-{port}\njetstream {{\n  store_dir: {dir:?}\n}}\n{extra}\n",
+            port = self.port,
+            dir = jetstream_dir.display().to_string(),
+            extra = self.extra_config,
+        );
+        std::fs::write(&config_path, config).expect("writing the nats-server config");
+        let binary = binary();
+        let stderr = if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        self.child = Some(child);
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let url = self.url();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("nats-server exited while starting: {status}");
+            }
+            if jetstream_ready(&url).await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server on {url} not ready after {READY_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn jetstream_ready(url: &str) -> bool {
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_millis(500))
+        .connect(url);
+    let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(1), connect).await else {
+        return false;
+    };
+    let js = async_nats::jetstream::new(client);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), js.query_account()).await,
+        Ok(Ok(_))
+    )
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free loopback port")
+}
+
+/// The `nats-server` binary the tests use.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    // The Makefile installs a pinned server into `<workspace>/.tools/nats-server-<version>/`.
+    let mut dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")));
+    while let Some(d) = dir {
+        let tools = d.join(".tools");
+        if let Ok(entries) = std::fs::read_dir(&tools) {
+            let mut found: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path().join("bin/nats-server"))
+                .filter(|p| p.is_file())
+                .collect();
+            found.sort();
+            if let Some(path) = found.pop() {
+                return path;
+            }
+        }
+        dir = d.parent();
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for p in std::env::split_paths(&paths) {
+            let candidate = p.join("nats-server");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "nats-server not found: run the tests with `make test` (it installs a pinned server into \
+         .tools/), or set NATS_SERVER_BIN"
+    );
+}
