@@ -1,1 +1,241 @@
-//! x
+//! `chatlog-edge`: the only component that talks to clients.
+//!
+//! It serves the HTTP API and the WebSocket protocol (`docs/protocol.md`), validates everything a
+//! client sends before it can touch a subject, appends events to JetStream ([`log`]) and fans the
+//! room log back out to its sockets ([`hub`], [`ws`]). It keeps nothing that matters: any edge
+//! can serve any client, and a restarted edge has lost nothing.
+//!
+//! [`run`] is the whole component; [`app`] is its router, for tests that drive it directly.
+
+pub mod auth;
+pub mod error;
+pub mod frames;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod log;
+pub mod messages;
+pub mod metrics;
+pub mod rooms;
+pub mod ws;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+    serve::ListenerExt,
+};
+use chatlog_events::{RoomId, UserId, streams};
+use tokio::{net::TcpListener, sync::watch};
+
+pub use limits::Limits;
+
+/// Everything the edge is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    /// Where the generated token secret is kept when none is configured.
+    pub data_dir: PathBuf,
+    /// HS256 secret for tokens; when `None`, one is generated once under `data_dir`.
+    pub jwt_secret: Option<String>,
+    pub token_ttl: Duration,
+    pub allow_guests: bool,
+    /// Public rooms created at start when missing (`lobby` for `make up`).
+    pub default_rooms: Vec<RoomId>,
+    pub limits: Limits,
+    pub streams: streams::StreamSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            data_dir: PathBuf::from("data"),
+            jwt_secret: None,
+            token_ttl: Duration::from_secs(24 * 3600),
+            allow_guests: true,
+            default_rooms: Vec::new(),
+            limits: Limits::default(),
+            streams: streams::StreamSettings::default(),
+        }
+    }
+}
+
+/// Shared state of the edge; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub log: log::Log,
+    pub hub: hub::Hub,
+    pub rooms: rooms::Directory,
+    pub auth: auth::Auth,
+    pub metrics: metrics::Metrics,
+    /// Flips to true when the edge shuts down: every connection closes with 1001.
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The router: every route of the protocol the edge serves.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.limits.max_frame_bytes;
+    Router::new()
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .route("/ws", get(ws::upgrade))
+        .route("/api/auth/guest", post(http::guest))
+        .route("/api/rooms", get(http::list_rooms).post(http::create_room))
+        .route("/api/rooms/{room}/messages", post(http::post_message))
+        .route("/api/rooms/{room}/events", get(http::room_events))
+        .fallback(http::fallback)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Connects to NATS. The client reconnects by itself, for ever; `reconnects` is bumped on every
+/// (re)connection so the room feeds can catch up on what they missed.
+pub async fn connect(url: &str, name: &str) -> Result<(async_nats::Client, watch::Receiver<u64>), async_nats::ConnectError> {
+    let (tx, rx) = watch::channel(0u64);
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64).saturating_mul(100).min(2000))
+        })
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("nats connected");
+                        tx.send_modify(|n| *n += 1);
+                    }
+                    async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                    other => tracing::debug!(event = %other, "nats event"),
+                }
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok((client, rx))
+}
+
+/// Creates or updates the streams, retrying while NATS is not reachable yet.
+pub async fn ensure_streams(
+    js: &async_nats::jetstream::Context,
+    settings: &streams::StreamSettings,
+    patience: Duration,
+) -> Result<(), streams::EnsureError> {
+    let until = tokio::time::Instant::now() + patience;
+    loop {
+        match streams::ensure(js, settings).await {
+            Ok(done) => {
+                for (stream, what) in done {
+                    tracing::info!(stream = stream.name(), outcome = ?what, "stream ensured");
+                }
+                return Ok(());
+            }
+            Err(e) if tokio::time::Instant::now() < until => {
+                tracing::warn!(error = %e, "streams not ready, retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Builds the edge's state on a NATS connection.
+pub async fn state(
+    config: Config,
+    client: async_nats::Client,
+    reconnects: watch::Receiver<u64>,
+) -> std::io::Result<AppState> {
+    let secret = match &config.jwt_secret {
+        Some(s) => s.as_bytes().to_vec(),
+        None => auth::load_or_create_secret(&config.data_dir)?,
+    };
+    let log = log::Log::new(client, config.limits.nats_deadline);
+    let hub = hub::Hub::new(log.clone(), reconnects, config.limits.nats_deadline);
+    Ok(AppState(Arc::new(Inner {
+        auth: auth::Auth::new(&secret, config.token_ttl),
+        rooms: rooms::Directory::new(log.clone()),
+        metrics: metrics::Metrics::default(),
+        shutdown: watch::Sender::new(false),
+        hub,
+        log,
+        config,
+    })))
+}
+
+/// Creates the configured default rooms that do not exist yet.
+pub async fn ensure_default_rooms(state: &AppState) -> Result<(), error::ApiError> {
+    let system = UserId::parse("chatlog").map_err(error::ApiError::internal)?;
+    for room in &state.config.default_rooms {
+        if state.rooms.get(room).await?.is_some() {
+            continue;
+        }
+        let new = rooms::NewRoom {
+            id: room.clone(),
+            name: room.to_string(),
+            topic: String::new(),
+            private: false,
+            members: Vec::new(),
+        };
+        match state.rooms.create(&system, new).await {
+            Ok(_) => tracing::info!(room = %room, "created default room"),
+            Err(e) if e.code == error::Code::Conflict => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then closes every socket with 1001.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local: SocketAddr = listener.local_addr()?;
+    tracing::info!(addr = %local, "edge listening");
+    let listener = listener.tap_io(|tcp| {
+        // Chat frames are small: do not let Nagle hold them back.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "setting TCP_NODELAY failed");
+        }
+    });
+    let closing = state.shutdown.clone();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.send_replace(true);
+        })
+        .await
+}
+
+/// The whole edge: connect, ensure the streams and default rooms, serve until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (client, reconnects) = connect(&config.nats_url, "chatlog-edge").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_streams(&js, &config.streams, Duration::from_secs(60)).await?;
+    let state = state(config, client, reconnects).await?;
+    ensure_default_rooms(&state).await.map_err(|e| e.to_string())?;
+    serve(state, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The command line (PROTOCOL §5). Every option also reads an environment variable.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use chatlog_edge::{Config, Limits};
+use chatlog_events::{RoomId, streams::StreamSettings};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "chatlog", version, about = "event-sourced chat on NATS JetStream")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run every component in one process (what `make up` runs).
+    Up(EdgeArgs),
+    /// Run the WebSocket and HTTP edge alone (for scaling out).
+    Edge(EdgeArgs),
+}
+
+#[derive(Args)]
+pub struct EdgeArgs {
+    /// NATS server to use.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(long, env = "CHATLOG_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: String,
+    /// Where local state (the generated token secret) is kept.
+    #[arg(long, env = "CHATLOG_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// HS256 token secret (at least 32 characters); generated under the data dir when unset.
+    #[arg(long, env = "CHATLOG_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Token lifetime in seconds.
+    #[arg(long, env = "CHATLOG_TOKEN_TTL", default_value_t = 24 * 3600)]
+    pub token_ttl: u64,
+    /// Allow guest logins (`POST /api/auth/guest`).
+    #[arg(long, env = "CHATLOG_ALLOW_GUESTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_guests: bool,
+    /// Public rooms to create at start when missing (comma-separated).
+    #[arg(long, env = "CHATLOG_DEFAULT_ROOMS", default_value = "lobby", value_delimiter = ',')]
+    pub default_rooms: Vec<String>,
+    /// Longest message text, in characters.
+    #[arg(long, env = "CHATLOG_MAX_TEXT", default_value_t = Limits::default().max_text_chars)]
+    pub max_text: usize,
+    /// Largest WebSocket frame, in bytes.
+    #[arg(long, env = "CHATLOG_MAX_FRAME", default_value_t = Limits::default().max_frame_bytes)]
+    pub max_frame: usize,
+    /// Sends per connection per second.
+    #[arg(long, env = "CHATLOG_SEND_RATE", default_value_t = Limits::default().sends_per_second)]
+    pub send_rate: f64,
+    /// Sends per connection in a burst.
+    #[arg(long, env = "CHATLOG_SEND_BURST", default_value_t = Limits::default().send_burst)]
+    pub send_burst: f64,
+    /// Rooms one connection may join.
+    #[arg(long, env = "CHATLOG_MAX_ROOMS", default_value_t = Limits::default().max_rooms_per_connection)]
+    pub max_rooms: usize,
+    /// Room events queued per connection before it is closed as a slow consumer.
+    #[arg(long, env = "CHATLOG_OUTBOUND_QUEUE", default_value_t = Limits::default().outbound_queue)]
+    pub outbound_queue: usize,
+    /// Stream replicas (3 on a cluster of three or more).
+    #[arg(long, env = "CHATLOG_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+}
+
+impl EdgeArgs {
+    /// The edge's config and the address to bind.
+    pub fn into_config(self) -> anyhow::Result<(Config, String)> {
+        if let Some(secret) = &self.jwt_secret {
+            anyhow::ensure!(secret.len() >= 32, "the token secret must be at least 32 characters");
+        }
+        let default_rooms = self
+            .default_rooms
+            .iter()
+            .filter(|r| !r.is_empty())
+            .map(|r| RoomId::parse(r.as_str()).with_context(|| format!("default room {r:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let limits = Limits {
+            max_text_chars: self.max_text,
+            max_frame_bytes: self.max_frame,
+            sends_per_second: self.send_rate,
+            send_burst: self.send_burst,
+            max_rooms_per_connection: self.max_rooms,
+            outbound_queue: self.outbound_queue.max(1),
+            ..Limits::default()
+        };
+        let streams = StreamSettings {
+            // The stream must hold any event an accepted frame can become.
+            max_msg_size: i32::try_from(self.max_frame).unwrap_or(i32::MAX),
+            replicas: self.replicas.max(1),
+            ..StreamSettings::default()
+        };
+        let config = Config {
+            nats_url: self.nats_url,
+            data_dir: self.data_dir,
+            jwt_secret: self.jwt_secret,
+            token_ttl: Duration::from_secs(self.token_ttl),
+            allow_guests: self.allow_guests,
+            default_rooms,
+            limits,
+            streams,
+        };
+        Ok((config, self.http))
+    }
+}

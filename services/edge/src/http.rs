@@ -1,0 +1,273 @@
+//! The HTTP API (PROTOCOL §3) as far as the edge serves it by itself: health, guest login, the
+//! room directory, posting messages and reading a room's stored events.
+
+use axum::{
+    Json,
+    extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chatlog_events::{RoomId, Stream, UserId, subjects};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::value::RawValue;
+
+use crate::{
+    AppState,
+    auth::{AuthUser, Kind},
+    error::{ApiError, Code},
+    rooms::{NewRoom, RoomSummary},
+};
+
+/// A JSON body whose rejection is a protocol error (`400 {"code","message"}`).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(JsonRejection::BytesRejection(_)) => {
+                Err(ApiError::new(Code::TooLarge, "body too large"))
+            }
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.log.ready().await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "nats unreachable or streams missing").into_response()
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state
+        .metrics
+        .render(state.hub.rooms(), state.log.connected());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestLogin {
+    user: String,
+}
+
+#[derive(Serialize)]
+pub struct TokenAnswer {
+    token: String,
+}
+
+/// `POST /api/auth/guest {"user"}`: a token for a name nobody registered.
+pub async fn guest(
+    State(state): State<AppState>,
+    ApiJson(login): ApiJson<GuestLogin>,
+) -> Result<Json<TokenAnswer>, ApiError> {
+    if !state.config.allow_guests {
+        return Err(ApiError::new(Code::Forbidden, "guest login is switched off"));
+    }
+    let user = parse_user(&login.user)?;
+    let account = state
+        .log
+        .last_message(Stream::Accounts, &subjects::account(&user))
+        .await?;
+    if account.is_some() {
+        return Err(ApiError::new(
+            Code::Conflict,
+            "that name belongs to a registered account",
+        ));
+    }
+    let token = state.auth.issue(&user, Kind::Guest)?;
+    Ok(Json(TokenAnswer { token }))
+}
+
+/// `GET /api/rooms`: the rooms the caller may see.
+pub async fn list_rooms(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<Vec<RoomSummary>>, ApiError> {
+    Ok(Json(state.rooms.list(&user).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoom {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    private: bool,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+const MAX_NAME_CHARS: usize = 100;
+const MAX_TOPIC_CHARS: usize = 1000;
+const MAX_MEMBERS: usize = 1000;
+
+/// `POST /api/rooms`: 201 the room; 409 when it exists.
+pub async fn create_room(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(req): ApiJson<CreateRoom>,
+) -> Result<(StatusCode, Json<RoomSummary>), ApiError> {
+    let id = parse_room(&req.id)?;
+    let name = req.name.unwrap_or_else(|| id.to_string());
+    let topic = req.topic.unwrap_or_default();
+    if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "name must be 1 to {MAX_NAME_CHARS} characters"
+        )));
+    }
+    if topic.chars().count() > MAX_TOPIC_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "topic must be at most {MAX_TOPIC_CHARS} characters"
+        )));
+    }
+    if req.members.len() > MAX_MEMBERS {
+        return Err(ApiError::bad_request(format!("at most {MAX_MEMBERS} members")));
+    }
+    let members = req
+        .members
+        .iter()
+        .map(|m| parse_user(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let new = NewRoom {
+        id,
+        name,
+        topic,
+        private: req.private,
+        members,
+    };
+    let room = state.rooms.create(&user, new).await?;
+    let last_seq = state
+        .log
+        .last_seq(Stream::Rooms, &subjects::room(&room.id))
+        .await?;
+    Ok((StatusCode::CREATED, Json(RoomSummary { room, last_seq })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessage {
+    text: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    reply_to: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Posted {
+    id: String,
+    seq: u64,
+}
+
+/// `POST /api/rooms/{room}/messages`: 201 `{"id","seq"}`, idempotent on `id`.
+pub async fn post_message(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(room): Path<String>,
+    ApiJson(req): ApiJson<PostMessage>,
+) -> Result<(StatusCode, Json<Posted>), ApiError> {
+    let room = parse_room(&room)?;
+    let event = crate::messages::post(
+        &state,
+        &user,
+        &room,
+        req.text,
+        req.id.as_deref(),
+        req.reply_to.as_deref(),
+    )
+    .await?;
+    let appended = state.log.append(&event).await?;
+    state.metrics.appended();
+    Ok((
+        StatusCode::CREATED,
+        Json(Posted {
+            id: event.id.to_string(),
+            seq: appended.seq,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+const DEFAULT_EVENTS: usize = 100;
+const MAX_EVENTS: usize = 1000;
+
+#[derive(Serialize)]
+pub struct StoredEvent {
+    seq: u64,
+    event: Box<RawValue>,
+}
+
+/// `GET /api/rooms/{room}/events?since=S&limit=N`: the stored CloudEvents after S, oldest first.
+pub async fn room_events(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(room): Path<String>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<StoredEvent>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let room = parse_room(&room)?;
+    state.rooms.visible(&room, &user).await?;
+    let limit = query.limit.unwrap_or(DEFAULT_EVENTS);
+    if limit == 0 || limit > MAX_EVENTS {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_EVENTS}"
+        )));
+    }
+    let subject = subjects::room(&room);
+    let head = state.log.last_seq(Stream::Rooms, &subject).await?;
+    let stored = state
+        .log
+        .read(
+            Stream::Rooms,
+            &subject,
+            query.since.saturating_add(1),
+            head,
+            limit,
+        )
+        .await?;
+    let events = stored
+        .into_iter()
+        .filter_map(|m| {
+            let event = RawValue::from_string(String::from_utf8(m.body.to_vec()).ok()?).ok()?;
+            Some(StoredEvent { seq: m.seq, event })
+        })
+        .collect();
+    Ok(Json(events))
+}
+
+pub fn parse_room(room: &str) -> Result<RoomId, ApiError> {
+    RoomId::parse(room).map_err(|e| ApiError::bad_request(format!("bad room id: {e}")))
+}
+
+pub fn parse_user(user: &str) -> Result<UserId, ApiError> {
+    UserId::parse(user).map_err(|e| ApiError::bad_request(format!("bad user id: {e}")))
+}
+
+/// Any other path: a JSON 404.
+pub async fn fallback() -> ApiError {
+    ApiError::not_found("route")
+}

@@ -1,0 +1,323 @@
+//! Per-room fan-out: one core NATS subscription per room per edge process.
+//!
+//! A [`Feed`] subscribes to `live.room.<room>` (the stream's RePublish copy), keeps the last seq
+//! it forwarded, and hands every room event, in seq order, to each local subscriber's bounded
+//! queue, the frame serialized once and shared. The republished `Nats-Last-Sequence` header names
+//! the previous event of the room: when it is not the last forwarded seq, the feed reads the
+//! missing events from the stream before going on, so what it forwards has no gap. After a NATS
+//! reconnect it reads up to the room's head for the same reason.
+//!
+//! A subscriber whose queue is full is dropped from the feed and its connection is told to close
+//! (`kick`): a slow client never slows the room. Subscribing returns the last forwarded seq, taken
+//! under the same lock that forwards, so a subscriber gets exactly the events after it.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{HeaderMap, Message};
+use axum::extract::ws::Utf8Bytes;
+use chatlog_events::{RoomId, Stream, subjects};
+use futures::StreamExt;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::{
+    frames,
+    log::{Log, LogError},
+};
+
+/// One room event for one joined connection.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Which join of the connection this is for (a connection may leave and rejoin a room).
+    pub join: u64,
+    pub seq: u64,
+    /// The `event` frame, shared by every delivery of this event.
+    pub frame: Utf8Bytes,
+}
+
+/// A connection's place in a room's feed.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub join: u64,
+    pub tx: mpsc::Sender<Delivery>,
+    /// Told when the queue overflowed: the connection must close.
+    pub kick: Arc<Notify>,
+}
+
+/// The fan-out of every room some local connection has joined.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    log: Log,
+    feeds: Mutex<HashMap<RoomId, Arc<Feed>>>,
+    next_join: AtomicU64,
+    /// Bumped on every NATS (re)connect: feeds then read up to the head in case they missed some.
+    reconnects: watch::Receiver<u64>,
+    /// How long a join waits for a new feed to be ready before answering `unavailable`.
+    ready_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Starting,
+    Ready,
+    Failed,
+}
+
+struct Feed {
+    room: RoomId,
+    state: Mutex<FeedState>,
+    status: watch::Sender<Status>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+struct FeedState {
+    /// The last seq forwarded: every later event goes to every subscriber.
+    last: u64,
+    subscribers: Vec<Subscriber>,
+    /// Set when the last subscriber left; a join that finds it closed starts a new feed.
+    closed: bool,
+}
+
+impl Hub {
+    pub fn new(log: Log, reconnects: watch::Receiver<u64>, ready_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                log,
+                feeds: Mutex::new(HashMap::new()),
+                next_join: AtomicU64::new(1),
+                reconnects,
+                ready_timeout,
+            }),
+        }
+    }
+
+    /// A join id, unique in this process.
+    pub fn next_join(&self) -> u64 {
+        self.inner.next_join.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Number of rooms with a live subscription here.
+    pub fn rooms(&self) -> usize {
+        lock(&self.inner.feeds).len()
+    }
+
+    /// Adds `sub` to the room's feed (starting it if needed) and returns the last seq forwarded:
+    /// `sub` will get every event after it.
+    pub async fn join(&self, room: &RoomId, sub: Subscriber) -> Result<u64, LogError> {
+        loop {
+            let feed = {
+                let mut feeds = lock(&self.inner.feeds);
+                feeds
+                    .entry(room.clone())
+                    .or_insert_with(|| Feed::start(room.clone(), &self.inner))
+                    .clone()
+            };
+            let mut status = feed.status.subscribe();
+            let ready = tokio::time::timeout(
+                self.inner.ready_timeout,
+                status.wait_for(|s| *s != Status::Starting),
+            )
+            .await;
+            let failed = !matches!(ready, Ok(Ok(s)) if *s == Status::Ready);
+            if failed {
+                self.remove_if_same(room, &feed);
+                return Err(LogError::Unavailable);
+            }
+            let mut state = lock(&feed.state);
+            if state.closed {
+                continue;
+            }
+            state.subscribers.push(sub);
+            return Ok(state.last);
+        }
+    }
+
+    /// Removes the subscriber of `join` from the room's feed; the feed stops with its last one.
+    pub fn leave(&self, room: &RoomId, join: u64) {
+        let mut feeds = lock(&self.inner.feeds);
+        let Some(feed) = feeds.get(room).cloned() else {
+            return;
+        };
+        let mut state = lock(&feed.state);
+        state.subscribers.retain(|s| s.join != join);
+        if state.subscribers.is_empty() {
+            state.closed = true;
+            drop(state);
+            feeds.remove(room);
+            if let Some(task) = lock(&feed.task).take() {
+                task.abort();
+            }
+        }
+    }
+
+    fn remove_if_same(&self, room: &RoomId, feed: &Arc<Feed>) {
+        let mut feeds = lock(&self.inner.feeds);
+        if feeds.get(room).is_some_and(|f| Arc::ptr_eq(f, feed)) {
+            feeds.remove(room);
+            lock(&feed.state).closed = true;
+        }
+    }
+}
+
+impl Feed {
+    fn start(room: RoomId, hub: &HubInner) -> Arc<Feed> {
+        let feed = Arc::new(Feed {
+            room,
+            state: Mutex::new(FeedState {
+                last: 0,
+                subscribers: Vec::new(),
+                closed: false,
+            }),
+            status: watch::Sender::new(Status::Starting),
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(run(feed.clone(), hub.log.clone(), hub.reconnects.clone()));
+        *lock(&feed.task) = Some(task.abort_handle());
+        feed
+    }
+
+    fn last(&self) -> u64 {
+        lock(&self.state).last
+    }
+
+    /// Forwards one event to every subscriber, once, in order.
+    fn forward(&self, seq: u64, body: &[u8]) {
+        let frame = frames::event_frame(self.room.as_str(), seq, body);
+        let mut state = lock(&self.state);
+        if seq <= state.last {
+            return;
+        }
+        state.last = seq;
+        let Some(frame) = frame else {
+            tracing::warn!(room = %self.room, seq, "stored event is not json, not forwarded");
+            return;
+        };
+        state.subscribers.retain(|sub| {
+            let delivery = Delivery {
+                join: sub.join,
+                seq,
+                frame: frame.clone(),
+            };
+            match sub.tx.try_send(delivery) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::info!(room = %self.room, join = sub.join, "slow consumer dropped");
+                    sub.kick.notify_one();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+}
+
+/// The feed's task: subscribe, learn the head, then forward live events, filling any gap.
+async fn run(feed: Arc<Feed>, log: Log, mut reconnects: watch::Receiver<u64>) {
+    let stored_subject = subjects::room(&feed.room);
+    let mut live = match log.client().subscribe(subjects::live_room(&feed.room)).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::warn!(room = %feed.room, error = %e, "subscribing to the live feed failed");
+            feed.status.send_replace(Status::Failed);
+            return;
+        }
+    };
+    // Subscribed first, head second: whatever is appended in between arrives live with a seq at
+    // or below the head and is skipped, so nothing is missed and nothing is forwarded twice.
+    match log.last_seq(Stream::Rooms, &stored_subject).await {
+        Ok(head) => lock(&feed.state).last = head,
+        Err(e) => {
+            tracing::warn!(room = %feed.room, error = %e, "reading the room head failed");
+            feed.status.send_replace(Status::Failed);
+            return;
+        }
+    }
+    reconnects.mark_unchanged();
+    feed.status.send_replace(Status::Ready);
+    loop {
+        tokio::select! {
+            msg = live.next() => {
+                let Some(msg) = msg else { break };
+                on_live(&feed, &log, &stored_subject, msg).await;
+            }
+            changed = reconnects.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // Events appended while this edge was cut off were never republished to it.
+                let head = loop {
+                    match log.last_seq(Stream::Rooms, &stored_subject).await {
+                        Ok(head) => break head,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                };
+                fill(&feed, &log, &stored_subject, head).await;
+            }
+        }
+    }
+}
+
+async fn on_live(feed: &Feed, log: &Log, stored_subject: &str, msg: Message) {
+    let headers = msg.headers.as_ref();
+    let Some(seq) = header_u64(headers, subjects::headers::SEQUENCE) else {
+        tracing::warn!(room = %feed.room, "live message without Nats-Sequence ignored");
+        return;
+    };
+    if seq <= feed.last() {
+        return;
+    }
+    if let Some(previous) = header_u64(headers, subjects::headers::LAST_SEQUENCE)
+        && previous > feed.last()
+    {
+        tracing::debug!(room = %feed.room, from = feed.last() + 1, to = previous, "filling a gap");
+        fill(feed, log, stored_subject, previous).await;
+    }
+    feed.forward(seq, &msg.payload);
+}
+
+/// Reads and forwards the room's stored events after the feed's last seq, up to `to`; retries
+/// until it can (the subscribers wait rather than see a gap).
+async fn fill(feed: &Feed, log: &Log, stored_subject: &str, to: u64) {
+    let mut pause = Duration::from_millis(50);
+    while feed.last() < to {
+        let from = feed.last() + 1;
+        let read = log
+            .read_each(Stream::Rooms, stored_subject, from, to, usize::MAX, |m| {
+                feed.forward(m.seq, &m.body);
+                std::future::ready(true)
+            })
+            .await;
+        match read {
+            Ok(0) => {
+                // The range holds nothing after all (it cannot be deleted): nothing to wait for.
+                tracing::warn!(room = %feed.room, from, to, "gap not found in the stream");
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(room = %feed.room, error = %e, "filling a gap failed, retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
+    headers?.get(name)?.as_str().parse().ok()
+}
+
+/// Locks a mutex, ignoring poisoning: the guarded state stays consistent across a panic.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

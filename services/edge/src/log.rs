@@ -1,0 +1,340 @@
+//! The edge's access to the log: appends (acknowledged, idempotent, retried within a deadline)
+//! and reads of one subject (catch-up, gap filling, `/events`). Everything that touches
+//! JetStream goes through [`Log`].
+
+use std::time::Duration;
+
+use async_nats::{
+    Client,
+    connection::State,
+    jetstream::{
+        self,
+        consumer::{DeliverPolicy, pull::OrderedConfig},
+        context::PublishErrorKind,
+        stream::DirectGetErrorKind,
+    },
+};
+use bytes::Bytes;
+use chatlog_events::{ChatEvent, Stream, subjects::headers};
+use futures::StreamExt;
+use tokio::time::{Instant, timeout_at};
+
+/// Why the log could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// NATS is unreachable or JetStream did not answer in time: retry later with the same id.
+    #[error("log unavailable")]
+    Unavailable,
+    /// An append that required the subject to be empty (or at a given seq) found it was not.
+    #[error("wrong last sequence")]
+    Conflict,
+    #[error("event too large")]
+    TooLarge,
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// An acknowledged append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream sequence: the position in the room's total order.
+    pub seq: u64,
+    /// The same `Nats-Msg-Id` was stored before; `seq` is that first copy's.
+    pub duplicate: bool,
+}
+
+/// One stored message.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: u64,
+    pub body: Bytes,
+}
+
+/// JetStream, as the edge uses it.
+#[derive(Clone)]
+pub struct Log {
+    client: Client,
+    js: jetstream::Context,
+    /// How long an append or a read may take before the caller hears `unavailable`.
+    deadline: Duration,
+}
+
+impl Log {
+    pub fn new(client: Client, deadline: Duration) -> Self {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(deadline);
+        Self {
+            client,
+            js,
+            deadline,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Whether the NATS connection is up right now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// Appends `event`; acknowledged means stored. A retry with the same event id is stored once
+    /// and answers the first copy's seq.
+    pub async fn append(&self, event: &ChatEvent) -> Result<Appended, LogError> {
+        self.append_inner(event, None).await
+    }
+
+    /// Appends `event` only if its subject's last sequence is `expected` (0: the subject is empty).
+    pub async fn append_if_last(
+        &self,
+        event: &ChatEvent,
+        expected: u64,
+    ) -> Result<Appended, LogError> {
+        self.append_inner(event, Some(expected)).await
+    }
+
+    async fn append_inner(
+        &self,
+        event: &ChatEvent,
+        expected_last: Option<u64>,
+    ) -> Result<Appended, LogError> {
+        if !self.connected() {
+            return Err(LogError::Unavailable);
+        }
+        let mut encoded = event
+            .encode()
+            .map_err(|e| LogError::Internal(e.to_string()))?;
+        if let Some(expected) = expected_last {
+            encoded.headers.insert(
+                headers::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                expected.to_string().as_str(),
+            );
+        }
+        let until = Instant::now() + self.deadline;
+        loop {
+            let attempt = async {
+                let ack = self
+                    .js
+                    .publish_with_headers(
+                        encoded.subject.clone(),
+                        encoded.headers.clone(),
+                        encoded.body.clone(),
+                    )
+                    .await?;
+                ack.await
+            };
+            let err = match timeout_at(until, attempt).await {
+                Err(_) => return Err(LogError::Unavailable),
+                Ok(Ok(ack)) => {
+                    return Ok(Appended {
+                        seq: ack.sequence,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Ok(Err(err)) => err,
+            };
+            match err.kind() {
+                PublishErrorKind::WrongLastSequence => return Err(LogError::Conflict),
+                PublishErrorKind::MaxPayloadExceeded => return Err(LogError::TooLarge),
+                // A leader election or a reconnect: retry with the same Nats-Msg-Id until the
+                // deadline, so the append is stored once whichever attempt lands.
+                PublishErrorKind::TimedOut
+                | PublishErrorKind::BrokenPipe
+                | PublishErrorKind::StreamNotFound
+                | PublishErrorKind::MaxAckPending
+                | PublishErrorKind::Other => {
+                    tracing::debug!(error = %err, subject = %encoded.subject, "append retry");
+                    if !self.connected() || Instant::now() + RETRY_PAUSE >= until {
+                        return Err(LogError::Unavailable);
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                PublishErrorKind::WrongLastMessageId => {
+                    return Err(LogError::Internal(err.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The last sequence stored on `subject` (0 when it has none).
+    pub async fn last_seq(&self, stream: Stream, subject: &str) -> Result<u64, LogError> {
+        Ok(self
+            .last_message(stream, subject)
+            .await?
+            .map_or(0, |m| m.seq))
+    }
+
+    /// The last message stored on `subject`.
+    pub async fn last_message(
+        &self,
+        stream: Stream,
+        subject: &str,
+    ) -> Result<Option<Stored>, LogError> {
+        let stream = self.stream(stream).await?;
+        match self
+            .bounded(stream.direct_get_last_for_subject(subject))
+            .await?
+        {
+            Ok(m) => Ok(Some(Stored {
+                seq: m.sequence,
+                body: m.payload,
+            })),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(direct_get_error(e)),
+        }
+    }
+
+    /// The first message stored on `subject`.
+    pub async fn first_message(
+        &self,
+        stream: Stream,
+        subject: &str,
+    ) -> Result<Option<Stored>, LogError> {
+        let stream = self.stream(stream).await?;
+        match self
+            .bounded(stream.direct_get_first_for_subject(subject))
+            .await?
+        {
+            Ok(m) => Ok(Some(Stored {
+                seq: m.sequence,
+                body: m.payload,
+            })),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(direct_get_error(e)),
+        }
+    }
+
+    /// The messages on `subject` with `from <= seq <= to`, in order, at most `limit` of them.
+    /// `to` must not be beyond the subject's last sequence (the read stops at `to`).
+    pub async fn read(
+        &self,
+        stream: Stream,
+        subject: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, LogError> {
+        let mut out = Vec::new();
+        self.read_each(stream, subject, from, to, limit, |m| {
+            out.push(m);
+            std::future::ready(true)
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Like [`Log::read`], handing each message to `each` as it arrives; `each` answering false
+    /// stops the read. An ordered consumer (no acks, flow-controlled) streams the range.
+    pub async fn read_each<F, Fut>(
+        &self,
+        stream: Stream,
+        subject: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+        mut each: F,
+    ) -> Result<usize, LogError>
+    where
+        F: FnMut(Stored) -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let from = from.max(1);
+        if from > to || limit == 0 {
+            return Ok(0);
+        }
+        let handle = self.stream(stream).await?;
+        let consumer = self
+            .bounded(handle.create_consumer(OrderedConfig {
+                filter_subject: subject.to_string(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            }))
+            .await?
+            .map_err(|_| self.unavailable_or("creating a reader"))?;
+        let mut messages = self
+            .bounded(consumer.messages())
+            .await?
+            .map_err(|_| self.unavailable_or("reading"))?;
+        let mut count = 0;
+        loop {
+            // Each message must come within the deadline: the range is known to exist.
+            let next = match tokio::time::timeout(self.deadline, messages.next()).await {
+                Err(_) => return Err(LogError::Unavailable),
+                Ok(None) => return Err(LogError::Unavailable),
+                Ok(Some(Err(_))) => return Err(self.unavailable_or("reading")),
+                Ok(Some(Ok(m))) => m,
+            };
+            let seq = next
+                .info()
+                .map_err(|e| LogError::Internal(e.to_string()))?
+                .stream_sequence;
+            if seq > to {
+                break;
+            }
+            count += 1;
+            let go_on = each(Stored {
+                seq,
+                body: next.message.payload.clone(),
+            })
+            .await;
+            if !go_on || seq == to || count >= limit {
+                break;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Whether NATS is reachable and every stream exists.
+    pub async fn ready(&self) -> bool {
+        if !self.connected() {
+            return false;
+        }
+        for stream in Stream::ALL {
+            match self.bounded(self.js.get_stream(stream.name())).await {
+                Ok(Ok(_)) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    async fn stream(&self, stream: Stream) -> Result<jetstream::stream::Stream<()>, LogError> {
+        if !self.connected() {
+            return Err(LogError::Unavailable);
+        }
+        self.bounded(self.js.get_stream_no_info(stream.name()))
+            .await?
+            .map_err(|_| self.unavailable_or("opening a stream"))
+    }
+
+    /// Runs `fut` within the deadline; running out of time is `Unavailable`.
+    async fn bounded<T>(&self, fut: impl Future<Output = T>) -> Result<T, LogError> {
+        tokio::time::timeout(self.deadline, fut)
+            .await
+            .map_err(|_| LogError::Unavailable)
+    }
+
+    fn unavailable_or(&self, what: &str) -> LogError {
+        if self.connected() {
+            LogError::Internal(format!("{what} failed"))
+        } else {
+            LogError::Unavailable
+        }
+    }
+}
+
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+fn direct_get_error(e: async_nats::jetstream::stream::DirectGetError) -> LogError {
+    match e.kind() {
+        DirectGetErrorKind::TimedOut | DirectGetErrorKind::Request => LogError::Unavailable,
+        _ => LogError::Internal(e.to_string()),
+    }
+}

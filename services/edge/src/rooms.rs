@@ -1,0 +1,201 @@
+//! The room directory, read from the log: a room exists when the first event on its subject is
+//! `chat.room.created`. Rooms are never deleted, so what was read once is cached for good.
+//! (A naive directory: the history view replaces the listing.)
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use chatlog_events::{
+    ChatEvent, Payload, RoomId, Stream, UserId,
+    event::RoomCreated,
+    subjects,
+};
+use serde::Serialize;
+
+use crate::{
+    error::{ApiError, Code},
+    log::{Log, LogError},
+};
+
+/// What a room is, from its `chat.room.created` event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Room {
+    pub id: RoomId,
+    pub name: String,
+    pub topic: String,
+    pub private: bool,
+    pub members: Vec<UserId>,
+    #[serde(skip)]
+    pub creator: UserId,
+}
+
+impl Room {
+    /// A private room is invisible to anyone but its members.
+    pub fn visible_to(&self, user: &UserId) -> bool {
+        !self.private || &self.creator == user || self.members.contains(user)
+    }
+}
+
+/// A room as `GET /api/rooms` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomSummary {
+    #[serde(flatten)]
+    pub room: Arc<Room>,
+    pub last_seq: u64,
+}
+
+/// What `POST /api/rooms` asks for, validated.
+#[derive(Debug, Clone)]
+pub struct NewRoom {
+    pub id: RoomId,
+    pub name: String,
+    pub topic: String,
+    pub private: bool,
+    pub members: Vec<UserId>,
+}
+
+pub struct Directory {
+    log: Log,
+    known: RwLock<HashMap<RoomId, Arc<Room>>>,
+}
+
+impl Directory {
+    pub fn new(log: Log) -> Self {
+        Self {
+            log,
+            known: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The room, if it exists.
+    pub async fn get(&self, id: &RoomId) -> Result<Option<Arc<Room>>, LogError> {
+        if let Some(room) = self.cached(id) {
+            return Ok(Some(room));
+        }
+        let Some(first) = self
+            .log
+            .first_message(Stream::Rooms, &subjects::room(id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(self.remember(id, &first.body))
+    }
+
+    /// The room if `user` may see it; `not_found` otherwise, whether it exists or not.
+    pub async fn visible(&self, id: &RoomId, user: &UserId) -> Result<Arc<Room>, ApiError> {
+        match self.get(id).await? {
+            Some(room) if room.visible_to(user) => Ok(room),
+            _ => Err(ApiError::not_found("room")),
+        }
+    }
+
+    /// Appends `chat.room.created`, only if the room's subject is empty: `conflict` otherwise.
+    pub async fn create(&self, creator: &UserId, new: NewRoom) -> Result<Arc<Room>, ApiError> {
+        let mut members = new.members;
+        if new.private && !members.contains(creator) {
+            members.insert(0, creator.clone());
+        }
+        members.dedup();
+        let created = RoomCreated {
+            name: new.name,
+            topic: new.topic,
+            private: new.private,
+            members: if new.private { members } else { Vec::new() },
+        };
+        let event = ChatEvent::in_room(
+            &new.id,
+            creator.clone(),
+            "edge",
+            Payload::RoomCreated(created.clone()),
+        );
+        match self.log.append_if_last(&event, 0).await {
+            Ok(_) => {}
+            Err(LogError::Conflict) => {
+                return Err(ApiError::new(Code::Conflict, "room already exists"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let room = Arc::new(room_from(new.id.clone(), creator.clone(), created));
+        self.write().insert(new.id, room.clone());
+        Ok(room)
+    }
+
+    /// Every room `user` may see, with its last seq.
+    pub async fn list(&self, user: &UserId) -> Result<Vec<RoomSummary>, ApiError> {
+        let subjects = self.room_subjects().await?;
+        let mut rooms = Vec::with_capacity(subjects.len());
+        for id in subjects {
+            let Some(room) = self.get(&id).await? else {
+                continue;
+            };
+            if !room.visible_to(user) {
+                continue;
+            }
+            let last_seq = self
+                .log
+                .last_seq(Stream::Rooms, &subjects::room(&id))
+                .await?;
+            rooms.push(RoomSummary { room, last_seq });
+        }
+        rooms.sort_by(|a, b| a.room.id.cmp(&b.room.id));
+        Ok(rooms)
+    }
+
+    async fn room_subjects(&self) -> Result<Vec<RoomId>, ApiError> {
+        use futures::TryStreamExt;
+        let stream = self
+            .log
+            .jetstream()
+            .get_stream_no_info(Stream::Rooms.name())
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+        let prefix = format!("{}.", Stream::Rooms.subject_prefix());
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(format!("{prefix}*"))
+            .await
+            .map_err(|_| ApiError::unavailable())?
+            .try_collect()
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+        Ok(subjects
+            .into_iter()
+            .filter_map(|(s, _)| RoomId::parse(s.strip_prefix(&prefix)?).ok())
+            .collect())
+    }
+
+    fn cached(&self, id: &RoomId) -> Option<Arc<Room>> {
+        self.known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<RoomId, Arc<Room>>> {
+        self.known.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember(&self, id: &RoomId, first_body: &[u8]) -> Option<Arc<Room>> {
+        let event = ChatEvent::decode(first_body).ok()?;
+        let Payload::RoomCreated(created) = event.payload else {
+            return None;
+        };
+        let room = Arc::new(room_from(id.clone(), event.user, created));
+        self.write().insert(id.clone(), room.clone());
+        Some(room)
+    }
+}
+
+fn room_from(id: RoomId, creator: UserId, created: RoomCreated) -> Room {
+    Room {
+        id,
+        name: created.name,
+        topic: created.topic,
+        private: created.private,
+        members: created.members,
+        creator,
+    }
+}

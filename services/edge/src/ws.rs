@@ -1,0 +1,541 @@
+//! One WebSocket connection: `GET /ws?token=`.
+//!
+//! One task per connection owns everything about it: it reads client frames, writes server
+//! frames, and keeps per joined room the last seq it wrote. Three inputs feed it:
+//! - the socket (client frames, parsed by [`ClientFrame::parse`] and handled here);
+//! - `live`: the bounded queue the room feeds ([`crate::hub`]) push events into;
+//! - `ctl`: answers of spawned work (acks of appends, catch-up reads).
+//!
+//! A join with `since` runs the design's catch-up: the connection is subscribed to the room's
+//! feed first (which answers the last seq it forwarded, the head), live events are buffered, the
+//! stream is read from `since + 1` to the head, then the buffer is drained skipping what was
+//! written. Per room the connection writes only seqs above the last one written: no duplicate,
+//! and the feed and the catch-up are each gapless, so no gap.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    extract::{
+        Query, State, WebSocketUpgrade,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket},
+    },
+    response::{IntoResponse, Response},
+};
+use chatlog_events::{RoomId, Stream, UserId, subjects};
+use futures::{SinkExt, StreamExt, stream::SplitSink};
+use serde::Deserialize;
+use tokio::{
+    sync::{Notify, mpsc},
+    task::AbortHandle,
+};
+
+use crate::{
+    AppState,
+    error::{ApiError, Code},
+    frames::{self, ClientFrame, ServerFrame},
+    http::parse_room,
+    hub::{Delivery, Subscriber},
+    limits::TokenBucket,
+};
+
+/// Close codes the edge uses beside the standard ones.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The edge is shutting down: reconnect (to any edge) and rejoin with `since`.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client did not read fast enough: reconnect and rejoin with `since`.
+    pub const SLOW_CONSUMER: u16 = 1008;
+    /// A frame over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// A write that does not finish in this time means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws?token=`: a missing or bad token is refused with 401 before the upgrade.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(query): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let user = match query
+        .token
+        .as_deref()
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing token"))
+        .and_then(|t| state.auth.verify(t))
+    {
+        Ok(user) => user,
+        Err(e) => return e.into_response(),
+    };
+    let max = state.config.limits.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .write_buffer_size(16 * 1024)
+        .on_upgrade(move |socket| serve(state, user, socket))
+}
+
+/// Answers of spawned work, in the order the connection must apply them.
+enum Ctl {
+    /// A finished frame (ack, error of an append).
+    Frame(Utf8Bytes),
+    /// One stored event of a catch-up.
+    CatchUp {
+        join: u64,
+        seq: u64,
+        frame: Utf8Bytes,
+    },
+    /// The catch-up of `join` reached the head it was asked for.
+    CaughtUp { join: u64 },
+    /// The catch-up of `join` could not finish: the room is left, the client told.
+    CatchUpFailed { join: u64, error: ApiError },
+}
+
+enum Phase {
+    /// Reading the stream up to the head; live events wait in `buffer`.
+    CatchingUp {
+        buffer: VecDeque<Delivery>,
+        reader: AbortHandle,
+    },
+    Live,
+}
+
+struct Joined {
+    join: u64,
+    /// The last seq written to this client in this room.
+    written: u64,
+    phase: Phase,
+}
+
+/// Why the connection loop stops.
+enum Stop {
+    /// The client went away or the socket failed.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+struct Connection {
+    state: AppState,
+    user: UserId,
+    rooms: HashMap<RoomId, Joined>,
+    joins: HashMap<u64, RoomId>,
+    live_tx: mpsc::Sender<Delivery>,
+    ctl_tx: mpsc::Sender<Ctl>,
+    kick: Arc<Notify>,
+    sends: TokenBucket,
+}
+
+impl Connection {
+    fn new(state: AppState, user: UserId) -> (Self, mpsc::Receiver<Delivery>, mpsc::Receiver<Ctl>) {
+        let limits = &state.config.limits;
+        let (live_tx, live_rx) = mpsc::channel(limits.outbound_queue);
+        let (ctl_tx, ctl_rx) = mpsc::channel(256);
+        let sends = TokenBucket::new(limits.sends_per_second, limits.send_burst);
+        let conn = Self {
+            state,
+            user,
+            rooms: HashMap::new(),
+            joins: HashMap::new(),
+            live_tx,
+            ctl_tx,
+            kick: Arc::new(Notify::new()),
+            sends,
+        };
+        (conn, live_rx, ctl_rx)
+    }
+}
+
+impl Connection {
+    async fn run_loop(
+        &mut self,
+        socket: WebSocket,
+        mut live_rx: mpsc::Receiver<Delivery>,
+        mut ctl_rx: mpsc::Receiver<Ctl>,
+    ) {
+        let (mut sink, mut stream) = socket.split();
+        let mut shutdown = self.state.shutdown.subscribe();
+        let stop = loop {
+            let step = tokio::select! {
+                biased;
+                _ = self.kick.notified() => Err(Stop::Close(close::SLOW_CONSUMER, "slow consumer: rejoin with since")),
+                _ = async { shutdown.wait_for(|down| *down).await.map(|_| ()) } => Err(Stop::Close(close::GOING_AWAY, "edge shutting down: reconnect and rejoin with since")),
+                Some(ctl) = ctl_rx.recv() => self.on_ctl(ctl, &mut sink).await,
+                Some(delivery) = live_rx.recv() => self.on_live(delivery, &mut live_rx, &mut sink).await,
+                msg = stream.next() => match msg {
+                    None | Some(Ok(Message::Close(_))) => Err(Stop::Gone),
+                    Some(Ok(Message::Text(text))) => self.on_text(text.as_str(), &mut sink).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        let e = ApiError::bad_request("binary frames are not supported, send json text");
+                        self.write(&mut sink, frames::error_frame(None, &e)).await
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    Some(Err(e)) => Err(read_error(e)),
+                },
+            };
+            let flushed = match step {
+                Ok(()) => self.guard(sink.flush()).await,
+                Err(stop) => Err(stop),
+            };
+            if let Err(stop) = flushed {
+                break stop;
+            }
+        };
+        if let Stop::Close(code, reason) = stop {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                sink.send(Message::Close(Some(frame))),
+            )
+            .await;
+        }
+    }
+
+}
+
+/// Runs one upgraded connection until it closes, then leaves every room it joined.
+async fn serve(state: AppState, user: UserId, socket: WebSocket) {
+    let (mut conn, live_rx, ctl_rx) = Connection::new(state, user);
+    {
+        conn.state.metrics.connection_opened();
+        conn.run_loop(socket, live_rx, ctl_rx).await;
+        for (room, joined) in conn.rooms.drain() {
+            if let Phase::CatchingUp { reader, .. } = &joined.phase {
+                reader.abort();
+            }
+            conn.state.hub.leave(&room, joined.join);
+        }
+        conn.state.metrics.connection_closed();
+    }
+}
+
+impl Connection {
+    /// Writes one frame (flushed at the end of the loop turn), giving up when the client is
+    /// kicked or does not read for [`WRITE_TIMEOUT`].
+    async fn write(&self, sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Stop> {
+        self.guard(sink.feed(Message::Text(frame))).await
+    }
+
+    async fn guard(
+        &self,
+        io: impl Future<Output = Result<(), axum::Error>>,
+    ) -> Result<(), Stop> {
+        tokio::select! {
+            r = io => r.map_err(|_| Stop::Gone),
+            _ = self.kick.notified() => Err(Stop::Close(close::SLOW_CONSUMER, "slow consumer: rejoin with since")),
+            _ = tokio::time::sleep(WRITE_TIMEOUT) => Err(Stop::Close(close::SLOW_CONSUMER, "slow consumer: rejoin with since")),
+        }
+    }
+
+    async fn on_live(
+        &mut self,
+        first: Delivery,
+        live_rx: &mut mpsc::Receiver<Delivery>,
+        sink: &mut Sink,
+    ) -> Result<(), Stop> {
+        // Write what is already queued in one go: one flush for the batch.
+        let mut next = Some(first);
+        let mut batch = 0;
+        while let Some(delivery) = next {
+            self.deliver(delivery, sink).await?;
+            batch += 1;
+            next = if batch < 64 { live_rx.try_recv().ok() } else { None };
+        }
+        Ok(())
+    }
+
+    async fn deliver(&mut self, delivery: Delivery, sink: &mut Sink) -> Result<(), Stop> {
+        let max_buffer = self.state.config.limits.catch_up_buffer;
+        let Some(room) = self.joins.get(&delivery.join) else {
+            return Ok(()); // left since
+        };
+        let Some(joined) = self.rooms.get_mut(room) else {
+            return Ok(());
+        };
+        match &mut joined.phase {
+            Phase::CatchingUp { buffer, .. } => {
+                if buffer.len() >= max_buffer {
+                    return Err(Stop::Close(
+                        close::SLOW_CONSUMER,
+                        "slow consumer: rejoin with since",
+                    ));
+                }
+                buffer.push_back(delivery);
+                Ok(())
+            }
+            Phase::Live => {
+                if delivery.seq <= joined.written {
+                    return Ok(());
+                }
+                joined.written = delivery.seq;
+                self.write(sink, delivery.frame).await
+            }
+        }
+    }
+
+    async fn on_ctl(&mut self, ctl: Ctl, sink: &mut Sink) -> Result<(), Stop> {
+        match ctl {
+            Ctl::Frame(frame) => self.write(sink, frame).await,
+            Ctl::CatchUp { join, seq, frame } => {
+                let Some(joined) = self.joined_mut(join) else {
+                    return Ok(());
+                };
+                if seq <= joined.written {
+                    return Ok(());
+                }
+                joined.written = seq;
+                self.write(sink, frame).await
+            }
+            Ctl::CaughtUp { join } => {
+                let Some(joined) = self.joined_mut(join) else {
+                    return Ok(());
+                };
+                let buffered = match std::mem::replace(&mut joined.phase, Phase::Live) {
+                    Phase::CatchingUp { buffer, .. } => buffer,
+                    Phase::Live => VecDeque::new(),
+                };
+                for delivery in buffered {
+                    let Some(joined) = self.joined_mut(join) else {
+                        break;
+                    };
+                    if delivery.seq > joined.written {
+                        joined.written = delivery.seq;
+                        self.write(sink, delivery.frame).await?;
+                    }
+                }
+                Ok(())
+            }
+            Ctl::CatchUpFailed { join, error } => {
+                if let Some(room) = self.joins.get(&join).cloned() {
+                    self.leave_room(&room);
+                    let message = format!("could not catch up in {room}: {}", error.message);
+                    let e = ApiError::new(error.code, message);
+                    self.write(sink, frames::error_frame(None, &e)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn joined_mut(&mut self, join: u64) -> Option<&mut Joined> {
+        let room = self.joins.get(&join)?;
+        self.rooms.get_mut(room).filter(|j| j.join == join)
+    }
+
+    async fn on_text(&mut self, text: &str, sink: &mut Sink) -> Result<(), Stop> {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return self
+                    .write(sink, frames::error_frame(e.id.as_deref(), &e.error))
+                    .await;
+            }
+        };
+        let (id, answer) = match frame {
+            ClientFrame::Ping => (None, Ok(Some(ServerFrame::Pong.to_text()))),
+            ClientFrame::Join { room, since } => (None, self.join(&room, since, sink).await),
+            ClientFrame::Leave { room } => (None, self.leave(&room)),
+            ClientFrame::Send {
+                room,
+                text,
+                id,
+                reply_to,
+            } => {
+                let answer = self.send(&room, text, id.as_deref(), reply_to.as_deref()).await;
+                (id, answer)
+            }
+            ClientFrame::Typing { room, .. } => (None, parse_room(&room).map(|_| None)),
+            ClientFrame::Edit { id, .. }
+            | ClientFrame::Delete { id, .. }
+            | ClientFrame::React { id, .. }
+            | ClientFrame::Read { id, .. } => (
+                id,
+                Err(ApiError::bad_request("this frame is not supported by this edge yet")),
+            ),
+        };
+        match answer {
+            Ok(None) => Ok(()),
+            Ok(Some(frame)) => self.write(sink, frame).await,
+            Err(e) => self.write(sink, frames::error_frame(id.as_deref(), &e)).await,
+        }
+    }
+
+    async fn join(
+        &mut self,
+        room: &str,
+        since: Option<u64>,
+        sink: &mut Sink,
+    ) -> Result<Option<Utf8Bytes>, ApiError> {
+        let room = parse_room(room)?;
+        if self.rooms.contains_key(&room) {
+            // Joining again restarts the room's delivery from `since` (or from now).
+            self.leave_room(&room);
+        }
+        let max = self.state.config.limits.max_rooms_per_connection;
+        if self.rooms.len() >= max {
+            return Err(ApiError::bad_request(format!(
+                "at most {max} rooms per connection"
+            )));
+        }
+        self.state.rooms.visible(&room, &self.user).await?;
+        let join = self.state.hub.next_join();
+        let subscriber = Subscriber {
+            join,
+            tx: self.live_tx.clone(),
+            kick: self.kick.clone(),
+        };
+        let head = self.state.hub.join(&room, subscriber).await?;
+        let phase = match since {
+            Some(since) if since < head => Phase::CatchingUp {
+                buffer: VecDeque::new(),
+                reader: self.spawn_catch_up(&room, join, since, head),
+            },
+            _ => Phase::Live,
+        };
+        let written = since.unwrap_or(head);
+        self.joins.insert(join, room.clone());
+        self.rooms.insert(
+            room.clone(),
+            Joined {
+                join,
+                written,
+                phase,
+            },
+        );
+        let joined = ServerFrame::Joined {
+            room: room.as_str(),
+            head,
+        };
+        // Written now, before any event of the room can be.
+        self.write(sink, joined.to_text())
+            .await
+            .map_err(|_| ApiError::new(Code::Internal, "connection closing"))?;
+        Ok(None)
+    }
+
+    /// Reads the room's stored events in `(since, head]` into `ctl`, in order.
+    fn spawn_catch_up(&self, room: &RoomId, join: u64, since: u64, head: u64) -> AbortHandle {
+        let log = self.state.log.clone();
+        let ctl = self.ctl_tx.clone();
+        let room = room.clone();
+        tokio::spawn(async move {
+            let subject = subjects::room(&room);
+            let read = log
+                .read_each(Stream::Rooms, &subject, since + 1, head, usize::MAX, |m| {
+                    let ctl = ctl.clone();
+                    let room = room.clone();
+                    async move {
+                        let Some(frame) = frames::event_frame(room.as_str(), m.seq, &m.body)
+                        else {
+                            return true;
+                        };
+                        ctl.send(Ctl::CatchUp {
+                            join,
+                            seq: m.seq,
+                            frame,
+                        })
+                        .await
+                        .is_ok()
+                    }
+                })
+                .await;
+            let done = match read {
+                Ok(_) => Ctl::CaughtUp { join },
+                Err(e) => Ctl::CatchUpFailed {
+                    join,
+                    error: e.into(),
+                },
+            };
+            let _ = ctl.send(done).await;
+        })
+        .abort_handle()
+    }
+
+    fn leave(&mut self, room: &str) -> Result<Option<Utf8Bytes>, ApiError> {
+        let room = parse_room(room)?;
+        if !self.leave_room(&room) {
+            return Err(ApiError::bad_request(format!("not joined to {room}")));
+        }
+        Ok(Some(ServerFrame::Left { room: room.as_str() }.to_text()))
+    }
+
+    fn leave_room(&mut self, room: &RoomId) -> bool {
+        let Some(joined) = self.rooms.remove(room) else {
+            return false;
+        };
+        if let Phase::CatchingUp { reader, .. } = &joined.phase {
+            reader.abort();
+        }
+        self.joins.remove(&joined.join);
+        self.state.hub.leave(room, joined.join);
+        true
+    }
+
+    /// Validates a `send`, then appends it in the background; the ack (or error) comes on `ctl`.
+    async fn send(
+        &mut self,
+        room: &str,
+        text: String,
+        id: Option<&str>,
+        reply_to: Option<&str>,
+    ) -> Result<Option<Utf8Bytes>, ApiError> {
+        if !self.sends.take() {
+            return Err(ApiError::new(
+                Code::RateLimited,
+                "too many sends, slow down",
+            ));
+        }
+        let room = parse_room(room)?;
+        let event = crate::messages::post(
+            &self.state,
+            &self.user,
+            &room,
+            text,
+            id,
+            reply_to,
+        )
+        .await?;
+        let state = self.state.clone();
+        let ctl = self.ctl_tx.clone();
+        tokio::spawn(async move {
+            let id = event.id.to_string();
+            let frame = match state.log.append(&event).await {
+                Ok(appended) => {
+                    state.metrics.appended();
+                    ServerFrame::Ack {
+                        id: &id,
+                        seq: appended.seq,
+                    }
+                    .to_text()
+                }
+                Err(e) => frames::error_frame(Some(&id), &e.into()),
+            };
+            let _ = ctl.send(Ctl::Frame(frame)).await;
+        });
+        Ok(None)
+    }
+}
+
+fn read_error(e: axum::Error) -> Stop {
+    // tungstenite reports an over-limit frame or message as a capacity error.
+    let text = e.to_string();
+    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+        Stop::Close(close::TOO_BIG, "frame too large")
+    } else {
+        Stop::Gone
+    }
+}
