@@ -185,7 +185,9 @@ payloads! {
 fn to_map<T: Serialize>(data: &T) -> Result<Map<String, Value>, serde_json::Error> {
     match serde_json::to_value(data)? {
         Value::Object(map) => Ok(map),
-        _ => Err(serde::ser::Error::custom("event data must be a json object")),
+        _ => Err(serde::ser::Error::custom(
+            "event data must be a json object",
+        )),
     }
 }
 
@@ -296,7 +298,11 @@ impl ChatEvent {
 
     /// `chat.room.<room>`, ...: where the event is stored.
     pub fn nats_subject(&self) -> String {
-        format!("{}.{}", self.payload.stream().subject_prefix(), self.subject)
+        format!(
+            "{}.{}",
+            self.payload.stream().subject_prefix(),
+            self.subject
+        )
     }
 
     /// The structured-mode CloudEvent.
@@ -438,7 +444,10 @@ mod tests {
             &ada(),
             ada(),
             "edge",
-            Payload::ReadMarked(ReadMarked { room: lobby(), seq: 7 }),
+            Payload::ReadMarked(ReadMarked {
+                room: lobby(),
+                seq: 7,
+            }),
         );
         assert_eq!(ev.nats_subject(), "chat.user.ada");
         assert_eq!(ev.room(), None);
@@ -446,11 +455,19 @@ mod tests {
 
     #[test]
     fn decode_rejects_what_is_not_a_chatlog_event() {
-        assert!(matches!(ChatEvent::decode(b"nope"), Err(DecodeError::Envelope(_))));
+        assert!(matches!(
+            ChatEvent::decode(b"nope"),
+            Err(DecodeError::Envelope(_))
+        ));
         let unknown = br#"{"specversion":"1.0","id":"0190f7a2-0000-7000-8000-000000000001","source":"/chatlog/edge","type":"chat.future.thing","subject":"lobby","time":"2026-01-01T00:00:00Z","datacontenttype":"application/json","data":{"user":"ada"}}"#;
-        assert!(matches!(ChatEvent::decode(unknown), Err(DecodeError::UnknownType(t)) if t == "chat.future.thing"));
+        assert!(
+            matches!(ChatEvent::decode(unknown), Err(DecodeError::UnknownType(t)) if t == "chat.future.thing")
+        );
         let bad_subject = br#"{"specversion":"1.0","id":"0190f7a2-0000-7000-8000-000000000001","source":"/chatlog/edge","type":"chat.typing.started","subject":"a.b","time":"2026-01-01T00:00:00Z","datacontenttype":"application/json","data":{"user":"ada"}}"#;
-        assert!(matches!(ChatEvent::decode(bad_subject), Err(DecodeError::Attribute(_))));
+        assert!(matches!(
+            ChatEvent::decode(bad_subject),
+            Err(DecodeError::Attribute(_))
+        ));
         let no_user = br#"{"specversion":"1.0","id":"0190f7a2-0000-7000-8000-000000000001","source":"/chatlog/edge","type":"chat.typing.started","subject":"lobby","time":"2026-01-01T00:00:00Z","datacontenttype":"application/json","data":{}}"#;
         assert!(ChatEvent::decode(no_user).is_err());
     }

@@ -223,7 +223,13 @@ mod tests {
     #[test]
     fn derived_ids_are_deterministic() {
         let base = EventId::parse("0190f7a2-0000-7000-8000-000000000001").unwrap();
-        assert_eq!(EventId::derived(&base, "bob"), EventId::derived(&base, "bob"));
-        assert_ne!(EventId::derived(&base, "bob"), EventId::derived(&base, "eve"));
+        assert_eq!(
+            EventId::derived(&base, "bob"),
+            EventId::derived(&base, "bob")
+        );
+        assert_ne!(
+            EventId::derived(&base, "bob"),
+            EventId::derived(&base, "eve")
+        );
     }
 }

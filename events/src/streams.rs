@@ -180,7 +180,7 @@ pub async fn ensure(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> Result<Vec<(Stream, Ensured)>, EnsureError> {
-    use async_nats::jetstream::{context::GetStreamErrorKind, ErrorCode};
+    use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
     let mut done = Vec::new();
     for stream in Stream::ALL {
         let name = stream.name();
@@ -194,7 +194,10 @@ pub async fn ensure(
         let want = config(stream, settings);
         let outcome = match js.get_stream(name).await {
             Ok(mut existing) => {
-                let info = existing.info().await.map_err(|e| fail("reading")(e.into()))?;
+                let info = existing
+                    .info()
+                    .await
+                    .map_err(|e| fail("reading")(e.into()))?;
                 if differs(&want, &info.config) {
                     js.update_stream(&want)
                         .await
@@ -234,14 +237,22 @@ mod tests {
         assert_eq!(c.max_message_size, 64 * 1024);
         assert!(c.duplicate_window >= Duration::from_secs(120));
         let rp = c.republish.expect("rooms are republished");
-        assert_eq!((rp.source.as_str(), rp.destination.as_str()), ("chat.room.>", "live.room.>"));
+        assert_eq!(
+            (rp.source.as_str(), rp.destination.as_str()),
+            ("chat.room.>", "live.room.>")
+        );
         assert!(!rp.headers_only);
     }
 
     #[test]
     fn every_stream_but_accounts_has_a_live_copy() {
         for c in configs(&StreamSettings::default()) {
-            assert_eq!(c.republish.is_some(), c.name != "CHAT_ACCOUNTS", "{}", c.name);
+            assert_eq!(
+                c.republish.is_some(),
+                c.name != "CHAT_ACCOUNTS",
+                "{}",
+                c.name
+            );
         }
         assert!(config(Stream::Presence, &StreamSettings::default()).max_age > Duration::ZERO);
     }

@@ -32,24 +32,51 @@ fn samples() -> Vec<ChatEvent> {
             private: true,
             members: vec![ada.clone(), bob.clone()],
         })),
-        room(Payload::RoomUpdated(RoomUpdated { name: None, topic: Some("new topic".into()) })),
-        room(Payload::MemberJoined(Membership { member: bob.clone() })),
-        room(Payload::MemberLeft(Membership { member: bob.clone() })),
+        room(Payload::RoomUpdated(RoomUpdated {
+            name: None,
+            topic: Some("new topic".into()),
+        })),
+        room(Payload::MemberJoined(Membership {
+            member: bob.clone(),
+        })),
+        room(Payload::MemberLeft(Membership {
+            member: bob.clone(),
+        })),
         room(Payload::MessagePosted(MessagePosted {
             text: "hi @bob \"quoted\" ünïcode".into(),
             mentions: vec![bob.clone()],
             reply_to: Some(id(0xff)),
         })),
-        room(Payload::MessageEdited(MessageEdited { message_id: id(0xfe), text: "fixed".into() })),
-        room(Payload::MessageDeleted(MessageDeleted { message_id: id(0xfe) })),
-        room(Payload::ReactionAdded(Reaction { message_id: id(0xfe), emoji: "👍".into() })),
-        room(Payload::ReactionRemoved(Reaction { message_id: id(0xfe), emoji: "👍".into() })),
-        room(Payload::PresenceOnline(Presence { connection: "c1".into() })),
-        room(Payload::PresenceHeartbeat(Presence { connection: "c1".into() })),
-        room(Payload::PresenceOffline(Presence { connection: "c1".into() })),
+        room(Payload::MessageEdited(MessageEdited {
+            message_id: id(0xfe),
+            text: "fixed".into(),
+        })),
+        room(Payload::MessageDeleted(MessageDeleted {
+            message_id: id(0xfe),
+        })),
+        room(Payload::ReactionAdded(Reaction {
+            message_id: id(0xfe),
+            emoji: "👍".into(),
+        })),
+        room(Payload::ReactionRemoved(Reaction {
+            message_id: id(0xfe),
+            emoji: "👍".into(),
+        })),
+        room(Payload::PresenceOnline(Presence {
+            connection: "c1".into(),
+        })),
+        room(Payload::PresenceHeartbeat(Presence {
+            connection: "c1".into(),
+        })),
+        room(Payload::PresenceOffline(Presence {
+            connection: "c1".into(),
+        })),
         room(Payload::TypingStarted(Empty {})),
         room(Payload::TypingStopped(Empty {})),
-        user(Payload::ReadMarked(ReadMarked { room: lobby.clone(), seq: 42 })),
+        user(Payload::ReadMarked(ReadMarked {
+            room: lobby.clone(),
+            seq: 42,
+        })),
         ChatEvent::for_user(
             &bob,
             bob.clone(),
@@ -63,7 +90,10 @@ fn samples() -> Vec<ChatEvent> {
                 reason: "mention".into(),
             }),
         ),
-        user(Payload::NotificationRead(NotificationRead { ids: vec![id(0xfc)], all: false })),
+        user(Payload::NotificationRead(NotificationRead {
+            ids: vec![id(0xfc)],
+            all: false,
+        })),
         user(Payload::AccountRegistered(AccountRegistered {
             password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
         })),
@@ -103,20 +133,36 @@ fn event_json_matches_the_snapshots() {
             std::fs::write(&path, &pretty).unwrap();
             continue;
         }
-        let stored = std::fs::read_to_string(&path)
-            .unwrap_or_else(|_| panic!("missing snapshot {}; run with UPDATE_SNAPSHOTS=1", path.display()));
+        let stored = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!(
+                "missing snapshot {}; run with UPDATE_SNAPSHOTS=1",
+                path.display()
+            )
+        });
         if stored != pretty {
-            drifted.push(format!("{}:\n--- stored\n{stored}+++ now\n{pretty}", path.display()));
+            drifted.push(format!(
+                "{}:\n--- stored\n{stored}+++ now\n{pretty}",
+                path.display()
+            ));
         }
     }
-    assert!(drifted.is_empty(), "wire format drifted:\n{}", drifted.join("\n"));
+    assert!(
+        drifted.is_empty(),
+        "wire format drifted:\n{}",
+        drifted.join("\n")
+    );
 }
 
 #[test]
 fn every_sample_decodes_to_itself() {
     for ev in samples() {
         let json = ev.to_json().unwrap();
-        assert_eq!(ChatEvent::decode(&json).unwrap(), ev, "{}", ev.payload.event_type());
+        assert_eq!(
+            ChatEvent::decode(&json).unwrap(),
+            ev,
+            "{}",
+            ev.payload.event_type()
+        );
     }
 }
 

@@ -8,7 +8,11 @@ use chatlog_events::{RoomId, streams::StreamSettings};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "chatlog", version, about = "event-sourced chat on NATS JetStream")]
+#[command(
+    name = "chatlog",
+    version,
+    about = "event-sourced chat on NATS JetStream"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -43,7 +47,12 @@ pub struct EdgeArgs {
     #[arg(long, env = "CHATLOG_ALLOW_GUESTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub allow_guests: bool,
     /// Public rooms to create at start when missing (comma-separated).
-    #[arg(long, env = "CHATLOG_DEFAULT_ROOMS", default_value = "lobby", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "CHATLOG_DEFAULT_ROOMS",
+        default_value = "lobby",
+        value_delimiter = ','
+    )]
     pub default_rooms: Vec<String>,
     /// Longest message text, in characters.
     #[arg(long, env = "CHATLOG_MAX_TEXT", default_value_t = Limits::default().max_text_chars)]
@@ -72,7 +81,10 @@ impl EdgeArgs {
     /// The edge's config and the address to bind.
     pub fn into_config(self) -> anyhow::Result<(Config, String)> {
         if let Some(secret) = &self.jwt_secret {
-            anyhow::ensure!(secret.len() >= 32, "the token secret must be at least 32 characters");
+            anyhow::ensure!(
+                secret.len() >= 32,
+                "the token secret must be at least 32 characters"
+            );
         }
         let default_rooms = self
             .default_rooms

@@ -78,9 +78,7 @@ impl ClientFrame {
             struct IdOnly {
                 id: Option<String>,
             }
-            let id = serde_json::from_str::<IdOnly>(text)
-                .ok()
-                .and_then(|f| f.id);
+            let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|f| f.id);
             let message = if e.is_syntax() || e.is_eof() {
                 "malformed json".to_string()
             } else {
@@ -166,9 +164,15 @@ mod tests {
     fn it_parses_every_client_frame() {
         assert_eq!(
             ClientFrame::parse(r#"{"type":"join","room":"lobby","since":3}"#).unwrap(),
-            ClientFrame::Join { room: "lobby".into(), since: Some(3) }
+            ClientFrame::Join {
+                room: "lobby".into(),
+                since: Some(3)
+            }
         );
-        assert_eq!(ClientFrame::parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping);
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ping"}"#).unwrap(),
+            ClientFrame::Ping
+        );
         assert!(matches!(
             ClientFrame::parse(r#"{"type":"send","room":"a","text":"hi","id":"x"}"#).unwrap(),
             ClientFrame::Send { .. }

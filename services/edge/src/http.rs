@@ -43,7 +43,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.log.ready().await {
         (StatusCode::OK, "ready").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "nats unreachable or streams missing").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "nats unreachable or streams missing",
+        )
+            .into_response()
     }
 }
 
@@ -51,11 +55,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let body = state
         .metrics
         .render(state.hub.rooms(), state.log.connected());
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 #[derive(Deserialize)]
@@ -75,7 +75,10 @@ pub async fn guest(
     ApiJson(login): ApiJson<GuestLogin>,
 ) -> Result<Json<TokenAnswer>, ApiError> {
     if !state.config.allow_guests {
-        return Err(ApiError::new(Code::Forbidden, "guest login is switched off"));
+        return Err(ApiError::new(
+            Code::Forbidden,
+            "guest login is switched off",
+        ));
     }
     let user = parse_user(&login.user)?;
     let account = state
@@ -138,7 +141,9 @@ pub async fn create_room(
         )));
     }
     if req.members.len() > MAX_MEMBERS {
-        return Err(ApiError::bad_request(format!("at most {MAX_MEMBERS} members")));
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_MEMBERS} members"
+        )));
     }
     let members = req
         .members

@@ -224,7 +224,11 @@ impl Feed {
 /// The feed's task: subscribe, learn the head, then forward live events, filling any gap.
 async fn run(feed: Arc<Feed>, log: Log, mut reconnects: watch::Receiver<u64>) {
     let stored_subject = subjects::room(&feed.room);
-    let mut live = match log.client().subscribe(subjects::live_room(&feed.room)).await {
+    let mut live = match log
+        .client()
+        .subscribe(subjects::live_room(&feed.room))
+        .await
+    {
         Ok(sub) => sub,
         Err(e) => {
             tracing::warn!(room = %feed.room, error = %e, "subscribing to the live feed failed");

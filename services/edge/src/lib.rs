@@ -104,7 +104,10 @@ pub fn app(state: AppState) -> Router {
 
 /// Connects to NATS. The client reconnects by itself, for ever; `reconnects` is bumped on every
 /// (re)connection so the room feeds can catch up on what they missed.
-pub async fn connect(url: &str, name: &str) -> Result<(async_nats::Client, watch::Receiver<u64>), async_nats::ConnectError> {
+pub async fn connect(
+    url: &str,
+    name: &str,
+) -> Result<(async_nats::Client, watch::Receiver<u64>), async_nats::ConnectError> {
     let (tx, rx) = watch::channel(0u64);
     let client = async_nats::ConnectOptions::new()
         .name(name)
@@ -235,7 +238,9 @@ pub async fn run(
     let js = async_nats::jetstream::new(client.clone());
     ensure_streams(&js, &config.streams, Duration::from_secs(60)).await?;
     let state = state(config, client, reconnects).await?;
-    ensure_default_rooms(&state).await.map_err(|e| e.to_string())?;
+    ensure_default_rooms(&state)
+        .await
+        .map_err(|e| e.to_string())?;
     serve(state, listener, shutdown).await?;
     Ok(())
 }

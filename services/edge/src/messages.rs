@@ -81,7 +81,10 @@ mod tests {
 
     #[test]
     fn it_finds_mentions() {
-        assert_eq!(ids(mentions("hi @bob and @eve-2, @bob again")), ["bob", "eve-2"]);
+        assert_eq!(
+            ids(mentions("hi @bob and @eve-2, @bob again")),
+            ["bob", "eve-2"]
+        );
         assert_eq!(ids(mentions("@ada: look")), ["ada"]);
         assert!(mentions("mail a@b.c or @ or @UPPER or @-x").is_empty());
         assert!(mentions(&format!("@{}", "x".repeat(33))).is_empty());
@@ -89,7 +92,10 @@ mod tests {
 
     #[test]
     fn it_refuses_blank_and_long_text() {
-        assert_eq!(validate_text("  \n\t", 10).unwrap_err().code, Code::BadRequest);
+        assert_eq!(
+            validate_text("  \n\t", 10).unwrap_err().code,
+            Code::BadRequest
+        );
         assert_eq!(validate_text("ééééé", 4).unwrap_err().code, Code::TooLarge);
         assert!(validate_text("éééé", 4).is_ok());
     }

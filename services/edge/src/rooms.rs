@@ -7,11 +7,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use chatlog_events::{
-    ChatEvent, Payload, RoomId, Stream, UserId,
-    event::RoomCreated,
-    subjects,
-};
+use chatlog_events::{ChatEvent, Payload, RoomId, Stream, UserId, event::RoomCreated, subjects};
 use serde::Serialize;
 
 use crate::{

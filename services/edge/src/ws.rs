@@ -204,7 +204,6 @@ impl Connection {
             .await;
         }
     }
-
 }
 
 /// Runs one upgraded connection until it closes, then leaves every room it joined.
@@ -230,10 +229,7 @@ impl Connection {
         self.guard(sink.feed(Message::Text(frame))).await
     }
 
-    async fn guard(
-        &self,
-        io: impl Future<Output = Result<(), axum::Error>>,
-    ) -> Result<(), Stop> {
+    async fn guard(&self, io: impl Future<Output = Result<(), axum::Error>>) -> Result<(), Stop> {
         tokio::select! {
             r = io => r.map_err(|_| Stop::Gone),
             _ = self.kick.notified() => Err(Stop::Close(close::SLOW_CONSUMER, "slow consumer: rejoin with since")),
@@ -253,7 +249,11 @@ impl Connection {
         while let Some(delivery) = next {
             self.deliver(delivery, sink).await?;
             batch += 1;
-            next = if batch < 64 { live_rx.try_recv().ok() } else { None };
+            next = if batch < 64 {
+                live_rx.try_recv().ok()
+            } else {
+                None
+            };
         }
         Ok(())
     }
@@ -355,7 +355,9 @@ impl Connection {
                 id,
                 reply_to,
             } => {
-                let answer = self.send(&room, text, id.as_deref(), reply_to.as_deref()).await;
+                let answer = self
+                    .send(&room, text, id.as_deref(), reply_to.as_deref())
+                    .await;
                 (id, answer)
             }
             ClientFrame::Typing { room, .. } => (None, parse_room(&room).map(|_| None)),
@@ -364,13 +366,18 @@ impl Connection {
             | ClientFrame::React { id, .. }
             | ClientFrame::Read { id, .. } => (
                 id,
-                Err(ApiError::bad_request("this frame is not supported by this edge yet")),
+                Err(ApiError::bad_request(
+                    "this frame is not supported by this edge yet",
+                )),
             ),
         };
         match answer {
             Ok(None) => Ok(()),
             Ok(Some(frame)) => self.write(sink, frame).await,
-            Err(e) => self.write(sink, frames::error_frame(id.as_deref(), &e)).await,
+            Err(e) => {
+                self.write(sink, frames::error_frame(id.as_deref(), &e))
+                    .await
+            }
         }
     }
 
@@ -439,8 +446,7 @@ impl Connection {
                     let ctl = ctl.clone();
                     let room = room.clone();
                     async move {
-                        let Some(frame) = frames::event_frame(room.as_str(), m.seq, &m.body)
-                        else {
+                        let Some(frame) = frames::event_frame(room.as_str(), m.seq, &m.body) else {
                             return true;
                         };
                         ctl.send(Ctl::CatchUp {
@@ -470,7 +476,12 @@ impl Connection {
         if !self.leave_room(&room) {
             return Err(ApiError::bad_request(format!("not joined to {room}")));
         }
-        Ok(Some(ServerFrame::Left { room: room.as_str() }.to_text()))
+        Ok(Some(
+            ServerFrame::Left {
+                room: room.as_str(),
+            }
+            .to_text(),
+        ))
     }
 
     fn leave_room(&mut self, room: &RoomId) -> bool {
@@ -500,15 +511,8 @@ impl Connection {
             ));
         }
         let room = parse_room(room)?;
-        let event = crate::messages::post(
-            &self.state,
-            &self.user,
-            &room,
-            text,
-            id,
-            reply_to,
-        )
-        .await?;
+        let event =
+            crate::messages::post(&self.state, &self.user, &room, text, id, reply_to).await?;
         let state = self.state.clone();
         let ctl = self.ctl_tx.clone();
         tokio::spawn(async move {
