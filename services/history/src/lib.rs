@@ -1,0 +1,294 @@
+//! `chatlog-history`: the history view, a pure projection of `CHAT_ROOMS`.
+//!
+//! It keeps every room's messages by seq with edits, deletes (a tombstone: `deleted`, text gone),
+//! reactions and `reply_to` folded in, and the room directory (name, topic, privacy, members,
+//! last seq). It answers `views.history.messages`, `.message`, `.room` and `.rooms`.
+//!
+//! Keys:
+//! - `i/<event id>` → `<room>/<seq>`: every event applied, by id (an id seen twice is applied
+//!   once) and, for messages, where the message is;
+//! - `m/<room>/<seq, 8 bytes big-endian>` → [`MessageView`] JSON;
+//! - `r/<room>` → [`RoomView`] JSON.
+//!
+//! Rules beyond the protocol's: only a message's author may edit or delete it; a deleted message
+//! stays deleted (later edits and reactions are ignored); an edit, delete or reaction naming an
+//! unknown message, or a message of another room, is ignored (the edge only writes them for
+//! existing messages, so such an event did not come from it).
+
+use std::collections::BTreeMap;
+
+use chatlog_events::{
+    ChatEvent, EventId, Payload, RoomId, Stream,
+    queries::{
+        MessageRequest, MessageView, MessagesAnswer, MessagesRequest, RoomRequest, RoomView,
+        RoomsRequest, history,
+    },
+};
+use chatlog_runtime::{
+    Changes, Projection, QueryError, Read, View, answer, get_json, parse_request,
+};
+
+/// Most messages one `messages` query answers.
+pub const MAX_PAGE: usize = 200;
+
+/// The history projection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct History;
+
+fn event_key(id: &EventId) -> Vec<u8> {
+    let mut key = b"i/".to_vec();
+    key.extend_from_slice(id.as_uuid().as_bytes());
+    key
+}
+
+fn message_prefix(room: &RoomId) -> Vec<u8> {
+    let mut key = b"m/".to_vec();
+    key.extend_from_slice(room.as_str().as_bytes());
+    key.push(b'/');
+    key
+}
+
+fn message_key(room: &RoomId, seq: u64) -> Vec<u8> {
+    let mut key = message_prefix(room);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn room_key(room: &RoomId) -> Vec<u8> {
+    let mut key = b"r/".to_vec();
+    key.extend_from_slice(room.as_str().as_bytes());
+    key
+}
+
+/// Where an event was applied: `<room>/<seq>`.
+fn location(room: &RoomId, seq: u64) -> Vec<u8> {
+    let mut v = room.as_str().as_bytes().to_vec();
+    v.push(b'/');
+    v.extend_from_slice(&seq.to_be_bytes());
+    v
+}
+
+fn parse_location(bytes: &[u8]) -> Option<(RoomId, u64)> {
+    let split = bytes.len().checked_sub(9)?;
+    let (room, rest) = bytes.split_at(split);
+    let seq = u64::from_be_bytes(rest.get(1..)?.try_into().ok()?);
+    let room = RoomId::parse(std::str::from_utf8(room).ok()?).ok()?;
+    Some((room, seq))
+}
+
+/// The message `id` stands for, if it is a message of `room`.
+fn message_in(view: &dyn Read, room: &RoomId, id: &EventId) -> Option<(Vec<u8>, MessageView)> {
+    let (at_room, seq) = parse_location(&view.get(&event_key(id))?)?;
+    if &at_room != room {
+        return None;
+    }
+    let key = message_key(room, seq);
+    let message = get_json::<MessageView>(view, &key)?;
+    Some((key, message))
+}
+
+impl Projection for History {
+    fn name(&self) -> &'static str {
+        history::VIEW
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn stream(&self) -> Stream {
+        Stream::Rooms
+    }
+
+    fn apply(&self, view: &dyn Read, seq: u64, event: &ChatEvent) -> Changes {
+        let mut changes = Changes::none();
+        let Some(room) = event.room() else {
+            return changes;
+        };
+        let id_key = event_key(&event.id);
+        if view.get(&id_key).is_some() {
+            return changes; // seen: applied once already
+        }
+        changes.put(id_key, location(&room, seq));
+
+        let key = room_key(&room);
+        let mut directory: Option<RoomView> = get_json(view, &key);
+        match &event.payload {
+            Payload::RoomCreated(created) if directory.is_none() => {
+                directory = Some(RoomView {
+                    id: room.clone(),
+                    name: created.name.clone(),
+                    topic: created.topic.clone(),
+                    private: created.private,
+                    members: if created.private {
+                        created.members.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    creator: event.user.clone(),
+                    last_seq: seq,
+                });
+            }
+            Payload::RoomUpdated(updated) => {
+                if let Some(d) = directory.as_mut() {
+                    if let Some(name) = &updated.name {
+                        d.name = name.clone();
+                    }
+                    if let Some(topic) = &updated.topic {
+                        d.topic = topic.clone();
+                    }
+                }
+            }
+            Payload::MemberJoined(m) => {
+                if let Some(d) = directory.as_mut().filter(|d| d.private)
+                    && !d.members.contains(&m.member)
+                {
+                    d.members.push(m.member.clone());
+                }
+            }
+            Payload::MemberLeft(m) => {
+                if let Some(d) = directory.as_mut() {
+                    d.members.retain(|u| u != &m.member);
+                }
+            }
+            Payload::MessagePosted(posted) => {
+                let message = MessageView {
+                    seq,
+                    id: event.id,
+                    room: room.clone(),
+                    user: event.user.clone(),
+                    text: posted.text.clone(),
+                    time: event.time,
+                    reply_to: posted.reply_to,
+                    edited: false,
+                    deleted: false,
+                    reactions: BTreeMap::new(),
+                    mentions: posted.mentions.clone(),
+                };
+                changes.put_json(message_key(&room, seq), &message);
+            }
+            Payload::MessageEdited(edit) => {
+                if let Some((key, mut message)) = message_in(view, &room, &edit.message_id)
+                    && message.user == event.user
+                    && !message.deleted
+                {
+                    message.text = edit.text.clone();
+                    message.edited = true;
+                    changes.put_json(key, &message);
+                }
+            }
+            Payload::MessageDeleted(delete) => {
+                if let Some((key, mut message)) = message_in(view, &room, &delete.message_id)
+                    && message.user == event.user
+                    && !message.deleted
+                {
+                    message.deleted = true;
+                    message.text.clear();
+                    message.mentions.clear();
+                    message.reactions.clear();
+                    changes.put_json(key, &message);
+                }
+            }
+            Payload::ReactionAdded(reaction) => {
+                if let Some((key, mut message)) = message_in(view, &room, &reaction.message_id)
+                    && !message.deleted
+                {
+                    let users = message.reactions.entry(reaction.emoji.clone()).or_default();
+                    if let Err(at) = users.binary_search(&event.user) {
+                        users.insert(at, event.user.clone());
+                        changes.put_json(key, &message);
+                    }
+                }
+            }
+            Payload::ReactionRemoved(reaction) => {
+                if let Some((key, mut message)) = message_in(view, &room, &reaction.message_id)
+                    && let Some(users) = message.reactions.get_mut(&reaction.emoji)
+                    && let Ok(at) = users.binary_search(&event.user)
+                {
+                    users.remove(at);
+                    if users.is_empty() {
+                        message.reactions.remove(&reaction.emoji);
+                    }
+                    changes.put_json(key, &message);
+                }
+            }
+            _ => {}
+        }
+        if let Some(mut d) = directory {
+            d.last_seq = d.last_seq.max(seq);
+            changes.put_json(key, &d);
+        }
+        changes
+    }
+
+    fn queries(&self) -> &'static [&'static str] {
+        &[
+            history::MESSAGES,
+            history::MESSAGE,
+            history::ROOM,
+            history::ROOMS,
+        ]
+    }
+
+    fn query(&self, view: &View, query: &str, request: &[u8]) -> Result<Vec<u8>, QueryError> {
+        match query {
+            history::MESSAGES => answer(&messages(view, parse_request(request)?)?),
+            history::MESSAGE => {
+                let req: MessageRequest = parse_request(request)?;
+                let found = view
+                    .get(&event_key(&req.id))
+                    .and_then(|at| parse_location(&at))
+                    .and_then(|(room, seq)| {
+                        get_json::<MessageView>(view, &message_key(&room, seq))
+                    });
+                answer(&found)
+            }
+            history::ROOM => {
+                let req: RoomRequest = parse_request(request)?;
+                answer(&get_json::<RoomView>(view, &room_key(&req.room)))
+            }
+            history::ROOMS => {
+                let req: RoomsRequest = parse_request(request)?;
+                let mut rooms = Vec::new();
+                for entry in view.tree().scan_prefix(b"r/") {
+                    let (_, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
+                    if let Ok(room) = serde_json::from_slice::<RoomView>(&value)
+                        && room.visible_to(&req.user)
+                    {
+                        rooms.push(room);
+                    }
+                }
+                answer(&rooms)
+            }
+            other => Err(QueryError::NotFound(format!("no query {other}"))),
+        }
+    }
+}
+
+/// The latest `limit` messages with seq < `before`, oldest first.
+pub fn messages(view: &View, req: MessagesRequest) -> Result<MessagesAnswer, QueryError> {
+    if req.limit == 0 || req.limit > MAX_PAGE {
+        return Err(QueryError::BadRequest(format!(
+            "limit must be 1 to {MAX_PAGE}"
+        )));
+    }
+    let start = message_key(&req.room, 0);
+    let end = message_key(&req.room, req.before.unwrap_or(u64::MAX));
+    let mut messages = Vec::with_capacity(req.limit);
+    let mut has_more = false;
+    for entry in view.tree().range(start..end).rev() {
+        let (_, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
+        if messages.len() == req.limit {
+            has_more = true;
+            break;
+        }
+        if let Ok(message) = serde_json::from_slice::<MessageView>(&value) {
+            messages.push(message);
+        }
+    }
+    messages.reverse();
+    Ok(MessagesAnswer { messages, has_more })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,349 @@
+//! Given / when / then for the history projection, and its properties.
+
+use chatlog_events::{
+    ChatEvent, EventId, Payload, RoomId, UserId,
+    event::{
+        Membership, MessageDeleted, MessageEdited, MessagePosted, Reaction, RoomCreated,
+        RoomUpdated,
+    },
+    queries::{MessageView, MessagesRequest, RoomView},
+};
+use chatlog_runtime::{
+    Projection, View, get_json,
+    testing::{Memory, replay},
+};
+use chrono::{DateTime, Utc};
+use proptest::prelude::*;
+
+use super::*;
+
+fn lobby() -> RoomId {
+    RoomId::parse("lobby").unwrap()
+}
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).unwrap()
+}
+
+fn id(n: u32) -> EventId {
+    EventId::parse(&format!("0190f7a2-5b1c-7000-8000-{n:012x}")).unwrap()
+}
+
+fn at(n: u32) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + i64::from(n), 0).unwrap()
+}
+
+fn event(n: u32, by: &str, payload: Payload) -> ChatEvent {
+    ChatEvent::in_room(&lobby(), user(by), "edge", payload)
+        .with_id(id(n))
+        .with_time(at(n))
+}
+
+fn created(n: u32) -> ChatEvent {
+    event(
+        n,
+        "ada",
+        Payload::RoomCreated(RoomCreated {
+            name: "Lobby".into(),
+            topic: String::new(),
+            private: false,
+            members: vec![],
+        }),
+    )
+}
+
+fn posted(n: u32, by: &str, text: &str) -> ChatEvent {
+    event(
+        n,
+        by,
+        Payload::MessagePosted(MessagePosted {
+            text: text.into(),
+            mentions: vec![],
+            reply_to: None,
+        }),
+    )
+}
+
+fn edited(n: u32, by: &str, message: u32, text: &str) -> ChatEvent {
+    event(
+        n,
+        by,
+        Payload::MessageEdited(MessageEdited {
+            message_id: id(message),
+            text: text.into(),
+        }),
+    )
+}
+
+fn deleted(n: u32, by: &str, message: u32) -> ChatEvent {
+    event(n, by, Payload::MessageDeleted(MessageDeleted { message_id: id(message) }))
+}
+
+fn reacted(n: u32, by: &str, message: u32, emoji: &str, added: bool) -> ChatEvent {
+    let r = Reaction {
+        message_id: id(message),
+        emoji: emoji.into(),
+    };
+    event(
+        n,
+        by,
+        if added {
+            Payload::ReactionAdded(r)
+        } else {
+            Payload::ReactionRemoved(r)
+        },
+    )
+}
+
+/// given(events) . when(event) . then(view): events get seq = their position, starting at 1.
+struct Given {
+    view: Memory,
+    next_seq: u64,
+}
+
+fn given(events: impl IntoIterator<Item = ChatEvent>) -> Given {
+    let mut g = Given {
+        view: Memory::default(),
+        next_seq: 1,
+    };
+    for e in events {
+        g.apply(e);
+    }
+    g
+}
+
+impl Given {
+    fn apply(&mut self, e: ChatEvent) {
+        self.view.apply(&History, self.next_seq, &e);
+        self.next_seq += 1;
+    }
+
+    fn when(mut self, e: ChatEvent) -> Self {
+        self.apply(e);
+        self
+    }
+
+    fn message(&self, seq: u64) -> Option<MessageView> {
+        get_json(&self.view, &message_key(&lobby(), seq))
+    }
+
+    fn room(&self) -> Option<RoomView> {
+        get_json(&self.view, &room_key(&lobby()))
+    }
+}
+
+#[test]
+fn it_keeps_a_posted_message() {
+    let then = given([created(1)]).when(posted(2, "ada", "hello"));
+    let m = then.message(2).expect("message at seq 2");
+    assert_eq!((m.text.as_str(), m.user.as_str(), m.id), ("hello", "ada", id(2)));
+    assert!(!m.edited && !m.deleted && m.reactions.is_empty());
+    assert_eq!(m.time, at(2));
+    assert_eq!(then.room().unwrap().last_seq, 2);
+}
+
+#[test]
+fn it_folds_an_edit_into_the_message() {
+    let then = given([created(1), posted(2, "ada", "helo")]).when(edited(3, "ada", 2, "hello"));
+    let m = then.message(2).unwrap();
+    assert_eq!(m.text, "hello");
+    assert!(m.edited);
+    assert_eq!(then.room().unwrap().last_seq, 3);
+}
+
+#[test]
+fn it_ignores_an_edit_by_someone_else() {
+    let then = given([created(1), posted(2, "ada", "mine")]).when(edited(3, "eve", 2, "hacked"));
+    assert_eq!(then.message(2).unwrap().text, "mine");
+}
+
+#[test]
+fn a_delete_leaves_a_tombstone_without_text() {
+    let then = given([created(1), posted(2, "ada", "oops"), reacted(3, "bob", 2, "👍", true)])
+        .when(deleted(4, "ada", 2));
+    let m = then.message(2).unwrap();
+    assert!(m.deleted);
+    assert_eq!(m.text, "");
+    assert!(m.reactions.is_empty());
+}
+
+#[test]
+fn an_edit_of_a_deleted_message_changes_nothing() {
+    let then = given([created(1), posted(2, "ada", "x"), deleted(3, "ada", 2)])
+        .when(edited(4, "ada", 2, "back from the dead"));
+    let m = then.message(2).unwrap();
+    assert!(m.deleted && m.text.is_empty() && !m.edited);
+}
+
+#[test]
+fn an_edit_that_arrives_before_its_message_is_ignored() {
+    let then = given([created(1), edited(2, "ada", 3, "early")]).when(posted(3, "ada", "original"));
+    let m = then.message(3).unwrap();
+    assert_eq!(m.text, "original");
+    assert!(!m.edited);
+}
+
+#[test]
+fn a_reaction_added_twice_counts_once() {
+    let then = given([
+        created(1),
+        posted(2, "ada", "x"),
+        reacted(3, "bob", 2, "👍", true),
+    ])
+    .when(reacted(4, "bob", 2, "👍", true));
+    assert_eq!(then.message(2).unwrap().reactions["👍"], vec![user("bob")]);
+}
+
+#[test]
+fn a_removed_reaction_disappears() {
+    let then = given([
+        created(1),
+        posted(2, "ada", "x"),
+        reacted(3, "bob", 2, "👍", true),
+        reacted(4, "eve", 2, "👍", true),
+    ])
+    .when(reacted(5, "bob", 2, "👍", false));
+    assert_eq!(then.message(2).unwrap().reactions["👍"], vec![user("eve")]);
+    let then = then.when(reacted(6, "eve", 2, "👍", false));
+    assert!(then.message(2).unwrap().reactions.is_empty());
+}
+
+#[test]
+fn a_duplicate_event_id_is_applied_once() {
+    let post = posted(2, "ada", "once");
+    let then = given([created(1), post.clone()]).when(post);
+    assert!(then.message(2).is_some());
+    assert!(then.message(3).is_none(), "the duplicate at seq 3 was not stored");
+    let edit = edited(4, "ada", 2, "edited");
+    let then = then.when(edit.clone()).when(edited(5, "ada", 2, "again")).when(edit);
+    assert_eq!(then.message(2).unwrap().text, "again", "a replayed old edit does not win");
+}
+
+#[test]
+fn it_keeps_the_room_directory() {
+    let secret = ChatEvent::in_room(
+        &lobby(),
+        user("ada"),
+        "edge",
+        Payload::RoomCreated(RoomCreated {
+            name: "Secret".into(),
+            topic: "t".into(),
+            private: true,
+            members: vec![user("ada")],
+        }),
+    )
+    .with_id(id(1));
+    let then = given([secret])
+        .when(event(2, "ada", Payload::MemberJoined(Membership { member: user("bob") })))
+        .when(event(3, "ada", Payload::RoomUpdated(RoomUpdated { name: Some("Hush".into()), topic: None })));
+    let room = then.room().unwrap();
+    assert_eq!(room.name, "Hush");
+    assert_eq!(room.topic, "t");
+    assert_eq!(room.members, vec![user("ada"), user("bob")]);
+    assert!(room.visible_to(&user("bob")) && !room.visible_to(&user("eve")));
+    let then = then.when(event(4, "ada", Payload::MemberLeft(Membership { member: user("bob") })));
+    assert!(!then.room().unwrap().visible_to(&user("bob")));
+    assert_eq!(then.room().unwrap().last_seq, 4);
+}
+
+fn sled_view(dir: &tempfile::TempDir, name: &str) -> View {
+    View::open(&dir.path().join(name), "history", History.version()).unwrap()
+}
+
+#[test]
+fn pages_have_the_right_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir, "v");
+    let mut events = vec![(1, created(1))];
+    for n in 2..=11 {
+        events.push((u64::from(n), posted(n, "ada", &format!("m{n}"))));
+    }
+    replay(&History, &view, &events, 3);
+    let page = |before, limit| {
+        messages(&view, MessagesRequest { room: lobby(), before, limit }).unwrap()
+    };
+    let seqs = |a: &MessagesAnswer| a.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+
+    let latest = page(None, 4);
+    assert_eq!(seqs(&latest), vec![8, 9, 10, 11], "the latest, oldest first");
+    assert!(latest.has_more);
+    let older = page(Some(8), 4);
+    assert_eq!(seqs(&older), vec![4, 5, 6, 7]);
+    assert!(older.has_more);
+    let oldest = page(Some(4), 4);
+    assert_eq!(seqs(&oldest), vec![2, 3]);
+    assert!(!oldest.has_more);
+    let exact = page(Some(6), 4);
+    assert_eq!(seqs(&exact), vec![2, 3, 4, 5]);
+    assert!(!exact.has_more, "nothing older than seq 2");
+    assert_eq!(seqs(&page(None, 200)).len(), 10);
+    assert!(page(Some(2), 10).messages.is_empty());
+    assert!(messages(&view, MessagesRequest { room: lobby(), before: None, limit: 0 }).is_err());
+    assert!(messages(&view, MessagesRequest { room: lobby(), before: None, limit: 201 }).is_err());
+    let other = RoomId::parse("lobby2").unwrap();
+    assert!(messages(&view, MessagesRequest { room: other, before: None, limit: 5 })
+        .unwrap()
+        .messages
+        .is_empty());
+}
+
+/// A random history of a room: posts, edits, deletes, reactions by three users, with repeats.
+fn history_strategy() -> impl Strategy<Value = Vec<(u64, ChatEvent)>> {
+    let action = (0u8..6, 0usize..3, 0usize..8, 0usize..2);
+    proptest::collection::vec(action, 1..60).prop_map(|actions| {
+        let users = ["ada", "bob", "eve"];
+        let mut events = vec![created(1)];
+        let mut n = 1;
+        for (kind, who, target, emoji) in actions {
+            n += 1;
+            let by = users[who];
+            let target = (target as u32 % n.max(2)).max(2);
+            let e = match kind {
+                0 | 1 => posted(n, by, &format!("text {n}")),
+                2 => edited(n, by, target, &format!("edit {n}")),
+                3 => deleted(n, by, target),
+                4 => reacted(n, by, target, ["👍", "🎉"][emoji], emoji == 0),
+                _ => events[(target as usize) % events.len()].clone(), // a duplicate
+            };
+            events.push(e);
+        }
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (i as u64 + 1, e))
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn a_prefix_then_the_rest_equals_all_at_once(events in history_strategy(), cut in 0usize..60, batch in 1usize..8) {
+        let dir = tempfile::tempdir().unwrap();
+        let all = sled_view(&dir, "all");
+        replay(&History, &all, &events, 1000);
+        let parts = sled_view(&dir, "parts");
+        let cut = cut.min(events.len());
+        replay(&History, &parts, &events[..cut], batch);
+        replay(&History, &parts, &events[cut..], batch);
+        prop_assert_eq!(all.checksum().unwrap(), parts.checksum().unwrap());
+    }
+
+    #[test]
+    fn applying_twice_equals_once(events in history_strategy()) {
+        let dir = tempfile::tempdir().unwrap();
+        let once = sled_view(&dir, "once");
+        replay(&History, &once, &events, 5);
+        // The same events again under new seqs, as a replayed stream would store duplicates.
+        let offset = events.len() as u64;
+        let again: Vec<_> = events.iter().map(|(s, e)| (s + offset, e.clone())).collect();
+        let twice = sled_view(&dir, "twice");
+        replay(&History, &twice, &events, 5);
+        replay(&History, &twice, &again, 5);
+        let read = |v: &View| -> Vec<MessageView> {
+            messages(v, MessagesRequest { room: lobby(), before: None, limit: 200 }).unwrap().messages
+        };
+        prop_assert_eq!(read(&once), read(&twice));
+    }
+}

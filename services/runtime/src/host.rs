@@ -1,0 +1,387 @@
+//! The shell around a projection: consume, decode, apply, commit, answer queries.
+//!
+//! [`run`] keeps a view up to date for as long as the process lives and serves its queries;
+//! [`rebuild`] wipes a view and applies the stream up to its current last sequence, reporting
+//! progress. Both use [`consume`]: an ordered consumer from the checkpoint + 1, events applied in
+//! order into [`Pending`], committed with the checkpoint every `batch` events and whenever the
+//! stream goes quiet. An event that does not decode is logged with its seq, counted and skipped:
+//! it never blocks the view.
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use async_nats::{
+    Client,
+    jetstream::{
+        self,
+        consumer::{DeliverPolicy, pull::OrderedConfig},
+    },
+    service::ServiceExt,
+};
+use bytes::Bytes;
+use chatlog_events::{
+    ChatEvent,
+    queries::{self, ChecksumAnswer},
+};
+use futures::StreamExt;
+
+use crate::{
+    Projection, QueryError,
+    view::{Overlay, Pending, View, ViewError},
+};
+
+/// How a handler runs.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The view's sled directory.
+    pub view_dir: PathBuf,
+    /// Events applied per sled batch at most.
+    pub batch: usize,
+    /// Commit what is pending when no event came for this long.
+    pub idle_commit: Duration,
+}
+
+impl HostConfig {
+    pub fn new(view_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            view_dir: view_dir.into(),
+            batch: 1000,
+            idle_commit: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What a handler reports about itself (service stats, `chatlog events stats`, metrics).
+#[derive(Debug, Default)]
+pub struct HostStats {
+    /// The last stream sequence committed.
+    pub checkpoint: AtomicU64,
+    /// Messages of the stream not applied yet, as of the last one read.
+    pub lag: AtomicU64,
+    /// Events applied.
+    pub applied: AtomicU64,
+    /// Events that could not be decoded and were skipped.
+    pub skipped: AtomicU64,
+}
+
+impl HostStats {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "checkpoint": self.checkpoint.load(Relaxed),
+            "lag": self.lag.load(Relaxed),
+            "applied": self.applied.load(Relaxed),
+            "skipped": self.skipped.load(Relaxed),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    View(#[from] ViewError),
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+/// Runs `projection` until `shutdown`: keeps its view at `config.view_dir` up to date and answers
+/// its queries on `views.<name>.*` in a queue group shared by its replicas.
+pub async fn run<P: Projection>(
+    projection: P,
+    client: Client,
+    config: HostConfig,
+    stats: Arc<HostStats>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HostError> {
+    let projection = Arc::new(projection);
+    let view = Arc::new(View::open(
+        &config.view_dir,
+        projection.name(),
+        projection.version(),
+    )?);
+    stats.checkpoint.store(view.checkpoint()?, Relaxed);
+    let service = serve_queries(projection.clone(), view.clone(), &client, stats.clone()).await?;
+    tracing::info!(view = projection.name(), checkpoint = view.checkpoint()?, "handler started");
+    let js = jetstream::new(client);
+    let result = consume(&*projection, &view, &js, &config, &stats, None, shutdown, |_, _| {}).await;
+    view.flush()?;
+    let _ = service.stop().await;
+    result.map(|_| ())
+}
+
+/// Wipes the view at `config.view_dir` and applies the stream up to its last sequence now,
+/// calling `progress(seq, last)` as it goes. Returns the view's checksum and checkpoint.
+pub async fn rebuild<P: Projection>(
+    projection: &P,
+    client: Client,
+    config: &HostConfig,
+    progress: impl FnMut(u64, u64),
+) -> Result<ChecksumAnswer, HostError> {
+    let view = View::open(&config.view_dir, projection.name(), projection.version())?;
+    view.wipe()?;
+    let js = jetstream::new(client);
+    let mut stream = js
+        .get_stream(projection.stream().name())
+        .await
+        .map_err(|e| HostError::Nats(e.to_string()))?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| HostError::Nats(e.to_string()))?
+        .state
+        .last_sequence;
+    let stats = HostStats::default();
+    let checkpoint = consume(
+        projection,
+        &view,
+        &js,
+        config,
+        &stats,
+        Some(last),
+        std::future::pending(),
+        progress,
+    )
+    .await?;
+    view.flush()?;
+    Ok(ChecksumAnswer {
+        checksum: format!("{:016x}", view.checksum()?),
+        checkpoint,
+        lag: 0,
+    })
+}
+
+/// Applies the stream from the view's checkpoint + 1, until `stop_at` (when given) or `shutdown`.
+/// Returns the last committed checkpoint.
+#[allow(clippy::too_many_arguments)]
+async fn consume<P: Projection + ?Sized>(
+    projection: &P,
+    view: &View,
+    js: &jetstream::Context,
+    config: &HostConfig,
+    stats: &HostStats,
+    stop_at: Option<u64>,
+    shutdown: impl Future<Output = ()>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, HostError> {
+    tokio::pin!(shutdown);
+    let name = projection.name();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let checkpoint = view.checkpoint()?;
+        if stop_at.is_some_and(|stop| checkpoint >= stop) {
+            return Ok(checkpoint);
+        }
+        let mut messages = match open_reader(js, projection, checkpoint + 1).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(view = name, error = %e, "cannot read the stream, retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(checkpoint),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        pause = Duration::from_millis(100);
+        let mut pending = Pending::default();
+        let mut emit: Vec<ChatEvent> = Vec::new();
+        let mut last = checkpoint;
+        let restart = loop {
+            let next = tokio::select! {
+                _ = &mut shutdown => {
+                    commit(view, js, &mut pending, &mut emit, last, stats).await?;
+                    return Ok(last);
+                }
+                next = tokio::time::timeout(config.idle_commit, messages.next()) => next,
+            };
+            let message = match next {
+                Err(_) => {
+                    // Quiet: commit what is pending so the view is fresh.
+                    commit(view, js, &mut pending, &mut emit, last, stats).await?;
+                    continue;
+                }
+                Ok(None) => break "the reader ended",
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(view = name, error = %e, "reading the stream failed");
+                    break "reading failed";
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            let (seq, lag) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.pending),
+                Err(e) => {
+                    tracing::warn!(view = name, error = %e, "message without metadata");
+                    break "bad metadata";
+                }
+            };
+            if seq <= last {
+                continue;
+            }
+            match ChatEvent::decode(&message.payload) {
+                Ok(event) => {
+                    let changes = {
+                        let overlay = Overlay {
+                            view,
+                            pending: &pending,
+                        };
+                        projection.apply(&overlay, seq, &event)
+                    };
+                    emit.extend(changes.emit.iter().cloned());
+                    pending.add(changes);
+                    stats.applied.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(view = name, seq, error = %e, "undecodable event skipped");
+                    stats.skipped.fetch_add(1, Relaxed);
+                    pending.events += 1;
+                }
+            }
+            last = seq;
+            stats.lag.store(lag, Relaxed);
+            let done = stop_at.is_some_and(|stop| seq >= stop);
+            if pending.events >= config.batch || done {
+                commit(view, js, &mut pending, &mut emit, last, stats).await?;
+                progress(seq, stop_at.unwrap_or(seq + lag));
+            }
+            if done {
+                return Ok(last);
+            }
+        };
+        commit(view, js, &mut pending, &mut emit, last, stats).await?;
+        tracing::info!(view = name, why = restart, checkpoint = last, "restarting the reader");
+    }
+}
+
+async fn open_reader<P: Projection + ?Sized>(
+    js: &jetstream::Context,
+    projection: &P,
+    from: u64,
+) -> Result<jetstream::consumer::pull::Ordered, String> {
+    let stream = js
+        .get_stream_no_info(projection.stream().name())
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
+}
+
+/// Appends the derived events (acknowledged, retried with their deterministic ids), then writes
+/// the pending changes with the checkpoint. A crash in between re-emits the same ids: stored once.
+async fn commit(
+    view: &View,
+    js: &jetstream::Context,
+    pending: &mut Pending,
+    emit: &mut Vec<ChatEvent>,
+    checkpoint: u64,
+    stats: &HostStats,
+) -> Result<(), HostError> {
+    if pending.is_empty() && emit.is_empty() {
+        return Ok(());
+    }
+    for event in emit.drain(..) {
+        append_until_stored(js, &event).await?;
+    }
+    view.commit(pending, checkpoint)?;
+    stats.checkpoint.store(checkpoint, Relaxed);
+    Ok(())
+}
+
+async fn append_until_stored(js: &jetstream::Context, event: &ChatEvent) -> Result<(), HostError> {
+    let encoded = event.encode().map_err(|e| HostError::Nats(e.to_string()))?;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let attempt = async {
+            js.publish_with_headers(
+                encoded.subject.clone(),
+                encoded.headers.clone(),
+                encoded.body.clone(),
+            )
+            .await?
+            .await
+        };
+        match attempt.await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, id = %event.id, "emitting a derived event failed, retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Starts the view's micro service: one endpoint per query, plus `checksum`.
+async fn serve_queries<P: Projection>(
+    projection: Arc<P>,
+    view: Arc<View>,
+    client: &Client,
+    stats: Arc<HostStats>,
+) -> Result<async_nats::service::Service, HostError> {
+    let name = projection.name();
+    let stats_for_handler = stats.clone();
+    let service = client
+        .service_builder()
+        .description(format!("chatlog {name} view"))
+        .queue_group(format!("views.{name}"))
+        .stats_handler(move |_, _| stats_for_handler.to_json())
+        .start(name, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| HostError::Nats(e.to_string()))?;
+    let group = service.group(format!("views.{name}"));
+    let mut names: Vec<&'static str> = projection.queries().to_vec();
+    names.push(queries::CHECKSUM);
+    for query in names {
+        let mut endpoint = group
+            .endpoint(query)
+            .await
+            .map_err(|e| HostError::Nats(e.to_string()))?;
+        let projection = projection.clone();
+        let view = view.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            while let Some(request) = endpoint.next().await {
+                let answer = if query == queries::CHECKSUM {
+                    checksum(&view, &stats)
+                } else {
+                    projection.query(&view, query, &request.message.payload)
+                };
+                let response = answer.map(Bytes::from).map_err(|e| {
+                    async_nats::service::error::Error {
+                        code: e.code(),
+                        status: e.message().to_string(),
+                    }
+                });
+                if let Err(e) = request.respond(response).await {
+                    tracing::debug!(error = %e, query, "answering a query failed");
+                }
+            }
+        });
+    }
+    Ok(service)
+}
+
+fn checksum(view: &View, stats: &HostStats) -> Result<Vec<u8>, QueryError> {
+    let checksum = view
+        .checksum()
+        .map_err(|e| QueryError::Internal(e.to_string()))?;
+    crate::answer(&ChecksumAnswer {
+        checksum: format!("{checksum:016x}"),
+        checkpoint: view.checkpoint().unwrap_or_default(),
+        lag: stats.lag.load(Relaxed),
+    })
+}

@@ -1,0 +1,291 @@
+//! A view: a sled database holding the projection's keys and, under a reserved prefix, the
+//! checkpoint (the last applied stream sequence) and the view's format version. View changes and
+//! the checkpoint are written in one sled batch, so they cannot disagree.
+//!
+//! The view is disposable: when sled cannot open it, or it was written by another format
+//! version, it is wiped (with a log line saying so) and rebuilt from the log.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use crate::Changes;
+
+/// Keys of the runtime's own bookkeeping; projections' keys never start with 0xff.
+const META: &[u8] = b"\xffmeta/";
+const CHECKPOINT: &[u8] = b"\xffmeta/checkpoint";
+const VERSION: &[u8] = b"\xffmeta/version";
+
+/// Read access to a view, as a projection sees it.
+pub trait Read {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("view storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("view directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct View {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl View {
+    /// Opens the view at `path`, wiping it when it is unreadable or of another `version`.
+    pub fn open(path: &Path, name: &str, version: u32) -> Result<View, ViewError> {
+        let db = match sled::open(path) {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::warn!(view = name, error = %e, path = %path.display(),
+                    "view unreadable, wiping it to rebuild from the log");
+                if path.exists() {
+                    std::fs::remove_dir_all(path)?;
+                }
+                sled::open(path)?
+            }
+        };
+        let view = View {
+            db,
+            path: path.to_path_buf(),
+        };
+        let stored = view.db.get(VERSION)?.map(|v| read_u64(&v));
+        if stored != Some(u64::from(version)) {
+            if stored.is_some() || !view.db.is_empty() {
+                tracing::warn!(view = name, stored = ?stored, version,
+                    "view format changed, wiping it to rebuild from the log");
+            }
+            view.db.clear()?;
+            view.db.insert(VERSION, &u64::from(version).to_be_bytes())?;
+            view.db.flush()?;
+        }
+        Ok(view)
+    }
+
+    /// Forgets everything but the format version: the next run rebuilds from the start.
+    pub fn wipe(&self) -> Result<(), ViewError> {
+        let version = self.db.get(VERSION)?;
+        self.db.clear()?;
+        if let Some(v) = version {
+            self.db.insert(VERSION, v)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last stream sequence applied (0: nothing yet).
+    pub fn checkpoint(&self) -> Result<u64, ViewError> {
+        Ok(self.db.get(CHECKPOINT)?.map_or(0, |v| read_u64(&v)))
+    }
+
+    /// The sled tree, for queries (ranges, prefixes).
+    pub fn tree(&self) -> &sled::Tree {
+        &self.db
+    }
+
+    /// Writes `pending` and the checkpoint in one atomic batch.
+    pub fn commit(&self, pending: &mut Pending, checkpoint: u64) -> Result<(), ViewError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in std::mem::take(&mut pending.writes) {
+            match value {
+                Some(v) => batch.insert(key, v),
+                None => batch.remove(key),
+            }
+        }
+        batch.insert(CHECKPOINT, &checkpoint.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        pending.events = 0;
+        Ok(())
+    }
+
+    /// Makes committed batches durable now (sled also does it on its own every 500 ms).
+    pub fn flush(&self) -> Result<(), ViewError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A hash of every key and value of the view (not the checkpoint): two views with the same
+    /// content have the same checksum, whatever order they were written in.
+    pub fn checksum(&self) -> Result<u64, ViewError> {
+        let mut hash = Fnv::new();
+        for entry in self.db.iter() {
+            let (key, value) = entry?;
+            if key.starts_with(META) {
+                continue;
+            }
+            hash.write(&(key.len() as u64).to_be_bytes());
+            hash.write(&key);
+            hash.write(&(value.len() as u64).to_be_bytes());
+            hash.write(&value);
+        }
+        Ok(hash.finish())
+    }
+}
+
+impl Read for View {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.db.get(key) {
+            Ok(v) => v.map(|v| v.to_vec()),
+            Err(e) => {
+                tracing::error!(error = %e, "view read failed");
+                None
+            }
+        }
+    }
+}
+
+/// Changes applied but not committed yet. Reads see them first, so the events of one batch see
+/// each other's effects.
+#[derive(Default)]
+pub struct Pending {
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Events applied since the last commit.
+    pub events: usize,
+}
+
+impl Pending {
+    pub fn add(&mut self, changes: Changes) {
+        for (key, value) in changes.writes {
+            self.writes.insert(key, value);
+        }
+        self.events += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+}
+
+/// A view as a projection sees it mid-batch: pending changes over the committed view.
+pub struct Overlay<'a> {
+    pub view: &'a View,
+    pub pending: &'a Pending,
+}
+
+impl Read for Overlay<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.pending.writes.get(key) {
+            Some(v) => v.clone(),
+            None => self.view.get(key),
+        }
+    }
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .unwrap_or_default()
+}
+
+/// FNV-1a, 64 bits: stable across runs and platforms (unlike std's hasher).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_and_checkpoint_commit_together_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        {
+            let view = View::open(&path, "t", 1).unwrap();
+            let mut pending = Pending::default();
+            let mut c = Changes::none();
+            c.put(b"a".to_vec(), b"1".to_vec());
+            pending.add(c);
+            assert_eq!(
+                Overlay { view: &view, pending: &pending }.get(b"a"),
+                Some(b"1".to_vec()),
+                "pending changes are visible before the commit"
+            );
+            assert_eq!(view.get(b"a"), None);
+            view.commit(&mut pending, 7).unwrap();
+            view.flush().unwrap();
+        }
+        let view = View::open(&path, "t", 1).unwrap();
+        assert_eq!(view.get(b"a"), Some(b"1".to_vec()));
+        assert_eq!(view.checkpoint().unwrap(), 7);
+    }
+
+    #[test]
+    fn a_new_format_version_wipes_the_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        {
+            let view = View::open(&path, "t", 1).unwrap();
+            let mut pending = Pending::default();
+            let mut c = Changes::none();
+            c.put(b"a".to_vec(), b"1".to_vec());
+            pending.add(c);
+            view.commit(&mut pending, 3).unwrap();
+            view.flush().unwrap();
+        }
+        let view = View::open(&path, "t", 2).unwrap();
+        assert_eq!(view.get(b"a"), None);
+        assert_eq!(view.checkpoint().unwrap(), 0);
+    }
+
+    #[test]
+    fn an_unreadable_view_is_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("conf"), b"garbage that is not a sled config").unwrap();
+        std::fs::write(path.join("db"), b"garbage").unwrap();
+        let view = View::open(&path, "t", 1).unwrap();
+        assert_eq!(view.checkpoint().unwrap(), 0);
+    }
+
+    #[test]
+    fn the_checksum_ignores_the_checkpoint_and_write_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = View::open(&dir.path().join("a"), "t", 1).unwrap();
+        let b = View::open(&dir.path().join("b"), "t", 1).unwrap();
+        let mut pa = Pending::default();
+        let mut pb = Pending::default();
+        let mut c1 = Changes::none();
+        c1.put(b"x".to_vec(), b"1".to_vec());
+        let mut c2 = Changes::none();
+        c2.put(b"y".to_vec(), b"2".to_vec());
+        pa.add(c1.clone());
+        pa.add(c2.clone());
+        a.commit(&mut pa, 10).unwrap();
+        pb.add(c2);
+        b.commit(&mut pb, 5).unwrap();
+        pb.add(c1);
+        b.commit(&mut pb, 20).unwrap();
+        assert_eq!(a.checksum().unwrap(), b.checksum().unwrap());
+        let mut c3 = Changes::none();
+        c3.delete(b"x".to_vec());
+        pb.add(c3);
+        b.commit(&mut pb, 21).unwrap();
+        assert_ne!(a.checksum().unwrap(), b.checksum().unwrap());
+    }
+}
