@@ -7,6 +7,12 @@ use chatlog_edge::{Config, Limits};
 use chatlog_events::{RoomId, streams::StreamSettings};
 use clap::{Args, Parser, Subcommand};
 
+use crate::{
+    events::EventsCommand,
+    handlers::{HandlerArgs, HandlerName},
+    views::ViewsCommand,
+};
+
 #[derive(Parser)]
 #[command(
     name = "chatlog",
@@ -20,10 +26,44 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run every component in one process (what `make up` runs).
-    Up(EdgeArgs),
+    /// Run every component in one process: the edge and every handler (what `make up` runs).
+    Up {
+        #[command(flatten)]
+        edge: EdgeArgs,
+        #[command(flatten)]
+        handlers: HandlerArgs,
+    },
     /// Run the WebSocket and HTTP edge alone (for scaling out).
     Edge(EdgeArgs),
+    /// Run one handler (for scaling out: replicas share the queries in a queue group).
+    Handler {
+        name: HandlerName,
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        handler: HandlerArgs,
+    },
+    /// Inspect the log.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Repair the views.
+    Views {
+        #[command(subcommand)]
+        command: ViewsCommand,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct NatsArgs {
+    /// NATS server to use.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
 }
 
 #[derive(Args)]

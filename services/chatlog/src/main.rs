@@ -2,28 +2,111 @@
 //! Every component's logic lives in its library crate.
 
 mod cli;
+mod events;
+mod handlers;
 mod telemetry;
+mod views;
 
 use anyhow::Context;
 use clap::Parser;
+use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     telemetry::init();
     match cli.command {
-        cli::Command::Up(args) | cli::Command::Edge(args) => {
-            let config = args.into_config()?;
-            let listener = tokio::net::TcpListener::bind(&config.1)
-                .await
-                .with_context(|| format!("binding {}", config.1))?;
-            chatlog_edge::run(config.0, listener, shutdown_signal())
+        cli::Command::Up { edge, handlers } => {
+            let (config, http) = edge.into_config()?;
+            let listener = bind(&http).await?;
+            let (stop, stopped) = watch::channel(false);
+            let (client, _) = chatlog_edge::connect(&config.nats_url, "chatlog-handlers").await?;
+            // The streams first: the handlers read them.
+            chatlog_edge::ensure_streams(
+                &async_nats::jetstream::new(client.clone()),
+                &config.streams,
+                std::time::Duration::from_secs(60),
+            )
+            .await?;
+            let mut tasks = tokio::task::JoinSet::new();
+            for name in handlers::HandlerName::ALL {
+                let client = client.clone();
+                let args = handlers.clone();
+                let stopped = until_true(stopped.clone());
+                tasks.spawn(async move {
+                    handlers::run(name, client, &args, stopped)
+                        .await
+                        .with_context(|| format!("the {} handler", name.as_str()))
+                });
+            }
+            let edge_stopped = until_true(stopped.clone());
+            tasks.spawn(async move {
+                chatlog_edge::run(config, listener, edge_stopped)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))
+                    .context("the edge")
+            });
+            let stop = std::sync::Arc::new(stop);
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                on_signal.send_replace(true);
+            });
+            // The first component to stop (on a signal, or failing) stops the others.
+            let mut result = Ok(());
+            while let Some(done) = tasks.join_next().await {
+                let done = done.context("a component panicked").and_then(|r| r);
+                if let Err(e) = &done {
+                    tracing::error!(error = format!("{e:#}"), "component failed");
+                }
+                if result.is_ok() {
+                    result = done;
+                }
+                stop.send_replace(true);
+            }
+            result?;
+        }
+        cli::Command::Edge(args) => {
+            let (config, http) = args.into_config()?;
+            let listener = bind(&http).await?;
+            chatlog_edge::run(config, listener, shutdown_signal())
                 .await
                 .map_err(|e| anyhow::anyhow!(e))
                 .context("running the edge")?;
         }
+        cli::Command::Handler {
+            name,
+            nats,
+            handler,
+        } => {
+            let (client, _) = chatlog_edge::connect(&nats.nats_url, name.as_str()).await?;
+            handlers::run(name, client, &handler, shutdown_signal()).await?;
+        }
+        cli::Command::Events { command, nats } => {
+            let client = async_nats::connect(&nats.nats_url)
+                .await
+                .with_context(|| format!("connecting to {}", nats.nats_url))?;
+            events::run(command, client).await?;
+        }
+        cli::Command::Views { command, nats } => {
+            let client = async_nats::connect(&nats.nats_url)
+                .await
+                .with_context(|| format!("connecting to {}", nats.nats_url))?;
+            views::run(command, client).await?;
+        }
     }
     Ok(())
+}
+
+async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+/// Resolves when the flag turns true.
+async fn until_true(mut flag: watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

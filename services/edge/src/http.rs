@@ -7,7 +7,11 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use chatlog_events::{RoomId, Stream, UserId, subjects};
+use chatlog_events::{
+    RoomId, Stream, UserId,
+    queries::{MessagesAnswer, MessagesRequest, RoomView, RoomsRequest, history},
+    subjects,
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 
@@ -15,8 +19,35 @@ use crate::{
     AppState,
     auth::{AuthUser, Kind},
     error::{ApiError, Code},
-    rooms::{NewRoom, RoomSummary},
+    rooms::NewRoom,
 };
+
+/// A room as `GET /api/rooms` and `POST /api/rooms` answer it.
+#[derive(Serialize)]
+pub struct RoomListing {
+    id: RoomId,
+    name: String,
+    topic: String,
+    private: bool,
+    /// Members of a private room (empty for a public one).
+    members: Vec<UserId>,
+    member_count: usize,
+    last_seq: u64,
+}
+
+impl From<RoomView> for RoomListing {
+    fn from(r: RoomView) -> Self {
+        Self {
+            member_count: r.members.len(),
+            id: r.id,
+            name: r.name,
+            topic: r.topic,
+            private: r.private,
+            members: r.members,
+            last_seq: r.last_seq,
+        }
+    }
+}
 
 /// A JSON body whose rejection is a protocol error (`400 {"code","message"}`).
 pub struct ApiJson<T>(pub T);
@@ -95,12 +126,16 @@ pub async fn guest(
     Ok(Json(TokenAnswer { token }))
 }
 
-/// `GET /api/rooms`: the rooms the caller may see.
+/// `GET /api/rooms`: the rooms the caller may see, from the history view.
 pub async fn list_rooms(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-) -> Result<Json<Vec<RoomSummary>>, ApiError> {
-    Ok(Json(state.rooms.list(&user).await?))
+) -> Result<Json<Vec<RoomListing>>, ApiError> {
+    let rooms: Vec<RoomView> = state
+        .views
+        .ask(history::VIEW, history::ROOMS, &RoomsRequest { user })
+        .await?;
+    Ok(Json(rooms.into_iter().map(RoomListing::from).collect()))
 }
 
 #[derive(Deserialize)]
@@ -126,7 +161,7 @@ pub async fn create_room(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     ApiJson(req): ApiJson<CreateRoom>,
-) -> Result<(StatusCode, Json<RoomSummary>), ApiError> {
+) -> Result<(StatusCode, Json<RoomListing>), ApiError> {
     let id = parse_room(&req.id)?;
     let name = req.name.unwrap_or_else(|| id.to_string());
     let topic = req.topic.unwrap_or_default();
@@ -157,12 +192,17 @@ pub async fn create_room(
         private: req.private,
         members,
     };
-    let room = state.rooms.create(&user, new).await?;
-    let last_seq = state
-        .log
-        .last_seq(Stream::Rooms, &subjects::room(&room.id))
-        .await?;
-    Ok((StatusCode::CREATED, Json(RoomSummary { room, last_seq })))
+    let (room, last_seq) = state.rooms.create(&user, new).await?;
+    let listing = RoomView {
+        id: room.id.clone(),
+        name: room.name.clone(),
+        topic: room.topic.clone(),
+        private: room.private,
+        members: room.members.clone(),
+        creator: room.creator.clone(),
+        last_seq,
+    };
+    Ok((StatusCode::CREATED, Json(listing.into())))
 }
 
 #[derive(Deserialize)]
@@ -207,6 +247,44 @@ pub async fn post_message(
             seq: appended.seq,
         }),
     ))
+}
+
+#[derive(Deserialize)]
+pub struct MessagesQuery {
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+const DEFAULT_MESSAGES: usize = 50;
+const MAX_MESSAGES: usize = 200;
+
+/// `GET /api/rooms/{room}/messages?before=S&limit=N`: the latest N messages before S, oldest
+/// first, edits, deletes and reactions folded in (from the history view). N is at most 200.
+pub async fn room_messages(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(room): Path<String>,
+    query: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<MessagesAnswer>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let room = parse_room(&room)?;
+    state.rooms.visible(&room, &user).await?;
+    let limit = query.limit.unwrap_or(DEFAULT_MESSAGES);
+    if limit == 0 {
+        return Err(ApiError::bad_request("limit must be at least 1"));
+    }
+    let request = MessagesRequest {
+        room,
+        before: query.before,
+        limit: limit.min(MAX_MESSAGES),
+    };
+    let answer = state
+        .views
+        .ask(history::VIEW, history::MESSAGES, &request)
+        .await?;
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize)]

@@ -17,6 +17,7 @@ pub mod log;
 pub mod messages;
 pub mod metrics;
 pub mod rooms;
+pub mod views;
 pub mod ws;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -72,6 +73,8 @@ pub struct Inner {
     pub log: log::Log,
     pub hub: hub::Hub,
     pub rooms: rooms::Directory,
+    /// The views' query services (history, ...).
+    pub views: views::Views,
     pub auth: auth::Auth,
     pub metrics: metrics::Metrics,
     /// Flips to true when the edge shuts down: every connection closes with 1001.
@@ -95,7 +98,10 @@ pub fn app(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/api/auth/guest", post(http::guest))
         .route("/api/rooms", get(http::list_rooms).post(http::create_room))
-        .route("/api/rooms/{room}/messages", post(http::post_message))
+        .route(
+            "/api/rooms/{room}/messages",
+            get(http::room_messages).post(http::post_message),
+        )
         .route("/api/rooms/{room}/events", get(http::room_events))
         .fallback(http::fallback)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -174,6 +180,7 @@ pub async fn state(
     Ok(AppState(Arc::new(Inner {
         auth: auth::Auth::new(&secret, config.token_ttl),
         rooms: rooms::Directory::new(log.clone()),
+        views: views::Views::new(log.client().clone(), config.limits.nats_deadline),
         metrics: metrics::Metrics::default(),
         shutdown: watch::Sender::new(false),
         hub,

@@ -80,7 +80,7 @@ impl Log {
 
     /// Whether the NATS connection is up right now.
     pub fn connected(&self) -> bool {
-        self.client.connection_state() == State::Connected
+        is_connected(&self.client)
     }
 
     /// Appends `event`; acknowledged means stored. A retry with the same event id is stored once
@@ -328,6 +328,11 @@ impl Log {
             LogError::Unavailable
         }
     }
+}
+
+/// Whether `client` is connected right now.
+pub fn is_connected(client: &Client) -> bool {
+    client.connection_state() == State::Connected
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(50);

@@ -100,3 +100,97 @@ mod tests {
         assert!(validate_text("éééé", 4).is_ok());
     }
 }
+
+/// A change to an existing message.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Edit { text: String },
+    Delete,
+    React { emoji: String, remove: bool },
+}
+
+const VIEW_LAG_RETRIES: usize = 6;
+const VIEW_LAG_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Longest reaction, in bytes (an emoji sequence, or a short name like `+1`).
+pub const MAX_EMOJI_BYTES: usize = 64;
+
+/// Validates a change of message `message_id` in `room` by `user` and builds its event: the
+/// message must exist in that room (the history view says), edits and deletes are the author's
+/// alone, and a deleted message takes no change.
+pub async fn change(
+    state: &AppState,
+    user: &UserId,
+    room: &RoomId,
+    message_id: &str,
+    id: Option<&str>,
+    change: Change,
+) -> Result<ChatEvent, ApiError> {
+    use chatlog_events::{
+        event::{MessageDeleted, MessageEdited, Reaction},
+        queries::{MessageRequest, MessageView, history},
+    };
+    let id = match id {
+        Some(id) => EventId::parse(id).map_err(|_| ApiError::bad_request("id must be a uuid"))?,
+        None => EventId::new(),
+    };
+    let message_id = EventId::parse(message_id)
+        .map_err(|_| ApiError::bad_request("message_id must be an event id"))?;
+    match &change {
+        Change::Edit { text } => validate_text(text, state.config.limits.max_text_chars)?,
+        Change::React { emoji, .. } => {
+            if emoji.is_empty()
+                || emoji.len() > MAX_EMOJI_BYTES
+                || emoji.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ApiError::bad_request(format!(
+                    "emoji must be 1 to {MAX_EMOJI_BYTES} bytes without spaces"
+                )));
+            }
+        }
+        Change::Delete => {}
+    }
+    state.rooms.visible(room, user).await?;
+    // The view may lag the log by a few milliseconds: a message sent just now may not be in it
+    // yet, so ask again briefly before saying it does not exist.
+    let mut message: Option<MessageView> = None;
+    for attempt in 0..VIEW_LAG_RETRIES {
+        if attempt > 0 {
+            tokio::time::sleep(VIEW_LAG_PAUSE).await;
+        }
+        message = state
+            .views
+            .ask(
+                history::VIEW,
+                history::MESSAGE,
+                &MessageRequest { id: message_id },
+            )
+            .await?;
+        if message.is_some() {
+            break;
+        }
+    }
+    let message = message
+        .filter(|m| &m.room == room && !m.deleted)
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    let own = &message.user == user;
+    let payload = match change {
+        Change::Edit { text } if own => Payload::MessageEdited(MessageEdited { message_id, text }),
+        Change::Delete if own => Payload::MessageDeleted(MessageDeleted { message_id }),
+        Change::Edit { .. } | Change::Delete => {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                "only the author may edit or delete a message",
+            ));
+        }
+        Change::React { emoji, remove } => {
+            let reaction = Reaction { message_id, emoji };
+            if remove {
+                Payload::ReactionRemoved(reaction)
+            } else {
+                Payload::ReactionAdded(reaction)
+            }
+        }
+    };
+    Ok(ChatEvent::in_room(room, user.clone(), "edge", payload).with_id(id))
+}

@@ -1,6 +1,7 @@
 //! The room directory, read from the log: a room exists when the first event on its subject is
 //! `chat.room.created`. Rooms are never deleted, so what was read once is cached for good.
-//! (A naive directory: the history view replaces the listing.)
+//! The edge decides existence and visibility here, from the log itself, so that sending needs no
+//! view; listing the rooms is the history view's job.
 
 use std::{
     collections::HashMap,
@@ -8,7 +9,6 @@ use std::{
 };
 
 use chatlog_events::{ChatEvent, Payload, RoomId, Stream, UserId, event::RoomCreated, subjects};
-use serde::Serialize;
 
 use crate::{
     error::{ApiError, Code},
@@ -16,14 +16,13 @@ use crate::{
 };
 
 /// What a room is, from its `chat.room.created` event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Room {
     pub id: RoomId,
     pub name: String,
     pub topic: String,
     pub private: bool,
     pub members: Vec<UserId>,
-    #[serde(skip)]
     pub creator: UserId,
 }
 
@@ -32,14 +31,6 @@ impl Room {
     pub fn visible_to(&self, user: &UserId) -> bool {
         !self.private || &self.creator == user || self.members.contains(user)
     }
-}
-
-/// A room as `GET /api/rooms` lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RoomSummary {
-    #[serde(flatten)]
-    pub room: Arc<Room>,
-    pub last_seq: u64,
 }
 
 /// What `POST /api/rooms` asks for, validated.
@@ -89,7 +80,12 @@ impl Directory {
     }
 
     /// Appends `chat.room.created`, only if the room's subject is empty: `conflict` otherwise.
-    pub async fn create(&self, creator: &UserId, new: NewRoom) -> Result<Arc<Room>, ApiError> {
+    /// Returns the room and the seq of its creation.
+    pub async fn create(
+        &self,
+        creator: &UserId,
+        new: NewRoom,
+    ) -> Result<(Arc<Room>, u64), ApiError> {
         let mut members = new.members;
         if new.private && !members.contains(creator) {
             members.insert(0, creator.clone());
@@ -107,59 +103,16 @@ impl Directory {
             "edge",
             Payload::RoomCreated(created.clone()),
         );
-        match self.log.append_if_last(&event, 0).await {
-            Ok(_) => {}
+        let seq = match self.log.append_if_last(&event, 0).await {
+            Ok(appended) => appended.seq,
             Err(LogError::Conflict) => {
                 return Err(ApiError::new(Code::Conflict, "room already exists"));
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         let room = Arc::new(room_from(new.id.clone(), creator.clone(), created));
         self.write().insert(new.id, room.clone());
-        Ok(room)
-    }
-
-    /// Every room `user` may see, with its last seq.
-    pub async fn list(&self, user: &UserId) -> Result<Vec<RoomSummary>, ApiError> {
-        let subjects = self.room_subjects().await?;
-        let mut rooms = Vec::with_capacity(subjects.len());
-        for id in subjects {
-            let Some(room) = self.get(&id).await? else {
-                continue;
-            };
-            if !room.visible_to(user) {
-                continue;
-            }
-            let last_seq = self
-                .log
-                .last_seq(Stream::Rooms, &subjects::room(&id))
-                .await?;
-            rooms.push(RoomSummary { room, last_seq });
-        }
-        rooms.sort_by(|a, b| a.room.id.cmp(&b.room.id));
-        Ok(rooms)
-    }
-
-    async fn room_subjects(&self) -> Result<Vec<RoomId>, ApiError> {
-        use futures::TryStreamExt;
-        let stream = self
-            .log
-            .jetstream()
-            .get_stream_no_info(Stream::Rooms.name())
-            .await
-            .map_err(|_| ApiError::unavailable())?;
-        let prefix = format!("{}.", Stream::Rooms.subject_prefix());
-        let subjects: Vec<(String, usize)> = stream
-            .info_with_subjects(format!("{prefix}*"))
-            .await
-            .map_err(|_| ApiError::unavailable())?
-            .try_collect()
-            .await
-            .map_err(|_| ApiError::unavailable())?;
-        Ok(subjects
-            .into_iter()
-            .filter_map(|(s, _)| RoomId::parse(s.strip_prefix(&prefix)?).ok())
-            .collect())
+        Ok((room, seq))
     }
 
     fn cached(&self, id: &RoomId) -> Option<Arc<Room>> {

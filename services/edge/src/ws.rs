@@ -40,6 +40,7 @@ use crate::{
     http::parse_room,
     hub::{Delivery, Subscriber},
     limits::TokenBucket,
+    messages::Change,
 };
 
 /// Close codes the edge uses beside the standard ones.
@@ -360,14 +361,46 @@ impl Connection {
                     .await;
                 (id, answer)
             }
+            ClientFrame::Edit {
+                room,
+                message_id,
+                text,
+                id,
+            } => {
+                let answer = self
+                    .change(&room, &message_id, id.as_deref(), Change::Edit { text })
+                    .await;
+                (id, answer)
+            }
+            ClientFrame::Delete {
+                room,
+                message_id,
+                id,
+            } => {
+                let answer = self
+                    .change(&room, &message_id, id.as_deref(), Change::Delete)
+                    .await;
+                (id, answer)
+            }
+            ClientFrame::React {
+                room,
+                message_id,
+                emoji,
+                remove,
+                id,
+            } => {
+                let change = Change::React {
+                    emoji,
+                    remove: remove.unwrap_or(false),
+                };
+                let answer = self.change(&room, &message_id, id.as_deref(), change).await;
+                (id, answer)
+            }
             ClientFrame::Typing { room, .. } => (None, parse_room(&room).map(|_| None)),
-            ClientFrame::Edit { id, .. }
-            | ClientFrame::Delete { id, .. }
-            | ClientFrame::React { id, .. }
-            | ClientFrame::Read { id, .. } => (
+            ClientFrame::Read { id, .. } => (
                 id,
                 Err(ApiError::bad_request(
-                    "this frame is not supported by this edge yet",
+                    "read markers are not supported by this edge yet",
                 )),
             ),
         };
@@ -504,15 +537,45 @@ impl Connection {
         id: Option<&str>,
         reply_to: Option<&str>,
     ) -> Result<Option<Utf8Bytes>, ApiError> {
-        if !self.sends.take() {
-            return Err(ApiError::new(
-                Code::RateLimited,
-                "too many sends, slow down",
-            ));
-        }
+        self.take_send()?;
         let room = parse_room(room)?;
         let event =
             crate::messages::post(&self.state, &self.user, &room, text, id, reply_to).await?;
+        self.spawn_append(event);
+        Ok(None)
+    }
+
+    /// Validates an edit, delete or reaction, then appends it in the background.
+    async fn change(
+        &mut self,
+        room: &str,
+        message_id: &str,
+        id: Option<&str>,
+        change: Change,
+    ) -> Result<Option<Utf8Bytes>, ApiError> {
+        self.take_send()?;
+        let room = parse_room(room)?;
+        let event =
+            crate::messages::change(&self.state, &self.user, &room, message_id, id, change).await?;
+        self.spawn_append(event);
+        Ok(None)
+    }
+
+    /// Every write a client asks for counts against its send rate.
+    fn take_send(&mut self) -> Result<(), ApiError> {
+        if self.sends.take() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                Code::RateLimited,
+                "too many sends, slow down",
+            ))
+        }
+    }
+
+    /// Appends `event` in the background; its ack (or error) comes back on `ctl`. Appends are
+    /// pipelined: the connection goes on reading while JetStream acknowledges.
+    fn spawn_append(&self, event: chatlog_events::ChatEvent) {
         let state = self.state.clone();
         let ctl = self.ctl_tx.clone();
         tokio::spawn(async move {
@@ -530,7 +593,6 @@ impl Connection {
             };
             let _ = ctl.send(Ctl::Frame(frame)).await;
         });
-        Ok(None)
     }
 }
 

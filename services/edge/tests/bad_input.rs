@@ -234,6 +234,7 @@ async fn the_http_api_validates_and_authenticates() {
         .await;
     assert_eq!(posted.status, 201);
     let seq = posted.body["seq"].as_u64().unwrap();
+    app.history_caught_up(seq).await;
     let rooms = app.get("/api/rooms", &token).await;
     assert_eq!(rooms.status, 200);
     let dev = rooms
@@ -280,8 +281,19 @@ async fn a_private_room_is_invisible_to_non_members() {
         .await;
     assert_eq!(a.status, 201);
     assert_eq!(a.body["members"], json!(["ada", "bob"]));
+    app.history_caught_up(a.body["last_seq"].as_u64().unwrap())
+        .await;
 
     let rooms = app.get("/api/rooms", &eve).await;
+    assert_eq!(rooms.status, 200);
+    assert!(
+        rooms
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == "lobby")
+    );
     assert!(
         !rooms
             .body
@@ -300,7 +312,8 @@ async fn a_private_room_is_invisible_to_non_members() {
     assert_eq!(ws.next().await["code"], "not_found");
 
     let mut bob = app.ws("bob").await;
-    bob.join("secret", None).await;
+    let head = bob.join("secret", None).await;
+    app.history_caught_up(head).await;
     let rooms = app.get("/api/rooms", &ada).await;
     assert!(
         rooms

@@ -76,7 +76,13 @@ fn edited(n: u32, by: &str, message: u32, text: &str) -> ChatEvent {
 }
 
 fn deleted(n: u32, by: &str, message: u32) -> ChatEvent {
-    event(n, by, Payload::MessageDeleted(MessageDeleted { message_id: id(message) }))
+    event(
+        n,
+        by,
+        Payload::MessageDeleted(MessageDeleted {
+            message_id: id(message),
+        }),
+    )
 }
 
 fn reacted(n: u32, by: &str, message: u32, emoji: &str, added: bool) -> ChatEvent {
@@ -136,7 +142,10 @@ impl Given {
 fn it_keeps_a_posted_message() {
     let then = given([created(1)]).when(posted(2, "ada", "hello"));
     let m = then.message(2).expect("message at seq 2");
-    assert_eq!((m.text.as_str(), m.user.as_str(), m.id), ("hello", "ada", id(2)));
+    assert_eq!(
+        (m.text.as_str(), m.user.as_str(), m.id),
+        ("hello", "ada", id(2))
+    );
     assert!(!m.edited && !m.deleted && m.reactions.is_empty());
     assert_eq!(m.time, at(2));
     assert_eq!(then.room().unwrap().last_seq, 2);
@@ -159,8 +168,12 @@ fn it_ignores_an_edit_by_someone_else() {
 
 #[test]
 fn a_delete_leaves_a_tombstone_without_text() {
-    let then = given([created(1), posted(2, "ada", "oops"), reacted(3, "bob", 2, "👍", true)])
-        .when(deleted(4, "ada", 2));
+    let then = given([
+        created(1),
+        posted(2, "ada", "oops"),
+        reacted(3, "bob", 2, "👍", true),
+    ])
+    .when(deleted(4, "ada", 2));
     let m = then.message(2).unwrap();
     assert!(m.deleted);
     assert_eq!(m.text, "");
@@ -169,8 +182,12 @@ fn a_delete_leaves_a_tombstone_without_text() {
 
 #[test]
 fn an_edit_of_a_deleted_message_changes_nothing() {
-    let then = given([created(1), posted(2, "ada", "x"), deleted(3, "ada", 2)])
-        .when(edited(4, "ada", 2, "back from the dead"));
+    let then = given([created(1), posted(2, "ada", "x"), deleted(3, "ada", 2)]).when(edited(
+        4,
+        "ada",
+        2,
+        "back from the dead",
+    ));
     let m = then.message(2).unwrap();
     assert!(m.deleted && m.text.is_empty() && !m.edited);
 }
@@ -213,10 +230,20 @@ fn a_duplicate_event_id_is_applied_once() {
     let post = posted(2, "ada", "once");
     let then = given([created(1), post.clone()]).when(post);
     assert!(then.message(2).is_some());
-    assert!(then.message(3).is_none(), "the duplicate at seq 3 was not stored");
+    assert!(
+        then.message(3).is_none(),
+        "the duplicate at seq 3 was not stored"
+    );
     let edit = edited(4, "ada", 2, "edited");
-    let then = then.when(edit.clone()).when(edited(5, "ada", 2, "again")).when(edit);
-    assert_eq!(then.message(2).unwrap().text, "again", "a replayed old edit does not win");
+    let then = then
+        .when(edit.clone())
+        .when(edited(5, "ada", 2, "again"))
+        .when(edit);
+    assert_eq!(
+        then.message(2).unwrap().text,
+        "again",
+        "a replayed old edit does not win"
+    );
 }
 
 #[test]
@@ -234,14 +261,33 @@ fn it_keeps_the_room_directory() {
     )
     .with_id(id(1));
     let then = given([secret])
-        .when(event(2, "ada", Payload::MemberJoined(Membership { member: user("bob") })))
-        .when(event(3, "ada", Payload::RoomUpdated(RoomUpdated { name: Some("Hush".into()), topic: None })));
+        .when(event(
+            2,
+            "ada",
+            Payload::MemberJoined(Membership {
+                member: user("bob"),
+            }),
+        ))
+        .when(event(
+            3,
+            "ada",
+            Payload::RoomUpdated(RoomUpdated {
+                name: Some("Hush".into()),
+                topic: None,
+            }),
+        ));
     let room = then.room().unwrap();
     assert_eq!(room.name, "Hush");
     assert_eq!(room.topic, "t");
     assert_eq!(room.members, vec![user("ada"), user("bob")]);
     assert!(room.visible_to(&user("bob")) && !room.visible_to(&user("eve")));
-    let then = then.when(event(4, "ada", Payload::MemberLeft(Membership { member: user("bob") })));
+    let then = then.when(event(
+        4,
+        "ada",
+        Payload::MemberLeft(Membership {
+            member: user("bob"),
+        }),
+    ));
     assert!(!then.room().unwrap().visible_to(&user("bob")));
     assert_eq!(then.room().unwrap().last_seq, 4);
 }
@@ -260,12 +306,24 @@ fn pages_have_the_right_boundaries() {
     }
     replay(&History, &view, &events, 3);
     let page = |before, limit| {
-        messages(&view, MessagesRequest { room: lobby(), before, limit }).unwrap()
+        messages(
+            &view,
+            MessagesRequest {
+                room: lobby(),
+                before,
+                limit,
+            },
+        )
+        .unwrap()
     };
     let seqs = |a: &MessagesAnswer| a.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
 
     let latest = page(None, 4);
-    assert_eq!(seqs(&latest), vec![8, 9, 10, 11], "the latest, oldest first");
+    assert_eq!(
+        seqs(&latest),
+        vec![8, 9, 10, 11],
+        "the latest, oldest first"
+    );
     assert!(latest.has_more);
     let older = page(Some(8), 4);
     assert_eq!(seqs(&older), vec![4, 5, 6, 7]);
@@ -278,13 +336,42 @@ fn pages_have_the_right_boundaries() {
     assert!(!exact.has_more, "nothing older than seq 2");
     assert_eq!(seqs(&page(None, 200)).len(), 10);
     assert!(page(Some(2), 10).messages.is_empty());
-    assert!(messages(&view, MessagesRequest { room: lobby(), before: None, limit: 0 }).is_err());
-    assert!(messages(&view, MessagesRequest { room: lobby(), before: None, limit: 201 }).is_err());
+    assert!(
+        messages(
+            &view,
+            MessagesRequest {
+                room: lobby(),
+                before: None,
+                limit: 0
+            }
+        )
+        .is_err()
+    );
+    assert!(
+        messages(
+            &view,
+            MessagesRequest {
+                room: lobby(),
+                before: None,
+                limit: 201
+            }
+        )
+        .is_err()
+    );
     let other = RoomId::parse("lobby2").unwrap();
-    assert!(messages(&view, MessagesRequest { room: other, before: None, limit: 5 })
+    assert!(
+        messages(
+            &view,
+            MessagesRequest {
+                room: other,
+                before: None,
+                limit: 5
+            }
+        )
         .unwrap()
         .messages
-        .is_empty());
+        .is_empty()
+    );
 }
 
 /// A random history of a room: posts, edits, deletes, reactions by three users, with repeats.

@@ -107,9 +107,23 @@ pub async fn run<P: Projection>(
     )?);
     stats.checkpoint.store(view.checkpoint()?, Relaxed);
     let service = serve_queries(projection.clone(), view.clone(), &client, stats.clone()).await?;
-    tracing::info!(view = projection.name(), checkpoint = view.checkpoint()?, "handler started");
+    tracing::info!(
+        view = projection.name(),
+        checkpoint = view.checkpoint()?,
+        "handler started"
+    );
     let js = jetstream::new(client);
-    let result = consume(&*projection, &view, &js, &config, &stats, None, shutdown, |_, _| {}).await;
+    let result = consume(
+        &*projection,
+        &view,
+        &js,
+        &config,
+        &stats,
+        None,
+        shutdown,
+        |_, _| {},
+    )
+    .await;
     view.flush()?;
     let _ = service.stop().await;
     result.map(|_| ())
@@ -255,7 +269,12 @@ async fn consume<P: Projection + ?Sized>(
             }
         };
         commit(view, js, &mut pending, &mut emit, last, stats).await?;
-        tracing::info!(view = name, why = restart, checkpoint = last, "restarting the reader");
+        tracing::info!(
+            view = name,
+            why = restart,
+            checkpoint = last,
+            "restarting the reader"
+        );
     }
 }
 
@@ -360,12 +379,13 @@ async fn serve_queries<P: Projection>(
                 } else {
                     projection.query(&view, query, &request.message.payload)
                 };
-                let response = answer.map(Bytes::from).map_err(|e| {
-                    async_nats::service::error::Error {
-                        code: e.code(),
-                        status: e.message().to_string(),
-                    }
-                });
+                let response =
+                    answer
+                        .map(Bytes::from)
+                        .map_err(|e| async_nats::service::error::Error {
+                            code: e.code(),
+                            status: e.message().to_string(),
+                        });
                 if let Err(e) = request.respond(response).await {
                     tracing::debug!(error = %e, query, "answering a query failed");
                 }

@@ -22,7 +22,12 @@ impl Read for Memory {
 
 impl Memory {
     /// Applies `events` in order (seq = position + 1 unless given) and returns the derived events.
-    pub fn apply<P: Projection>(&mut self, projection: &P, seq: u64, event: &ChatEvent) -> Vec<ChatEvent> {
+    pub fn apply<P: Projection>(
+        &mut self,
+        projection: &P,
+        seq: u64,
+        event: &ChatEvent,
+    ) -> Vec<ChatEvent> {
         let changes = projection.apply(self, seq, event);
         for (key, value) in changes.writes {
             match value {
@@ -41,7 +46,12 @@ impl Memory {
 /// Applies `events` (with their seqs) to a sled view as the host does: in batches of `batch`,
 /// each committed with its checkpoint. Events at or below the view's checkpoint are skipped, like
 /// the host skips what it already applied.
-pub fn replay<P: Projection>(projection: &P, view: &View, events: &[(u64, ChatEvent)], batch: usize) {
+pub fn replay<P: Projection>(
+    projection: &P,
+    view: &View,
+    events: &[(u64, ChatEvent)],
+    batch: usize,
+) {
     let mut pending = Pending::default();
     let mut last = view.checkpoint().unwrap_or_default();
     for (seq, event) in events {

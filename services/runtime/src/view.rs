@@ -28,6 +28,8 @@ pub enum ViewError {
     Sled(#[from] sled::Error),
     #[error("view directory: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the view at {0} is in use by another process (a running handler?)")]
+    Locked(PathBuf),
 }
 
 pub struct View {
@@ -40,6 +42,10 @@ impl View {
     pub fn open(path: &Path, name: &str, version: u32) -> Result<View, ViewError> {
         let db = match sled::open(path) {
             Ok(db) => db,
+            // Another process has it open: never wipe a view in use.
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(ViewError::Locked(path.to_path_buf()));
+            }
             Err(e) => {
                 tracing::warn!(view = name, error = %e, path = %path.display(),
                     "view unreadable, wiping it to rebuild from the log");
@@ -180,10 +186,7 @@ impl Read for Overlay<'_> {
 }
 
 fn read_u64(bytes: &[u8]) -> u64 {
-    bytes
-        .try_into()
-        .map(u64::from_be_bytes)
-        .unwrap_or_default()
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or_default()
 }
 
 /// FNV-1a, 64 bits: stable across runs and platforms (unlike std's hasher).
@@ -221,7 +224,11 @@ mod tests {
             c.put(b"a".to_vec(), b"1".to_vec());
             pending.add(c);
             assert_eq!(
-                Overlay { view: &view, pending: &pending }.get(b"a"),
+                Overlay {
+                    view: &view,
+                    pending: &pending
+                }
+                .get(b"a"),
                 Some(b"1".to_vec()),
                 "pending changes are visible before the commit"
             );

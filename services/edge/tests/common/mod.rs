@@ -29,6 +29,7 @@ pub struct TestApp {
     pub state: AppState,
     _data: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
+    stop_history: Option<oneshot::Sender<()>>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -60,6 +61,17 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     chatlog_edge::ensure_default_rooms(&state)
         .await
         .expect("creating the default room");
+    // The history handler, as `chatlog up` runs it beside the edge.
+    let (stop_history, history_stopped) = oneshot::channel::<()>();
+    tokio::spawn(chatlog_runtime::run(
+        chatlog_history::History,
+        state.log.client().clone(),
+        chatlog_runtime::HostConfig::new(data.path().join("views/history")),
+        Default::default(),
+        async move {
+            let _ = history_stopped.await;
+        },
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -72,6 +84,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         state,
         _data: data,
         stop: Some(stop),
+        stop_history: Some(stop_history),
     }
 }
 
@@ -87,6 +100,9 @@ fn init_tracing() {
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stop) = self.stop_history.take() {
             let _ = stop.send(());
         }
     }
@@ -165,6 +181,27 @@ impl TestApp {
             .await;
         assert_eq!(answer.status, 200, "guest login: {answer:?}");
         answer.body["token"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until the history view has applied the room log up to `seq`.
+    pub async fn history_caught_up(&self, seq: u64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let client = self.state.log.client();
+        loop {
+            let answer = client
+                .request("views.history.checksum", "{}".into())
+                .await
+                .ok()
+                .and_then(|m| serde_json::from_slice::<Value>(&m.payload).ok());
+            if answer.is_some_and(|a| a["checkpoint"].as_u64().unwrap_or(0) >= seq) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "history never reached seq {seq}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The stored events of `room` after `since`.

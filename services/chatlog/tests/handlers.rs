@@ -1,0 +1,339 @@
+//! The handler runtime as processes: `chatlog handler history` killed with SIGKILL mid-stream
+//! resumes to the checksum of a rebuild; replicas answer alike; undecodable events are skipped
+//! and counted; `chatlog views rebuild` and `chatlog events replay` work on a real log.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use async_nats::jetstream;
+use chatlog_events::{
+    ChatEvent, EventId, Payload, RoomId, UserId,
+    event::{MessageEdited, MessagePosted, Reaction, RoomCreated},
+    streams::{self, StreamSettings},
+};
+use chatlog_test_support::NatsServer;
+use futures::StreamExt;
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn chatlog(nats: &NatsServer, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatlog"));
+    cmd.args(args)
+        .env("NATS_URL", nats.url())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
+struct Proc(Child);
+
+impl Proc {
+    fn kill9(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn handler(nats: &NatsServer, views: &Path, replica: Option<&str>) -> Proc {
+    let mut cmd = chatlog(nats, &["handler", "history", "--views-dir"]);
+    cmd.arg(views);
+    if let Some(r) = replica {
+        cmd.args(["--replica", r]);
+    }
+    Proc(
+        cmd.stdout(Stdio::null())
+            .spawn()
+            .expect("starting chatlog handler"),
+    )
+}
+
+/// A room with `n` messages, every tenth edited and every seventh reacted to, appended with a
+/// pipeline of acks. Returns the last seq.
+async fn fill(js: &jetstream::Context, n: usize) -> u64 {
+    let lobby = RoomId::parse("lobby").unwrap();
+    let ada = UserId::parse("ada").unwrap();
+    let mut events = vec![ChatEvent::in_room(
+        &lobby,
+        ada.clone(),
+        "test",
+        Payload::RoomCreated(RoomCreated {
+            name: "Lobby".into(),
+            topic: String::new(),
+            private: false,
+            members: vec![],
+        }),
+    )];
+    let mut last_message = EventId::new();
+    for i in 0..n {
+        let payload = match i % 10 {
+            3 => Payload::MessageEdited(MessageEdited {
+                message_id: last_message,
+                text: format!("edited {i}"),
+            }),
+            7 => Payload::ReactionAdded(Reaction {
+                message_id: last_message,
+                emoji: "👍".into(),
+            }),
+            _ => Payload::MessagePosted(MessagePosted {
+                text: format!("message {i}"),
+                mentions: vec![],
+                reply_to: None,
+            }),
+        };
+        let event = ChatEvent::in_room(&lobby, ada.clone(), "test", payload);
+        if matches!(event.payload, Payload::MessagePosted(_)) {
+            last_message = event.id;
+        }
+        events.push(event);
+    }
+    let mut last = 0;
+    for chunk in events.chunks(500) {
+        let mut acks = Vec::new();
+        for event in chunk {
+            let enc = event.encode().unwrap();
+            acks.push(
+                js.publish_with_headers(enc.subject, enc.headers, enc.body)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            last = ack.await.unwrap().sequence;
+        }
+    }
+    last
+}
+
+async fn setup() -> (NatsServer, async_nats::Client, jetstream::Context) {
+    let nats = NatsServer::start().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    streams::ensure(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    (nats, client, js)
+}
+
+/// `views.history.checksum`, answered by some replica.
+async fn checksum(client: &async_nats::Client) -> Option<Value> {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request("views.history.checksum", "{}".into()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    serde_json::from_slice(&answer.payload).ok()
+}
+
+async fn wait_checkpoint(client: &async_nats::Client, at_least: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(a) = checksum(client).await
+            && a["checkpoint"].as_u64().unwrap_or(0) >= at_least
+        {
+            return a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no handler reached {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn rebuild(nats: &NatsServer, views: &Path) -> String {
+    let out = chatlog(nats, &["views", "rebuild", "history", "--views-dir"])
+        .arg(views)
+        .output()
+        .expect("running chatlog views rebuild");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("checksum "))
+        .unwrap_or_else(|| panic!("no checksum in {stdout:?}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_handler_killed_mid_stream_resumes_to_the_checksum_of_a_rebuild() {
+    let (nats, client, js) = setup().await;
+    let last = fill(&js, 30_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+
+    let mut first = handler(&nats, &live, None);
+    let seen = wait_checkpoint(&client, 1).await;
+    first.kill9();
+    let killed_at = seen["checkpoint"].as_u64().unwrap();
+    assert!(
+        killed_at < last,
+        "killed mid-stream ({killed_at} of {last})"
+    );
+
+    let _second = handler(&nats, &live, None);
+    let caught_up = wait_checkpoint(&client, last).await;
+    let rebuilt = rebuild(&nats, &dir.path().join("rebuilt"));
+    assert_eq!(caught_up["checksum"].as_str().unwrap(), rebuilt);
+    assert_eq!(
+        rebuild(&nats, &dir.path().join("again")),
+        rebuilt,
+        "rebuilds agree"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_answer_alike_and_share_the_queries() {
+    let (nats, client, js) = setup().await;
+    let last = fill(&js, 500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _a = handler(&nats, dir.path(), Some("a"));
+    let _b = handler(&nats, dir.path(), Some("b"));
+    // Both caught up: every answer, whichever replica gives it, is at the head.
+    let mut answers = Vec::new();
+    for _ in 0..40 {
+        answers.push(wait_checkpoint(&client, last).await["checksum"].clone());
+    }
+    let request = serde_json::json!({"room": "lobby", "limit": 50}).to_string();
+    let mut pages = Vec::new();
+    for _ in 0..40 {
+        let m = client
+            .request("views.history.messages", request.clone().into())
+            .await
+            .unwrap();
+        pages.push(String::from_utf8(m.payload.to_vec()).unwrap());
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert!(pages.windows(2).all(|w| w[0] == w[1]));
+    let stats = gather_stats(&client).await;
+    assert_eq!(stats.len(), 2, "two instances of the history service");
+    for s in &stats {
+        let served: u64 = s["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["num_requests"].as_u64().unwrap_or(0))
+            .sum();
+        assert!(served > 0, "both replicas answered some queries: {s}");
+        assert_eq!(s["endpoints"][0]["data"]["checkpoint"], last);
+    }
+}
+
+async fn gather_stats(client: &async_nats::Client) -> Vec<Value> {
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.unwrap();
+    client
+        .publish_with_reply("$SRV.STATS.history", inbox, "".into())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+        out.push(serde_json::from_slice(&m.payload).unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_undecodable_event_is_skipped_and_counted() {
+    let (nats, client, js) = setup().await;
+    let before = fill(&js, 3).await;
+    for garbage in [
+        &b"not json"[..],
+        br#"{"specversion":"1.0","type":"chat.future.event"}"#,
+    ] {
+        js.publish("chat.room.lobby", garbage.to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let last = fill(&js, 3).await;
+    assert!(last > before + 2);
+    let dir = tempfile::tempdir().unwrap();
+    let _h = handler(&nats, dir.path(), None);
+    wait_checkpoint(&client, last).await;
+    let stats = gather_stats(&client).await;
+    assert_eq!(stats[0]["endpoints"][0]["data"]["skipped"], 2);
+    let page = client
+        .request(
+            "views.history.messages",
+            serde_json::json!({"room": "lobby", "limit": 200})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    let page: Value = serde_json::from_slice(&page.payload).unwrap();
+    let texts: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts.len(),
+        6,
+        "the messages on both sides of the garbage: {texts:?}"
+    );
+}
+
+#[tokio::test]
+async fn events_replay_prints_the_stored_events_as_json_lines() {
+    let (nats, _client, js) = setup().await;
+    let last = fill(&js, 20).await;
+    let out = chatlog(
+        &nats,
+        &["events", "replay", "--room", "lobby", "--since", "5"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (6..=last).collect::<Vec<_>>());
+    assert_eq!(lines[0]["stream"], "CHAT_ROOMS");
+    assert_eq!(lines[0]["subject"], "chat.room.lobby");
+    assert_eq!(lines[0]["event"]["specversion"], "1.0");
+
+    let out = chatlog(
+        &nats,
+        &["events", "replay", "--room", "lobby", "--until", "3"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let out = chatlog(&nats, &["events", "replay", "--room", "a.b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a bad room id is refused");
+
+    let out = chatlog(&nats, &["events", "stats"]).output().unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stats.contains("CHAT_ROOMS") && stats.contains(&last.to_string()),
+        "{stats}"
+    );
+}

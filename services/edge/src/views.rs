@@ -1,0 +1,70 @@
+//! Asking the views: NATS request/reply to the handlers' micro services (`views.<view>.<query>`),
+//! with a deadline. No responder or no answer in time is `unavailable`, never a hang; the edge
+//! never links a projection.
+
+use std::time::Duration;
+
+use async_nats::{Client, RequestErrorKind};
+use chatlog_events::queries;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::error::{ApiError, Code};
+
+#[derive(Clone)]
+pub struct Views {
+    client: Client,
+    deadline: Duration,
+}
+
+impl Views {
+    pub fn new(client: Client, deadline: Duration) -> Self {
+        Self { client, deadline }
+    }
+
+    /// Asks `view` the `query` with `request` and reads the JSON answer.
+    pub async fn ask<Req: Serialize, Ans: DeserializeOwned>(
+        &self,
+        view: &str,
+        query: &str,
+        request: &Req,
+    ) -> Result<Ans, ApiError> {
+        let body = serde_json::to_vec(request).map_err(ApiError::internal)?;
+        let subject = queries::subject(view, query);
+        let asked = tokio::time::timeout(self.deadline, self.client.request(subject, body.into()))
+            .await
+            .map_err(|_| unavailable(view))?;
+        let message = match asked {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(match e.kind() {
+                    RequestErrorKind::NoResponders | RequestErrorKind::TimedOut => {
+                        unavailable(view)
+                    }
+                    _ if !crate::log::is_connected(&self.client) => unavailable(view),
+                    _ => ApiError::internal(e),
+                });
+            }
+        };
+        if let Some(headers) = &message.headers
+            && let Some(code) = headers.get(async_nats::service::NATS_SERVICE_ERROR_CODE)
+        {
+            let text = headers
+                .get(async_nats::service::NATS_SERVICE_ERROR)
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            return Err(match code.as_str() {
+                "400" => ApiError::bad_request(text),
+                "404" => ApiError::new(Code::NotFound, text),
+                _ => ApiError::internal(format!("{view} view: {text}")),
+            });
+        }
+        serde_json::from_slice(&message.payload).map_err(ApiError::internal)
+    }
+}
+
+fn unavailable(view: &str) -> ApiError {
+    ApiError::new(
+        Code::Unavailable,
+        format!("the {view} view is unavailable, retry later"),
+    )
+}
