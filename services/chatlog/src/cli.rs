@@ -156,6 +156,7 @@ impl EdgeArgs {
             default_rooms,
             limits,
             streams,
+            extra_metrics: Default::default(),
         };
         Ok((config, self.http))
     }

@@ -41,15 +41,15 @@ impl HandlerArgs {
     }
 }
 
-/// Runs one handler until `shutdown`.
+/// Runs one handler until `shutdown`, reporting into `stats`.
 pub async fn run(
     name: HandlerName,
     client: async_nats::Client,
     args: &HandlerArgs,
+    stats: Arc<HostStats>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = HostConfig::new(args.view_dir(name));
-    let stats = Arc::new(HostStats::default());
     match name {
         HandlerName::History => {
             chatlog_runtime::run(chatlog_history::History, client, config, stats, shutdown).await?

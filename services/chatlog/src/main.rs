@@ -7,7 +7,10 @@ mod handlers;
 mod telemetry;
 mod views;
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use chatlog_runtime::HostStats;
 use clap::Parser;
 use tokio::sync::watch;
 
@@ -17,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init();
     match cli.command {
         cli::Command::Up { edge, handlers } => {
-            let (config, http) = edge.into_config()?;
+            let (mut config, http) = edge.into_config()?;
             let listener = bind(&http).await?;
             let (stop, stopped) = watch::channel(false);
             let (client, _) = chatlog_edge::connect(&config.nats_url, "chatlog-handlers").await?;
@@ -33,8 +36,14 @@ async fn main() -> anyhow::Result<()> {
                 let client = client.clone();
                 let args = handlers.clone();
                 let stopped = until_true(stopped.clone());
+                let stats = Arc::new(HostStats::default());
+                let shown = stats.clone();
+                config
+                    .extra_metrics
+                    .0
+                    .push(Arc::new(move || shown.render_prometheus(name.as_str())));
                 tasks.spawn(async move {
-                    handlers::run(name, client, &args, stopped)
+                    handlers::run(name, client, &args, stats, stopped)
                         .await
                         .with_context(|| format!("the {} handler", name.as_str()))
                 });
@@ -80,7 +89,8 @@ async fn main() -> anyhow::Result<()> {
             handler,
         } => {
             let (client, _) = chatlog_edge::connect(&nats.nats_url, name.as_str()).await?;
-            handlers::run(name, client, &handler, shutdown_signal()).await?;
+            let stats = Arc::new(HostStats::default());
+            handlers::run(name, client, &handler, stats, shutdown_signal()).await?;
         }
         cli::Command::Events { command, nats } => {
             let client = async_nats::connect(&nats.nats_url)

@@ -83,9 +83,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state
+    let mut body = state
         .metrics
         .render(state.hub.rooms(), state.log.connected());
+    for source in &state.config.extra_metrics.0 {
+        body.push_str(&source());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

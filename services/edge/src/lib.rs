@@ -47,6 +47,8 @@ pub struct Config {
     pub default_rooms: Vec<RoomId>,
     pub limits: Limits,
     pub streams: streams::StreamSettings,
+    /// More Prometheus text for `/metrics` (the handlers running in the same process).
+    pub extra_metrics: metrics::Sources,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             default_rooms: Vec::new(),
             limits: Limits::default(),
             streams: streams::StreamSettings::default(),
+            extra_metrics: metrics::Sources::default(),
         }
     }
 }

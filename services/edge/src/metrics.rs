@@ -1,7 +1,20 @@
 //! Prometheus metrics of the edge (`GET /metrics`), as plain atomic counters rendered in the
 //! text exposition format.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{
+    Arc,
+    atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+};
+
+/// Other components' metrics rendered with the edge's: each source returns exposition text.
+#[derive(Clone, Default)]
+pub struct Sources(pub Vec<Arc<dyn Fn() -> String + Send + Sync>>);
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sources({})", self.0.len())
+    }
+}
 
 #[derive(Default)]
 pub struct Metrics {

@@ -72,6 +72,28 @@ pub struct HostStats {
 }
 
 impl HostStats {
+    /// Prometheus text lines for the handler `name`.
+    pub fn render_prometheus(&self, name: &str) -> String {
+        format!(
+            "# HELP chatlog_handler_checkpoint Last stream sequence the view committed.\n\
+             # TYPE chatlog_handler_checkpoint gauge\n\
+             chatlog_handler_checkpoint{{handler=\"{name}\"}} {}\n\
+             # HELP chatlog_handler_lag Stream messages not applied yet.\n\
+             # TYPE chatlog_handler_lag gauge\n\
+             chatlog_handler_lag{{handler=\"{name}\"}} {}\n\
+             # HELP chatlog_handler_applied_total Events applied.\n\
+             # TYPE chatlog_handler_applied_total counter\n\
+             chatlog_handler_applied_total{{handler=\"{name}\"}} {}\n\
+             # HELP chatlog_handler_skipped_total Undecodable events skipped.\n\
+             # TYPE chatlog_handler_skipped_total counter\n\
+             chatlog_handler_skipped_total{{handler=\"{name}\"}} {}\n",
+            self.checkpoint.load(Relaxed),
+            self.lag.load(Relaxed),
+            self.applied.load(Relaxed),
+            self.skipped.load(Relaxed),
+        )
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "checkpoint": self.checkpoint.load(Relaxed),
