@@ -18,6 +18,7 @@ pub mod messages;
 pub mod metrics;
 pub mod rooms;
 pub mod views;
+pub mod web;
 pub mod ws;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -106,6 +107,7 @@ pub fn app(state: AppState) -> Router {
             get(http::room_messages).post(http::post_message),
         )
         .route("/api/rooms/{room}/events", get(http::room_events))
+        .merge(web::router())
         .fallback(http::fallback)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

@@ -1,0 +1,36 @@
+//! The web client: static files embedded in the binary at build time (no Node step to run
+//! chatlog), served at `/`.
+
+use axum::{
+    Router,
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+/// (path, content type, body) of every embedded file.
+const FILES: &[(&str, &str, &str)] = &[
+    ("/", "text/html; charset=utf-8", include_str!("../web/index.html")),
+    ("/app.js", "text/javascript; charset=utf-8", include_str!("../web/app.js")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
+];
+
+fn file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Routes for the embedded files.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    let mut router = Router::new();
+    for &(path, content_type, body) in FILES {
+        router = router.route(path, get(move || async move { file(content_type, body) }));
+    }
+    router
+}

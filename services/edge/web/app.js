@@ -1,0 +1,1 @@
+// chatlog web client
