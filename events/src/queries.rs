@@ -16,6 +16,11 @@ pub fn subject(view: &str, query: &str) -> String {
     format!("views.{view}.{query}")
 }
 
+/// The request header that makes a query wait until the view has applied this stream sequence
+/// (read-your-writes: ask about what was just appended). The wait is bounded (2 s); the answer
+/// may then be older.
+pub const MIN_SEQ_HEADER: &str = "Chatlog-Min-Seq";
+
 /// Every view answers this query with a [`ChecksumAnswer`].
 pub const CHECKSUM: &str = "checksum";
 
@@ -26,6 +31,7 @@ pub mod history {
     pub const ROOMS: &str = "rooms";
     pub const ROOM: &str = "room";
     pub const MESSAGE: &str = "message";
+    pub const UNREAD: &str = "unread";
 }
 
 /// What a view says of itself.
@@ -111,4 +117,84 @@ impl RoomView {
     pub fn visible_to(&self, user: &UserId) -> bool {
         !self.private || &self.creator == user || self.members.contains(user)
     }
+}
+
+/// The presence view's name and queries.
+pub mod presence {
+    pub const VIEW: &str = "presence";
+    pub const ROOM: &str = "room";
+}
+
+/// `views.presence.room`: who is online and typing in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceRequest {
+    pub room: RoomId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceAnswer {
+    /// Sorted, each once however many connections it has.
+    pub online: Vec<UserId>,
+    /// Sorted.
+    pub typing: Vec<UserId>,
+}
+
+/// The notifications view's name and queries.
+pub mod notifications {
+    pub const VIEW: &str = "notifications";
+    pub const LIST: &str = "list";
+    pub const MARKERS: &str = "markers";
+    /// The projection of the room log that turns mentions into notifications.
+    pub const MENTIONS: &str = "mentions";
+}
+
+/// `views.notifications.list`: a user's notifications, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationsRequest {
+    pub user: UserId,
+    #[serde(default)]
+    pub unread_only: bool,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationsAnswer {
+    pub notifications: Vec<NotificationView>,
+    /// How many are unread in all.
+    pub unread: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationView {
+    pub id: EventId,
+    pub room: RoomId,
+    pub seq: u64,
+    pub message_id: EventId,
+    pub by: UserId,
+    pub text: String,
+    pub reason: String,
+    pub time: DateTime<Utc>,
+    pub read: bool,
+}
+
+/// `views.notifications.markers`: a user's read markers, room to seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkersRequest {
+    pub user: UserId,
+}
+
+pub type MarkersAnswer = BTreeMap<RoomId, u64>;
+
+/// `views.history.unread`: per room `user` is a member of, the messages after its marker (all
+/// without one), not counting its own or deleted ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadRequest {
+    pub user: UserId,
+    #[serde(default)]
+    pub markers: BTreeMap<RoomId, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadAnswer {
+    pub rooms: BTreeMap<RoomId, u64>,
 }

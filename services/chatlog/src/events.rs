@@ -236,7 +236,7 @@ async fn stats(js: &jetstream::Context, client: &async_nats::Client) -> anyhow::
         "{:<14} {:>10} {:>12} {:>10} {:>10}  {:<25} {:<25}",
         "stream", "messages", "bytes", "first", "last", "first time", "last time"
     );
-    let mut rooms_last = 0;
+    let mut last_seqs = std::collections::HashMap::new();
     for stream in Stream::ALL {
         let mut s = match js.get_stream(stream.name()).await {
             Ok(s) => s,
@@ -246,9 +246,7 @@ async fn stats(js: &jetstream::Context, client: &async_nats::Client) -> anyhow::
             }
         };
         let state = s.info().await?.state.clone();
-        if stream == Stream::Rooms {
-            rooms_last = state.last_sequence;
-        }
+        last_seqs.insert(stream, state.last_sequence);
         println!(
             "{:<14} {:>10} {:>12} {:>10} {:>10}  {:<25} {:<25}",
             stream.name(),
@@ -262,13 +260,19 @@ async fn stats(js: &jetstream::Context, client: &async_nats::Client) -> anyhow::
     }
     println!();
     println!(
-        "{:<10} {:<24} {:>10} {:>8} {:>10} {:>8}",
-        "handler", "instance", "checkpoint", "lag", "applied", "skipped"
+        "{:<14} {:<24} {:>10} {:>8} {:>10} {:>8}",
+        "view", "instance", "checkpoint", "lag", "applied", "skipped"
     );
-    for name in HandlerName::ALL {
-        let replicas = gather(client, &format!("$SRV.STATS.{}", name.as_str())).await?;
+    for view in HandlerName::ALL.iter().flat_map(|h| h.views()) {
+        let stream = match *view {
+            "presence" => Stream::Presence,
+            "notifications" => Stream::Users,
+            _ => Stream::Rooms,
+        };
+        let stream_last = last_seqs.get(&stream).copied().unwrap_or(0);
+        let replicas = gather(client, &format!("$SRV.STATS.{view}")).await?;
         if replicas.is_empty() {
-            println!("{:<10} not running", name.as_str());
+            println!("{view:<14} not running");
         }
         for stats in replicas {
             let data = stats["endpoints"]
@@ -278,11 +282,11 @@ async fn stats(js: &jetstream::Context, client: &async_nats::Client) -> anyhow::
                 .unwrap_or_default();
             let checkpoint = data["checkpoint"].as_u64().unwrap_or(0);
             println!(
-                "{:<10} {:<24} {:>10} {:>8} {:>10} {:>8}",
-                name.as_str(),
+                "{:<14} {:<24} {:>10} {:>8} {:>10} {:>8}",
+                view,
                 stats["id"].as_str().unwrap_or("?"),
                 checkpoint,
-                rooms_last.saturating_sub(checkpoint),
+                stream_last.saturating_sub(checkpoint),
                 data["applied"].as_u64().unwrap_or(0),
                 data["skipped"].as_u64().unwrap_or(0),
             );

@@ -1,6 +1,6 @@
 //! Running handlers: `chatlog handler <name>`, and the handlers `chatlog up` runs beside the edge.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use chatlog_runtime::{HostConfig, HostStats, Projection};
 use clap::{Args, ValueEnum};
@@ -8,15 +8,35 @@ use clap::{Args, ValueEnum};
 /// The handlers chatlog has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum HandlerName {
+    /// Messages and rooms (`CHAT_ROOMS`).
     History,
+    /// Who is online and typing (`CHAT_PRESENCE`).
+    Presence,
+    /// Mentions become notifications (`CHAT_ROOMS`); notifications and read markers (`CHAT_USERS`).
+    Notifications,
 }
 
 impl HandlerName {
-    pub const ALL: [HandlerName; 1] = [HandlerName::History];
+    pub const ALL: [HandlerName; 3] = [
+        HandlerName::History,
+        HandlerName::Presence,
+        HandlerName::Notifications,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             HandlerName::History => chatlog_history::History.name(),
+            HandlerName::Presence => "presence",
+            HandlerName::Notifications => "notifications",
+        }
+    }
+
+    /// The views the handler keeps (each a projection with its own directory and service).
+    pub fn views(self) -> &'static [&'static str] {
+        match self {
+            HandlerName::History => &["history"],
+            HandlerName::Presence => &["presence"],
+            HandlerName::Notifications => &["mentions", "notifications"],
         }
     }
 }
@@ -30,13 +50,36 @@ pub struct HandlerArgs {
     /// of one handler can run side by side, each with its own view.
     #[arg(long, env = "CHATLOG_REPLICA")]
     pub replica: Option<String>,
+    /// Presence: seconds without a heartbeat before a connection is offline.
+    #[arg(long, env = "CHATLOG_OFFLINE_AFTER", default_value_t = 35.0)]
+    pub offline_after: f64,
+    /// Presence: seconds after which typing ends without a refresh.
+    #[arg(long, env = "CHATLOG_TYPING_FOR", default_value_t = 6.0)]
+    pub typing_for: f64,
+    /// How often, in milliseconds, handlers check what time has made due (presence timeouts).
+    #[arg(long, env = "CHATLOG_TICK_MS", default_value_t = 1000)]
+    pub tick_ms: u64,
 }
 
 impl HandlerArgs {
-    pub fn view_dir(&self, name: HandlerName) -> PathBuf {
+    /// The directory of one view.
+    pub fn view_dir(&self, view: &str) -> PathBuf {
         match &self.replica {
-            Some(r) => self.views_dir.join(format!("{}-{r}", name.as_str())),
-            None => self.views_dir.join(name.as_str()),
+            Some(r) => self.views_dir.join(format!("{view}-{r}")),
+            None => self.views_dir.join(view),
+        }
+    }
+
+    pub fn host_config(&self, view: &str) -> HostConfig {
+        let mut config = HostConfig::new(self.view_dir(view));
+        config.tick = Duration::from_millis(self.tick_ms.max(10));
+        config
+    }
+
+    pub fn presence(&self) -> chatlog_presence::Presence {
+        chatlog_presence::Presence {
+            offline_after: Duration::from_secs_f64(self.offline_after.max(0.1)),
+            typing_for: Duration::from_secs_f64(self.typing_for.max(0.1)),
         }
     }
 }
@@ -49,10 +92,42 @@ pub async fn run(
     stats: Arc<HostStats>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let config = HostConfig::new(args.view_dir(name));
     match name {
         HandlerName::History => {
+            let config = args.host_config("history");
             chatlog_runtime::run(chatlog_history::History, client, config, stats, shutdown).await?
+        }
+        HandlerName::Presence => {
+            let config = args.host_config("presence");
+            chatlog_runtime::run(args.presence(), client, config, stats, shutdown).await?
+        }
+        HandlerName::Notifications => {
+            // Two projections, one handler: they stop together.
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            let mentions = chatlog_runtime::run(
+                chatlog_notifications::Mentions,
+                client.clone(),
+                args.host_config("mentions"),
+                Arc::new(HostStats::default()),
+                until(stopped.clone()),
+            );
+            let inbox = chatlog_runtime::run(
+                chatlog_notifications::Notifications,
+                client,
+                args.host_config("notifications"),
+                stats,
+                until(stopped),
+            );
+            let signal = async {
+                shutdown.await;
+                stop.send_replace(true);
+            };
+            let (a, b, ()) = tokio::join!(mentions, inbox, signal);
+            a?;
+            b?;
         }
     }
     Ok(())

@@ -30,43 +30,66 @@ pub async fn run(command: ViewsCommand, client: async_nats::Client) -> anyhow::R
             handler,
             batch,
         } => {
-            let mut config = HostConfig::new(handler.view_dir(name));
-            config.batch = batch.max(1);
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {msg} [{bar:40}] {pos}/{len} seq  {per_sec}  eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar.set_message(format!("rebuilding {}", name.as_str()));
-            let started = Instant::now();
-            let mut applied = 0u64;
-            let mut first: Option<u64> = None;
-            let progress = |seq: u64, last: u64| {
-                let start = *first.get_or_insert(seq);
-                applied = seq - start + 1;
-                bar.set_length(last.saturating_sub(start) + 1);
-                bar.set_position(applied);
-            };
-            let answer = match name {
-                HandlerName::History => {
-                    chatlog_runtime::rebuild(&chatlog_history::History, client, &config, progress)
-                        .await
-                }
+            for view in name.views() {
+                rebuild_one(&client, &handler, view, batch).await?;
             }
-            .with_context(|| format!("rebuilding the {} view", name.as_str()))?;
-            bar.finish_and_clear();
-            let elapsed = started.elapsed().as_secs_f64();
-            println!(
-                "rebuilt {} to seq {} in {:.2}s ({:.0} stream messages/s)",
-                name.as_str(),
-                answer.checkpoint,
-                elapsed,
-                answer.checkpoint as f64 / elapsed.max(1e-9),
-            );
-            println!("checksum {}", answer.checksum);
         }
     }
+    Ok(())
+}
+
+async fn rebuild_one(
+    client: &async_nats::Client,
+    handler: &HandlerArgs,
+    view: &str,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let mut config = HostConfig::new(handler.view_dir(view));
+    config.batch = batch.max(1);
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {pos}/{len} seq  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("rebuilding {view}"));
+    let started = Instant::now();
+    let mut applied = 0u64;
+    let mut first: Option<u64> = None;
+    let progress = |seq: u64, last: u64| {
+        let start = *first.get_or_insert(seq);
+        applied = seq - start + 1;
+        bar.set_length(last.saturating_sub(start) + 1);
+        bar.set_position(applied);
+    };
+    let client = client.clone();
+    let answer = match view {
+        "history" => {
+            chatlog_runtime::rebuild(&chatlog_history::History, client, &config, progress).await
+        }
+        "presence" => {
+            chatlog_runtime::rebuild(&handler.presence(), client, &config, progress).await
+        }
+        "mentions" => {
+            let p = chatlog_notifications::Mentions;
+            chatlog_runtime::rebuild(&p, client, &config, progress).await
+        }
+        "notifications" => {
+            let p = chatlog_notifications::Notifications;
+            chatlog_runtime::rebuild(&p, client, &config, progress).await
+        }
+        other => anyhow::bail!("no view {other}"),
+    }
+    .with_context(|| format!("rebuilding the {view} view"))?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "rebuilt {view} to seq {} in {:.2}s ({:.0} stream messages/s)",
+        answer.checkpoint,
+        elapsed,
+        answer.checkpoint as f64 / elapsed.max(1e-9),
+    );
+    println!("checksum {}", answer.checksum);
     Ok(())
 }

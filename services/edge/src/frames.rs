@@ -155,6 +155,40 @@ pub fn event_frame(room: &str, seq: u64, body: &[u8]) -> Option<Utf8Bytes> {
     serde_json::to_string(&frame).ok().map(Utf8Bytes::from)
 }
 
+/// `{"type":"presence","room":R,"online":[...],"typing":[...]}`.
+pub fn presence_frame(room: &str, presence: &chatlog_events::queries::PresenceAnswer) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct PresenceFrame<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        online: &'a [chatlog_events::UserId],
+        typing: &'a [chatlog_events::UserId],
+    }
+    let frame = PresenceFrame {
+        r#type: "presence",
+        room,
+        online: &presence.online,
+        typing: &presence.typing,
+    };
+    Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default())
+}
+
+/// `{"type":"notification","event":{...}}` with the stored CloudEvent embedded as it is.
+pub fn notification_frame(body: &[u8]) -> Option<Utf8Bytes> {
+    #[derive(Serialize)]
+    struct NotificationFrame<'a> {
+        r#type: &'static str,
+        event: &'a RawValue,
+    }
+    let body = std::str::from_utf8(body).ok()?;
+    let event: &RawValue = serde_json::from_str(body).ok()?;
+    let frame = NotificationFrame {
+        r#type: "notification",
+        event,
+    };
+    serde_json::to_string(&frame).ok().map(Utf8Bytes::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

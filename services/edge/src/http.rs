@@ -9,7 +9,11 @@ use axum::{
 };
 use chatlog_events::{
     RoomId, Stream, UserId,
-    queries::{MessagesAnswer, MessagesRequest, RoomView, RoomsRequest, history},
+    queries::{
+        MarkersAnswer, MarkersRequest, MessagesAnswer, MessagesRequest, NotificationsAnswer,
+        NotificationsRequest, PresenceAnswer, PresenceRequest, RoomView, RoomsRequest,
+        UnreadAnswer, UnreadRequest, history, notifications, presence,
+    },
     subjects,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -343,6 +347,115 @@ pub async fn room_events(
         })
         .collect();
     Ok(Json(events))
+}
+
+/// `GET /api/rooms/{room}/presence`: who is online and typing, from the presence view.
+pub async fn room_presence(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(room): Path<String>,
+) -> Result<Json<PresenceAnswer>, ApiError> {
+    let room = parse_room(&room)?;
+    state.rooms.visible(&room, &user).await?;
+    let answer = state
+        .views
+        .ask(presence::VIEW, presence::ROOM, &PresenceRequest { room })
+        .await?;
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+pub struct NotificationsQuery {
+    #[serde(default)]
+    unread: bool,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+const DEFAULT_NOTIFICATIONS: usize = 100;
+const MAX_NOTIFICATIONS: usize = 500;
+
+/// `GET /api/notifications?unread=true`: the caller's notifications, newest first.
+pub async fn list_notifications(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    query: Result<Query<NotificationsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<NotificationsAnswer>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let request = NotificationsRequest {
+        user,
+        unread_only: query.unread,
+        limit: query
+            .limit
+            .unwrap_or(DEFAULT_NOTIFICATIONS)
+            .clamp(1, MAX_NOTIFICATIONS),
+    };
+    let answer = state
+        .views
+        .ask(notifications::VIEW, notifications::LIST, &request)
+        .await?;
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadNotifications {
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+const MAX_READ_IDS: usize = 1000;
+
+/// `POST /api/notifications/read {"ids":[...]}` or `{"all":true}`: 204.
+pub async fn read_notifications(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(req): ApiJson<ReadNotifications>,
+) -> Result<StatusCode, ApiError> {
+    use chatlog_events::{ChatEvent, EventId, Payload, event::NotificationRead};
+    if !req.all && req.ids.is_empty() {
+        return Err(ApiError::bad_request("give ids or all: true"));
+    }
+    if req.ids.len() > MAX_READ_IDS {
+        return Err(ApiError::bad_request(format!("at most {MAX_READ_IDS} ids")));
+    }
+    let ids = req
+        .ids
+        .iter()
+        .map(|id| EventId::parse(id))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ApiError::bad_request("ids must be notification ids"))?;
+    let payload = Payload::NotificationRead(NotificationRead { ids, all: req.all });
+    let event = ChatEvent::for_user(&user, user.clone(), "edge", payload);
+    state.log.append(&event).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/unread`: per room the caller joined, the messages after its read marker (all of
+/// them without one), not counting its own.
+pub async fn unread(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<UnreadAnswer>, ApiError> {
+    let markers: MarkersAnswer = state
+        .views
+        .ask(
+            notifications::VIEW,
+            notifications::MARKERS,
+            &MarkersRequest { user: user.clone() },
+        )
+        .await?;
+    let answer = state
+        .views
+        .ask(
+            history::VIEW,
+            history::UNREAD,
+            &UnreadRequest { user, markers },
+        )
+        .await?;
+    Ok(Json(answer))
 }
 
 pub fn parse_room(room: &str) -> Result<RoomId, ApiError> {

@@ -29,16 +29,30 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::{
     frames,
     log::{Log, LogError},
+    views::Views,
 };
 
-/// One room event for one joined connection.
+/// One frame for one connection, from a feed.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// Which join of the connection this is for (a connection may leave and rejoin a room).
     pub join: u64,
+    /// The room event's seq (events only).
     pub seq: u64,
-    /// The `event` frame, shared by every delivery of this event.
+    /// The frame, shared by every delivery of it.
     pub frame: Utf8Bytes,
+    pub kind: Kind,
+}
+
+/// What a delivery carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A room event: in seq order, deduplicated per room by the connection.
+    Event,
+    /// The room's presence changed: written as it comes.
+    Presence,
+    /// A notification for the connection's user.
+    Notification,
 }
 
 /// A connection's place in a room's feed.
@@ -58,6 +72,7 @@ pub struct Hub {
 
 struct HubInner {
     log: Log,
+    views: Views,
     feeds: Mutex<HashMap<RoomId, Arc<Feed>>>,
     next_join: AtomicU64,
     /// Bumped on every NATS (re)connect: feeds then read up to the head in case they missed some.
@@ -77,7 +92,8 @@ struct Feed {
     room: RoomId,
     state: Mutex<FeedState>,
     status: watch::Sender<Status>,
-    task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The room events task and the presence task.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 struct FeedState {
@@ -89,10 +105,16 @@ struct FeedState {
 }
 
 impl Hub {
-    pub fn new(log: Log, reconnects: watch::Receiver<u64>, ready_timeout: Duration) -> Self {
+    pub fn new(
+        log: Log,
+        views: Views,
+        reconnects: watch::Receiver<u64>,
+        ready_timeout: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 log,
+                views,
                 feeds: Mutex::new(HashMap::new()),
                 next_join: AtomicU64::new(1),
                 reconnects,
@@ -154,7 +176,7 @@ impl Hub {
             state.closed = true;
             drop(state);
             feeds.remove(room);
-            if let Some(task) = lock(&feed.task).take() {
+            for task in lock(&feed.tasks).drain(..) {
                 task.abort();
             }
         }
@@ -179,10 +201,15 @@ impl Feed {
                 closed: false,
             }),
             status: watch::Sender::new(Status::Starting),
-            task: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         });
-        let task = tokio::spawn(run(feed.clone(), hub.log.clone(), hub.reconnects.clone()));
-        *lock(&feed.task) = Some(task.abort_handle());
+        let events = tokio::spawn(run(feed.clone(), hub.log.clone(), hub.reconnects.clone()));
+        let presence = tokio::spawn(run_presence(
+            feed.clone(),
+            hub.log.clone(),
+            hub.views.clone(),
+        ));
+        lock(&feed.tasks).extend([events.abort_handle(), presence.abort_handle()]);
         feed
     }
 
@@ -202,23 +229,41 @@ impl Feed {
             tracing::warn!(room = %self.room, seq, "stored event is not json, not forwarded");
             return;
         };
-        state.subscribers.retain(|sub| {
-            let delivery = Delivery {
-                join: sub.join,
-                seq,
-                frame: frame.clone(),
-            };
-            match sub.tx.try_send(delivery) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::info!(room = %self.room, join = sub.join, "slow consumer dropped");
-                    sub.kick.notify_one();
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+        deliver_all(&self.room, &mut state.subscribers, seq, &frame, Kind::Event);
     }
+
+    /// Sends a presence frame to every subscriber.
+    fn forward_presence(&self, frame: &Utf8Bytes) {
+        let mut state = lock(&self.state);
+        deliver_all(&self.room, &mut state.subscribers, 0, frame, Kind::Presence);
+    }
+}
+
+/// Hands `frame` to every subscriber's queue; a full queue drops the subscriber and kicks it.
+pub fn deliver_all(
+    what: &dyn std::fmt::Display,
+    subscribers: &mut Vec<Subscriber>,
+    seq: u64,
+    frame: &Utf8Bytes,
+    kind: Kind,
+) {
+    subscribers.retain(|sub| {
+        let delivery = Delivery {
+            join: sub.join,
+            seq,
+            frame: frame.clone(),
+            kind,
+        };
+        match sub.tx.try_send(delivery) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(feed = %what, join = sub.join, "slow consumer dropped");
+                sub.kick.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    });
 }
 
 /// The feed's task: subscribe, learn the head, then forward live events, filling any gap.
@@ -315,6 +360,67 @@ async fn fill(feed: &Feed, log: &Log, stored_subject: &str, to: u64) {
             }
         }
     }
+}
+
+/// The feed's presence task: on every presence change of the room (not heartbeats), asks the
+/// presence view (once it has applied the change) and sends the frame to every subscriber when
+/// it differs from the last one. Bursts are coalesced: one query for the latest seq.
+async fn run_presence(feed: Arc<Feed>, log: Log, views: Views) {
+    use chatlog_events::queries::{PresenceAnswer, PresenceRequest, presence};
+    let mut live = match log
+        .client()
+        .subscribe(subjects::live_presence(&feed.room))
+        .await
+    {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::warn!(room = %feed.room, error = %e, "subscribing to presence failed");
+            return;
+        }
+    };
+    let mut last_frame: Option<Utf8Bytes> = None;
+    while let Some(first) = live.next().await {
+        let mut latest: Option<u64> = None;
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            if changes_presence(&msg.payload) {
+                let seq = header_u64(msg.headers.as_ref(), subjects::headers::SEQUENCE);
+                latest = latest.max(seq).or(seq);
+            }
+            next = futures::FutureExt::now_or_never(live.next()).flatten();
+        }
+        let Some(seq) = latest else { continue };
+        let request = PresenceRequest {
+            room: feed.room.clone(),
+        };
+        let answer: PresenceAnswer = match views
+            .ask_at(presence::VIEW, presence::ROOM, &request, Some(seq))
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(room = %feed.room, error = %e, "presence view unavailable");
+                continue;
+            }
+        };
+        let frame = frames::presence_frame(feed.room.as_str(), &answer);
+        if last_frame.as_ref() != Some(&frame) {
+            feed.forward_presence(&frame);
+            last_frame = Some(frame);
+        }
+    }
+}
+
+/// Whether a stored presence event can change who is online or typing (heartbeats cannot).
+fn changes_presence(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct TypeOnly<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: &'a str,
+    }
+    serde_json::from_slice::<TypeOnly>(body)
+        .map(|t| t.ty != "chat.presence.heartbeat")
+        .unwrap_or(false)
 }
 
 fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {

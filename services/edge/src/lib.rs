@@ -17,6 +17,7 @@ pub mod log;
 pub mod messages;
 pub mod metrics;
 pub mod rooms;
+pub mod users;
 pub mod views;
 pub mod web;
 pub mod ws;
@@ -79,6 +80,8 @@ pub struct Inner {
     pub rooms: rooms::Directory,
     /// The views' query services (history, ...).
     pub views: views::Views,
+    /// Per connected user, one subscription for its notifications.
+    pub users: users::UserFeeds,
     pub auth: auth::Auth,
     pub metrics: metrics::Metrics,
     /// Flips to true when the edge shuts down: every connection closes with 1001.
@@ -107,6 +110,10 @@ pub fn app(state: AppState) -> Router {
             get(http::room_messages).post(http::post_message),
         )
         .route("/api/rooms/{room}/events", get(http::room_events))
+        .route("/api/rooms/{room}/presence", get(http::room_presence))
+        .route("/api/notifications", get(http::list_notifications))
+        .route("/api/notifications/read", post(http::read_notifications))
+        .route("/api/unread", get(http::unread))
         .merge(web::router())
         .fallback(http::fallback)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -181,11 +188,18 @@ pub async fn state(
         None => auth::load_or_create_secret(&config.data_dir)?,
     };
     let log = log::Log::new(client, config.limits.nats_deadline);
-    let hub = hub::Hub::new(log.clone(), reconnects, config.limits.nats_deadline);
+    let views = views::Views::new(log.client().clone(), config.limits.nats_deadline);
+    let hub = hub::Hub::new(
+        log.clone(),
+        views.clone(),
+        reconnects,
+        config.limits.nats_deadline,
+    );
     Ok(AppState(Arc::new(Inner {
         auth: auth::Auth::new(&secret, config.token_ttl),
         rooms: rooms::Directory::new(log.clone()),
-        views: views::Views::new(log.client().clone(), config.limits.nats_deadline),
+        users: users::UserFeeds::new(log.clone()),
+        views,
         metrics: metrics::Metrics::default(),
         shutdown: watch::Sender::new(false),
         hub,

@@ -20,6 +20,10 @@ pub struct Limits {
     pub catch_up_buffer: usize,
     /// Longest a request waits for NATS before answering `unavailable`.
     pub nats_deadline: Duration,
+    /// How often a connection says it is still there, per joined room (PROTOCOL: 15 s).
+    pub heartbeat: Duration,
+    /// A connection's `typing` frames become at most one `chat.typing.started` per this period.
+    pub typing_throttle: Duration,
 }
 
 impl Default for Limits {
@@ -33,6 +37,8 @@ impl Default for Limits {
             outbound_queue: 1024,
             catch_up_buffer: 10_000,
             nats_deadline: Duration::from_secs(2),
+            heartbeat: Duration::from_secs(15),
+            typing_throttle: Duration::from_secs(3),
         }
     }
 }

@@ -27,13 +27,52 @@ pub async fn post(
         .transpose()
         .map_err(|_| ApiError::bad_request("reply_to must be an event id"))?;
     state.rooms.visible(room, user).await?;
-    let mentions = mentions(&text);
+    let mentions = existing(state, room, mentions(&text)).await;
     let payload = Payload::MessagePosted(MessagePosted {
         text,
         mentions,
         reply_to,
     });
     Ok(ChatEvent::in_room(room, user.clone(), "edge", payload).with_id(id))
+}
+
+/// The mentioned users that exist: members of the room (the history view says) or registered
+/// accounts. When the view cannot say, every well-formed mention is kept (the notifications
+/// handler notifies members only anyway).
+async fn existing(state: &AppState, room: &RoomId, mentioned: Vec<UserId>) -> Vec<UserId> {
+    use chatlog_events::{
+        Stream,
+        queries::{RoomRequest, RoomView, history},
+        subjects,
+    };
+    if mentioned.is_empty() {
+        return mentioned;
+    }
+    let request = RoomRequest { room: room.clone() };
+    let members = match state
+        .views
+        .ask::<_, Option<RoomView>>(history::VIEW, history::ROOM, &request)
+        .await
+    {
+        Ok(Some(view)) => view.members,
+        Ok(None) => Vec::new(),
+        Err(_) => return mentioned,
+    };
+    let mut kept = Vec::with_capacity(mentioned.len());
+    for user in mentioned {
+        let exists = members.contains(&user)
+            || matches!(
+                state
+                    .log
+                    .last_message(Stream::Accounts, &subjects::account(&user))
+                    .await,
+                Ok(Some(_))
+            );
+        if exists {
+            kept.push(user);
+        }
+    }
+    kept
 }
 
 /// Text must not be blank and must fit the limit.
@@ -193,4 +232,28 @@ pub async fn change(
         }
     };
     Ok(ChatEvent::in_room(room, user.clone(), "edge", payload).with_id(id))
+}
+
+/// Validates a read marker and builds its `chat.read.marked` on the user's own subject.
+pub async fn read_marker(
+    state: &AppState,
+    user: &UserId,
+    room: &RoomId,
+    seq: u64,
+    id: Option<&str>,
+) -> Result<ChatEvent, ApiError> {
+    use chatlog_events::event::ReadMarked;
+    let id = match id {
+        Some(id) => EventId::parse(id).map_err(|_| ApiError::bad_request("id must be a uuid"))?,
+        None => EventId::new(),
+    };
+    if seq == 0 {
+        return Err(ApiError::bad_request("seq must be at least 1"));
+    }
+    state.rooms.visible(room, user).await?;
+    let payload = Payload::ReadMarked(ReadMarked {
+        room: room.clone(),
+        seq,
+    });
+    Ok(ChatEvent::for_user(user, user.clone(), "edge", payload).with_id(id))
 }

@@ -28,9 +28,28 @@ impl Views {
         query: &str,
         request: &Req,
     ) -> Result<Ans, ApiError> {
+        self.ask_at(view, query, request, None).await
+    }
+
+    /// Like [`Views::ask`], answered once the view has applied stream sequence `min_seq` (or
+    /// after a short wait): read-your-writes for what was just appended.
+    pub async fn ask_at<Req: Serialize, Ans: DeserializeOwned>(
+        &self,
+        view: &str,
+        query: &str,
+        request: &Req,
+        min_seq: Option<u64>,
+    ) -> Result<Ans, ApiError> {
         let body = serde_json::to_vec(request).map_err(ApiError::internal)?;
         let subject = queries::subject(view, query);
-        let asked = tokio::time::timeout(self.deadline, self.client.request(subject, body.into()))
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(seq) = min_seq {
+            headers.insert(queries::MIN_SEQ_HEADER, seq.to_string().as_str());
+        }
+        let request = self
+            .client
+            .request_with_headers(subject, headers, body.into());
+        let asked = tokio::time::timeout(self.deadline + MIN_SEQ_PATIENCE, request)
             .await
             .map_err(|_| unavailable(view))?;
         let message = match asked {
@@ -61,6 +80,9 @@ impl Views {
         serde_json::from_slice(&message.payload).map_err(ApiError::internal)
     }
 }
+
+/// How long a view may wait for a seq before answering.
+const MIN_SEQ_PATIENCE: Duration = Duration::from_secs(2);
 
 fn unavailable(view: &str) -> ApiError {
     ApiError::new(

@@ -25,7 +25,11 @@ use axum::{
     },
     response::{IntoResponse, Response},
 };
-use chatlog_events::{RoomId, Stream, UserId, subjects};
+use chatlog_events::{
+    ChatEvent, Payload, RoomId, Stream, UserId,
+    event::{Empty, Membership, Presence as PresenceData},
+    subjects,
+};
 use futures::{SinkExt, StreamExt, stream::SplitSink};
 use serde::Deserialize;
 use tokio::{
@@ -38,7 +42,7 @@ use crate::{
     error::{ApiError, Code},
     frames::{self, ClientFrame, ServerFrame},
     http::parse_room,
-    hub::{Delivery, Subscriber},
+    hub::{Delivery, Kind, Subscriber},
     limits::TokenBucket,
     messages::Change,
 };
@@ -115,6 +119,15 @@ struct Joined {
     /// The last seq written to this client in this room.
     written: u64,
     phase: Phase,
+    /// When this connection last said it started typing here (typing events are throttled).
+    typing_since: Option<std::time::Instant>,
+}
+
+#[derive(Clone, Copy)]
+enum PresenceKind {
+    Online,
+    Heartbeat,
+    Offline,
 }
 
 /// Why the connection loop stops.
@@ -136,6 +149,10 @@ struct Connection {
     ctl_tx: mpsc::Sender<Ctl>,
     kick: Arc<Notify>,
     sends: TokenBucket,
+    /// Opaque id of this socket in presence events.
+    connection: String,
+    /// This connection's place in its user's notification feed.
+    notify_join: u64,
 }
 
 impl Connection {
@@ -153,6 +170,8 @@ impl Connection {
             ctl_tx,
             kick: Arc::new(Notify::new()),
             sends,
+            connection: uuid::Uuid::new_v4().simple().to_string(),
+            notify_join: 0,
         };
         (conn, live_rx, ctl_rx)
     }
@@ -167,12 +186,18 @@ impl Connection {
     ) {
         let (mut sink, mut stream) = socket.split();
         let mut shutdown = self.state.shutdown.subscribe();
+        let every = self.state.config.limits.heartbeat;
+        let mut heartbeats = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let stop = loop {
             let step = tokio::select! {
                 biased;
                 _ = self.kick.notified() => Err(Stop::Close(close::SLOW_CONSUMER, "slow consumer: rejoin with since")),
                 _ = async { shutdown.wait_for(|down| *down).await.map(|_| ()) } => Err(Stop::Close(close::GOING_AWAY, "edge shutting down: reconnect and rejoin with since")),
                 Some(ctl) = ctl_rx.recv() => self.on_ctl(ctl, &mut sink).await,
+                _ = heartbeats.tick() => {
+                    self.heartbeat();
+                    Ok(())
+                }
                 Some(delivery) = live_rx.recv() => self.on_live(delivery, &mut live_rx, &mut sink).await,
                 msg = stream.next() => match msg {
                     None | Some(Ok(Message::Close(_))) => Err(Stop::Gone),
@@ -210,17 +235,23 @@ impl Connection {
 /// Runs one upgraded connection until it closes, then leaves every room it joined.
 async fn serve(state: AppState, user: UserId, socket: WebSocket) {
     let (mut conn, live_rx, ctl_rx) = Connection::new(state, user);
-    {
-        conn.state.metrics.connection_opened();
-        conn.run_loop(socket, live_rx, ctl_rx).await;
-        for (room, joined) in conn.rooms.drain() {
-            if let Phase::CatchingUp { reader, .. } = &joined.phase {
-                reader.abort();
-            }
-            conn.state.hub.leave(&room, joined.join);
-        }
-        conn.state.metrics.connection_closed();
+    conn.state.metrics.connection_opened();
+    conn.notify_join = conn.state.hub.next_join();
+    conn.state.users.subscribe(
+        &conn.user,
+        Subscriber {
+            join: conn.notify_join,
+            tx: conn.live_tx.clone(),
+            kick: conn.kick.clone(),
+        },
+    );
+    conn.run_loop(socket, live_rx, ctl_rx).await;
+    let rooms: Vec<RoomId> = conn.rooms.keys().cloned().collect();
+    for room in rooms {
+        conn.leave_room(&room);
     }
+    conn.state.users.unsubscribe(&conn.user, conn.notify_join);
+    conn.state.metrics.connection_closed();
 }
 
 impl Connection {
@@ -261,6 +292,14 @@ impl Connection {
 
     async fn deliver(&mut self, delivery: Delivery, sink: &mut Sink) -> Result<(), Stop> {
         let max_buffer = self.state.config.limits.catch_up_buffer;
+        match delivery.kind {
+            Kind::Event => {}
+            Kind::Notification => return self.write(sink, delivery.frame).await,
+            Kind::Presence if self.joins.contains_key(&delivery.join) => {
+                return self.write(sink, delivery.frame).await;
+            }
+            Kind::Presence => return Ok(()),
+        }
         let Some(room) = self.joins.get(&delivery.join) else {
             return Ok(()); // left since
         };
@@ -396,13 +435,11 @@ impl Connection {
                 let answer = self.change(&room, &message_id, id.as_deref(), change).await;
                 (id, answer)
             }
-            ClientFrame::Typing { room, .. } => (None, parse_room(&room).map(|_| None)),
-            ClientFrame::Read { id, .. } => (
-                id,
-                Err(ApiError::bad_request(
-                    "read markers are not supported by this edge yet",
-                )),
-            ),
+            ClientFrame::Typing { room, active } => (None, self.typing(&room, active)),
+            ClientFrame::Read { room, seq, id } => {
+                let answer = self.read(&room, seq, id.as_deref()).await;
+                (id, answer)
+            }
         };
         match answer {
             Ok(None) => Ok(()),
@@ -454,6 +491,7 @@ impl Connection {
                 join,
                 written,
                 phase,
+                typing_since: None,
             },
         );
         let joined = ServerFrame::Joined {
@@ -464,6 +502,132 @@ impl Connection {
         self.write(sink, joined.to_text())
             .await
             .map_err(|_| ApiError::new(Code::Internal, "connection closing"))?;
+        self.announce(&room);
+        Ok(None)
+    }
+
+    /// After a join: the user is online here (and a member, if it was not yet); the client gets
+    /// the room's presence once the view has seen it come online.
+    fn announce(&self, room: &RoomId) {
+        let state = self.state.clone();
+        let ctl = self.ctl_tx.clone();
+        let room = room.clone();
+        let user = self.user.clone();
+        let online = self.presence_event(&room, PresenceKind::Online);
+        tokio::spawn(async move {
+            use chatlog_events::queries::{
+                PresenceAnswer, PresenceRequest, RoomRequest, RoomView, history, presence,
+            };
+            let seq = match state.log.append(&online).await {
+                Ok(a) => Some(a.seq),
+                Err(e) => {
+                    tracing::debug!(room = %room, error = %e, "appending online failed");
+                    None
+                }
+            };
+            let request = PresenceRequest { room: room.clone() };
+            if let Ok(answer) = state
+                .views
+                .ask_at::<_, PresenceAnswer>(presence::VIEW, presence::ROOM, &request, seq)
+                .await
+            {
+                let frame = frames::presence_frame(room.as_str(), &answer);
+                let _ = ctl.send(Ctl::Frame(frame)).await;
+            }
+            // Joining makes a member: mentions then notify, and unread counts count.
+            let known: Result<Option<RoomView>, _> = state
+                .views
+                .ask(
+                    history::VIEW,
+                    history::ROOM,
+                    &RoomRequest { room: room.clone() },
+                )
+                .await;
+            if let Ok(Some(view)) = known
+                && !view.members.contains(&user)
+            {
+                let joined = ChatEvent::in_room(
+                    &room,
+                    user.clone(),
+                    "edge",
+                    Payload::MemberJoined(Membership {
+                        member: user.clone(),
+                    }),
+                );
+                if let Err(e) = state.log.append(&joined).await {
+                    tracing::debug!(room = %room, error = %e, "appending member.joined failed");
+                }
+            }
+        });
+    }
+
+    fn presence_event(&self, room: &RoomId, kind: PresenceKind) -> ChatEvent {
+        let data = PresenceData {
+            connection: self.connection.clone(),
+        };
+        let payload = match kind {
+            PresenceKind::Online => Payload::PresenceOnline(data),
+            PresenceKind::Heartbeat => Payload::PresenceHeartbeat(data),
+            PresenceKind::Offline => Payload::PresenceOffline(data),
+        };
+        ChatEvent::in_room(room, self.user.clone(), "edge", payload)
+    }
+
+    /// Appends in the background, answering nobody (presence and typing have no ack).
+    fn append_quietly(&self, event: ChatEvent) {
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = state.log.append(&event).await {
+                tracing::debug!(error = %e, "presence append failed");
+            }
+        });
+    }
+
+    /// Every joined room hears from this connection every heartbeat period.
+    fn heartbeat(&self) {
+        for room in self.rooms.keys() {
+            self.append_quietly(self.presence_event(room, PresenceKind::Heartbeat));
+        }
+    }
+
+    /// `typing`: started at most once per throttle period per room, stopped once.
+    fn typing(&mut self, room: &str, active: bool) -> Result<Option<Utf8Bytes>, ApiError> {
+        let room = parse_room(room)?;
+        let throttle = self.state.config.limits.typing_throttle;
+        let user = self.user.clone();
+        let Some(joined) = self.rooms.get_mut(&room) else {
+            return Err(ApiError::bad_request(format!(
+                "join {room} before typing in it"
+            )));
+        };
+        let now = std::time::Instant::now();
+        let payload = match (active, joined.typing_since) {
+            (true, Some(since)) if now.duration_since(since) < throttle => return Ok(None),
+            (true, _) => {
+                joined.typing_since = Some(now);
+                Payload::TypingStarted(Empty {})
+            }
+            (false, Some(_)) => {
+                joined.typing_since = None;
+                Payload::TypingStopped(Empty {})
+            }
+            (false, None) => return Ok(None),
+        };
+        self.append_quietly(ChatEvent::in_room(&room, user, "edge", payload));
+        Ok(None)
+    }
+
+    /// `read`: the user has read `room` up to `seq`; acked like a send.
+    async fn read(
+        &mut self,
+        room: &str,
+        seq: u64,
+        id: Option<&str>,
+    ) -> Result<Option<Utf8Bytes>, ApiError> {
+        self.take_send()?;
+        let room = parse_room(room)?;
+        let event = crate::messages::read_marker(&self.state, &self.user, &room, seq, id).await?;
+        self.spawn_append(event);
         Ok(None)
     }
 
@@ -526,6 +690,7 @@ impl Connection {
         }
         self.joins.remove(&joined.join);
         self.state.hub.leave(room, joined.join);
+        self.append_quietly(self.presence_event(room, PresenceKind::Offline));
         true
     }
 
@@ -575,7 +740,7 @@ impl Connection {
 
     /// Appends `event` in the background; its ack (or error) comes back on `ctl`. Appends are
     /// pipelined: the connection goes on reading while JetStream acknowledges.
-    fn spawn_append(&self, event: chatlog_events::ChatEvent) {
+    fn spawn_append(&self, event: ChatEvent) {
         let state = self.state.clone();
         let ctl = self.ctl_tx.clone();
         tokio::spawn(async move {

@@ -116,7 +116,7 @@ async fn bad_frames_get_errors_append_nothing_and_keep_the_connection() {
 
     ws.assert_alive().await;
     assert!(
-        app.events("lobby", head, &token).await.is_empty(),
+        app.writes_after("lobby", head, &token).await.is_empty(),
         "nothing appended"
     );
 
@@ -135,7 +135,7 @@ async fn an_oversized_frame_closes_the_connection_with_1009() {
     ws.send(huge).await;
     let (_, ended) = ws.until_end(common::PATIENCE).await;
     assert_eq!(ended, Ended::Closed(Some(1009)));
-    assert!(app.events("lobby", head, &token).await.is_empty());
+    assert!(app.writes_after("lobby", head, &token).await.is_empty());
 }
 
 #[tokio::test]

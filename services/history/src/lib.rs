@@ -8,7 +8,8 @@
 //! - `i/<event id>` → `<room>/<seq>`: every event applied, by id (an id seen twice is applied
 //!   once) and, for messages, where the message is;
 //! - `m/<room>/<seq, 8 bytes big-endian>` → [`MessageView`] JSON;
-//! - `r/<room>` → [`RoomView`] JSON.
+//! - `r/<room>` → [`RoomView`] JSON; `members` are the listed members of a private room and, for
+//!   any room, those who joined it (`chat.member.joined`).
 //!
 //! Rules beyond the protocol's: only a message's author may edit or delete it; a deleted message
 //! stays deleted (later edits and reactions are ignored); an edit, delete or reaction naming an
@@ -21,7 +22,7 @@ use chatlog_events::{
     ChatEvent, EventId, Payload, RoomId, Stream,
     queries::{
         MessageRequest, MessageView, MessagesAnswer, MessagesRequest, RoomRequest, RoomView,
-        RoomsRequest, history,
+        RoomsRequest, UnreadAnswer, UnreadRequest, history,
     },
 };
 use chatlog_runtime::{
@@ -93,7 +94,8 @@ impl Projection for History {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: public rooms keep their joined members too.
+        2
     }
 
     fn stream(&self) -> Stream {
@@ -140,7 +142,7 @@ impl Projection for History {
                 }
             }
             Payload::MemberJoined(m) => {
-                if let Some(d) = directory.as_mut().filter(|d| d.private)
+                if let Some(d) = directory.as_mut()
                     && !d.members.contains(&m.member)
                 {
                     d.members.push(m.member.clone());
@@ -227,6 +229,7 @@ impl Projection for History {
             history::MESSAGE,
             history::ROOM,
             history::ROOMS,
+            history::UNREAD,
         ]
     }
 
@@ -260,9 +263,45 @@ impl Projection for History {
                 }
                 answer(&rooms)
             }
+            history::UNREAD => answer(&unread(view, parse_request(request)?)?),
             other => Err(QueryError::NotFound(format!("no query {other}"))),
         }
     }
+}
+
+/// Most messages counted per room by `unread` (a client shows "999+" long before).
+pub const MAX_UNREAD: u64 = 10_000;
+
+/// Per room `user` is a member of: the messages after its marker, not its own, not deleted.
+pub fn unread(view: &View, req: UnreadRequest) -> Result<UnreadAnswer, QueryError> {
+    let mut rooms = BTreeMap::new();
+    for entry in view.tree().scan_prefix(b"r/") {
+        let (_, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
+        let Ok(room) = serde_json::from_slice::<RoomView>(&value) else {
+            continue;
+        };
+        if !room.members.contains(&req.user) {
+            continue;
+        }
+        let after = req.markers.get(&room.id).copied().unwrap_or(0);
+        let start = message_key(&room.id, after.saturating_add(1));
+        let end = message_key(&room.id, u64::MAX);
+        let mut count = 0;
+        for entry in view.tree().range(start..end) {
+            let (_, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
+            if let Ok(m) = serde_json::from_slice::<MessageView>(&value)
+                && m.user != req.user
+                && !m.deleted
+            {
+                count += 1;
+                if count >= MAX_UNREAD {
+                    break;
+                }
+            }
+        }
+        rooms.insert(room.id, count);
+    }
+    Ok(UnreadAnswer { rooms })
 }
 
 /// The latest `limit` messages with seq < `before`, oldest first.

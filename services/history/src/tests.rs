@@ -434,3 +434,52 @@ proptest! {
         prop_assert_eq!(read(&once), read(&twice));
     }
 }
+
+#[test]
+fn unread_counts_others_messages_after_the_marker() {
+    use chatlog_events::queries::UnreadRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir, "v");
+    let events = vec![
+        (1, created(1)),
+        (
+            2,
+            event(
+                2,
+                "bob",
+                Payload::MemberJoined(Membership {
+                    member: user("bob"),
+                }),
+            ),
+        ),
+        (3, posted(3, "ada", "one")),
+        (4, posted(4, "ada", "two")),
+        (5, posted(5, "bob", "mine")),
+        (6, posted(6, "ada", "three")),
+        (7, deleted(7, "ada", 6)),
+    ];
+    replay(&History, &view, &events, 2);
+    let count = |who: &str, marker: Option<u64>| {
+        let mut markers = std::collections::BTreeMap::new();
+        if let Some(m) = marker {
+            markers.insert(lobby(), m);
+        }
+        unread(
+            &view,
+            UnreadRequest {
+                user: user(who),
+                markers,
+            },
+        )
+        .unwrap()
+        .rooms
+    };
+    assert_eq!(
+        count("bob", None).get(&lobby()),
+        Some(&2),
+        "not his own, not the deleted one"
+    );
+    assert_eq!(count("bob", Some(3)).get(&lobby()), Some(&1));
+    assert_eq!(count("bob", Some(7)).get(&lobby()), Some(&0));
+    assert!(count("eve", None).is_empty(), "eve never joined");
+}

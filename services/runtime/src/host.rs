@@ -46,6 +46,8 @@ pub struct HostConfig {
     pub batch: usize,
     /// Commit what is pending when no event came for this long.
     pub idle_commit: Duration,
+    /// How often [`Projection::tick`] runs.
+    pub tick: Duration,
 }
 
 impl HostConfig {
@@ -54,13 +56,16 @@ impl HostConfig {
             view_dir: view_dir.into(),
             batch: 1000,
             idle_commit: Duration::from_millis(20),
+            tick: Duration::from_secs(1),
         }
     }
 }
 
 /// What a handler reports about itself (service stats, `chatlog events stats`, metrics).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HostStats {
+    /// The committed checkpoint, for queries that wait for a seq ([`crate::MIN_SEQ_HEADER`]).
+    pub committed: tokio::sync::watch::Sender<u64>,
     /// The last stream sequence committed.
     pub checkpoint: AtomicU64,
     /// Messages of the stream not applied yet, as of the last one read.
@@ -71,7 +76,24 @@ pub struct HostStats {
     pub skipped: AtomicU64,
 }
 
+impl Default for HostStats {
+    fn default() -> Self {
+        Self {
+            committed: tokio::sync::watch::Sender::new(0),
+            checkpoint: AtomicU64::new(0),
+            lag: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+}
+
 impl HostStats {
+    fn set_checkpoint(&self, checkpoint: u64) {
+        self.checkpoint.store(checkpoint, Relaxed);
+        self.committed.send_replace(checkpoint);
+    }
+
     /// Prometheus text lines for the handler `name`.
     pub fn render_prometheus(&self, name: &str) -> String {
         format!(
@@ -127,7 +149,7 @@ pub async fn run<P: Projection>(
         projection.name(),
         projection.version(),
     )?);
-    stats.checkpoint.store(view.checkpoint()?, Relaxed);
+    stats.set_checkpoint(view.checkpoint()?);
     let service = serve_queries(projection.clone(), view.clone(), &client, stats.clone()).await?;
     tracing::info!(
         view = projection.name(),
@@ -135,6 +157,7 @@ pub async fn run<P: Projection>(
         "handler started"
     );
     let js = jetstream::new(client);
+    let mut emitter = Emitter::beside(&config.view_dir);
     let result = consume(
         &*projection,
         &view,
@@ -142,6 +165,7 @@ pub async fn run<P: Projection>(
         &config,
         &stats,
         None,
+        &mut emitter,
         shutdown,
         |_, _| {},
     )
@@ -153,6 +177,7 @@ pub async fn run<P: Projection>(
 
 /// Wipes the view at `config.view_dir` and applies the stream up to its last sequence now,
 /// calling `progress(seq, last)` as it goes. Returns the view's checksum and checkpoint.
+/// Derived events are not emitted again: those of the past are in the log already.
 pub async fn rebuild<P: Projection>(
     projection: &P,
     client: Client,
@@ -180,6 +205,7 @@ pub async fn rebuild<P: Projection>(
         config,
         &stats,
         Some(last),
+        &mut Emitter::silent(),
         std::future::pending(),
         progress,
     )
@@ -202,6 +228,7 @@ async fn consume<P: Projection + ?Sized>(
     config: &HostConfig,
     stats: &HostStats,
     stop_at: Option<u64>,
+    emitter: &mut Emitter,
     shutdown: impl Future<Output = ()>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, HostError> {
@@ -229,18 +256,29 @@ async fn consume<P: Projection + ?Sized>(
         let mut pending = Pending::default();
         let mut emit: Vec<ChatEvent> = Vec::new();
         let mut last = checkpoint;
+        let mut ticks = tokio::time::interval(config.tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let restart = loop {
             let next = tokio::select! {
                 _ = &mut shutdown => {
-                    commit(view, js, &mut pending, &mut emit, last, stats).await?;
+                    commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
                     return Ok(last);
+                }
+                _ = ticks.tick(), if stop_at.is_none() => {
+                    // Only a caught-up view knows what is overdue.
+                    if pending.is_empty() && stats.lag.load(Relaxed) == 0 {
+                        for event in projection.tick(view, chrono::Utc::now()) {
+                            append_until_stored(js, &event).await?;
+                        }
+                    }
+                    continue;
                 }
                 next = tokio::time::timeout(config.idle_commit, messages.next()) => next,
             };
             let message = match next {
                 Err(_) => {
                     // Quiet: commit what is pending so the view is fresh.
-                    commit(view, js, &mut pending, &mut emit, last, stats).await?;
+                    commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
                     continue;
                 }
                 Ok(None) => break "the reader ended",
@@ -269,7 +307,9 @@ async fn consume<P: Projection + ?Sized>(
                         };
                         projection.apply(&overlay, seq, &event)
                     };
-                    emit.extend(changes.emit.iter().cloned());
+                    if seq > emitter.through {
+                        emit.extend(changes.emit.iter().cloned());
+                    }
                     pending.add(changes);
                     stats.applied.fetch_add(1, Relaxed);
                 }
@@ -283,14 +323,14 @@ async fn consume<P: Projection + ?Sized>(
             stats.lag.store(lag, Relaxed);
             let done = stop_at.is_some_and(|stop| seq >= stop);
             if pending.events >= config.batch || done {
-                commit(view, js, &mut pending, &mut emit, last, stats).await?;
+                commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
                 progress(seq, stop_at.unwrap_or(seq + lag));
             }
             if done {
                 return Ok(last);
             }
         };
-        commit(view, js, &mut pending, &mut emit, last, stats).await?;
+        commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
         tracing::info!(
             view = name,
             why = restart,
@@ -321,6 +361,50 @@ async fn open_reader<P: Projection + ?Sized>(
     consumer.messages().await.map_err(|e| e.to_string())
 }
 
+/// Where derived events stand: emitted for every source event up to `through`. Kept beside the
+/// view (`<view>.emitted`), not in it, so that a wiped or rebuilt view does not emit them again
+/// (their deterministic ids only protect within the stream's duplicate window).
+pub struct Emitter {
+    through: u64,
+    path: Option<PathBuf>,
+}
+
+impl Emitter {
+    /// The emitter of the view at `view_dir`, reading what it emitted before.
+    pub fn beside(view_dir: &std::path::Path) -> Emitter {
+        let path = view_dir.with_extension("emitted");
+        let through = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        Emitter {
+            through,
+            path: Some(path),
+        }
+    }
+
+    /// An emitter that emits nothing: a rebuild reconstructs the view, the derived events of
+    /// the past are in the log already.
+    pub fn silent() -> Emitter {
+        Emitter {
+            through: u64::MAX,
+            path: None,
+        }
+    }
+
+    fn emitted_through(&mut self, seq: u64) -> Result<(), HostError> {
+        if seq > self.through {
+            self.through = seq;
+            if let Some(path) = &self.path {
+                let tmp = path.with_extension("emitted.tmp");
+                std::fs::write(&tmp, seq.to_string()).map_err(ViewError::from)?;
+                std::fs::rename(&tmp, path).map_err(ViewError::from)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Appends the derived events (acknowledged, retried with their deterministic ids), then writes
 /// the pending changes with the checkpoint. A crash in between re-emits the same ids: stored once.
 async fn commit(
@@ -330,15 +414,19 @@ async fn commit(
     emit: &mut Vec<ChatEvent>,
     checkpoint: u64,
     stats: &HostStats,
+    emitter: &mut Emitter,
 ) -> Result<(), HostError> {
     if pending.is_empty() && emit.is_empty() {
         return Ok(());
     }
-    for event in emit.drain(..) {
-        append_until_stored(js, &event).await?;
+    if !emit.is_empty() {
+        for event in emit.drain(..) {
+            append_until_stored(js, &event).await?;
+        }
+        emitter.emitted_through(checkpoint)?;
     }
     view.commit(pending, checkpoint)?;
-    stats.checkpoint.store(checkpoint, Relaxed);
+    stats.set_checkpoint(checkpoint);
     Ok(())
 }
 
@@ -365,6 +453,9 @@ async fn append_until_stored(js: &jetstream::Context, event: &ChatEvent) -> Resu
         }
     }
 }
+
+/// Longest a query waits for the view to reach the seq it asked for.
+const MIN_SEQ_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Starts the view's micro service: one endpoint per query, plus `checksum`.
 async fn serve_queries<P: Projection>(
@@ -396,25 +487,50 @@ async fn serve_queries<P: Projection>(
         let stats = stats.clone();
         tokio::spawn(async move {
             while let Some(request) = endpoint.next().await {
-                let answer = if query == queries::CHECKSUM {
-                    checksum(&view, &stats)
-                } else {
-                    projection.query(&view, query, &request.message.payload)
-                };
-                let response =
-                    answer
-                        .map(Bytes::from)
-                        .map_err(|e| async_nats::service::error::Error {
-                            code: e.code(),
-                            status: e.message().to_string(),
-                        });
-                if let Err(e) = request.respond(response).await {
-                    tracing::debug!(error = %e, query, "answering a query failed");
-                }
+                let projection = projection.clone();
+                let view = view.clone();
+                let stats = stats.clone();
+                // One task per request: a query waiting for a seq does not hold up the others.
+                tokio::spawn(async move {
+                    answer_query(&*projection, &view, &stats, query, request).await;
+                });
             }
         });
     }
     Ok(service)
+}
+
+async fn answer_query<P: Projection>(
+    projection: &P,
+    view: &View,
+    stats: &HostStats,
+    query: &'static str,
+    request: async_nats::service::Request,
+) {
+    let min_seq = request
+        .message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(crate::MIN_SEQ_HEADER))
+        .and_then(|v| v.as_str().parse::<u64>().ok());
+    if let Some(min_seq) = min_seq {
+        let mut committed = stats.committed.subscribe();
+        let _ = tokio::time::timeout(MIN_SEQ_PATIENCE, committed.wait_for(|c| *c >= min_seq)).await;
+    }
+    let answer = if query == queries::CHECKSUM {
+        checksum(view, stats)
+    } else {
+        projection.query(view, query, &request.message.payload)
+    };
+    let response = answer
+        .map(Bytes::from)
+        .map_err(|e| async_nats::service::error::Error {
+            code: e.code(),
+            status: e.message().to_string(),
+        });
+    if let Err(e) = request.respond(response).await {
+        tracing::debug!(error = %e, query, "answering a query failed");
+    }
 }
 
 fn checksum(view: &View, stats: &HostStats) -> Result<Vec<u8>, QueryError> {

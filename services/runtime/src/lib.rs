@@ -34,7 +34,17 @@ pub trait Projection: Send + Sync + 'static {
     fn queries(&self) -> &'static [&'static str];
     /// Answers `query` with a JSON body.
     fn query(&self, view: &View, query: &str, request: &[u8]) -> Result<Vec<u8>, QueryError>;
+
+    /// Events that the passing of time causes (a heartbeat that never came, a typing flag that
+    /// ran out), given the view and the wall clock `now`. The host calls it every
+    /// [`HostConfig::tick`] once the view has caught up, and appends what it returns; their ids
+    /// must be deterministic so that replicas and retries store them once.
+    fn tick(&self, _view: &View, _now: chrono::DateTime<chrono::Utc>) -> Vec<ChatEvent> {
+        Vec::new()
+    }
 }
+
+pub use chatlog_events::queries::MIN_SEQ_HEADER;
 
 /// What one event changes: puts and deletes on the view, and derived events to append.
 #[derive(Debug, Default, Clone, PartialEq)]

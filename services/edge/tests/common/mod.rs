@@ -22,6 +22,9 @@ use tokio_tungstenite::{
 
 /// How long a test waits for something that should happen "at once".
 pub const PATIENCE: Duration = Duration::from_secs(10);
+/// Presence timeouts, shortened (PROTOCOL: 35 s and 6 s); the edge heartbeats every 300 ms.
+pub const OFFLINE_AFTER: Duration = Duration::from_secs(2);
+pub const TYPING_FOR: Duration = Duration::from_secs(1);
 
 pub struct TestApp {
     pub nats: NatsServer,
@@ -29,7 +32,7 @@ pub struct TestApp {
     pub state: AppState,
     _data: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
-    stop_history: Option<oneshot::Sender<()>>,
+    stop_handlers: tokio::sync::watch::Sender<bool>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -47,6 +50,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         default_rooms: vec![RoomId::parse("lobby").unwrap()],
         ..Config::default()
     };
+    config.limits.heartbeat = Duration::from_millis(300);
+    config.limits.typing_throttle = Duration::ZERO;
     configure(&mut config);
     let (client, reconnects) = chatlog_edge::connect(&config.nats_url, "test-edge")
         .await
@@ -61,16 +66,48 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     chatlog_edge::ensure_default_rooms(&state)
         .await
         .expect("creating the default room");
-    // The history handler, as `chatlog up` runs it beside the edge.
-    let (stop_history, history_stopped) = oneshot::channel::<()>();
+    // The handlers, as `chatlog up` runs them beside the edge (presence with short timeouts).
+    let (stop_handlers, handlers_stopped) = tokio::sync::watch::channel(false);
+    let client = state.log.client().clone();
+    let views = data.path().join("views");
+    let host = |name: &str| {
+        let mut config = chatlog_runtime::HostConfig::new(views.join(name));
+        config.tick = Duration::from_millis(50);
+        config
+    };
+    let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
     tokio::spawn(chatlog_runtime::run(
         chatlog_history::History,
-        state.log.client().clone(),
-        chatlog_runtime::HostConfig::new(data.path().join("views/history")),
+        client.clone(),
+        host("history"),
         Default::default(),
-        async move {
-            let _ = history_stopped.await;
+        until(handlers_stopped.clone()),
+    ));
+    tokio::spawn(chatlog_runtime::run(
+        chatlog_presence::Presence {
+            offline_after: OFFLINE_AFTER,
+            typing_for: TYPING_FOR,
         },
+        client.clone(),
+        host("presence"),
+        Default::default(),
+        until(handlers_stopped.clone()),
+    ));
+    tokio::spawn(chatlog_runtime::run(
+        chatlog_notifications::Mentions,
+        client.clone(),
+        host("mentions"),
+        Default::default(),
+        until(handlers_stopped.clone()),
+    ));
+    tokio::spawn(chatlog_runtime::run(
+        chatlog_notifications::Notifications,
+        client,
+        host("notifications"),
+        Default::default(),
+        until(handlers_stopped),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -84,7 +121,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         state,
         _data: data,
         stop: Some(stop),
-        stop_history: Some(stop_history),
+        stop_handlers,
     }
 }
 
@@ -102,9 +139,7 @@ impl Drop for TestApp {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(stop) = self.stop_history.take() {
-            let _ = stop.send(());
-        }
+        self.stop_handlers.send_replace(true);
     }
 }
 
@@ -204,6 +239,43 @@ impl TestApp {
         }
     }
 
+    /// Waits until the history view lists `user` as a member of `room` (a join records it).
+    pub async fn wait_member(&self, room: &str, user: &str) {
+        let token = self.token(user).await;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let rooms = self.get("/api/rooms", &token).await;
+            let found = rooms.body.as_array().and_then(|rs| {
+                rs.iter().find(|r| r["id"] == room).map(|r| {
+                    r["members"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|u| u == user))
+                })
+            });
+            if found == Some(true) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{user} never became a member of {room}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asks `path` until `ok` holds for the answer.
+    pub async fn get_until(&self, path: &str, token: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let answer = self.get(path, token).await;
+            if answer.status == 200 && ok(&answer.body) {
+                return answer.body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{path}: {answer:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The stored events of `room` after `since`.
     pub async fn events(&self, room: &str, since: u64, token: &str) -> Vec<Value> {
         let answer = self
@@ -214,6 +286,19 @@ impl TestApp {
             .await;
         assert_eq!(answer.status, 200, "{answer:?}");
         answer.body.as_array().unwrap().clone()
+    }
+
+    /// The stored message events (posted, edited, deleted, reactions) of `room` after `since`:
+    /// what a client's writes append, without the joins and presence the edge records itself.
+    pub async fn writes_after(&self, room: &str, since: u64, token: &str) -> Vec<Value> {
+        self.events(room, since, token)
+            .await
+            .into_iter()
+            .filter(|e| {
+                let ty = e["event"]["type"].as_str().unwrap_or_default();
+                ty.starts_with("chat.message.") || ty.starts_with("chat.reaction.")
+            })
+            .collect()
     }
 
     pub fn ws_url(&self, token: &str) -> String {
@@ -337,10 +422,52 @@ impl Ws {
         }
     }
 
+    /// The next `presence` frame of `room`, as (online, typing).
+    pub async fn next_presence(&mut self, room: &str) -> (Vec<String>, Vec<String>) {
+        loop {
+            let frame = self.next_of("presence").await;
+            if frame["room"] == room {
+                let names = |v: &Value| -> Vec<String> {
+                    v.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|u| u.as_str().unwrap().to_string())
+                        .collect()
+                };
+                return (names(&frame["online"]), names(&frame["typing"]));
+            }
+        }
+    }
+
+    /// Presence frames until one satisfies `want`.
+    pub async fn presence_until(
+        &mut self,
+        room: &str,
+        want: impl Fn(&[String], &[String]) -> bool,
+    ) -> (Vec<String>, Vec<String>) {
+        loop {
+            let (online, typing) = self.next_presence(room).await;
+            if want(&online, &typing) {
+                return (online, typing);
+            }
+        }
+    }
+
     /// The next `event` frame's (seq, event).
     pub async fn next_event(&mut self) -> (u64, Value) {
         let frame = self.next_of("event").await;
         (frame["seq"].as_u64().unwrap(), frame["event"].clone())
+    }
+
+    /// The next `chat.message.posted` event frame's (seq, event), skipping other room events
+    /// (joins recorded as `chat.member.joined`, edits, ...).
+    pub async fn next_message(&mut self) -> (u64, Value) {
+        loop {
+            let (seq, event) = self.next_event().await;
+            if event["type"] == "chat.message.posted" {
+                return (seq, event);
+            }
+        }
     }
 
     /// A ping answered by a pong: the connection is alive and usable.

@@ -1,0 +1,270 @@
+//! `chatlog-notifications`: two pure projections.
+//!
+//! [`Mentions`] reads `CHAT_ROOMS`: it keeps who is a member of each room (listed for a private
+//! room, or joined) and turns every mention of a member, not the author, into a derived
+//! `chat.notification.created` on `chat.user.<user>`, its id derived from the message id and the
+//! user: a replay, a rebuild or a second replica emits the same id, stored once.
+//!
+//! [`Notifications`] reads `CHAT_USERS`: each user's notifications (read or not) and read
+//! markers. It answers `views.notifications.list` and `.markers`.
+//!
+//! Keys of [`Mentions`]: `i/<event id>` (seen), `m/<room>/<user>` (a member).
+//! Keys of [`Notifications`]: `i/<event id>` (seen), `n/<user>/<seq>` → [`NotificationView`],
+//! `u/<user>` → the seqs of its unread notifications, `r/<user>/<room>` → read marker.
+
+use std::collections::BTreeMap;
+
+use chatlog_events::{
+    ChatEvent, EventId, Payload, RoomId, Stream, UserId,
+    event::NotificationCreated,
+    queries::{
+        MarkersAnswer, MarkersRequest, NotificationView, NotificationsAnswer, NotificationsRequest,
+        notifications,
+    },
+};
+use chatlog_runtime::{
+    Changes, Projection, QueryError, Read, View, answer, get_json, parse_request,
+};
+
+fn seen_key(id: &EventId) -> Vec<u8> {
+    let mut key = b"i/".to_vec();
+    key.extend_from_slice(id.as_uuid().as_bytes());
+    key
+}
+
+fn member_key(room: &RoomId, user: &UserId) -> Vec<u8> {
+    format!("m/{room}/{user}").into_bytes()
+}
+
+/// Mentions of members become notifications.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Mentions;
+
+impl Projection for Mentions {
+    fn name(&self) -> &'static str {
+        notifications::MENTIONS
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn stream(&self) -> Stream {
+        Stream::Rooms
+    }
+
+    fn apply(&self, view: &dyn Read, seq: u64, event: &ChatEvent) -> Changes {
+        let mut changes = Changes::none();
+        let Some(room) = event.room() else {
+            return changes;
+        };
+        let seen = seen_key(&event.id);
+        if view.get(&seen).is_some() {
+            return changes;
+        }
+        changes.put(seen, Vec::new());
+        match &event.payload {
+            Payload::RoomCreated(created) => {
+                changes.put(member_key(&room, &event.user), Vec::new());
+                for member in &created.members {
+                    changes.put(member_key(&room, member), Vec::new());
+                }
+            }
+            Payload::MemberJoined(m) => changes.put(member_key(&room, &m.member), Vec::new()),
+            Payload::MemberLeft(m) => changes.delete(member_key(&room, &m.member)),
+            Payload::MessagePosted(posted) => {
+                for mentioned in &posted.mentions {
+                    if mentioned == &event.user || view.get(&member_key(&room, mentioned)).is_none()
+                    {
+                        continue;
+                    }
+                    let notification = ChatEvent::for_user(
+                        mentioned,
+                        event.user.clone(),
+                        "notifications",
+                        Payload::NotificationCreated(NotificationCreated {
+                            room: room.clone(),
+                            seq,
+                            message_id: event.id,
+                            by: event.user.clone(),
+                            text: posted.text.clone(),
+                            reason: "mention".into(),
+                        }),
+                    )
+                    .with_id(EventId::derived(&event.id, mentioned.as_str()))
+                    .with_time(event.time);
+                    changes.emit.push(notification);
+                }
+            }
+            _ => {}
+        }
+        changes
+    }
+
+    fn queries(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn query(&self, _: &View, query: &str, _: &[u8]) -> Result<Vec<u8>, QueryError> {
+        Err(QueryError::NotFound(format!("no query {query}")))
+    }
+}
+
+/// A user's notifications and read markers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Notifications;
+
+fn notification_prefix(user: &UserId) -> Vec<u8> {
+    format!("n/{user}/").into_bytes()
+}
+
+fn notification_key(user: &UserId, seq: u64) -> Vec<u8> {
+    let mut key = notification_prefix(user);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn unread_key(user: &UserId) -> Vec<u8> {
+    format!("u/{user}").into_bytes()
+}
+
+fn marker_prefix(user: &UserId) -> Vec<u8> {
+    format!("r/{user}/").into_bytes()
+}
+
+impl Projection for Notifications {
+    fn name(&self) -> &'static str {
+        notifications::VIEW
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn stream(&self) -> Stream {
+        Stream::Users
+    }
+
+    fn apply(&self, view: &dyn Read, seq: u64, event: &ChatEvent) -> Changes {
+        let mut changes = Changes::none();
+        let Ok(owner) = UserId::parse(event.subject()) else {
+            return changes;
+        };
+        let seen = seen_key(&event.id);
+        if view.get(&seen).is_some() {
+            return changes;
+        }
+        // Where the event landed: notification ids are looked up by it.
+        changes.put(seen, seq.to_be_bytes().to_vec());
+        match &event.payload {
+            Payload::NotificationCreated(n) => {
+                let stored = NotificationView {
+                    id: event.id,
+                    room: n.room.clone(),
+                    seq: n.seq,
+                    message_id: n.message_id,
+                    by: n.by.clone(),
+                    text: n.text.clone(),
+                    reason: n.reason.clone(),
+                    time: event.time,
+                    read: false,
+                };
+                changes.put_json(notification_key(&owner, seq), &stored);
+                let mut unread: Vec<u64> = get_json(view, &unread_key(&owner)).unwrap_or_default();
+                unread.push(seq);
+                changes.put_json(unread_key(&owner), &unread);
+            }
+            // Only the owner marks its notifications read.
+            Payload::NotificationRead(r) if event.user == owner => {
+                let mut unread: Vec<u64> = get_json(view, &unread_key(&owner)).unwrap_or_default();
+                let chosen: Vec<u64> = if r.all {
+                    unread.clone()
+                } else {
+                    r.ids
+                        .iter()
+                        .filter_map(|id| view.get(&seen_key(id)))
+                        .filter_map(|v| v.try_into().ok().map(u64::from_be_bytes))
+                        .collect()
+                };
+                for at in chosen {
+                    let key = notification_key(&owner, at);
+                    if let Some(mut n) = get_json::<NotificationView>(view, &key)
+                        && !n.read
+                    {
+                        n.read = true;
+                        changes.put_json(key, &n);
+                        unread.retain(|s| *s != at);
+                    }
+                }
+                changes.put_json(unread_key(&owner), &unread);
+            }
+            Payload::ReadMarked(m) if event.user == owner => {
+                let mut key = marker_prefix(&owner);
+                key.extend_from_slice(m.room.as_str().as_bytes());
+                let old = view
+                    .get(&key)
+                    .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+                    .unwrap_or(0);
+                if m.seq > old {
+                    changes.put(key, m.seq.to_be_bytes().to_vec());
+                }
+            }
+            _ => {}
+        }
+        changes
+    }
+
+    fn queries(&self) -> &'static [&'static str] {
+        &[notifications::LIST, notifications::MARKERS]
+    }
+
+    fn query(&self, view: &View, query: &str, request: &[u8]) -> Result<Vec<u8>, QueryError> {
+        let internal = |e: chatlog_runtime::ViewError| QueryError::Internal(e.to_string());
+        match query {
+            notifications::LIST => {
+                let req: NotificationsRequest = parse_request(request)?;
+                let unread: Vec<u64> = get_json(view, &unread_key(&req.user)).unwrap_or_default();
+                let mut out = Vec::new();
+                for entry in view
+                    .tree()
+                    .scan_prefix(notification_prefix(&req.user))
+                    .rev()
+                {
+                    let (_, value) = entry.map_err(|e| internal(e.into()))?;
+                    if out.len() >= req.limit {
+                        break;
+                    }
+                    if let Ok(n) = serde_json::from_slice::<NotificationView>(&value)
+                        && (!req.unread_only || !n.read)
+                    {
+                        out.push(n);
+                    }
+                }
+                answer(&NotificationsAnswer {
+                    notifications: out,
+                    unread: unread.len(),
+                })
+            }
+            notifications::MARKERS => {
+                let req: MarkersRequest = parse_request(request)?;
+                let prefix = marker_prefix(&req.user);
+                let mut markers: MarkersAnswer = BTreeMap::new();
+                for entry in view.tree().scan_prefix(&prefix) {
+                    let (key, value) = entry.map_err(|e| internal(e.into()))?;
+                    let room = std::str::from_utf8(&key[prefix.len()..])
+                        .ok()
+                        .and_then(|r| RoomId::parse(r).ok());
+                    let seq = value.as_ref().try_into().ok().map(u64::from_be_bytes);
+                    if let (Some(room), Some(seq)) = (room, seq) {
+                        markers.insert(room, seq);
+                    }
+                }
+                answer(&markers)
+            }
+            other => Err(QueryError::NotFound(format!("no query {other}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

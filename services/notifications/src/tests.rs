@@ -1,0 +1,238 @@
+//! Given / when / then for mentions and notifications.
+
+use chatlog_events::{
+    ChatEvent, EventId, Payload, RoomId, UserId,
+    event::{Membership, MessagePosted, NotificationRead, ReadMarked, RoomCreated},
+    queries::NotificationView,
+};
+use chatlog_runtime::testing::Memory;
+use chrono::{DateTime, Utc};
+
+use super::*;
+
+fn room(name: &str) -> RoomId {
+    RoomId::parse(name).unwrap()
+}
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).unwrap()
+}
+
+fn id(n: u32) -> EventId {
+    EventId::parse(&format!("0190f7a2-5b1c-7000-8000-{n:012x}")).unwrap()
+}
+
+fn at(n: u32) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + i64::from(n), 0).unwrap()
+}
+
+fn in_room(n: u32, r: &str, by: &str, payload: Payload) -> ChatEvent {
+    ChatEvent::in_room(&room(r), user(by), "edge", payload)
+        .with_id(id(n))
+        .with_time(at(n))
+}
+
+fn created(n: u32, r: &str, by: &str, private: bool, members: &[&str]) -> ChatEvent {
+    in_room(
+        n,
+        r,
+        by,
+        Payload::RoomCreated(RoomCreated {
+            name: r.into(),
+            topic: String::new(),
+            private,
+            members: members.iter().map(|m| user(m)).collect(),
+        }),
+    )
+}
+
+fn joined(n: u32, r: &str, who: &str) -> ChatEvent {
+    in_room(
+        n,
+        r,
+        who,
+        Payload::MemberJoined(Membership { member: user(who) }),
+    )
+}
+
+fn posted(n: u32, r: &str, by: &str, mentions: &[&str]) -> ChatEvent {
+    in_room(
+        n,
+        r,
+        by,
+        Payload::MessagePosted(MessagePosted {
+            text: format!("hi {}", mentions.join(" ")),
+            mentions: mentions.iter().map(|m| user(m)).collect(),
+            reply_to: None,
+        }),
+    )
+}
+
+fn run(events: Vec<ChatEvent>) -> Vec<ChatEvent> {
+    let mut view = Memory::default();
+    let mut emitted = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        emitted.extend(view.apply(&Mentions, i as u64 + 1, e));
+    }
+    emitted
+}
+
+fn recipients(emitted: &[ChatEvent]) -> Vec<String> {
+    emitted.iter().map(|e| e.subject().to_string()).collect()
+}
+
+#[test]
+fn a_mention_of_a_member_notifies_them_and_never_the_author() {
+    let emitted = run(vec![
+        created(1, "lobby", "ada", false, &[]),
+        joined(2, "lobby", "bob"),
+        posted(3, "lobby", "ada", &["bob", "ada"]),
+    ]);
+    assert_eq!(recipients(&emitted), ["bob"]);
+    let n = &emitted[0];
+    assert_eq!(n.nats_subject(), "chat.user.bob");
+    assert_eq!(n.id, EventId::derived(&id(3), "bob"), "deterministic id");
+    assert_eq!(n.time, at(3), "the time of the message, not the clock");
+    let Payload::NotificationCreated(data) = &n.payload else {
+        panic!("{n:?}")
+    };
+    assert_eq!(
+        (data.room.as_str(), data.seq, data.message_id),
+        ("lobby", 3, id(3))
+    );
+    assert_eq!((data.by.as_str(), data.reason.as_str()), ("ada", "mention"));
+}
+
+#[test]
+fn a_mention_of_a_non_member_notifies_nobody() {
+    let emitted = run(vec![
+        created(1, "lobby", "ada", false, &[]),
+        posted(2, "lobby", "ada", &["eve"]),
+        joined(3, "lobby", "eve"),
+        in_room(
+            4,
+            "lobby",
+            "eve",
+            Payload::MemberLeft(Membership {
+                member: user("eve"),
+            }),
+        ),
+        posted(5, "lobby", "ada", &["eve"]),
+    ]);
+    assert!(emitted.is_empty(), "{emitted:?}");
+}
+
+#[test]
+fn listed_members_of_a_private_room_are_notified() {
+    let emitted = run(vec![
+        created(1, "secret", "ada", true, &["ada", "bob"]),
+        posted(2, "secret", "ada", &["bob", "eve"]),
+    ]);
+    assert_eq!(recipients(&emitted), ["bob"]);
+}
+
+#[test]
+fn a_replayed_message_notifies_once() {
+    let post = posted(3, "lobby", "ada", &["bob"]);
+    let emitted = run(vec![
+        created(1, "lobby", "ada", false, &[]),
+        joined(2, "lobby", "bob"),
+        post.clone(),
+        post,
+    ]);
+    assert_eq!(recipients(&emitted), ["bob"]);
+}
+
+fn for_bob(n: u32, by: &str, payload: Payload) -> ChatEvent {
+    ChatEvent::for_user(&user("bob"), user(by), "edge", payload)
+        .with_id(id(n))
+        .with_time(at(n))
+}
+
+fn listed(view: &Memory) -> Vec<NotificationView> {
+    view.0
+        .iter()
+        .filter(|(k, _)| k.starts_with(b"n/bob/"))
+        .map(|(_, v)| serde_json::from_slice(v).unwrap())
+        .collect()
+}
+
+#[test]
+fn notifications_are_kept_and_marked_read() {
+    let mentions = run(vec![
+        created(1, "lobby", "ada", false, &[]),
+        joined(2, "lobby", "bob"),
+        posted(3, "lobby", "ada", &["bob"]),
+        posted(4, "lobby", "ada", &["bob"]),
+        posted(5, "lobby", "ada", &["bob"]),
+    ]);
+    let mut view = Memory::default();
+    for (i, n) in mentions.iter().enumerate() {
+        view.apply(&Notifications, i as u64 + 10, n);
+    }
+    assert_eq!(listed(&view).len(), 3);
+    assert!(listed(&view).iter().all(|n| !n.read));
+    let first = mentions[0].id;
+    view.apply(
+        &Notifications,
+        20,
+        &for_bob(
+            20,
+            "bob",
+            Payload::NotificationRead(NotificationRead {
+                ids: vec![first],
+                all: false,
+            }),
+        ),
+    );
+    assert_eq!(listed(&view).iter().filter(|n| n.read).count(), 1);
+    // Someone else cannot mark bob's notifications read.
+    view.apply(
+        &Notifications,
+        21,
+        &for_bob(
+            21,
+            "eve",
+            Payload::NotificationRead(NotificationRead {
+                ids: vec![],
+                all: true,
+            }),
+        ),
+    );
+    assert_eq!(listed(&view).iter().filter(|n| n.read).count(), 1);
+    view.apply(
+        &Notifications,
+        22,
+        &for_bob(
+            22,
+            "bob",
+            Payload::NotificationRead(NotificationRead {
+                ids: vec![],
+                all: true,
+            }),
+        ),
+    );
+    assert!(listed(&view).iter().all(|n| n.read));
+    let unread: Vec<u64> = get_json(&view, b"u/bob").unwrap();
+    assert!(unread.is_empty());
+}
+
+#[test]
+fn a_read_marker_only_moves_forward() {
+    let mut view = Memory::default();
+    let mark = |n, seq| {
+        for_bob(
+            n,
+            "bob",
+            Payload::ReadMarked(ReadMarked {
+                room: room("lobby"),
+                seq,
+            }),
+        )
+    };
+    view.apply(&Notifications, 1, &mark(1, 40));
+    view.apply(&Notifications, 2, &mark(2, 30));
+    assert_eq!(view.get(b"r/bob/lobby"), Some(40u64.to_be_bytes().to_vec()));
+    view.apply(&Notifications, 3, &mark(3, 50));
+    assert_eq!(view.get(b"r/bob/lobby"), Some(50u64.to_be_bytes().to_vec()));
+}
