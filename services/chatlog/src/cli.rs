@@ -112,6 +112,9 @@ pub struct EdgeArgs {
     /// Room events queued per connection before it is closed as a slow consumer.
     #[arg(long, env = "CHATLOG_OUTBOUND_QUEUE", default_value_t = Limits::default().outbound_queue)]
     pub outbound_queue: usize,
+    /// Milliseconds between a connection's presence heartbeats (offline after 35 s without).
+    #[arg(long, env = "CHATLOG_HEARTBEAT_MS", default_value_t = 15_000)]
+    pub heartbeat_ms: u64,
     /// Stream replicas (3 on a cluster of three or more).
     #[arg(long, env = "CHATLOG_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
@@ -139,6 +142,7 @@ impl EdgeArgs {
             send_burst: self.send_burst,
             max_rooms_per_connection: self.max_rooms,
             outbound_queue: self.outbound_queue.max(1),
+            heartbeat: Duration::from_millis(self.heartbeat_ms.max(100)),
             ..Limits::default()
         };
         let streams = StreamSettings {

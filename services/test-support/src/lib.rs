@@ -8,6 +8,8 @@
 //! The binary is `$NATS_SERVER_BIN`, else the one `make` installed under `.tools/`, else
 //! `nats-server` on `PATH`; a missing binary panics with a message saying how to get one.
 
+pub mod client;
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},

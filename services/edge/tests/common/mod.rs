@@ -1,5 +1,7 @@
-//! `spawn_app()`: an edge on its own real nats-server, its own data directory and port 0, plus
-//! small HTTP and WebSocket clients. Tracing output only when `TEST_LOG` is set.
+//! `spawn_app()`: an edge and the handlers, as `chatlog up` runs them, on their own real
+//! nats-server, data directory and port 0. The HTTP and WebSocket clients are
+//! `chatlog_test_support::client`'s (`TestApp` derefs to one). Tracing output only when
+//! `TEST_LOG` is set.
 
 #![allow(dead_code)]
 
@@ -8,20 +10,12 @@ use std::{net::SocketAddr, time::Duration};
 use chatlog_edge::{AppState, Config};
 use chatlog_events::RoomId;
 use chatlog_test_support::NatsServer;
-use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
-    sync::oneshot,
-};
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
-    tungstenite::{Message, protocol::frame::coding::CloseCode},
-};
+use serde_json::Value;
+use tokio::sync::oneshot;
 
-/// How long a test waits for something that should happen "at once".
-pub const PATIENCE: Duration = Duration::from_secs(10);
+#[allow(unused_imports)]
+pub use chatlog_test_support::client::{Client, Ended, PATIENCE, Ws};
+
 /// Presence timeouts, shortened (PROTOCOL: 35 s and 6 s); the edge heartbeats every 300 ms.
 pub const OFFLINE_AFTER: Duration = Duration::from_secs(2);
 pub const TYPING_FOR: Duration = Duration::from_secs(1);
@@ -29,6 +23,7 @@ pub const TYPING_FOR: Duration = Duration::from_secs(1);
 pub struct TestApp {
     pub nats: NatsServer,
     pub addr: SocketAddr,
+    pub client: Client,
     pub state: AppState,
     _data: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -118,6 +113,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     TestApp {
         nats,
         addr,
+        client: Client { addr },
         state,
         _data: data,
         stop: Some(stop),
@@ -143,81 +139,14 @@ impl Drop for TestApp {
     }
 }
 
-/// An HTTP answer: status and JSON body (`Value::Null` when the body is not JSON).
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub body: Value,
-    pub text: String,
+impl std::ops::Deref for TestApp {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl TestApp {
-    /// One HTTP/1.1 request (`Connection: close`), answered in full.
-    pub async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Answer {
-        let mut stream = TcpStream::connect(self.addr).await.expect("connecting");
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        stream.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
-            .await
-            .expect("http answer in time")
-            .expect("reading the answer");
-        let raw = String::from_utf8_lossy(&raw).to_string();
-        let (head, rest) = raw.split_once("\r\n\r\n").expect("http head");
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status code");
-        let text = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_string()
-        };
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Answer { status, body, text }
-    }
-
-    pub async fn get(&self, path: &str, token: &str) -> Answer {
-        self.request("GET", path, Some(token), None).await
-    }
-
-    pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
-        self.request("POST", path, Some(token), Some(body)).await
-    }
-
-    /// A guest token for `user`.
-    pub async fn token(&self, user: &str) -> String {
-        let answer = self
-            .request(
-                "POST",
-                "/api/auth/guest",
-                None,
-                Some(json!({ "user": user })),
-            )
-            .await;
-        assert_eq!(answer.status, 200, "guest login: {answer:?}");
-        answer.body["token"].as_str().unwrap().to_string()
-    }
-
     /// Waits until the history view has applied the room log up to `seq`.
     pub async fn history_caught_up(&self, seq: u64) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -238,264 +167,4 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-
-    /// Waits until the history view lists `user` as a member of `room` (a join records it).
-    pub async fn wait_member(&self, room: &str, user: &str) {
-        let token = self.token(user).await;
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let rooms = self.get("/api/rooms", &token).await;
-            let found = rooms.body.as_array().and_then(|rs| {
-                rs.iter().find(|r| r["id"] == room).map(|r| {
-                    r["members"]
-                        .as_array()
-                        .is_some_and(|m| m.iter().any(|u| u == user))
-                })
-            });
-            if found == Some(true) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{user} never became a member of {room}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Asks `path` until `ok` holds for the answer.
-    pub async fn get_until(&self, path: &str, token: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let answer = self.get(path, token).await;
-            if answer.status == 200 && ok(&answer.body) {
-                return answer.body;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{path}: {answer:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The stored events of `room` after `since`.
-    pub async fn events(&self, room: &str, since: u64, token: &str) -> Vec<Value> {
-        let answer = self
-            .get(
-                &format!("/api/rooms/{room}/events?since={since}&limit=1000"),
-                token,
-            )
-            .await;
-        assert_eq!(answer.status, 200, "{answer:?}");
-        answer.body.as_array().unwrap().clone()
-    }
-
-    /// The stored message events (posted, edited, deleted, reactions) of `room` after `since`:
-    /// what a client's writes append, without the joins and presence the edge records itself.
-    pub async fn writes_after(&self, room: &str, since: u64, token: &str) -> Vec<Value> {
-        self.events(room, since, token)
-            .await
-            .into_iter()
-            .filter(|e| {
-                let ty = e["event"]["type"].as_str().unwrap_or_default();
-                ty.starts_with("chat.message.") || ty.starts_with("chat.reaction.")
-            })
-            .collect()
-    }
-
-    pub fn ws_url(&self, token: &str) -> String {
-        format!("ws://{}/ws?token={token}", self.addr)
-    }
-
-    /// A WebSocket client logged in as guest `user`.
-    pub async fn ws(&self, user: &str) -> Ws {
-        let token = self.token(user).await;
-        let (socket, _) = tokio_tungstenite::connect_async(self.ws_url(&token))
-            .await
-            .expect("websocket upgrade");
-        Ws { socket }
-    }
-
-    /// A client whose socket buffers are tiny, so that not reading soon backs up to the edge.
-    pub async fn ws_small_buffer(&self, user: &str) -> Ws {
-        let token = self.token(user).await;
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let tcp = socket.connect(self.addr).await.unwrap();
-        let (socket, _) =
-            tokio_tungstenite::client_async(self.ws_url(&token), MaybeTlsStream::Plain(tcp))
-                .await
-                .expect("websocket upgrade");
-        Ws { socket }
-    }
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-pub struct Ws {
-    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-/// How a connection ended.
-#[derive(Debug, PartialEq)]
-pub enum Ended {
-    Closed(Option<u16>),
-    Eof,
-}
-
-impl Ws {
-    pub async fn send(&mut self, frame: Value) {
-        self.socket
-            .send(Message::text(frame.to_string()))
-            .await
-            .expect("sending a frame");
-    }
-
-    pub async fn send_raw(&mut self, text: &str) {
-        self.socket
-            .send(Message::text(text.to_string()))
-            .await
-            .expect("sending a frame");
-    }
-
-    /// The next JSON frame, within [`PATIENCE`].
-    pub async fn next(&mut self) -> Value {
-        loop {
-            let msg = tokio::time::timeout(PATIENCE, self.socket.next())
-                .await
-                .expect("a frame in time")
-                .expect("connection open")
-                .expect("a good frame");
-            match msg {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json frame"),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected message {other:?}"),
-            }
-        }
-    }
-
-    /// The next frame of `ty`, skipping others (e.g. events while waiting for an ack).
-    pub async fn next_of(&mut self, ty: &str) -> Value {
-        loop {
-            let frame = self.next().await;
-            if frame["type"] == ty {
-                return frame;
-            }
-        }
-    }
-
-    /// Joins `room` (optionally since a seq) and returns the `joined` frame's head.
-    pub async fn join(&mut self, room: &str, since: Option<u64>) -> u64 {
-        let mut frame = json!({"type": "join", "room": room});
-        if let Some(since) = since {
-            frame["since"] = json!(since);
-        }
-        self.send(frame).await;
-        let joined = self.next().await;
-        assert_eq!(joined["type"], "joined", "{joined}");
-        assert_eq!(joined["room"], room);
-        joined["head"].as_u64().unwrap()
-    }
-
-    /// Sends `text` with a new id and returns (id, acked seq); other frames are skipped.
-    pub async fn say(&mut self, room: &str, text: &str) -> (String, u64) {
-        let id = uuid::Uuid::now_v7().to_string();
-        self.send(json!({"type": "send", "room": room, "text": text, "id": id}))
-            .await;
-        loop {
-            let frame = self.next().await;
-            if frame["type"] == "ack" && frame["id"] == id.as_str() {
-                return (id, frame["seq"].as_u64().unwrap());
-            }
-            assert_ne!(frame["type"], "error", "{frame}");
-        }
-    }
-
-    /// The next `presence` frame of `room`, as (online, typing).
-    pub async fn next_presence(&mut self, room: &str) -> (Vec<String>, Vec<String>) {
-        loop {
-            let frame = self.next_of("presence").await;
-            if frame["room"] == room {
-                let names = |v: &Value| -> Vec<String> {
-                    v.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|u| u.as_str().unwrap().to_string())
-                        .collect()
-                };
-                return (names(&frame["online"]), names(&frame["typing"]));
-            }
-        }
-    }
-
-    /// Presence frames until one satisfies `want`.
-    pub async fn presence_until(
-        &mut self,
-        room: &str,
-        want: impl Fn(&[String], &[String]) -> bool,
-    ) -> (Vec<String>, Vec<String>) {
-        loop {
-            let (online, typing) = self.next_presence(room).await;
-            if want(&online, &typing) {
-                return (online, typing);
-            }
-        }
-    }
-
-    /// The next `event` frame's (seq, event).
-    pub async fn next_event(&mut self) -> (u64, Value) {
-        let frame = self.next_of("event").await;
-        (frame["seq"].as_u64().unwrap(), frame["event"].clone())
-    }
-
-    /// The next `chat.message.posted` event frame's (seq, event), skipping other room events
-    /// (joins recorded as `chat.member.joined`, edits, ...).
-    pub async fn next_message(&mut self) -> (u64, Value) {
-        loop {
-            let (seq, event) = self.next_event().await;
-            if event["type"] == "chat.message.posted" {
-                return (seq, event);
-            }
-        }
-    }
-
-    /// A ping answered by a pong: the connection is alive and usable.
-    pub async fn assert_alive(&mut self) {
-        self.send(json!({"type": "ping"})).await;
-        let pong = self.next_of("pong").await;
-        assert_eq!(pong["type"], "pong");
-    }
-
-    /// Reads until the connection ends; frames before the end are counted.
-    pub async fn until_end(&mut self, within: Duration) -> (usize, Ended) {
-        let mut frames = 0;
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.socket.next())
-                .await
-                .expect("the connection should end in time");
-            match msg {
-                None | Some(Err(_)) => return (frames, Ended::Eof),
-                Some(Ok(Message::Close(frame))) => {
-                    return (frames, Ended::Closed(frame.map(|f| u16::from(f.code))));
-                }
-                Some(Ok(_)) => frames += 1,
-            }
-        }
-    }
-}
-
-pub fn close_code(code: CloseCode) -> u16 {
-    u16::from(code)
 }
