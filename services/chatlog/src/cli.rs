@@ -112,6 +112,13 @@ pub struct EdgeArgs {
     /// Room events queued per connection before it is closed as a slow consumer.
     #[arg(long, env = "CHATLOG_OUTBOUND_QUEUE", default_value_t = Limits::default().outbound_queue)]
     pub outbound_queue: usize,
+    /// Connections one user may hold on this edge.
+    #[arg(long, env = "CHATLOG_MAX_CONNECTIONS_PER_USER", default_value_t = Limits::default().max_connections_per_user)]
+    pub max_connections_per_user: usize,
+    /// Origins a browser may open WebSockets from, beside the edge's own and localhost
+    /// (comma-separated, e.g. https://chat.example.com).
+    #[arg(long, env = "CHATLOG_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Milliseconds between a connection's presence heartbeats (offline after 35 s without).
     #[arg(long, env = "CHATLOG_HEARTBEAT_MS", default_value_t = 15_000)]
     pub heartbeat_ms: u64,
@@ -143,6 +150,7 @@ impl EdgeArgs {
             max_rooms_per_connection: self.max_rooms,
             outbound_queue: self.outbound_queue.max(1),
             heartbeat: Duration::from_millis(self.heartbeat_ms.max(100)),
+            max_connections_per_user: self.max_connections_per_user.max(1),
             ..Limits::default()
         };
         let streams = StreamSettings {
@@ -161,6 +169,7 @@ impl EdgeArgs {
             limits,
             streams,
             extra_metrics: Default::default(),
+            allowed_origins: self.allowed_origins,
         };
         Ok((config, self.http))
     }

@@ -66,14 +66,30 @@ impl Auth {
             .map_err(ApiError::internal)
     }
 
-    /// The user a token names, if it is ours, unexpired and signed with HS256.
-    pub fn verify(&self, token: &str) -> Result<UserId, ApiError> {
+    /// The user a token names and its kind, if it is ours, unexpired and signed with HS256.
+    pub fn verify(&self, token: &str) -> Result<(UserId, Kind), ApiError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| ApiError::new(Code::Unauthorized, "invalid or expired token"))?;
-        UserId::parse(data.claims.sub)
-            .map_err(|_| ApiError::new(Code::Unauthorized, "invalid token subject"))
+        let user = UserId::parse(data.claims.sub)
+            .map_err(|_| ApiError::new(Code::Unauthorized, "invalid token subject"))?;
+        Ok((user, data.claims.kind))
     }
 }
+
+/// The user behind `token`. A guest token for a name registered since it was issued is refused:
+/// the name belongs to the account now.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<UserId, ApiError> {
+    let (user, kind) = state.auth.verify(token)?;
+    if kind == Kind::Guest && state.accounts.is_registered(&state.log, &user).await? {
+        return Err(ApiError::new(
+            Code::Unauthorized,
+            "that name is a registered account now: log in",
+        ));
+    }
+    Ok(user)
+}
+
+impl Auth {}
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -136,7 +152,7 @@ impl FromRequestParts<AppState> for AuthUser {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing bearer token"))?;
-        state.auth.verify(token.trim()).map(AuthUser)
+        authenticate(state, token.trim()).await.map(AuthUser)
     }
 }
 
@@ -149,7 +165,7 @@ mod tests {
         let auth = Auth::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(60));
         let ada = UserId::parse("ada").unwrap();
         let token = auth.issue(&ada, Kind::Guest).unwrap();
-        assert_eq!(auth.verify(&token).unwrap(), ada);
+        assert_eq!(auth.verify(&token).unwrap(), (ada, Kind::Guest));
 
         let other = Auth::new(b"another-secret-another-secret-xx", Duration::from_secs(60));
         assert_eq!(other.verify(&token).unwrap_err().code, Code::Unauthorized);

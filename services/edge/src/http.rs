@@ -119,17 +119,42 @@ pub async fn guest(
         ));
     }
     let user = parse_user(&login.user)?;
-    let account = state
-        .log
-        .last_message(Stream::Accounts, &subjects::account(&user))
-        .await?;
-    if account.is_some() {
+    if state.accounts.is_registered(&state.log, &user).await? {
         return Err(ApiError::new(
             Code::Conflict,
             "that name belongs to a registered account",
         ));
     }
     let token = state.auth.issue(&user, Kind::Guest)?;
+    Ok(Json(TokenAnswer { token }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    user: String,
+    password: String,
+}
+
+/// `POST /api/auth/register {"user","password"}`: 201 `{"token"}`; 409 taken.
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(creds): ApiJson<Credentials>,
+) -> Result<(StatusCode, Json<TokenAnswer>), ApiError> {
+    let user = parse_user(&creds.user)?;
+    let token = crate::accounts::register(&state, &user, creds.password).await?;
+    Ok((StatusCode::CREATED, Json(TokenAnswer { token })))
+}
+
+/// `POST /api/auth/login {"user","password"}`: 200 `{"token"}`; 401.
+pub async fn login(
+    State(state): State<AppState>,
+    ApiJson(creds): ApiJson<Credentials>,
+) -> Result<Json<TokenAnswer>, ApiError> {
+    // A malformed name cannot be an account: the same 401 as a wrong password.
+    let user = UserId::parse(creds.user.as_str())
+        .map_err(|_| ApiError::new(Code::Unauthorized, "wrong name or password"))?;
+    let token = crate::accounts::login(&state, &user, creds.password).await?;
     Ok(Json(TokenAnswer { token }))
 }
 
@@ -277,7 +302,7 @@ pub async fn room_messages(
 ) -> Result<Json<MessagesAnswer>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = parse_room(&room)?;
-    state.rooms.visible(&room, &user).await?;
+    state.rooms.visible(&room, &user, &state.views).await?;
     let limit = query.limit.unwrap_or(DEFAULT_MESSAGES);
     if limit == 0 {
         return Err(ApiError::bad_request("limit must be at least 1"));
@@ -320,7 +345,7 @@ pub async fn room_events(
 ) -> Result<Json<Vec<StoredEvent>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = parse_room(&room)?;
-    state.rooms.visible(&room, &user).await?;
+    state.rooms.visible(&room, &user, &state.views).await?;
     let limit = query.limit.unwrap_or(DEFAULT_EVENTS);
     if limit == 0 || limit > MAX_EVENTS {
         return Err(ApiError::bad_request(format!(
@@ -356,7 +381,7 @@ pub async fn room_presence(
     Path(room): Path<String>,
 ) -> Result<Json<PresenceAnswer>, ApiError> {
     let room = parse_room(&room)?;
-    state.rooms.visible(&room, &user).await?;
+    state.rooms.visible(&room, &user, &state.views).await?;
     let answer = state
         .views
         .ask(presence::VIEW, presence::ROOM, &PresenceRequest { room })
@@ -456,6 +481,68 @@ pub async fn unread(
         )
         .await?;
     Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    user: String,
+}
+
+/// `POST /api/rooms/{room}/members {"user"}`: a member of a private room adds another (204).
+pub async fn add_member(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(room): Path<String>,
+    ApiJson(req): ApiJson<AddMember>,
+) -> Result<StatusCode, ApiError> {
+    let room = parse_room(&room)?;
+    let member = parse_user(&req.user)?;
+    let found = state.rooms.visible(&room, &user, &state.views).await?;
+    if !found.private {
+        return Err(ApiError::bad_request(
+            "anyone may join a public room: no one needs adding",
+        ));
+    }
+    membership(&state, &room, user, member, true).await
+}
+
+/// `DELETE /api/rooms/{room}/members/{user}`: leave a private room, or (its creator) remove
+/// someone from it (204).
+pub async fn remove_member(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path((room, member)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let room = parse_room(&room)?;
+    let member = parse_user(&member)?;
+    let found = state.rooms.visible(&room, &user, &state.views).await?;
+    if member != user && found.creator != user {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            "only the room's creator may remove someone else",
+        ));
+    }
+    membership(&state, &room, user, member, false).await
+}
+
+async fn membership(
+    state: &AppState,
+    room: &RoomId,
+    by: UserId,
+    member: UserId,
+    joined: bool,
+) -> Result<StatusCode, ApiError> {
+    use chatlog_events::{ChatEvent, Payload, event::Membership};
+    let data = Membership { member };
+    let payload = if joined {
+        Payload::MemberJoined(data)
+    } else {
+        Payload::MemberLeft(data)
+    };
+    let event = ChatEvent::in_room(room, by, "edge", payload);
+    state.log.append(&event).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub fn parse_room(room: &str) -> Result<RoomId, ApiError> {

@@ -7,6 +7,7 @@
 //!
 //! [`run`] is the whole component; [`app`] is its router, for tests that drive it directly.
 
+pub mod accounts;
 pub mod auth;
 pub mod error;
 pub mod frames;
@@ -51,6 +52,9 @@ pub struct Config {
     pub streams: streams::StreamSettings,
     /// More Prometheus text for `/metrics` (the handlers running in the same process).
     pub extra_metrics: metrics::Sources,
+    /// Origins (`scheme://host[:port]`) a browser may open WebSockets from, beside the edge's
+    /// own origin and localhost.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -65,6 +69,7 @@ impl Default for Config {
             limits: Limits::default(),
             streams: streams::StreamSettings::default(),
             extra_metrics: metrics::Sources::default(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -83,6 +88,8 @@ pub struct Inner {
     /// Per connected user, one subscription for its notifications.
     pub users: users::UserFeeds,
     pub auth: auth::Auth,
+    /// Registered names seen by this edge (a guest cannot use one).
+    pub accounts: accounts::Registry,
     pub metrics: metrics::Metrics,
     /// Flips to true when the edge shuts down: every connection closes with 1001.
     pub shutdown: watch::Sender<bool>,
@@ -104,6 +111,8 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(http::metrics))
         .route("/ws", get(ws::upgrade))
         .route("/api/auth/guest", post(http::guest))
+        .route("/api/auth/register", post(http::register))
+        .route("/api/auth/login", post(http::login))
         .route("/api/rooms", get(http::list_rooms).post(http::create_room))
         .route(
             "/api/rooms/{room}/messages",
@@ -111,6 +120,11 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/rooms/{room}/events", get(http::room_events))
         .route("/api/rooms/{room}/presence", get(http::room_presence))
+        .route("/api/rooms/{room}/members", post(http::add_member))
+        .route(
+            "/api/rooms/{room}/members/{user}",
+            axum::routing::delete(http::remove_member),
+        )
         .route("/api/notifications", get(http::list_notifications))
         .route("/api/notifications/read", post(http::read_notifications))
         .route("/api/unread", get(http::unread))
@@ -197,6 +211,7 @@ pub async fn state(
     );
     Ok(AppState(Arc::new(Inner {
         auth: auth::Auth::new(&secret, config.token_ttl),
+        accounts: accounts::Registry::default(),
         rooms: rooms::Directory::new(log.clone()),
         users: users::UserFeeds::new(log.clone()),
         views,

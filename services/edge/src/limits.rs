@@ -14,6 +14,8 @@ pub struct Limits {
     /// Sends per connection in a burst.
     pub send_burst: f64,
     pub max_rooms_per_connection: usize,
+    /// WebSocket connections one user may hold on one edge.
+    pub max_connections_per_user: usize,
     /// Room events queued for one connection before it counts as a slow consumer.
     pub outbound_queue: usize,
     /// Live events held for one room while its catch-up reads the stream.
@@ -34,6 +36,7 @@ impl Default for Limits {
             sends_per_second: 20.0,
             send_burst: 40.0,
             max_rooms_per_connection: 100,
+            max_connections_per_user: 20,
             outbound_queue: 1024,
             catch_up_buffer: 10_000,
             nats_deadline: Duration::from_secs(2),

@@ -26,7 +26,7 @@ pub async fn post(
         .map(EventId::parse)
         .transpose()
         .map_err(|_| ApiError::bad_request("reply_to must be an event id"))?;
-    state.rooms.visible(room, user).await?;
+    state.rooms.visible(room, user, &state.views).await?;
     let mentions = existing(state, room, mentions(&text)).await;
     let payload = Payload::MessagePosted(MessagePosted {
         text,
@@ -189,7 +189,7 @@ pub async fn change(
         }
         Change::Delete => {}
     }
-    state.rooms.visible(room, user).await?;
+    state.rooms.visible(room, user, &state.views).await?;
     // The view may lag the log by a few milliseconds: a message sent just now may not be in it
     // yet, so ask again briefly before saying it does not exist.
     let mut message: Option<MessageView> = None;
@@ -250,7 +250,7 @@ pub async fn read_marker(
     if seq == 0 {
         return Err(ApiError::bad_request("seq must be at least 1"));
     }
-    state.rooms.visible(room, user).await?;
+    state.rooms.visible(room, user, &state.views).await?;
     let payload = Payload::ReadMarked(ReadMarked {
         room: room.clone(),
         seq,

@@ -10,9 +10,12 @@ use std::{
 
 use chatlog_events::{ChatEvent, Payload, RoomId, Stream, UserId, event::RoomCreated, subjects};
 
+use chatlog_events::queries::{RoomRequest, RoomView, history};
+
 use crate::{
     error::{ApiError, Code},
     log::{Log, LogError},
+    views::Views,
 };
 
 /// What a room is, from its `chat.room.created` event.
@@ -71,11 +74,37 @@ impl Directory {
         Ok(self.remember(id, &first.body))
     }
 
-    /// The room if `user` may see it; `not_found` otherwise, whether it exists or not.
-    pub async fn visible(&self, id: &RoomId, user: &UserId) -> Result<Arc<Room>, ApiError> {
-        match self.get(id).await? {
-            Some(room) if room.visible_to(user) => Ok(room),
-            _ => Err(ApiError::not_found("room")),
+    /// The room if `user` may see it; `not_found` otherwise, whether it exists or not. A public
+    /// room is decided from the log alone; a private one by its current members, which the
+    /// history view folds from the membership events (its creation's list until the view has
+    /// the room).
+    pub async fn visible(
+        &self,
+        id: &RoomId,
+        user: &UserId,
+        views: &Views,
+    ) -> Result<Arc<Room>, ApiError> {
+        let Some(room) = self.get(id).await? else {
+            return Err(ApiError::not_found("room"));
+        };
+        if !room.private {
+            return Ok(room);
+        }
+        let current: Option<RoomView> = views
+            .ask(
+                history::VIEW,
+                history::ROOM,
+                &RoomRequest { room: id.clone() },
+            )
+            .await?;
+        let member = match current {
+            Some(view) => view.visible_to(user),
+            None => room.visible_to(user),
+        };
+        if member {
+            Ok(room)
+        } else {
+            Err(ApiError::not_found("room"))
         }
     }
 

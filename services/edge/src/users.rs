@@ -51,6 +51,13 @@ impl UserFeeds {
         lock(&feed.subscribers).push(sub);
     }
 
+    /// How many connections `user` has on this edge.
+    pub fn connections(&self, user: &UserId) -> usize {
+        lock(&self.feeds)
+            .get(user)
+            .map_or(0, |feed| lock(&feed.subscribers).len())
+    }
+
     pub fn unsubscribe(&self, user: &UserId, join: u64) {
         let mut feeds = lock(&self.feeds);
         let Some(feed) = feeds.get(user).cloned() else {

@@ -23,6 +23,7 @@ use axum::{
         Query, State, WebSocketUpgrade,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocket},
     },
+    http::{HeaderMap, header},
     response::{IntoResponse, Response},
 };
 use chatlog_events::{
@@ -67,26 +68,66 @@ pub struct WsQuery {
     token: Option<String>,
 }
 
-/// `GET /ws?token=`: a missing or bad token is refused with 401 before the upgrade.
+/// `GET /ws?token=`: refused before the upgrade with 403 for a foreign origin, 401 for a
+/// missing or bad token, 429 for a user over its connection limit.
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(query): Query<WsQuery>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let user = match query
-        .token
-        .as_deref()
-        .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing token"))
-        .and_then(|t| state.auth.verify(t))
-    {
+    if !origin_allowed(&headers, &state.config.allowed_origins) {
+        return ApiError::new(Code::Forbidden, "websocket from a foreign origin").into_response();
+    }
+    let Some(token) = query.token.as_deref() else {
+        return ApiError::new(Code::Unauthorized, "missing token").into_response();
+    };
+    let user = match crate::auth::authenticate(&state, token).await {
         Ok(user) => user,
         Err(e) => return e.into_response(),
     };
+    let max = state.config.limits.max_connections_per_user;
+    if state.users.connections(&user) >= max {
+        let e = ApiError::new(
+            Code::RateLimited,
+            format!("at most {max} connections per user"),
+        );
+        return e.into_response();
+    }
     let max = state.config.limits.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| serve(state, user, socket))
+}
+
+/// Browsers send `Origin`; other clients (websocat, bots) do not and are let through. A browser
+/// page may connect from the edge's own origin, from localhost, or from a configured origin.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed.iter().any(|a| a == origin) {
+        return true;
+    }
+    let Some((_, host_port)) = origin.split_once("://") else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if host_port == host {
+        return true; // same origin
+    }
+    let host_only = host_port
+        .rsplit_once(':')
+        .filter(|(h, p)| !h.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host_port, |(h, _)| h);
+    matches!(host_only, "localhost" | "127.0.0.1" | "[::1]")
 }
 
 /// Answers of spawned work, in the order the connection must apply them.
@@ -468,7 +509,10 @@ impl Connection {
                 "at most {max} rooms per connection"
             )));
         }
-        self.state.rooms.visible(&room, &self.user).await?;
+        self.state
+            .rooms
+            .visible(&room, &self.user, &self.state.views)
+            .await?;
         let join = self.state.hub.next_join();
         let subscriber = Subscriber {
             join,
@@ -768,5 +812,54 @@ fn read_error(e: axum::Error) -> Stop {
         Stop::Close(close::TOO_BIG, "frame too large")
     } else {
         Stop::Gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, host.parse().unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, o.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn origins_allowed_are_same_origin_localhost_and_configured() {
+        let none: &[String] = &[];
+        assert!(origin_allowed(&headers(None, "chat.example:8080"), none));
+        assert!(origin_allowed(
+            &headers(Some("http://chat.example:8080"), "chat.example:8080"),
+            none
+        ));
+        assert!(origin_allowed(
+            &headers(Some("http://localhost:5173"), "chat.example:8080"),
+            none
+        ));
+        assert!(origin_allowed(
+            &headers(Some("http://127.0.0.1"), "chat.example"),
+            none
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("https://evil.example"), "chat.example"),
+            none
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("http://localhost.evil.example"), "chat.example"),
+            none
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("null"), "chat.example"),
+            none
+        ));
+        let allowed = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(
+            &headers(Some("https://app.example"), "api.example"),
+            &allowed
+        ));
     }
 }
