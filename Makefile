@@ -6,7 +6,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 DATA := data
 HTTP ?= 127.0.0.1:8080
-NATS_URL ?= nats://127.0.0.1:4222
+# Each component logs in as its own NATS user (infra/nats-auth.conf; development passwords).
+NATS_URL ?= nats://edge:edge-dev-password@127.0.0.1:4222
+HANDLERS_NATS_URL ?= nats://handlers:handlers-dev-password@127.0.0.1:4222
 # The pinned server version; infra/nats-server.sh installs it when PATH has none recent enough.
 export NATS_SERVER_VERSION ?= 2.14.6
 
@@ -33,7 +35,8 @@ up: build-release
 	@if [ -f $(DATA)/chatlog.pid ] && kill -0 "$$(cat $(DATA)/chatlog.pid)" 2>/dev/null; then \
 	  echo "chatlog already running (pid $$(cat $(DATA)/chatlog.pid))"; \
 	else \
-	  NATS_URL=$(NATS_URL) CHATLOG_HTTP=$(HTTP) CHATLOG_DATA_DIR=$(DATA) CHATLOG_ALLOW_GUESTS=true \
+	  NATS_URL=$(NATS_URL) CHATLOG_HANDLERS_NATS_URL=$(HANDLERS_NATS_URL) \
+	  CHATLOG_HTTP=$(HTTP) CHATLOG_DATA_DIR=$(DATA) CHATLOG_ALLOW_GUESTS=true \
 	    target/release/chatlog up >$(DATA)/chatlog.log 2>&1 & echo $$! >$(DATA)/chatlog.pid; \
 	  echo "chatlog started (pid $$(cat $(DATA)/chatlog.pid), log $(DATA)/chatlog.log)"; \
 	fi

@@ -62,14 +62,24 @@ pub enum Command {
 #[derive(Args, Clone)]
 pub struct NatsArgs {
     /// NATS server to use.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
 }
 
 #[derive(Args)]
 pub struct EdgeArgs {
     /// NATS server to use.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "CHATLOG_HTTP", default_value = "127.0.0.1:8080")]

@@ -50,6 +50,10 @@ pub struct HandlerArgs {
     /// of one handler can run side by side, each with its own view.
     #[arg(long, env = "CHATLOG_REPLICA")]
     pub replica: Option<String>,
+    /// `chatlog up`: the NATS URL (with the handlers' credentials) the handlers use; the edge's
+    /// `--nats-url` when unset.
+    #[arg(long, env = "CHATLOG_HANDLERS_NATS_URL", hide_env_values = true)]
+    pub handlers_nats_url: Option<String>,
     /// Presence: seconds without a heartbeat before a connection is offline.
     #[arg(long, env = "CHATLOG_OFFLINE_AFTER", default_value_t = 35.0)]
     pub offline_after: f64,

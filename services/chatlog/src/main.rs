@@ -23,14 +23,20 @@ async fn main() -> anyhow::Result<()> {
             let (mut config, http) = edge.into_config()?;
             let listener = bind(&http).await?;
             let (stop, stopped) = watch::channel(false);
-            let (client, _) = chatlog_edge::connect(&config.nats_url, "chatlog-handlers").await?;
-            // The streams first: the handlers read them.
+            // The streams first (with the edge's credentials: it may create them), then the
+            // handlers, each component with its own NATS user.
+            let (edge_client, _) = chatlog_edge::connect(&config.nats_url, "chatlog-up").await?;
             chatlog_edge::ensure_streams(
-                &async_nats::jetstream::new(client.clone()),
+                &async_nats::jetstream::new(edge_client),
                 &config.streams,
                 std::time::Duration::from_secs(60),
             )
             .await?;
+            let handlers_url = handlers
+                .handlers_nats_url
+                .clone()
+                .unwrap_or_else(|| config.nats_url.clone());
+            let (client, _) = chatlog_edge::connect(&handlers_url, "chatlog-handlers").await?;
             let mut tasks = tokio::task::JoinSet::new();
             for name in handlers::HandlerName::ALL {
                 let client = client.clone();
@@ -93,19 +99,22 @@ async fn main() -> anyhow::Result<()> {
             handlers::run(name, client, &handler, stats, shutdown_signal()).await?;
         }
         cli::Command::Events { command, nats } => {
-            let client = async_nats::connect(&nats.nats_url)
-                .await
-                .with_context(|| format!("connecting to {}", nats.nats_url))?;
-            events::run(command, client).await?;
+            events::run(command, connect_once(&nats.nats_url).await?).await?;
         }
         cli::Command::Views { command, nats } => {
-            let client = async_nats::connect(&nats.nats_url)
-                .await
-                .with_context(|| format!("connecting to {}", nats.nats_url))?;
-            views::run(command, client).await?;
+            views::run(command, connect_once(&nats.nats_url).await?).await?;
         }
     }
     Ok(())
+}
+
+/// One connection for a command-line tool: fails at once when NATS is not there.
+async fn connect_once(url: &str) -> anyhow::Result<async_nats::Client> {
+    chatlog_edge::connect_options(url)
+        .map_err(|e| anyhow::anyhow!("bad NATS url: {e}"))?
+        .connect(url)
+        .await
+        .context("connecting to NATS")
 }
 
 async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {

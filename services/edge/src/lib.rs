@@ -141,7 +141,10 @@ pub async fn connect(
     name: &str,
 ) -> Result<(async_nats::Client, watch::Receiver<u64>), async_nats::ConnectError> {
     let (tx, rx) = watch::channel(0u64);
-    let client = async_nats::ConnectOptions::new()
+    let client = connect_options(url)
+        .map_err(|e| {
+            async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, e)
+        })?
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -165,6 +168,18 @@ pub async fn connect(
         .connect(url)
         .await?;
     Ok((client, rx))
+}
+
+/// Connect options for `url`, with the user and password it embeds
+/// (`nats://user:password@host:port`): async-nats does not read them from the URL itself.
+pub fn connect_options(url: &str) -> Result<async_nats::ConnectOptions, async_nats::Error> {
+    let addr: async_nats::ServerAddr = url.parse()?;
+    Ok(match (addr.username(), addr.password()) {
+        (Some(user), Some(password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        }
+        _ => async_nats::ConnectOptions::new(),
+    })
 }
 
 /// Creates or updates the streams, retrying while NATS is not reachable yet.

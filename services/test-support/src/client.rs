@@ -165,7 +165,12 @@ impl Client {
     /// A WebSocket client logged in as guest `user`.
     pub async fn ws(&self, user: &str) -> Ws {
         let token = self.token(user).await;
-        let (socket, _) = tokio_tungstenite::connect_async(self.ws_url(&token))
+        self.ws_with_token(&token).await
+    }
+
+    /// A WebSocket client with `token`.
+    pub async fn ws_with_token(&self, token: &str) -> Ws {
+        let (socket, _) = tokio_tungstenite::connect_async(self.ws_url(token))
             .await
             .expect("websocket upgrade");
         Ws { socket }

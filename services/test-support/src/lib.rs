@@ -26,6 +26,8 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     extra_config: String,
+    /// User and password readiness checks connect with, when the config requires them.
+    credentials: Option<(String, String)>,
 }
 
 impl NatsServer {
@@ -36,12 +38,19 @@ impl NatsServer {
 
     /// Like [`NatsServer::start`], with extra lines appended to the server's config file.
     pub async fn start_with_config(extra_config: &str) -> Self {
+        Self::start_with_auth(extra_config, None).await
+    }
+
+    /// Like [`NatsServer::start_with_config`] for a config that requires a login: readiness is
+    /// checked as `credentials` (user, password).
+    pub async fn start_with_auth(extra_config: &str, credentials: Option<(&str, &str)>) -> Self {
         let store = tempfile::tempdir().expect("creating a temporary store directory");
         let mut server = Self {
             child: None,
             port: free_port(),
             store,
             extra_config: extra_config.to_string(),
+            credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
         };
         server.spawn();
         server.wait_ready().await;
@@ -51,6 +60,11 @@ impl NatsServer {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `nats://<user>:<password>@127.0.0.1:<port>`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -105,7 +119,10 @@ impl NatsServer {
 
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let url = self.url();
+        let url = match &self.credentials {
+            Some((user, password)) => self.url_as(user, password),
+            None => self.url(),
+        };
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
@@ -130,8 +147,23 @@ impl Drop for NatsServer {
     }
 }
 
+/// A client of `url`, with the user and password the URL embeds (async-nats ignores them).
+pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    options(url).connect(url).await
+}
+
+fn options(url: &str) -> async_nats::ConnectOptions {
+    let addr: Option<async_nats::ServerAddr> = url.parse().ok();
+    match addr.as_ref().map(|a| (a.username(), a.password())) {
+        Some((Some(user), Some(password))) => {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        }
+        _ => async_nats::ConnectOptions::new(),
+    }
+}
+
 async fn jetstream_ready(url: &str) -> bool {
-    let connect = async_nats::ConnectOptions::new()
+    let connect = options(url)
         .connection_timeout(Duration::from_millis(500))
         .connect(url);
     let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(1), connect).await else {

@@ -1,0 +1,182 @@
+//! NATS least privilege: with the users of `infra/nats-auth.conf` (what `nats.conf` includes),
+//! `chatlog up` works end to end on the edge's and the handlers' credentials, and neither can
+//! delete or purge a stream, publish outside its subjects, or forge the live copies.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream;
+use chatlog_test_support::{NatsServer, client::Client, free_port};
+use futures::StreamExt;
+use serde_json::json;
+
+const EDGE: (&str, &str) = ("edge", "edge-dev-password");
+const HANDLERS: (&str, &str) = ("handlers", "handlers-dev-password");
+const ADMIN: (&str, &str) = ("admin", "admin-dev-password");
+
+fn auth_conf() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../infra/nats-auth.conf")
+}
+
+async fn server() -> NatsServer {
+    // Inlined rather than included: nats-server resolves includes relative to the config file.
+    let auth = std::fs::read_to_string(auth_conf()).unwrap();
+    NatsServer::start_with_auth(&auth, Some(ADMIN)).await
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn connect(nats: &NatsServer, (user, password): (&str, &str)) -> async_nats::Client {
+    chatlog_test_support::connect(&nats.url_as(user, password))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn chatlog_up_works_with_least_privilege_credentials() {
+    let nats = server().await;
+    let data = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _up = Proc(
+        Command::new(env!("CARGO_BIN_EXE_chatlog"))
+            .args(["up", "--http", &addr])
+            .env("NATS_URL", nats.url_as(EDGE.0, EDGE.1))
+            .env(
+                "CHATLOG_HANDLERS_NATS_URL",
+                nats.url_as(HANDLERS.0, HANDLERS.1),
+            )
+            .env("CHATLOG_DATA_DIR", data.path())
+            .env("CHATLOG_VIEWS_DIR", data.path().join("views"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let app = Client {
+        addr: addr.parse().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(app.addr).await.is_ok()
+            && app.request("GET", "/readyz", None, None).await.status == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "chatlog up never got ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Accounts, rooms, chat, history, presence, mentions: every component at work.
+    let a = app
+        .request(
+            "POST",
+            "/api/auth/register",
+            None,
+            Some(json!({"user": "ada", "password": "ada's password"})),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let ada_token = a.body["token"].as_str().unwrap().to_string();
+    let mut bob = app.ws("bob").await;
+    bob.join("lobby", None).await;
+    bob.presence_until("lobby", |online, _| online == ["bob"])
+        .await;
+    app.wait_member("lobby", "bob").await;
+    let mut ada = app.ws_with_token(&ada_token).await;
+    ada.join("lobby", Some(0)).await;
+    let (_, seq) = ada.say("lobby", "hello @bob").await;
+    assert_eq!(bob.next_message().await.0, seq);
+    assert_eq!(
+        bob.next_of("notification").await["event"]["data"]["seq"],
+        seq
+    );
+    let token = app.token("bob").await;
+    let page = app
+        .get_until("/api/rooms/lobby/messages", &token, |b| {
+            b["messages"].as_array().is_some_and(|m| !m.is_empty())
+        })
+        .await;
+    assert_eq!(page["messages"][0]["text"], "hello @bob");
+}
+
+#[tokio::test]
+async fn components_cannot_delete_purge_or_stray() {
+    let nats = server().await;
+    let admin = connect(&nats, ADMIN).await;
+    let admin_js = jetstream::new(admin.clone());
+    chatlog_events::streams::ensure(&admin_js, &Default::default())
+        .await
+        .unwrap();
+    let mut watch = admin.subscribe("stray.>").await.unwrap();
+    let mut live = admin.subscribe("live.room.lobby").await.unwrap();
+    admin.flush().await.unwrap();
+
+    for creds in [EDGE, HANDLERS] {
+        let client = connect(&nats, creds).await;
+        // A denied request is never answered: do not wait long for it.
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_millis(300));
+        for stream in ["CHAT_ROOMS", "CHAT_USERS", "CHAT_PRESENCE", "CHAT_ACCOUNTS"] {
+            assert!(
+                js.delete_stream(stream).await.is_err(),
+                "{} deleted {stream}",
+                creds.0
+            );
+            let purged = match js.get_stream(stream).await {
+                Ok(s) => s.purge().await.is_ok(),
+                Err(_) => false,
+            };
+            assert!(!purged, "{} purged {stream}", creds.0);
+        }
+        client
+            .publish("stray.subject", "nope".into())
+            .await
+            .unwrap();
+        client
+            .publish("live.room.lobby", "forged".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    }
+    // The control: what admin publishes arrives, what the components published did not.
+    admin.publish("stray.control", "ok".into()).await.unwrap();
+    admin.flush().await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.subject.as_str(), "stray.control");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), live.next())
+            .await
+            .is_err(),
+        "nobody but the stream may publish the live copy"
+    );
+    let stream = admin_js.get_stream("CHAT_ROOMS").await.unwrap();
+    assert_eq!(stream.cached_info().state.messages, 0);
+
+    // The edge can still do its own job.
+    let edge = connect(&nats, EDGE).await;
+    let ack = jetstream::new(edge)
+        .publish("chat.room.lobby", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ack.sequence, 1);
+    let republished = tokio::time::timeout(Duration::from_secs(5), live.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(republished.payload.as_ref(), b"{}");
+}
