@@ -132,8 +132,8 @@ pub struct EdgeArgs {
     /// Milliseconds between a connection's presence heartbeats (offline after 35 s without).
     #[arg(long, env = "CHATLOG_HEARTBEAT_MS", default_value_t = 15_000)]
     pub heartbeat_ms: u64,
-    /// Stream replicas (3 on a cluster of three or more).
-    #[arg(long, env = "CHATLOG_REPLICAS", default_value_t = 1)]
+    /// Stream replicas; 0 (the default) picks 3 on a cluster of three servers or more, else 1.
+    #[arg(long, env = "CHATLOG_REPLICAS", default_value_t = 0)]
     pub replicas: usize,
 }
 
@@ -166,7 +166,7 @@ impl EdgeArgs {
         let streams = StreamSettings {
             // The stream must hold any event an accepted frame can become.
             max_msg_size: i32::try_from(self.max_frame).unwrap_or(i32::MAX),
-            replicas: self.replicas.max(1),
+            replicas: self.replicas,
             ..StreamSettings::default()
         };
         let config = Config {

@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
             // handlers, each component with its own NATS user.
             let (edge_client, _) = chatlog_edge::connect(&config.nats_url, "chatlog-up").await?;
             chatlog_edge::ensure_streams(
-                &async_nats::jetstream::new(edge_client),
+                &edge_client,
                 &config.streams,
                 std::time::Duration::from_secs(60),
             )
@@ -110,11 +110,9 @@ async fn main() -> anyhow::Result<()> {
 
 /// One connection for a command-line tool: fails at once when NATS is not there.
 async fn connect_once(url: &str) -> anyhow::Result<async_nats::Client> {
-    chatlog_edge::connect_options(url)
-        .map_err(|e| anyhow::anyhow!("bad NATS url: {e}"))?
-        .connect(url)
-        .await
-        .context("connecting to NATS")
+    let (options, addrs) =
+        chatlog_edge::connect_options(url).map_err(|e| anyhow::anyhow!("bad NATS url: {e}"))?;
+    options.connect(addrs).await.context("connecting to NATS")
 }
 
 async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {

@@ -141,10 +141,10 @@ pub async fn connect(
     name: &str,
 ) -> Result<(async_nats::Client, watch::Receiver<u64>), async_nats::ConnectError> {
     let (tx, rx) = watch::channel(0u64);
-    let client = connect_options(url)
-        .map_err(|e| {
-            async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, e)
-        })?
+    let (options, addrs) = connect_options(url).map_err(|e| {
+        async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, e)
+    })?;
+    let client = options
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -165,32 +165,56 @@ pub async fn connect(
                 }
             }
         })
-        .connect(url)
+        .connect(addrs)
         .await?;
     Ok((client, rx))
 }
 
-/// Connect options for `url`, with the user and password it embeds
-/// (`nats://user:password@host:port`): async-nats does not read them from the URL itself.
-pub fn connect_options(url: &str) -> Result<async_nats::ConnectOptions, async_nats::Error> {
-    let addr: async_nats::ServerAddr = url.parse()?;
-    Ok(match (addr.username(), addr.password()) {
-        (Some(user), Some(password)) => {
+/// Connect options for `urls` (one URL or a comma-separated list of a cluster's), with the user
+/// and password the first one embeds (`nats://user:password@host:port`): async-nats does not read
+/// them from the URL itself. Also returns the parsed addresses.
+pub fn connect_options(
+    urls: &str,
+) -> Result<(async_nats::ConnectOptions, Vec<async_nats::ServerAddr>), async_nats::Error> {
+    let addrs = urls
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = match addrs.first().map(|a| (a.username(), a.password())) {
+        Some((Some(user), Some(password))) => {
             async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
         }
         _ => async_nats::ConnectOptions::new(),
-    })
+    };
+    Ok((options, addrs))
 }
 
-/// Creates or updates the streams, retrying while NATS is not reachable yet.
+/// Stream replicas for `client`'s deployment: 3 on a cluster of three servers or more, else 1.
+pub fn auto_replicas(client: &async_nats::Client) -> usize {
+    if client.server_info().connect_urls.len() >= 3 {
+        3
+    } else {
+        1
+    }
+}
+
+/// Creates or updates the streams, retrying while NATS is not reachable yet. Replicas 0 means
+/// [`auto_replicas`].
 pub async fn ensure_streams(
-    js: &async_nats::jetstream::Context,
+    client: &async_nats::Client,
     settings: &streams::StreamSettings,
     patience: Duration,
 ) -> Result<(), streams::EnsureError> {
+    let js = async_nats::jetstream::new(client.clone());
     let until = tokio::time::Instant::now() + patience;
     loop {
-        match streams::ensure(js, settings).await {
+        let mut settings = settings.clone();
+        if settings.replicas == 0 {
+            // The server's INFO (and so the cluster's size) is known once connected.
+            let _ = js.query_account().await;
+            settings.replicas = auto_replicas(client);
+        }
+        match streams::ensure(&js, &settings).await {
             Ok(done) => {
                 for (stream, what) in done {
                     tracing::info!(stream = stream.name(), outcome = ?what, "stream ensured");
@@ -291,8 +315,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (client, reconnects) = connect(&config.nats_url, "chatlog-edge").await?;
-    let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, &config.streams, Duration::from_secs(60)).await?;
+    ensure_streams(&client, &config.streams, Duration::from_secs(60)).await?;
     let state = state(config, client, reconnects).await?;
     ensure_default_rooms(&state)
         .await

@@ -256,6 +256,8 @@ async fn consume<P: Projection + ?Sized>(
         let mut pending = Pending::default();
         let mut emit: Vec<ChatEvent> = Vec::new();
         let mut last = checkpoint;
+        let mut quiet_since = tokio::time::Instant::now();
+        let mut checked = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval(config.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let restart = loop {
@@ -279,6 +281,18 @@ async fn consume<P: Projection + ?Sized>(
                 Err(_) => {
                     // Quiet: commit what is pending so the view is fresh.
                     commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
+                    // A reader can stall silently (its consumer lost with a restarted server):
+                    // when quiet for a while, compare with the stream's head and start over if
+                    // it is ahead.
+                    if quiet_since.elapsed() >= STALL_CHECK && checked.elapsed() >= STALL_CHECK {
+                        checked = tokio::time::Instant::now();
+                        if let Some(head) = stream_head(js, projection.stream()).await {
+                            stats.lag.store(head.saturating_sub(last), Relaxed);
+                            if head > last {
+                                break "stalled behind the stream";
+                            }
+                        }
+                    }
                     continue;
                 }
                 Ok(None) => break "the reader ended",
@@ -288,6 +302,7 @@ async fn consume<P: Projection + ?Sized>(
                 }
                 Ok(Some(Ok(m))) => m,
             };
+            quiet_since = tokio::time::Instant::now();
             let (seq, lag) = match message.info() {
                 Ok(info) => (info.stream_sequence, info.pending),
                 Err(e) => {
@@ -338,6 +353,21 @@ async fn consume<P: Projection + ?Sized>(
             "restarting the reader"
         );
     }
+}
+
+/// How long a reader may be quiet before its stream's head is checked.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+
+/// The stream's last sequence, if it can be read now.
+async fn stream_head(js: &jetstream::Context, stream: chatlog_events::Stream) -> Option<u64> {
+    let read = async {
+        let mut s = js.get_stream(stream.name()).await.ok()?;
+        s.info().await.ok().map(|i| i.state.last_sequence)
+    };
+    tokio::time::timeout(Duration::from_secs(1), read)
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn open_reader<P: Projection + ?Sized>(

@@ -44,17 +44,20 @@ impl NatsServer {
     /// Like [`NatsServer::start_with_config`] for a config that requires a login: readiness is
     /// checked as `credentials` (user, password).
     pub async fn start_with_auth(extra_config: &str, credentials: Option<(&str, &str)>) -> Self {
-        let store = tempfile::tempdir().expect("creating a temporary store directory");
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            store,
-            extra_config: extra_config.to_string(),
-            credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
-        };
+        let mut server = Self::unstarted(free_port(), extra_config, credentials);
         server.spawn();
         server.wait_ready().await;
         server
+    }
+
+    fn unstarted(port: u16, extra_config: &str, credentials: Option<(&str, &str)>) -> Self {
+        Self {
+            child: None,
+            port,
+            store: tempfile::tempdir().expect("creating a temporary store directory"),
+            extra_config: extra_config.to_string(),
+            credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -95,7 +98,7 @@ impl NatsServer {
         let config_path = self.store.path().join("nats.conf");
         let jetstream_dir = self.store.path().join("jetstream");
         let config = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: test-{port}\njetstream {{\n  store_dir: {dir:?}\n}}\n{extra}\n",
+            "listen: 127.0.0.1:{port}\nserver_name: n{port}\njetstream {{\n  store_dir: {dir:?}\n}}\n{extra}\n",
             port = self.port,
             dir = jetstream_dir.display().to_string(),
             extra = self.extra_config,
@@ -174,6 +177,56 @@ async fn jetstream_ready(url: &str) -> bool {
         tokio::time::timeout(Duration::from_secs(1), js.query_account()).await,
         Ok(Ok(_))
     )
+}
+
+/// A JetStream cluster of real nats-servers on this machine (own ports, own stores), for fault
+/// tests: kill a node, restart it.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes routed to each other and waits until JetStream answers on each.
+    pub async fn start(size: usize) -> Self {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let urls = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes: Vec<NatsServer> = routes
+            .iter()
+            .map(|route| {
+                let cluster = format!(
+                    "cluster {{\n  name: test\n  listen: 127.0.0.1:{route}\n  routes: [{urls}]\n}}\n"
+                );
+                NatsServer::unstarted(free_port(), &cluster, None)
+            })
+            .collect();
+        for node in &mut nodes {
+            node.spawn();
+        }
+        for node in &mut nodes {
+            node.wait_ready().await;
+        }
+        Self { nodes }
+    }
+
+    /// Every node's client URL, comma-separated (what chatlog's `--nats-url` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node whose server name is `name` (as stream info names a leader).
+    pub fn node_named(&mut self, name: &str) -> Option<&mut NatsServer> {
+        self.nodes
+            .iter_mut()
+            .find(|n| format!("n{}", n.port()) == name)
+    }
 }
 
 /// A loopback port nobody listens on right now.

@@ -51,8 +51,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let (client, reconnects) = chatlog_edge::connect(&config.nats_url, "test-edge")
         .await
         .expect("connecting to nats");
-    let js = async_nats::jetstream::new(client.clone());
-    chatlog_edge::ensure_streams(&js, &config.streams, PATIENCE)
+    chatlog_edge::ensure_streams(&client, &config.streams, PATIENCE)
         .await
         .expect("ensuring streams");
     let state = chatlog_edge::state(config, client, reconnects)

@@ -1,0 +1,397 @@
+//! The fault suite (`make test-faults`; part of `make test` too): producers append unique ids,
+//! something breaks, a checker reads everything back. Every acknowledged id must be stored
+//! exactly once, in order within its room.
+
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull::OrderedConfig},
+};
+use chatlog_edge::log::{Log, LogError};
+use chatlog_events::{
+    ChatEvent, EventId, Payload, RoomId, Stream, UserId,
+    event::MessagePosted,
+    streams::{self, StreamSettings},
+};
+use chatlog_test_support::{NatsCluster, NatsServer, client::Client, free_port};
+use futures::StreamExt;
+use serde_json::json;
+
+fn message(room: &RoomId, n: usize) -> ChatEvent {
+    ChatEvent::in_room(
+        room,
+        UserId::parse("producer").unwrap(),
+        "faults",
+        Payload::MessagePosted(MessagePosted {
+            text: format!("message {n}"),
+            mentions: vec![],
+            reply_to: None,
+        }),
+    )
+}
+
+/// `producers` tasks append `per_producer` events each (one room per producer), retrying every
+/// failed append with the same id until it is acknowledged. Returns (room, id, acked seq).
+async fn produce(
+    url: &str,
+    producers: usize,
+    per_producer: usize,
+    acked: Arc<AtomicUsize>,
+) -> Vec<(RoomId, EventId, u64)> {
+    let (client, _) = chatlog_edge::connect(url, "producer").await.unwrap();
+    let log = Log::new(client, Duration::from_secs(2));
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let log = log.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let room = RoomId::parse(format!("room-{p}")).unwrap();
+            let mut done = Vec::with_capacity(per_producer);
+            for n in 0..per_producer {
+                let event = message(&room, n);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let seq = loop {
+                    match log.append(&event).await {
+                        Ok(a) => break a.seq,
+                        Err(LogError::Unavailable) | Err(LogError::Internal(_)) => {
+                            assert!(Instant::now() < deadline, "append never succeeded");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("append failed: {e}"),
+                    }
+                };
+                acked.fetch_add(1, Ordering::Relaxed);
+                done.push((room.clone(), event.id, seq));
+            }
+            done
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// Every stored event id of CHAT_ROOMS, with its seq, in stream order.
+async fn stored(url: &str) -> Vec<(String, EventId, u64)> {
+    let (client, _) = chatlog_edge::connect(url, "checker").await.unwrap();
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(Stream::Rooms.name()).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while out
+        .last()
+        .is_none_or(|(_, _, s): &(String, EventId, u64)| *s < last)
+    {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("reading back in time")
+            .unwrap()
+            .unwrap();
+        let seq = m.info().unwrap().stream_sequence;
+        let event = ChatEvent::decode(&m.payload).unwrap();
+        out.push((m.subject.to_string(), event.id, seq));
+    }
+    out
+}
+
+/// Every acknowledged id stored exactly once, at its acked seq, in order within its room.
+fn check(acked: &[(RoomId, EventId, u64)], stored: &[(String, EventId, u64)]) {
+    let mut copies: HashMap<EventId, Vec<u64>> = HashMap::new();
+    for (_, id, seq) in stored {
+        copies.entry(*id).or_default().push(*seq);
+    }
+    for (room, id, seq) in acked {
+        let at = copies
+            .get(id)
+            .unwrap_or_else(|| panic!("acked {id} in {room} was lost"));
+        assert_eq!(at, &vec![*seq], "{id} stored {} times", at.len());
+    }
+    // Within a room, the producer's order is the stream's order.
+    let mut by_room: HashMap<&RoomId, Vec<u64>> = HashMap::new();
+    for (room, _, seq) in acked {
+        by_room.entry(room).or_default().push(*seq);
+    }
+    for (room, seqs) in by_room {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{room} out of order");
+    }
+}
+
+async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn kill_9_of_the_server_during_10000_acknowledged_appends_loses_nothing() {
+    let mut nats = NatsServer::start().await;
+    let (client, _) = chatlog_edge::connect(&nats.url(), "setup").await.unwrap();
+    streams::ensure(&jetstream::new(client), &StreamSettings::default())
+        .await
+        .unwrap();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let producing = tokio::spawn({
+        let url = nats.url();
+        let acked = acked.clone();
+        async move { produce(&url, 4, 2500, acked).await }
+    });
+    wait_until("3000 acks before the kill", || {
+        acked.load(Ordering::Relaxed) >= 3000
+    })
+    .await;
+    nats.kill();
+    let at_kill = acked.load(Ordering::Relaxed);
+    nats.restart().await;
+    let done = producing.await.unwrap();
+    assert_eq!(done.len(), 10_000);
+    assert!(at_kill < 10_000, "killed mid-run");
+    check(&done, &stored(&nats.url()).await);
+}
+
+#[tokio::test]
+async fn killing_the_stream_leader_of_a_cluster_loses_no_acknowledged_append() {
+    let mut cluster = NatsCluster::start(3).await;
+    let (client, _) = chatlog_edge::connect(&cluster.urls(), "setup")
+        .await
+        .unwrap();
+    chatlog_edge::ensure_streams(
+        &client,
+        &StreamSettings {
+            replicas: 0,
+            ..Default::default()
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let info = client.server_info();
+    assert_eq!(
+        chatlog_edge::auto_replicas(&client),
+        3,
+        "a cluster of three gets replicas 3: {:?}",
+        info.connect_urls
+    );
+    let js = jetstream::new(client);
+    let info = js
+        .get_stream(Stream::Rooms.name())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.config.num_replicas, 3);
+    let leader = info.cluster.and_then(|c| c.leader).expect("a leader");
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let producing = tokio::spawn({
+        let urls = cluster.urls();
+        let acked = acked.clone();
+        async move { produce(&urls, 4, 750, acked).await }
+    });
+    wait_until("500 acks before the kill", || {
+        acked.load(Ordering::Relaxed) >= 500
+    })
+    .await;
+    cluster
+        .node_named(&leader)
+        .expect("the leader's node")
+        .kill();
+    let done = producing.await.unwrap();
+    assert_eq!(done.len(), 3000);
+    let survivors: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| format!("n{}", n.port()) != leader)
+        .map(|n| n.url())
+        .collect();
+    check(&done, &stored(&survivors.join(",")).await);
+}
+
+struct Proc(Child);
+
+impl Proc {
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+async fn start_chatlog(nats: &NatsServer, data: &std::path::Path, what: &str) -> (Proc, Client) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_chatlog"))
+        .args([what, "--http", &addr, "--max-connections-per-user", "1000"])
+        .env("NATS_URL", nats.url())
+        .env("CHATLOG_DATA_DIR", data)
+        .env("CHATLOG_VIEWS_DIR", data.join("views"))
+        .env("CHATLOG_JWT_SECRET", "a-shared-secret-for-both-edges-0123")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client {
+        addr: addr.parse().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(client.addr).await.is_ok()
+            && client.request("GET", "/readyz", None, None).await.status == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "chatlog {what} not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (Proc(child), client)
+}
+
+#[tokio::test]
+async fn clients_of_a_killed_edge_resume_on_the_other_with_no_gap_and_no_duplicate() {
+    let nats = NatsServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let (_up, a) = start_chatlog(&nats, data.path(), "up").await;
+    let (mut doomed, b) = start_chatlog(&nats, &data.path().join("b"), "edge").await;
+    let token = a.token("producer").await;
+
+    // 100 clients on edge b, each remembering what it saw.
+    let mut clients = Vec::new();
+    for n in 0..100 {
+        let mut ws = b.ws(&format!("c{n}")).await;
+        ws.join("lobby", None).await;
+        clients.push(ws);
+    }
+    let producer = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        for n in 0..60 {
+            let posted = a
+                .post(
+                    "/api/rooms/lobby/messages",
+                    &token,
+                    json!({"text": format!("m{n}")}),
+                )
+                .await;
+            assert_eq!(posted.status, 201);
+            seqs.push(posted.body["seq"].as_u64().unwrap());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seqs
+    });
+    // Each client reads a little, then its edge dies under it.
+    let mut seen: Vec<Vec<u64>> = Vec::new();
+    for ws in &mut clients {
+        let mut got = Vec::new();
+        got.push(ws.next_message().await.0);
+        seen.push(got);
+    }
+    doomed.kill9();
+    let seqs = producer.await.unwrap();
+    let last = *seqs.last().unwrap();
+    for (n, got) in seen.iter_mut().enumerate() {
+        // Whatever the dead socket still held, then the other edge, resuming after it.
+        let mut old = clients.remove(0);
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(
+            Duration::from_millis(5),
+            futures::StreamExt::next(&mut old.socket),
+        )
+        .await
+        {
+            if let Ok(text) = msg.to_text()
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
+                && v["type"] == "event"
+                && v["event"]["type"] == "chat.message.posted"
+            {
+                got.push(v["seq"].as_u64().unwrap());
+            }
+        }
+        let since = *got.last().unwrap();
+        let mut ws = a.ws(&format!("c{n}")).await;
+        ws.join("lobby", Some(since)).await;
+        while *got.last().unwrap() < last {
+            got.push(ws.next_message().await.0);
+        }
+        let first = got[0];
+        let want: Vec<u64> = seqs.iter().copied().filter(|s| *s >= first).collect();
+        assert_eq!(*got, want, "client c{n}: no gap, no duplicate");
+    }
+}
+
+#[tokio::test]
+async fn thirty_seconds_without_nats_then_everything_recovers_alone() {
+    let mut nats = NatsServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let (_up, app) = start_chatlog(&nats, data.path(), "up").await;
+    let mut ada = app.ws("ada").await;
+    let mut bob = app.ws("bob").await;
+    ada.join("lobby", None).await;
+    bob.join("lobby", None).await;
+    let (_, before) = ada.say("lobby", "before").await;
+    assert_eq!(bob.next_message().await.0, before);
+
+    nats.kill();
+    let outage = Instant::now();
+    let id = uuid::Uuid::new_v4().to_string();
+    while outage.elapsed() < Duration::from_secs(30) {
+        let asked = Instant::now();
+        ada.send(json!({"type": "send", "room": "lobby", "text": "during", "id": id}))
+            .await;
+        let error = ada.next_of("error").await;
+        assert_eq!(error["code"], "unavailable");
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "unavailable promptly"
+        );
+        assert_eq!(app.request("GET", "/readyz", None, None).await.status, 503);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    nats.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.request("GET", "/readyz", None, None).await.status != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ada.send(json!({"type": "send", "room": "lobby", "text": "during", "id": id}))
+        .await;
+    let seq = ada.next_of("ack").await["seq"].as_u64().unwrap();
+    assert_eq!(
+        bob.next_message().await.0,
+        seq,
+        "the same sockets work again"
+    );
+    let token = app.token("carol").await;
+    let page = app
+        .get_until("/api/rooms/lobby/messages", &token, |b| {
+            b["messages"].as_array().is_some_and(|m| m.len() == 2)
+        })
+        .await;
+    assert_eq!(
+        page["messages"][0]["seq"], before,
+        "nothing acknowledged was lost"
+    );
+}
