@@ -12,7 +12,7 @@ HANDLERS_NATS_URL ?= nats://handlers:handlers-dev-password@127.0.0.1:4222
 # The pinned server version; infra/nats-server.sh installs it when PATH has none recent enough.
 export NATS_SERVER_VERSION ?= 2.14.6
 
-.PHONY: all up down test lint fmt nats-server build-release clean-data
+.PHONY: all up down test test-faults lint fmt nats-server build-release clean-data cluster-up cluster-down
 
 all: test
 
@@ -63,6 +63,47 @@ test:
 	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" && export NATS_SERVER_BIN && \
 	  echo "using $$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version))" && \
 	  $(CARGO) test --workspace --all-targets
+
+## test-faults: the fault suite alone (kill -9 of NATS, of a cluster leader, of an edge; an outage)
+test-faults:
+	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" && export NATS_SERVER_BIN && \
+	  $(CARGO) test -p chatlog --test faults --test handlers --test presence -- --nocapture
+
+CLUSTER := $(DATA)/cluster
+CLUSTER_URLS = nats://127.0.0.1:4231,nats://127.0.0.1:4232,nats://127.0.0.1:4233
+creds = $(subst nats://,nats://$(1)@,$(CLUSTER_URLS))
+
+## cluster-up: 3 JetStream nodes, 2 edges (:8081, :8082), 2 replicas of every handler
+cluster-up: build-release
+	@mkdir -p $(CLUSTER)
+	@nats="$$(infra/nats-server.sh)"; \
+	for n in 1 2 3; do \
+	  "$$nats" -c infra/cluster/n$$n.conf >$(CLUSTER)/n$$n.log 2>&1 & echo $$! >$(CLUSTER)/n$$n.pid; \
+	done; echo "nats-server n1 n2 n3 started"
+	@for e in 1 2; do \
+	  NATS_URL="$(call creds,edge:edge-dev-password)" CHATLOG_DATA_DIR=$(CLUSTER)/edge$$e \
+	  CHATLOG_JWT_SECRET=cluster-dev-secret-shared-by-every-edge \
+	    target/release/chatlog edge --http 127.0.0.1:808$$e >$(CLUSTER)/edge$$e.log 2>&1 & \
+	  echo $$! >$(CLUSTER)/edge$$e.pid; \
+	done; echo "edges on :8081 and :8082 started"
+	@python3 infra/wait-ready.py http://127.0.0.1:8081/readyz 90
+	@for h in history presence notifications; do for r in a b; do \
+	  NATS_URL="$(call creds,handlers:handlers-dev-password)" CHATLOG_VIEWS_DIR=$(CLUSTER)/views \
+	    target/release/chatlog handler $$h --replica $$r >$(CLUSTER)/$$h-$$r.log 2>&1 & \
+	  echo $$! >$(CLUSTER)/$$h-$$r.pid; \
+	done; done; echo "handlers history, presence, notifications (replicas a, b) started"
+	@python3 infra/wait-ready.py http://127.0.0.1:8082/readyz 90
+	@echo "cluster up: http://127.0.0.1:8081/ and http://127.0.0.1:8082/ (make cluster-down to stop)"
+
+## cluster-down: stop exactly what cluster-up started
+cluster-down:
+	@for pidfile in $(CLUSTER)/*.pid; do \
+	  [ -f "$$pidfile" ] || continue; pid=$$(cat $$pidfile); \
+	  if kill -0 $$pid 2>/dev/null; then kill $$pid; \
+	    for _ in $$(seq 50); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+	    echo "stopped $$(basename $$pidfile .pid) (pid $$pid)"; fi; \
+	  rm -f $$pidfile; \
+	done
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,106 @@
+//! The deployment files parse: every YAML manifest under `infra/` (Kubernetes, Helm values,
+//! Compose) and every nats-server config (checked by `nats-server -t` itself).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files(&path, ext, out);
+        } else if path.extension().is_some_and(|e| e == ext) {
+            out.push(path);
+        }
+    }
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn every_yaml_manifest_parses() {
+    let mut yaml = Vec::new();
+    files(&root().join("infra"), "yaml", &mut yaml);
+    assert!(yaml.len() >= 3, "{yaml:?}");
+    for path in &yaml {
+        assert!(!documents(path).is_empty(), "{} is empty", path.display());
+    }
+}
+
+#[test]
+fn the_kubernetes_layout_has_what_production_needs() {
+    let docs = documents(&root().join("infra/k8s/chatlog.yaml"));
+    let kinds: Vec<(String, String)> = docs
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["metadata"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for want in [
+        ("Deployment", "chatlog-edge"),
+        ("Service", "chatlog-edge"),
+        ("Ingress", "chatlog"),
+        ("HorizontalPodAutoscaler", "chatlog-edge"),
+        ("Deployment", "chatlog-history"),
+        ("Deployment", "chatlog-presence"),
+        ("Deployment", "chatlog-notifications"),
+    ] {
+        assert!(
+            kinds.iter().any(|(k, n)| k == want.0 && n == want.1),
+            "missing {want:?}"
+        );
+    }
+    for doc in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        assert!(doc["apiVersion"].is_string());
+        let container = &doc["spec"]["template"]["spec"]["containers"][0];
+        assert!(
+            container["resources"]["requests"].is_mapping(),
+            "resource requests"
+        );
+        if doc["metadata"]["name"] == "chatlog-edge" {
+            assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+            assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        }
+    }
+    let values = &documents(&root().join("infra/k8s/nats-values.yaml"))[0];
+    assert_eq!(values["config"]["cluster"]["replicas"], 3);
+    assert_eq!(values["config"]["jetstream"]["enabled"], true);
+}
+
+#[test]
+fn every_nats_config_is_valid() {
+    let mut confs = vec![root().join("nats.conf")];
+    files(&root().join("infra/cluster"), "conf", &mut confs);
+    let binary = chatlog_test_support::binary();
+    for conf in confs {
+        // nats-server resolves includes and store dirs from where it runs: the repository root.
+        let out = std::process::Command::new(&binary)
+            .arg("-t")
+            .arg("-c")
+            .arg(&conf)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            conf.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
