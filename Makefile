@@ -12,7 +12,7 @@ HANDLERS_NATS_URL ?= nats://handlers:handlers-dev-password@127.0.0.1:4222
 # The pinned server version; infra/nats-server.sh installs it when PATH has none recent enough.
 export NATS_SERVER_VERSION ?= 2.14.6
 
-.PHONY: all up down test test-faults lint fmt nats-server build-release clean-data cluster-up cluster-down
+.PHONY: all up down test test-browser browser-deps test-faults lint fmt nats-server build-release clean-data cluster-up cluster-down
 
 all: test
 
@@ -58,11 +58,30 @@ down:
 	  fi; \
 	done
 
-## test: install what the tests need, then run every test (each starts its own nats-server)
+## test: install what the tests need, then run every test (each starts its own nats-server):
+## the Rust tests (unit, integration, fault suite) and the web client in headless Chromium
 test:
 	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" && export NATS_SERVER_BIN && \
 	  echo "using $$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version))" && \
 	  $(CARGO) test --workspace --all-targets
+	@$(MAKE) --no-print-directory test-browser
+
+## test-browser: the web client in headless Chromium (installs chromium and playwright-core)
+test-browser: browser-deps
+	@$(CARGO) build --bin chatlog
+	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" CHATLOG_BIN=$(CURDIR)/target/debug/chatlog \
+	  node tests/browser/test.mjs
+
+browser-deps:
+	@command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || { \
+	  echo "installing chromium (apt-get)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  { sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -qq chromium >/dev/null; }; }
+	@command -v node >/dev/null || { \
+	  echo "installing node (apt-get)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; } || \
+	  { sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -qq nodejs npm >/dev/null; }; }
+	@[ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm ci --no-audit --no-fund --silent)
 
 ## test-faults: the fault suite alone (kill -9 of NATS, of a cluster leader, of an edge; an outage)
 test-faults:

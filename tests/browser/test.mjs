@@ -1,0 +1,285 @@
+// Browser test of the web client: two users chat through real Chromium pages against a real
+// nats-server and `chatlog up`; one of them loses the network while the other writes, comes
+// back, and must see every missed message exactly once, in order.
+//
+//   cd tests/browser && npm ci && node test.mjs
+//
+// See harness.mjs for the environment variables (CHATLOG_BIN, NATS_SERVER_BIN, CHROMIUM_BIN).
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  blackholeProxy, chromiumArgs, chromiumPath, log, serverLogs, startServers, stopServers,
+} from './harness.mjs';
+
+const TOTAL_TIMEOUT = 90_000; // the whole run; it normally takes well under a minute
+const WAIT = 10_000; // one expectation
+
+const started = Date.now();
+const results = [];
+let browser;
+const pageErrors = [];
+
+function fail(message) {
+  throw new Error(message);
+}
+
+async function step(name, fn) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    results.push({ name, ok: true });
+    log(`ok   ${name} (${Date.now() - t0} ms)`);
+  } catch (e) {
+    results.push({ name, ok: false });
+    log(`FAIL ${name}: ${e.message}`);
+    throw e;
+  }
+}
+
+/** The messages a page shows, in page order. */
+function messages(page) {
+  return page.$$eval('#messages li.msg', (els) => els.map((e) => ({
+    seq: e.dataset.seq ? Number(e.dataset.seq) : null,
+    id: e.dataset.id,
+    user: e.dataset.user,
+    text: e.querySelector('.text')?.textContent ?? '',
+    pending: e.classList.contains('pending'),
+  })));
+}
+
+async function waitForText(page, text, who) {
+  try {
+    await page.waitForFunction(
+      (t) => [...document.querySelectorAll('#messages li.msg .text')].some((e) => e.textContent === t),
+      text, { timeout: WAIT },
+    );
+  } catch {
+    fail(`${who} never showed "${text}"; it shows ${JSON.stringify((await messages(page)).map((m) => m.text))}`);
+  }
+}
+
+async function waitForConn(page, who, states, minConnects = 0, timeout = WAIT) {
+  try {
+    await page.waitForFunction(([s, n]) => {
+      const el = document.getElementById('conn');
+      return s.includes(el.dataset.state) && Number(el.dataset.connects || 0) >= n;
+    }, [states, minConnects], { timeout });
+  } catch {
+    const conn = await page.$eval('#conn', (el) => ({ ...el.dataset }));
+    fail(`${who}: connection state ${JSON.stringify(conn)}, wanted one of ${states} after ${minConnects} connects`);
+  }
+  return page.$eval('#conn', (el) => ({ ...el.dataset }));
+}
+
+async function send(page, text) {
+  await page.fill('#composer-input', text);
+  await page.press('#composer-input', 'Enter');
+}
+
+/** Waits until every message `user` wrote on `page` is acked (has a seq, not pending). */
+async function waitAcked(page, who) {
+  try {
+    await page.waitForFunction(() => [...document.querySelectorAll('#messages li.msg')]
+      .every((e) => e.dataset.seq && !e.classList.contains('pending')), null, { timeout: WAIT });
+  } catch {
+    fail(`${who}: messages still not acked: ${JSON.stringify(await messages(page))}`);
+  }
+}
+
+/** The page shows exactly `expected` (texts), each once, in this order, with increasing seqs. */
+async function expectExactly(page, who, expected) {
+  const shown = await messages(page);
+  const texts = shown.map((m) => m.text);
+  for (const t of expected) {
+    const n = texts.filter((x) => x === t).length;
+    if (n !== 1) fail(`${who} shows "${t}" ${n} times (want once): ${JSON.stringify(texts)}`);
+  }
+  if (JSON.stringify(texts) !== JSON.stringify(expected)) {
+    fail(`${who} shows ${JSON.stringify(texts)}, want ${JSON.stringify(expected)}`);
+  }
+  for (let i = 1; i < shown.length; i += 1) {
+    if (!(shown[i].seq > shown[i - 1].seq)) fail(`${who}: seqs not increasing: ${JSON.stringify(shown.map((m) => m.seq))}`);
+  }
+  const ids = new Set(shown.map((m) => m.id));
+  if (ids.size !== shown.length) fail(`${who}: a message id shows twice`);
+}
+
+async function login(context, baseUrl, user) {
+  const page = await context.newPage();
+  page.on('pageerror', (e) => pageErrors.push(`${user}: ${e.message}`));
+  page.on('console', (m) => {
+    if (process.env.TEST_LOG) console.log(`  ${user} console.${m.type()}: ${m.text()}`);
+  });
+  await page.goto(baseUrl);
+  await page.fill('#login-user', user);
+  await page.click('#login-guest');
+  await waitForConn(page, user, ['connected'], 1);
+  await page.waitForFunction(() => document.getElementById('room-name').textContent.includes('lobby'), null, { timeout: WAIT });
+  // The room's history has loaded (an empty room says so).
+  await page.waitForFunction(() => !document.getElementById('history-note').textContent.includes('Loading'), null, { timeout: WAIT });
+  return page;
+}
+
+async function main() {
+  const watchdog = setTimeout(() => {
+    log(`FAIL the test did not finish in ${TOTAL_TIMEOUT / 1000} s`);
+    console.log(serverLogs());
+    process.exit(1);
+  }, TOTAL_TIMEOUT);
+  watchdog.unref();
+
+  let servers;
+  let proxy;
+  await step('nats-server and chatlog start', async () => {
+    servers = await startServers();
+    // bob reaches the edge through a proxy that can make his network silently hang.
+    proxy = await blackholeProxy(servers.httpPort);
+    proxyClose = () => proxy.close();
+    log(`chatlog on ${servers.baseUrl} (bob through :${proxy.port}), nats on ${servers.natsUrl}`);
+  });
+
+  browser = await chromium.launch({
+    executablePath: chromiumPath(),
+    args: chromiumArgs,
+    headless: !process.env.HEADED,
+  });
+  const viewport = { width: 1280, height: 800 };
+  const adaCtx = await browser.newContext({ viewport });
+  const bobCtx = await browser.newContext({ viewport });
+  let ada;
+  let bob;
+
+  await step('ada and bob log in as guests and open lobby', async () => {
+    [ada, bob] = await Promise.all([login(adaCtx, servers.baseUrl, 'ada'), login(bobCtx, `http://127.0.0.1:${proxy.port}`, 'bob')]);
+    const token = await ada.evaluate(() => localStorage.getItem('chatlog.token'));
+    if (!token) fail('the token is not kept in localStorage');
+  });
+
+  await step('they chat both ways', async () => {
+    await send(ada, 'hello bob');
+    await waitForText(bob, 'hello bob', 'bob');
+    await send(bob, 'hi ada, good to see you');
+    await waitForText(ada, 'hi ada, good to see you', 'ada');
+    await waitAcked(ada, 'ada');
+    await waitAcked(bob, 'bob');
+    const expected = ['hello bob', 'hi ada, good to see you'];
+    await expectExactly(ada, 'ada', expected);
+    await expectExactly(bob, 'bob', expected);
+  });
+
+  const missed = ['missed one', 'missed two', 'missed three'];
+  let before;
+  await step('bob goes offline and his socket drops; ada writes 3 messages meanwhile', async () => {
+    before = await bob.$eval('#conn', (el) => ({ ...el.dataset }));
+    await bobCtx.setOffline(true);
+    const conn = await waitForConn(bob, 'bob', ['offline', 'reconnecting']);
+    log(`bob's connection: ${conn.state} (${conn.reason})`);
+    // bob writes too while offline: kept as pending, sent (with its id) once he is back.
+    await send(bob, 'written while offline');
+    const pending = (await messages(bob)).find((m) => m.text === 'written while offline');
+    if (!pending || !pending.pending) fail('a message written offline is not shown as pending');
+    for (const t of missed) await send(ada, t);
+    await waitAcked(ada, 'ada');
+    // Nothing reaches bob while he is offline.
+    await bob.waitForTimeout(300);
+    const shown = (await messages(bob)).map((m) => m.text);
+    if (shown.some((t) => missed.includes(t))) fail(`bob got messages while offline: ${JSON.stringify(shown)}`);
+  });
+
+  await step('bob comes back: every missed message once, in order; his offline message is sent once', async () => {
+    await bobCtx.setOffline(false);
+    const conn = await waitForConn(bob, 'bob', ['connected'], Number(before.connects) + 1);
+    log(`bob reconnected (connects: ${conn.connects})`);
+    await waitForText(bob, 'missed three', 'bob');
+    await waitAcked(bob, 'bob');
+    await waitForText(ada, 'written while offline', 'ada');
+    // Late duplicates (a catch-up racing the live feed) would show up now.
+    await bob.waitForTimeout(700);
+    const expected = ['hello bob', 'hi ada, good to see you', ...missed, 'written while offline'];
+    await expectExactly(bob, 'bob', expected);
+    await expectExactly(ada, 'ada', expected);
+  });
+
+  const hung = ['while bob hung one', 'while bob hung two'];
+  await step('bob\'s network silently hangs: his own ping timeout notices; he resumes without gaps or duplicates', async () => {
+    before = await bob.$eval('#conn', (el) => ({ ...el.dataset }));
+    proxy.blackhole();
+    for (const t of hung) await send(ada, t);
+    await waitAcked(ada, 'ada');
+    const conn = await waitForConn(bob, 'bob', ['offline', 'reconnecting'], 0, 15_000);
+    if (conn.reason !== 'ping timeout') fail(`bob's socket ended by "${conn.reason}", want the ping timeout`);
+    log(`bob noticed the dead socket: ${conn.reason}`);
+    proxy.restore();
+    await waitForConn(bob, 'bob', ['connected'], Number(before.connects) + 1, 15_000);
+    await waitForText(bob, hung[1], 'bob');
+    await bob.waitForTimeout(500);
+    await expectExactly(bob, 'bob', ['hello bob', 'hi ada, good to see you', ...missed, 'written while offline', ...hung]);
+  });
+
+  await step('the edge restarts (close 1001): both resume, a message written meanwhile is sent once', async () => {
+    const adaBefore = await ada.$eval('#conn', (el) => ({ ...el.dataset }));
+    const bobBefore = await bob.$eval('#conn', (el) => ({ ...el.dataset }));
+    await servers.stopChatlog();
+    const conn = await waitForConn(ada, 'ada', ['offline', 'reconnecting']);
+    log(`ada's connection: ${conn.state} (${conn.reason})`);
+    await send(ada, 'written while the edge was down');
+    await servers.startChatlog();
+    await waitForConn(ada, 'ada', ['connected'], Number(adaBefore.connects) + 1, 20_000);
+    await waitForConn(bob, 'bob', ['connected'], Number(bobBefore.connects) + 1, 20_000);
+    await waitAcked(ada, 'ada');
+    await waitForText(bob, 'written while the edge was down', 'bob');
+    await bob.waitForTimeout(500);
+    const expected = ['hello bob', 'hi ada, good to see you', ...missed, 'written while offline', ...hung, 'written while the edge was down'];
+    await expectExactly(bob, 'bob', expected);
+    await expectExactly(ada, 'ada', expected);
+  });
+
+  await step('bob reloads the page: still logged in, same messages once each', async () => {
+    await bob.reload();
+    await waitForConn(bob, 'bob', ['connected'], 1);
+    await waitForText(bob, 'written while the edge was down', 'bob');
+    await send(ada, 'after the reload');
+    await waitForText(bob, 'after the reload', 'bob');
+    await bob.waitForTimeout(300);
+    await expectExactly(bob, 'bob', ['hello bob', 'hi ada, good to see you', ...missed, 'written while offline', ...hung,
+      'written while the edge was down', 'after the reload']);
+  });
+
+  await step('no script errors in the pages', async () => {
+    if (pageErrors.length) fail(pageErrors.join('\n'));
+  });
+
+  clearTimeout(watchdog);
+}
+
+let proxyClose = () => {};
+let code = 0;
+try {
+  await main();
+} catch (e) {
+  code = 1;
+  if (!results.some((r) => !r.ok)) log(`FAIL ${e.stack || e.message}`);
+  console.log(serverLogs());
+  try {
+    if (browser) {
+      const dir = path.join(os.tmpdir(), 'chatlog-browser-failure');
+      mkdirSync(dir, { recursive: true });
+      for (const [i, ctx] of browser.contexts().entries()) {
+        for (const [j, p] of ctx.pages().entries()) await p.screenshot({ path: path.join(dir, `context${i}-page${j}.png`) });
+      }
+      log(`screenshots of the pages in ${dir}`);
+    }
+  } catch { /* best effort */ }
+} finally {
+  if (browser) await browser.close().catch(() => {});
+  await stopServers();
+  proxyClose();
+}
+const passed = results.filter((r) => r.ok).length;
+const failed = results.length - passed + (code && results.every((r) => r.ok) ? 1 : 0);
+log(`browser test ${code ? 'FAILED' : 'passed'} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(code);
