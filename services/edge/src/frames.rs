@@ -16,9 +16,13 @@ pub enum ClientFrame {
         room: String,
         #[serde(default)]
         since: Option<u64>,
+        #[serde(default)]
+        id: Option<String>,
     },
     Leave {
         room: String,
+        #[serde(default)]
+        id: Option<String>,
     },
     Send {
         room: String,
@@ -53,6 +57,8 @@ pub enum ClientFrame {
     Typing {
         room: String,
         active: bool,
+        #[serde(default)]
+        id: Option<String>,
     },
     Read {
         room: String,
@@ -200,7 +206,8 @@ mod tests {
             ClientFrame::parse(r#"{"type":"join","room":"lobby","since":3}"#).unwrap(),
             ClientFrame::Join {
                 room: "lobby".into(),
-                since: Some(3)
+                since: Some(3),
+                id: None,
             }
         );
         assert_eq!(

@@ -24,6 +24,8 @@ pub struct Limits {
     pub nats_deadline: Duration,
     /// How often a connection says it is still there, per joined room (PROTOCOL: 15 s).
     pub heartbeat: Duration,
+    /// How often the edge pings each WebSocket; a peer silent for two periods is dropped.
+    pub ping: Duration,
     /// A connection's `typing` frames become at most one `chat.typing.started` per this period.
     pub typing_throttle: Duration,
 }
@@ -42,6 +44,7 @@ impl Default for Limits {
             nats_deadline: Duration::from_secs(2),
             heartbeat: Duration::from_secs(15),
             typing_throttle: Duration::from_secs(3),
+            ping: Duration::from_secs(20),
         }
     }
 }

@@ -84,8 +84,9 @@ impl Directory {
         user: &UserId,
         views: &Views,
     ) -> Result<Arc<Room>, ApiError> {
+        let not_found = || ApiError::not_found(&format!("room {id}"));
         let Some(room) = self.get(id).await? else {
-            return Err(ApiError::not_found("room"));
+            return Err(not_found());
         };
         if !room.private {
             return Ok(room);
@@ -101,11 +102,7 @@ impl Directory {
             Some(view) => view.visible_to(user),
             None => room.visible_to(user),
         };
-        if member {
-            Ok(room)
-        } else {
-            Err(ApiError::not_found("room"))
-        }
+        if member { Ok(room) } else { Err(not_found()) }
     }
 
     /// Appends `chat.room.created`, only if the room's subject is empty: `conflict` otherwise.

@@ -229,6 +229,12 @@ impl Connection {
         let mut shutdown = self.state.shutdown.subscribe();
         let every = self.state.config.limits.heartbeat;
         let mut heartbeats = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // The edge pings; a peer silent for two ping periods is gone (a dead network sends no
+        // close), and its presence ends.
+        let ping_every = self.state.config.limits.ping;
+        let mut pings =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut heard = tokio::time::Instant::now();
         let stop = loop {
             let step = tokio::select! {
                 biased;
@@ -239,8 +245,17 @@ impl Connection {
                     self.heartbeat();
                     Ok(())
                 }
+                _ = pings.tick() => {
+                    if heard.elapsed() > ping_every * 2 {
+                        Err(Stop::Gone)
+                    } else {
+                        self.guard(sink.feed(Message::Ping(bytes::Bytes::new()))).await
+                    }
+                }
                 Some(delivery) = live_rx.recv() => self.on_live(delivery, &mut live_rx, &mut sink).await,
-                msg = stream.next() => match msg {
+                msg = stream.next() => {
+                    heard = tokio::time::Instant::now();
+                    match msg {
                     None | Some(Ok(Message::Close(_))) => Err(Stop::Gone),
                     Some(Ok(Message::Text(text))) => self.on_text(text.as_str(), &mut sink).await,
                     Some(Ok(Message::Binary(_))) => {
@@ -249,7 +264,8 @@ impl Connection {
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                     Some(Err(e)) => Err(read_error(e)),
-                },
+                    }
+                }
             };
             let flushed = match step {
                 Ok(()) => self.guard(sink.flush()).await,
@@ -428,8 +444,8 @@ impl Connection {
         };
         let (id, answer) = match frame {
             ClientFrame::Ping => (None, Ok(Some(ServerFrame::Pong.to_text()))),
-            ClientFrame::Join { room, since } => (None, self.join(&room, since, sink).await),
-            ClientFrame::Leave { room } => (None, self.leave(&room)),
+            ClientFrame::Join { room, since, id } => (id, self.join(&room, since, sink).await),
+            ClientFrame::Leave { room, id } => (id, self.leave(&room)),
             ClientFrame::Send {
                 room,
                 text,
@@ -476,7 +492,7 @@ impl Connection {
                 let answer = self.change(&room, &message_id, id.as_deref(), change).await;
                 (id, answer)
             }
-            ClientFrame::Typing { room, active } => (None, self.typing(&room, active)),
+            ClientFrame::Typing { room, active, id } => (id, self.typing(&room, active)),
             ClientFrame::Read { room, seq, id } => {
                 let answer = self.read(&room, seq, id.as_deref()).await;
                 (id, answer)

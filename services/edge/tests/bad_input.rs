@@ -109,6 +109,18 @@ async fn bad_frames_get_errors_append_nothing_and_keep_the_connection() {
         assert_eq!(error["code"], *code, "{frame} -> {error}");
         assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
+    // A join's error names the join (its id) and the room.
+    ws.send(json!({"type": "join", "room": "nowhere", "id": "j1"}))
+        .await;
+    let error = ws.next().await;
+    assert_eq!(
+        (error["id"].as_str(), error["code"].as_str()),
+        (Some("j1"), Some("not_found"))
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("nowhere"),
+        "{error}"
+    );
     // The error names the request it answers when the frame had an id.
     ws.send(json!({"type": "send", "room": "lobby", "text": 42, "id": id}))
         .await;

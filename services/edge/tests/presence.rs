@@ -226,3 +226,25 @@ async fn unread_counts_before_and_after_a_read_marker() {
         .await;
     assert_eq!(bob.next_of("error").await["code"], "bad_request");
 }
+
+#[tokio::test]
+async fn a_peer_that_goes_silent_is_dropped_and_goes_offline() {
+    // A dead network sends no close: the edge's own pings find out.
+    let app = common::spawn_app_with(|c| c.limits.ping = Duration::from_millis(200)).await;
+    let mut bob = app.ws("bob").await;
+    bob.join("lobby", None).await;
+    let mut ada = app.ws("ada").await;
+    ada.join("lobby", None).await;
+    bob.presence_until("lobby", |o, _| o == ["ada", "bob"])
+        .await;
+    // From here on ada's client neither reads nor answers pings (nobody polls her socket),
+    // while bob's keeps reading (and so answering) all along.
+    let silent = Instant::now();
+    bob.presence_until("lobby", |o, _| o == ["bob"]).await;
+    assert!(
+        silent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        silent.elapsed()
+    );
+    drop(ada);
+}
