@@ -2,9 +2,10 @@
 //! something breaks, a checker reads everything back. Every acknowledged id must be stored
 //! exactly once, in order within its room.
 
+mod common;
+
 use std::{
     collections::HashMap,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -22,7 +23,8 @@ use chatlog_events::{
     event::MessagePosted,
     streams::{self, StreamSettings},
 };
-use chatlog_test_support::{NatsCluster, NatsServer, client::Client, free_port};
+use chatlog_test_support::{NatsCluster, NatsServer, client::Client};
+use common::Proc;
 use futures::StreamExt;
 use serde_json::json;
 
@@ -86,16 +88,27 @@ async fn produce(
 async fn stored(url: &str) -> Vec<(String, EventId, u64)> {
     let (client, _) = chatlog_edge::connect(url, "checker").await.unwrap();
     let js = jetstream::new(client);
-    let mut stream = js.get_stream(Stream::Rooms.name()).await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
+    // Right after a fault the cluster may still be electing: ask again until it answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (last, mut messages) = loop {
+        let attempt = async {
+            let mut stream = js.get_stream(Stream::Rooms.name()).await.ok()?;
+            let last = stream.info().await.ok()?.state.last_sequence;
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            Some((last, consumer.messages().await.ok()?))
+        };
+        if let Some(ready) = attempt.await {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "the stream never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let mut out = Vec::new();
     while out
         .last()
@@ -229,47 +242,13 @@ async fn killing_the_stream_leader_of_a_cluster_loses_no_acknowledged_append() {
     check(&done, &stored(&survivors.join(",")).await);
 }
 
-struct Proc(Child);
-
-impl Proc {
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 async fn start_chatlog(nats: &NatsServer, data: &std::path::Path, what: &str) -> (Proc, Client) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_chatlog"))
-        .args([what, "--http", &addr, "--max-connections-per-user", "1000"])
-        .env("NATS_URL", nats.url())
-        .env("CHATLOG_DATA_DIR", data)
-        .env("CHATLOG_VIEWS_DIR", data.join("views"))
-        .env("CHATLOG_JWT_SECRET", "a-shared-secret-for-both-edges-0123")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = Client {
-        addr: addr.parse().unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if tokio::net::TcpStream::connect(client.addr).await.is_ok()
-            && client.request("GET", "/readyz", None, None).await.status == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "chatlog {what} not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (Proc(child), client)
+    common::serve(common::command(
+        &nats.url(),
+        data,
+        &[what, "--max-connections-per-user", "1000"],
+    ))
+    .await
 }
 
 #[tokio::test]

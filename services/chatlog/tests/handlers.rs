@@ -2,9 +2,11 @@
 //! resumes to the checksum of a rebuild; replicas answer alike; undecodable events are skipped
 //! and counted; `chatlog views rebuild` and `chatlog events replay` work on a real log.
 
+mod common;
+
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -18,30 +20,14 @@ use chatlog_test_support::NatsServer;
 use futures::StreamExt;
 use serde_json::Value;
 
+use common::Proc;
+
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn chatlog(nats: &NatsServer, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatlog"));
-    cmd.args(args)
-        .env("NATS_URL", nats.url())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
+    let mut cmd = common::command(&nats.url(), &std::env::temp_dir(), args);
+    cmd.stdout(Stdio::piped());
     cmd
-}
-
-struct Proc(Child);
-
-impl Proc {
-    fn kill9(&mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
 }
 
 fn handler(nats: &NatsServer, views: &Path, replica: Option<&str>) -> Proc {

@@ -2,14 +2,12 @@
 //! `chatlog up` works end to end on the edge's and the handlers' credentials, and neither can
 //! delete or purge a stream, publish outside its subjects, or forge the live copies.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+mod common;
+
+use std::{path::PathBuf, time::Duration};
 
 use async_nats::jetstream;
-use chatlog_test_support::{NatsServer, client::Client, free_port};
+use chatlog_test_support::NatsServer;
 use futures::StreamExt;
 use serde_json::json;
 
@@ -27,15 +25,6 @@ async fn server() -> NatsServer {
     NatsServer::start_with_auth(&auth, Some(ADMIN)).await
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn connect(nats: &NatsServer, (user, password): (&str, &str)) -> async_nats::Client {
     chatlog_test_support::connect(&nats.url_as(user, password))
         .await
@@ -46,35 +35,12 @@ async fn connect(nats: &NatsServer, (user, password): (&str, &str)) -> async_nat
 async fn chatlog_up_works_with_least_privilege_credentials() {
     let nats = server().await;
     let data = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _up = Proc(
-        Command::new(env!("CARGO_BIN_EXE_chatlog"))
-            .args(["up", "--http", &addr])
-            .env("NATS_URL", nats.url_as(EDGE.0, EDGE.1))
-            .env(
-                "CHATLOG_HANDLERS_NATS_URL",
-                nats.url_as(HANDLERS.0, HANDLERS.1),
-            )
-            .env("CHATLOG_DATA_DIR", data.path())
-            .env("CHATLOG_VIEWS_DIR", data.path().join("views"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let mut up = common::command(&nats.url_as(EDGE.0, EDGE.1), data.path(), &["up"]);
+    up.env(
+        "CHATLOG_HANDLERS_NATS_URL",
+        nats.url_as(HANDLERS.0, HANDLERS.1),
     );
-    let app = Client {
-        addr: addr.parse().unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if tokio::net::TcpStream::connect(app.addr).await.is_ok()
-            && app.request("GET", "/readyz", None, None).await.status == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "chatlog up never got ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_up, app) = common::serve(up).await;
 
     // Accounts, rooms, chat, history, presence, mentions: every component at work.
     let a = app

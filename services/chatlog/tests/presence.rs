@@ -1,75 +1,31 @@
 //! Presence and notifications across processes: an edge killed with SIGKILL while its user is
 //! online; a notifications handler rebuilt from scratch.
 
+mod common;
+
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use chatlog_test_support::{NatsServer, client::Client, free_port};
+use chatlog_test_support::{NatsServer, client::Client};
+use common::Proc;
 use serde_json::{Value, json};
-
-struct Proc(Child);
-
-impl Proc {
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 const OFFLINE_AFTER_SECS: u64 = 2;
 
 fn chatlog(nats: &NatsServer, data: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatlog"));
-    cmd.args(args)
-        .env("NATS_URL", nats.url())
-        .env("CHATLOG_DATA_DIR", data)
-        .env("CHATLOG_VIEWS_DIR", data.join("views"))
-        .env("CHATLOG_JWT_SECRET", "a-shared-secret-for-both-edges-0123")
-        .env("CHATLOG_OFFLINE_AFTER", OFFLINE_AFTER_SECS.to_string())
+    let mut cmd = common::command(&nats.url(), data, args);
+    cmd.env("CHATLOG_OFFLINE_AFTER", OFFLINE_AFTER_SECS.to_string())
         .env("CHATLOG_TICK_MS", "100")
-        .env("CHATLOG_HEARTBEAT_MS", "300")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .env("CHATLOG_HEARTBEAT_MS", "300");
     cmd
 }
 
-/// Starts `chatlog <what>` on a free port and waits until it is ready.
+/// Starts `chatlog <what>` and waits until it is ready.
 async fn start(nats: &NatsServer, data: &Path, what: &str) -> (Proc, Client) {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = chatlog(nats, data, &[what, "--http", &addr])
-        .spawn()
-        .expect("starting chatlog");
-    let client = Client {
-        addr: addr.parse().unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Ok(s)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(client.addr),
-        )
-        .await
-        {
-            drop(s);
-            if client.request("GET", "/readyz", None, None).await.status == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "chatlog {what} not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (Proc(child), client)
+    common::serve(chatlog(nats, data, &[what])).await
 }
 
 #[tokio::test]

@@ -176,17 +176,8 @@ impl Log {
         subject: &str,
     ) -> Result<Option<Stored>, LogError> {
         let stream = self.stream(stream).await?;
-        match self
-            .bounded(stream.direct_get_last_for_subject(subject))
-            .await?
-        {
-            Ok(m) => Ok(Some(Stored {
-                seq: m.sequence,
-                body: m.payload,
-            })),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(direct_get_error(e)),
-        }
+        self.direct(stream.direct_get_last_for_subject(subject))
+            .await
     }
 
     /// The first message stored on `subject`.
@@ -196,10 +187,21 @@ impl Log {
         subject: &str,
     ) -> Result<Option<Stored>, LogError> {
         let stream = self.stream(stream).await?;
-        match self
-            .bounded(stream.direct_get_first_for_subject(subject))
-            .await?
-        {
+        self.direct(stream.direct_get_first_for_subject(subject))
+            .await
+    }
+
+    /// A direct get, within the deadline; not found is `None`.
+    async fn direct(
+        &self,
+        get: impl Future<
+            Output = Result<
+                async_nats::jetstream::message::StreamMessage,
+                async_nats::jetstream::stream::DirectGetError,
+            >,
+        >,
+    ) -> Result<Option<Stored>, LogError> {
+        match self.bounded(get).await? {
             Ok(m) => Ok(Some(Stored {
                 seq: m.sequence,
                 body: m.payload,

@@ -1,0 +1,67 @@
+//! Running the `chatlog` binary in tests: one process per component, killed with SIGKILL on
+//! `Drop` (or on purpose, with [`Proc::kill9`]).
+
+#![allow(dead_code)]
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use chatlog_test_support::{client::Client, free_port};
+
+/// A running `chatlog` process.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// SIGKILL: no goodbye, no last commit.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `chatlog <args>` on `nats_url`, with its data and views under `data` and the token secret
+/// every edge of a test shares.
+pub fn command(nats_url: &str, data: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatlog"));
+    cmd.args(args)
+        .env("NATS_URL", nats_url)
+        .env("CHATLOG_DATA_DIR", data)
+        .env("CHATLOG_VIEWS_DIR", data.join("views"))
+        .env("CHATLOG_JWT_SECRET", "a-shared-secret-for-every-edge-0123")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// Starts `cmd` (an `up` or `edge`) on a free port and waits until it answers /readyz.
+pub async fn serve(mut cmd: Command) -> (Proc, Client) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let proc = Proc(
+        cmd.args(["--http", &addr])
+            .spawn()
+            .expect("starting chatlog"),
+    );
+    let client = Client {
+        addr: addr.parse().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(client.addr).await.is_ok()
+            && client.request("GET", "/readyz", None, None).await.status == 200
+        {
+            return (proc, client);
+        }
+        assert!(Instant::now() < deadline, "chatlog not ready on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
