@@ -59,6 +59,8 @@ pub enum Kind {
 #[derive(Clone)]
 pub struct Subscriber {
     pub join: u64,
+    /// Whose connection: a member removed from a private room stops receiving it at once.
+    pub user: chatlog_events::UserId,
     pub tx: mpsc::Sender<Delivery>,
     /// Told when the queue overflowed: the connection must close.
     pub kick: Arc<Notify>,
@@ -230,6 +232,10 @@ impl Feed {
             return;
         };
         deliver_all(&self.room, &mut state.subscribers, seq, &frame, Kind::Event);
+        // Removed from the room: the removed member's sockets get that event, and nothing after.
+        if let Some(removed) = removed_member(body) {
+            state.subscribers.retain(|sub| sub.user != removed);
+        }
     }
 
     /// Sends a presence frame to every subscriber.
@@ -408,6 +414,18 @@ async fn run_presence(feed: Arc<Feed>, log: Log, views: Views) {
             feed.forward_presence(&frame);
             last_frame = Some(frame);
         }
+    }
+}
+
+/// The member a `chat.member.left` event removes (checked cheaply before decoding).
+fn removed_member(body: &[u8]) -> Option<chatlog_events::UserId> {
+    const LEFT: &[u8] = b"chat.member.left";
+    if !body.windows(LEFT.len()).any(|w| w == LEFT) {
+        return None;
+    }
+    match chatlog_events::ChatEvent::decode(body).ok()?.payload {
+        chatlog_events::Payload::MemberLeft(m) => Some(m.member),
+        _ => None,
     }
 }
 

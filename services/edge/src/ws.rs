@@ -298,6 +298,7 @@ async fn serve(state: AppState, user: UserId, socket: WebSocket) {
         &conn.user,
         Subscriber {
             join: conn.notify_join,
+            user: conn.user.clone(),
             tx: conn.live_tx.clone(),
             kick: conn.kick.clone(),
         },
@@ -532,6 +533,7 @@ impl Connection {
         let join = self.state.hub.next_join();
         let subscriber = Subscriber {
             join,
+            user: self.user.clone(),
             tx: self.live_tx.clone(),
             kick: self.kick.clone(),
         };

@@ -302,6 +302,7 @@ async fn a_non_member_gets_not_found_on_every_path_of_a_private_room() {
         b["messages"].is_array()
     })
     .await;
+    eve_ws.join("secret", None).await;
     let a = app
         .request("DELETE", "/api/rooms/secret/members/ada", Some(&eve), None)
         .await;
@@ -310,6 +311,24 @@ async fn a_non_member_gets_not_found_on_every_path_of_a_private_room() {
         .request("DELETE", "/api/rooms/secret/members/eve", Some(&ada), None)
         .await;
     assert_eq!(a.status, 204);
+    // Her open socket hears she was removed, and then nothing more of the room.
+    let (_, left) = eve_ws.next_event().await;
+    assert_eq!(left["type"], "chat.member.left");
+    assert_eq!(left["data"]["member"], "eve");
+    let (_, after) = ada_ws.say("secret", "eve is gone").await;
+    // Once ada's socket has it, the feed has handed it to every subscriber it still has.
+    while ada_ws.next_message().await.0 != after {}
+    eve_ws.send(json!({"type": "ping"})).await;
+    loop {
+        let frame = eve_ws.next().await;
+        assert_ne!(
+            frame["type"], "event",
+            "an event after her removal (seq {after}): {frame}"
+        );
+        if frame["type"] == "pong" {
+            break;
+        }
+    }
     let deadline = std::time::Instant::now() + common::PATIENCE;
     while app.get("/api/rooms/secret/messages", &eve).await.status != 404 {
         assert!(
