@@ -12,7 +12,7 @@ HANDLERS_NATS_URL ?= nats://handlers:handlers-dev-password@127.0.0.1:4222
 # The pinned server version; infra/nats-server.sh installs it when PATH has none recent enough.
 export NATS_SERVER_VERSION ?= 2.14.6
 
-.PHONY: all up down test test-browser browser-deps test-faults lint fmt nats-server build-release clean-data cluster-up cluster-down
+.PHONY: all up down bench test test-browser browser-deps test-faults lint fmt nats-server build-release clean-data cluster-up cluster-down
 
 all: test
 
@@ -82,6 +82,10 @@ browser-deps:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; } || \
 	  { sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -qq nodejs npm >/dev/null; }; }
 	@[ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm ci --no-audit --no-fund --silent)
+
+## bench: a fresh system on its own ports, the standard workloads, results in bench/results/
+bench: build-release nats-server
+	@bench/run.sh
 
 ## test-faults: the fault suite alone (kill -9 of NATS, of a cluster leader, of an edge; an outage)
 test-faults:

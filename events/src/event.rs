@@ -157,6 +157,13 @@ macro_rules! payloads {
                     other => Err(DecodeError::UnknownType(other.to_string())),
                 }
             }
+
+            fn from_raw(ty: &str, data: &str) -> Result<Self, DecodeError> {
+                match ty {
+                    $($ty => serde_json::from_str(data).map(Payload::$variant).map_err(DecodeError::Data),)*
+                    other => Err(DecodeError::UnknownType(other.to_string())),
+                }
+            }
         }
     };
 }
@@ -344,8 +351,80 @@ impl ChatEvent {
 
     /// Reads a stored body back.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        let event: Event = serde_json::from_slice(body).map_err(DecodeError::Envelope)?;
-        Self::from_cloudevent(event)
+        // The fast path reads what chatlog writes (JSON `data`) without building a dynamic
+        // CloudEvent and a JSON tree first: rebuilding a view decodes every stored event. Anything
+        // else (data as a string, base64, a stray attribute form) goes through cloudevents-sdk.
+        match Self::decode_direct(body) {
+            Ok(event) => Ok(event),
+            Err(DecodeError::UnknownType(t)) => Err(DecodeError::UnknownType(t)),
+            Err(_) => {
+                let event: Event = serde_json::from_slice(body).map_err(DecodeError::Envelope)?;
+                Self::from_cloudevent(event)
+            }
+        }
+    }
+
+    fn decode_direct(body: &[u8]) -> Result<Self, DecodeError> {
+        use std::borrow::Cow;
+        #[derive(Deserialize)]
+        struct Wire<'a> {
+            #[serde(borrow)]
+            specversion: Cow<'a, str>,
+            #[serde(borrow)]
+            id: Cow<'a, str>,
+            #[serde(borrow)]
+            source: Cow<'a, str>,
+            #[serde(rename = "type", borrow)]
+            ty: Cow<'a, str>,
+            #[serde(borrow)]
+            subject: Option<Cow<'a, str>>,
+            time: Option<DateTime<Utc>>,
+            #[serde(borrow)]
+            data: Option<&'a serde_json::value::RawValue>,
+            #[serde(default)]
+            traceparent: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Actor {
+            user: UserId,
+        }
+        let attr = |what: &str| DecodeError::Attribute(what.to_string());
+        let wire: Wire = serde_json::from_slice(body).map_err(DecodeError::Envelope)?;
+        if wire.specversion != "1.0" {
+            return Err(attr("specversion is not 1.0"));
+        }
+        let id = EventId::parse(&wire.id).map_err(|_| attr("id is not a uuid"))?;
+        let component = wire
+            .source
+            .strip_prefix(SOURCE_PREFIX)
+            .ok_or_else(|| attr("source is not /chatlog/<component>"))?
+            .to_string();
+        let time = wire.time.ok_or_else(|| attr("time is missing"))?;
+        let subject = wire
+            .subject
+            .ok_or_else(|| attr("subject is missing"))?
+            .into_owned();
+        let data = wire.data.ok_or(DecodeError::NoData)?.get();
+        let user = serde_json::from_str::<Actor>(data)
+            .map_err(DecodeError::Data)?
+            .user;
+        let payload = Payload::from_raw(&wire.ty, data)?;
+        let valid_subject = match payload.stream() {
+            Stream::Rooms | Stream::Presence => RoomId::parse(subject.as_str()).is_ok(),
+            Stream::Users | Stream::Accounts => UserId::parse(subject.as_str()).is_ok(),
+        };
+        if !valid_subject {
+            return Err(attr("subject is not a valid id"));
+        }
+        Ok(Self {
+            id,
+            component,
+            subject,
+            time,
+            user,
+            traceparent: wire.traceparent,
+            payload,
+        })
     }
 
     /// Reads a CloudEvent produced by [`ChatEvent::to_cloudevent`].

@@ -50,6 +50,8 @@ pub enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Load a running system and measure it (see bench/README.md).
+    Bench(chatlog_bench::BenchArgs),
     /// Repair the views.
     Views {
         #[command(subcommand)]

@@ -61,6 +61,24 @@ fn room_key(room: &RoomId) -> Vec<u8> {
     key
 }
 
+/// The room's last seq, kept apart from its directory entry: every event moves it, and rewriting
+/// the whole entry (members and all) for each message would cost a JSON round trip per event.
+fn last_seq_key(room: &RoomId) -> Vec<u8> {
+    let mut key = b"s/".to_vec();
+    key.extend_from_slice(room.as_str().as_bytes());
+    key
+}
+
+/// The directory entry of `room`, with its last seq.
+fn room_view(view: &dyn Read, room: &RoomId) -> Option<RoomView> {
+    let mut found: RoomView = get_json(view, &room_key(room))?;
+    found.last_seq = view
+        .get(&last_seq_key(room))
+        .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(found.last_seq);
+    Some(found)
+}
+
 /// Where an event was applied: `<room>/<seq>`.
 fn location(room: &RoomId, seq: u64) -> Vec<u8> {
     let mut v = room.as_str().as_bytes().to_vec();
@@ -94,8 +112,8 @@ impl Projection for History {
     }
 
     fn version(&self) -> u32 {
-        // 2: public rooms keep their joined members too.
-        2
+        // 2: public rooms keep their joined members too. 3: the last seq under its own key.
+        3
     }
 
     fn stream(&self) -> Stream {
@@ -114,7 +132,20 @@ impl Projection for History {
         changes.put(id_key, location(&room, seq));
 
         let key = room_key(&room);
-        let mut directory: Option<RoomView> = get_json(view, &key);
+        // Only directory events read and write the directory entry.
+        let directory_event = matches!(
+            event.payload,
+            Payload::RoomCreated(_)
+                | Payload::RoomUpdated(_)
+                | Payload::MemberJoined(_)
+                | Payload::MemberLeft(_)
+        );
+        let mut directory: Option<RoomView> = if directory_event {
+            get_json(view, &key)
+        } else {
+            None
+        };
+        let known_room = directory.is_some() || view.get(&last_seq_key(&room)).is_some();
         match &event.payload {
             Payload::RoomCreated(created) if directory.is_none() => {
                 directory = Some(RoomView {
@@ -216,9 +247,11 @@ impl Projection for History {
             }
             _ => {}
         }
-        if let Some(mut d) = directory {
-            d.last_seq = d.last_seq.max(seq);
+        if let Some(d) = directory {
             changes.put_json(key, &d);
+        }
+        if known_room || matches!(event.payload, Payload::RoomCreated(_)) {
+            changes.put(last_seq_key(&room), seq.to_be_bytes().to_vec());
         }
         changes
     }
@@ -248,7 +281,7 @@ impl Projection for History {
             }
             history::ROOM => {
                 let req: RoomRequest = parse_request(request)?;
-                answer(&get_json::<RoomView>(view, &room_key(&req.room)))
+                answer(&room_view(view, &req.room))
             }
             history::ROOMS => {
                 let req: RoomsRequest = parse_request(request)?;
@@ -257,6 +290,7 @@ impl Projection for History {
                     let (_, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
                     if let Ok(room) = serde_json::from_slice::<RoomView>(&value)
                         && room.visible_to(&req.user)
+                        && let Some(room) = room_view(view, &room.id)
                     {
                         rooms.push(room);
                     }

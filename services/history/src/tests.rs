@@ -134,7 +134,7 @@ impl Given {
     }
 
     fn room(&self) -> Option<RoomView> {
-        get_json(&self.view, &room_key(&lobby()))
+        room_view(&self.view, &lobby())
     }
 }
 

@@ -40,7 +40,7 @@ pub struct View {
 impl View {
     /// Opens the view at `path`, wiping it when it is unreadable or of another `version`.
     pub fn open(path: &Path, name: &str, version: u32) -> Result<View, ViewError> {
-        let db = match sled::open(path) {
+        let db = match open_sled(path) {
             Ok(db) => db,
             // Another process has it open: never wipe a view in use.
             Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -52,7 +52,7 @@ impl View {
                 if path.exists() {
                     std::fs::remove_dir_all(path)?;
                 }
-                sled::open(path)?
+                open_sled(path)?
             }
         };
         let view = View {
@@ -183,6 +183,14 @@ impl Read for Overlay<'_> {
             None => self.view.get(key),
         }
     }
+}
+
+/// sled with a cache that holds a busy view.
+fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(256 * 1024 * 1024)
+        .open()
 }
 
 fn read_u64(bytes: &[u8]) -> u64 {

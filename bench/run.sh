@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# make bench: a fresh system (nats-server + chatlog up, scratch store, own ports, send limits
+# lifted), the standard workloads, results in bench/results/ (JSON + SVG per run), then stop.
+# BENCH_QUICK=1 runs shorter phases.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nats="$(infra/nats-server.sh)"
+scratch="$(mktemp -d /tmp/chatlog-bench.XXXXXX)"
+nats_port=4290
+http=127.0.0.1:8090
+cleanup() {
+  [ -n "${up_pid:-}" ] && kill "$up_pid" 2>/dev/null || true
+  [ -n "${nats_pid:-}" ] && kill "$nats_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$scratch"
+}
+trap cleanup EXIT
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+"$nats" -a 127.0.0.1 -p "$nats_port" -js -sd "$scratch/nats" >"$scratch/nats.log" 2>&1 &
+nats_pid=$!
+export NATS_URL="nats://127.0.0.1:$nats_port"
+CHATLOG_DATA_DIR="$scratch/data" CHATLOG_VIEWS_DIR="$scratch/views" RUST_LOG=warn \
+  target/release/chatlog up --http "$http" --send-rate 1000000 --send-burst 1000000 \
+  --max-connections-per-user 100000 >"$scratch/chatlog.log" 2>&1 &
+up_pid=$!
+python3 infra/wait-ready.py "http://$http/readyz" 60
+
+duration=10; events=1000000; idle=19000
+if [ -n "${BENCH_QUICK:-}" ]; then duration=4; events=100000; idle=2000; fi
+bench() { target/release/chatlog bench --url "http://$http" --edge-pid "$up_pid" "$@"; echo; }
+
+bench fanout --rooms 100 --members 20 --rate 2000 --duration "$duration"
+bench fanout --rooms 10 --members 100 --rate 1000 --duration "$duration" --prefix bench-big
+bench fanout --rooms 10 --members 100 --rate 500 --step-up --prefix bench-step
+bench append
+bench replay --events "$events"
+bench idle --connections "$idle"
+echo "results: bench/results/"

@@ -1,0 +1,604 @@
+//! `append`: how fast the edge appends. N WebSocket connections each keep W sends in flight
+//! (closed loop: a new send for every ack); acked appends per second and ack latency. Then, in
+//! the same run and against the same server, the ceiling: async-nats publishing the same-size
+//! CloudEvent (same headers, a fresh `Nats-Msg-Id` each) straight to JetStream, pipelined with
+//! the same N × W window, into a scratch stream `BENCH_RAW` (`bench.raw.>`, configured like
+//! `CHAT_ROOMS`: file storage, duplicate window, RePublish), deleted afterwards.
+//!
+//! The edge limits sends per connection (20/s by default): run it with
+//! `chatlog up --send-rate 1000000 --send-burst 1000000` for this workload.
+
+use std::{collections::HashMap, fmt::Write as _, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use async_nats::{HeaderMap, jetstream};
+use bytes::Bytes;
+use chatlog_events::{
+    ChatEvent, Payload, RoomId, Stream, UserId,
+    event::MessagePosted,
+    streams::{self, StreamSettings},
+    subjects,
+};
+use clap::Args;
+use futures::{SinkExt, StreamExt, stream::FuturesUnordered};
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{
+    Common,
+    client::{self, Frame, Ws},
+    stats::{Latency, Recorder},
+    sys::CpuUse,
+};
+
+/// The scratch stream of the raw JetStream ceiling.
+pub const RAW_STREAM: &str = "BENCH_RAW";
+
+#[derive(Args, Debug, Clone)]
+pub struct AppendArgs {
+    /// WebSocket connections (and raw publishing tasks).
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Unacked sends each connection keeps in flight.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// Rooms the sends are spread over (connection i sends to room i mod rooms).
+    #[arg(long, default_value_t = 16)]
+    pub rooms: usize,
+    /// Seconds measured, for each of the edge and the raw ceiling.
+    #[arg(long, default_value_t = 8.0)]
+    pub duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Bytes of message text.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Skip the raw JetStream ceiling.
+    #[arg(long)]
+    pub no_raw: bool,
+    /// Room ids are `<prefix>-<n>`, users `<prefix>-u<n>`.
+    #[arg(long, default_value = "bench-append")]
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppendReport {
+    pub connections: usize,
+    pub window: usize,
+    pub rooms: usize,
+    pub text_bytes: usize,
+    /// Size of the stored CloudEvent (body only).
+    pub event_bytes: usize,
+    pub edge: AppendPhase,
+    pub raw: Option<AppendPhase>,
+    /// Edge appends/s over raw JetStream appends/s.
+    pub ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppendPhase {
+    pub label: String,
+    pub measured_seconds: f64,
+    pub sent: u64,
+    pub acked: u64,
+    /// Acks received in the measured seconds, per second.
+    pub per_s: f64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Send (or publish) to ack.
+    pub latency: Latency,
+    /// Cores used during the measured seconds.
+    pub cpu: CpuUse,
+    /// Edge CPU time per acked append in the measured seconds, in µs.
+    pub edge_us_per_append: Option<f64>,
+}
+
+pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendReport> {
+    anyhow::ensure!(
+        args.connections > 0 && args.window > 0 && args.rooms > 0,
+        "--connections, --window and --rooms must be positive"
+    );
+    let rooms: Vec<String> = (0..args.rooms)
+        .map(|r| format!("{}-{r}", args.prefix))
+        .collect();
+    let users: Vec<String> = (0..args.connections)
+        .map(|i| format!("{}-u{i}", args.prefix))
+        .collect();
+    for room in &rooms {
+        RoomId::parse(room.as_str()).with_context(|| format!("room id {room:?}"))?;
+    }
+    for user in &users {
+        UserId::parse(user.as_str()).with_context(|| format!("user id {user:?}"))?;
+    }
+    let text = text_of(args.size);
+    let template = ChatEvent::in_room(
+        &RoomId::parse(rooms[0].as_str())?,
+        UserId::parse(users[0].as_str())?,
+        "edge",
+        Payload::MessagePosted(MessagePosted {
+            text: text.clone(),
+            mentions: Vec::new(),
+            reply_to: None,
+        }),
+    )
+    .encode()
+    .map_err(|e| anyhow::anyhow!("encoding the template event: {e}"))?;
+
+    let edge = edge_phase(common, &args, &rooms, &users).await?;
+    eprintln!("{}", edge.one_line());
+    let raw = if args.no_raw {
+        None
+    } else {
+        let raw = raw_phase(
+            common,
+            &args,
+            &rooms,
+            template.headers,
+            template.body.clone(),
+        )
+        .await?;
+        eprintln!("{}", raw.one_line());
+        Some(raw)
+    };
+    let ratio = raw
+        .as_ref()
+        .filter(|r| r.per_s > 0.0)
+        .map(|r| edge.per_s / r.per_s);
+    Ok(AppendReport {
+        connections: args.connections,
+        window: args.window,
+        rooms: args.rooms,
+        text_bytes: text.len(),
+        event_bytes: template.body.len(),
+        edge,
+        raw,
+        ratio,
+    })
+}
+
+impl AppendPhase {
+    pub(crate) fn one_line(&self) -> String {
+        format!(
+            "{:>5}: {:>8.0} appends/s, ack p50 {:.2} ms p99 {:.2} ms max {:.1} ms, errors {}",
+            self.label,
+            self.per_s,
+            self.latency.p50_ms,
+            self.latency.p99_ms,
+            self.latency.max_ms,
+            self.errors
+        )
+    }
+}
+
+/// `t=0000000000000 xxx…`, `size` bytes (at least 17).
+fn text_of(size: usize) -> String {
+    let size = size.max(17);
+    format!("t={:013} {}", 0, "x".repeat(size - 16))
+}
+
+/// When a load phase sends, and which acks count.
+#[derive(Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    end: Instant,
+    /// Longest wait for the last acks after `end`.
+    drain_until: Instant,
+}
+
+impl Window {
+    fn new(warmup: f64, duration: f64) -> Self {
+        let measure_from = Instant::now() + Duration::from_secs_f64(warmup.max(0.0));
+        let end = measure_from + Duration::from_secs_f64(duration.max(0.1));
+        Self {
+            measure_from,
+            end,
+            drain_until: end + Duration::from_secs(5),
+        }
+    }
+
+    fn measured(&self, at: Instant) -> bool {
+        at >= self.measure_from && at < self.end
+    }
+
+    fn seconds(&self) -> f64 {
+        (self.end - self.measure_from).as_secs_f64()
+    }
+}
+
+#[derive(Default)]
+struct Out {
+    sent: u64,
+    acked: u64,
+    measured: u64,
+    errors: u64,
+    rate_limited: bool,
+    first_error: Option<String>,
+}
+
+impl Out {
+    fn error(&mut self, what: String) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(what);
+        }
+    }
+}
+
+async fn edge_phase(
+    common: &Common,
+    args: &AppendArgs,
+    rooms: &[String],
+    users: &[String],
+) -> anyhow::Result<AppendPhase> {
+    let target = common.target.clone();
+    let tokens = client::guest_tokens(&target, users, 8).await?;
+    client::create_rooms(&target, &tokens[0], rooms).await?;
+    let mut sockets = Vec::new();
+    for token in &tokens {
+        sockets.push(client::connect_ws(&target, token, client::ws_config(8 * 1024)).await?);
+    }
+    let recorder = Recorder::new();
+    let window = Window::new(args.warmup, args.duration);
+    let mut tasks = Vec::new();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let room = rooms[i % rooms.len()].clone();
+        let mut local = recorder.local(i);
+        let (w, size, base) = (args.window, args.size, common.base);
+        tasks.push(tokio::spawn(async move {
+            let out =
+                edge_sender(ws, &room, w, size, window, base, &mut |us| local.record(us)).await;
+            local.flush();
+            out
+        }));
+    }
+    let cpu = measure_cpu(common, window).await;
+    let mut total = Out::default();
+    for task in tasks {
+        let out = task.await?;
+        total.sent += out.sent;
+        total.acked += out.acked;
+        total.measured += out.measured;
+        total.errors += out.errors;
+        total.rate_limited |= out.rate_limited;
+        if total.first_error.is_none() {
+            total.first_error = out.first_error;
+        }
+    }
+    if total.rate_limited {
+        bail!(
+            "the edge rate-limits sends (20/s per connection by default): run it with \
+             `chatlog up --send-rate 1000000 --send-burst 1000000` for the append workload"
+        );
+    }
+    Ok(AppendPhase {
+        label: "edge".into(),
+        measured_seconds: window.seconds(),
+        sent: total.sent,
+        acked: total.acked,
+        per_s: total.measured as f64 / window.seconds(),
+        errors: total.errors,
+        first_error: total.first_error,
+        latency: Latency::of(&recorder.take()),
+        cpu,
+        edge_us_per_append: cpu
+            .edge_cpu_seconds
+            .filter(|_| total.measured > 0)
+            .map(|s| s * 1e6 / total.measured as f64),
+    })
+}
+
+/// One connection: keeps `w` sends in flight until the window ends, then waits for its acks.
+/// Send ids are `<random 20 hex digits of a v4 uuid>-<counter, 12 hex digits>`.
+async fn edge_sender(
+    mut ws: Ws,
+    room: &str,
+    w: usize,
+    size: usize,
+    window: Window,
+    base: std::time::Instant,
+    record: &mut impl FnMut(u64),
+) -> Out {
+    let mut out = Out::default();
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let id_prefix = &uuid[..24];
+    let pad = "x".repeat(size.max(17) - 16);
+    let mut inflight: HashMap<u64, Instant> = HashMap::with_capacity(w * 2);
+    let mut next: u64 = 0;
+    let mut frame = String::with_capacity(128 + size);
+    let mut sending = true;
+    loop {
+        if sending {
+            let mut fed = false;
+            while inflight.len() < w {
+                let now = Instant::now();
+                if now >= window.end {
+                    sending = false;
+                    break;
+                }
+                frame.clear();
+                let t = base.elapsed().as_nanos() as u64;
+                let _ = write!(
+                    frame,
+                    r#"{{"type":"send","room":"{room}","id":"{id_prefix}{next:012x}","text":"t={t:013} {pad}"}}"#
+                );
+                if ws.feed(Message::Text(frame.as_str().into())).await.is_err() {
+                    out.error("connection closed".into());
+                    return out;
+                }
+                inflight.insert(next, now);
+                next += 1;
+                out.sent += 1;
+                fed = true;
+            }
+            if fed && ws.flush().await.is_err() {
+                out.error("connection closed".into());
+                return out;
+            }
+        }
+        if !sending && inflight.is_empty() {
+            break;
+        }
+        let msg = tokio::select! {
+            msg = ws.next() => msg,
+            _ = tokio::time::sleep_until(window.end), if sending => continue,
+            _ = tokio::time::sleep_until(window.drain_until), if !sending => {
+                out.error(format!("{} acks missing after the drain", inflight.len()));
+                break;
+            }
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => {
+                out.error("connection closed".into());
+                break;
+            }
+        };
+        let now = Instant::now();
+        match client::scan(&text) {
+            Some(Frame::Ack { id, .. }) => {
+                let Some(sent_at) = counter_of(id).and_then(|c| inflight.remove(&c)) else {
+                    continue;
+                };
+                out.acked += 1;
+                if window.measured(now) {
+                    out.measured += 1;
+                    record((now - sent_at).as_micros() as u64);
+                }
+            }
+            Some(Frame::Error { id, code, message }) => {
+                if let Some(c) = id.and_then(counter_of) {
+                    inflight.remove(&c);
+                }
+                if code == "rate_limited" {
+                    out.rate_limited = true;
+                    sending = false;
+                }
+                out.error(format!("{code}: {message}"));
+            }
+            _ => {}
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    out
+}
+
+fn counter_of(id: &str) -> Option<u64> {
+    u64::from_str_radix(id.get(id.len().checked_sub(12)?..)?, 16).ok()
+}
+
+async fn raw_phase(
+    common: &Common,
+    args: &AppendArgs,
+    rooms: &[String],
+    headers: HeaderMap,
+    body: Bytes,
+) -> anyhow::Result<AppendPhase> {
+    let (url, credentials) = split_credentials(&common.nats_url);
+    let options = match credentials {
+        Some((user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        None => async_nats::ConnectOptions::new(),
+    };
+    let client = options
+        .name("chatlog-bench")
+        .connect(url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))?;
+    let inflight = (args.connections * args.window).max(1);
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .max_ack_inflight(inflight * 2)
+        .backpressure_on_inflight(true)
+        .build(client.clone());
+    let _ = js.delete_stream(RAW_STREAM).await;
+    js.create_stream(raw_config())
+        .await
+        .with_context(|| format!("creating the scratch stream {RAW_STREAM}"))?;
+    let result = raw_load(common, &js, args, rooms, headers, body).await;
+    if let Err(e) = js.delete_stream(RAW_STREAM).await {
+        eprintln!("warning: deleting {RAW_STREAM} failed: {e}");
+    }
+    let _ = client.drain().await;
+    result
+}
+
+/// `nats://user:password@host:port` → (`nats://host:port`, user and password): async-nats does
+/// not read credentials from the URL.
+pub(crate) fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("nats", url));
+    match rest.split_once('@') {
+        Some((creds, host)) if !creds.contains('/') => {
+            let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
+            (
+                format!("{scheme}://{host}"),
+                Some((user.to_string(), password.to_string())),
+            )
+        }
+        _ => (url.to_string(), None),
+    }
+}
+
+/// `CHAT_ROOMS`'s configuration, on `bench.raw.>`, deletable.
+fn raw_config() -> jetstream::stream::Config {
+    let mut config = streams::config(Stream::Rooms, &StreamSettings::default());
+    config.name = RAW_STREAM.into();
+    config.description = Some("chatlog bench scratch stream (deleted after the run)".into());
+    config.subjects = vec!["bench.raw.>".into()];
+    config.deny_delete = false;
+    config.deny_purge = false;
+    if let Some(republish) = config.republish.as_mut() {
+        republish.source = "bench.raw.>".into();
+        republish.destination = "bench.rawlive.>".into();
+    }
+    config
+}
+
+async fn raw_load(
+    common: &Common,
+    js: &jetstream::Context,
+    args: &AppendArgs,
+    rooms: &[String],
+    headers: HeaderMap,
+    body: Bytes,
+) -> anyhow::Result<AppendPhase> {
+    let recorder = Recorder::new();
+    let window = Window::new(args.warmup, args.duration);
+    let headers = Arc::new(headers);
+    let mut tasks = Vec::new();
+    for i in 0..args.connections {
+        let js = js.clone();
+        let subject = async_nats::Subject::from(format!("bench.raw.{}", rooms[i % rooms.len()]));
+        let (headers, body, w) = (headers.clone(), body.clone(), args.window);
+        let mut local = recorder.local(i);
+        tasks.push(tokio::spawn(async move {
+            let mut out = Out::default();
+            let uuid = uuid::Uuid::new_v4().to_string();
+            let id_prefix = uuid[..24].to_string();
+            let mut pending = FuturesUnordered::new();
+            let mut next: u64 = 0;
+            let mut sending = true;
+            loop {
+                while sending && pending.len() < w {
+                    let now = Instant::now();
+                    if now >= window.end {
+                        sending = false;
+                        break;
+                    }
+                    let mut h = (*headers).clone();
+                    h.insert(
+                        subjects::headers::MSG_ID,
+                        format!("{id_prefix}{next:012x}").as_str(),
+                    );
+                    next += 1;
+                    match js
+                        .publish_with_headers(subject.clone(), h, body.clone())
+                        .await
+                    {
+                        Ok(ack) => {
+                            out.sent += 1;
+                            pending.push(async move { (now, ack.await) });
+                        }
+                        Err(e) => out.error(e.to_string()),
+                    }
+                }
+                let Some((sent_at, ack)) = pending.next().await else {
+                    if sending {
+                        continue;
+                    }
+                    break;
+                };
+                match ack {
+                    Ok(_) => {
+                        out.acked += 1;
+                        let now = Instant::now();
+                        if window.measured(now) {
+                            out.measured += 1;
+                            local.record((now - sent_at).as_micros() as u64);
+                        }
+                    }
+                    Err(e) => out.error(e.to_string()),
+                }
+            }
+            local.flush();
+            out
+        }));
+    }
+    let cpu = measure_cpu(common, window).await;
+    let mut total = Out::default();
+    for task in tasks {
+        let out = task.await?;
+        total.sent += out.sent;
+        total.acked += out.acked;
+        total.measured += out.measured;
+        total.errors += out.errors;
+        if total.first_error.is_none() {
+            total.first_error = out.first_error;
+        }
+    }
+    Ok(AppendPhase {
+        label: "raw".into(),
+        measured_seconds: window.seconds(),
+        sent: total.sent,
+        acked: total.acked,
+        per_s: total.measured as f64 / window.seconds(),
+        errors: total.errors,
+        first_error: total.first_error,
+        latency: Latency::of(&recorder.take()),
+        cpu,
+        edge_us_per_append: None,
+    })
+}
+
+/// CPU use over the measured seconds of `window`.
+async fn measure_cpu(common: &Common, window: Window) -> CpuUse {
+    tokio::time::sleep_until(window.measure_from).await;
+    let from = common.pids.sample();
+    tokio::time::sleep_until(window.end).await;
+    common.pids.sample().since(&from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_their_counter() {
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let id = format!("{}{:012x}", &uuid[..24], 1234u64);
+        assert!(uuid::Uuid::try_parse(&id).is_ok());
+        assert_eq!(counter_of(&id), Some(1234));
+        assert_eq!(counter_of("short"), None);
+        assert_eq!(text_of(64).len(), 64);
+    }
+
+    #[test]
+    fn credentials_come_out_of_the_nats_url() {
+        assert_eq!(
+            split_credentials("nats://admin:secret@127.0.0.1:4222"),
+            (
+                "nats://127.0.0.1:4222".to_string(),
+                Some(("admin".to_string(), "secret".to_string()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".to_string(), None)
+        );
+    }
+
+    #[test]
+    fn the_raw_stream_is_a_deletable_copy_of_chat_rooms() {
+        let c = raw_config();
+        assert_eq!(c.name, RAW_STREAM);
+        assert_eq!(c.subjects, vec!["bench.raw.>".to_string()]);
+        assert!(!c.deny_delete);
+        assert_eq!(
+            c.republish.map(|r| r.destination),
+            Some("bench.rawlive.>".into())
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! `chatlog-bench`: the load generator behind `chatlog bench <workload>`.
+//!
+//! Three workloads, each against a running edge (and its NATS server):
+//! - [`fanout`]: R rooms × M members over WebSocket, an open-loop send rate, end-to-end latency
+//!   from send to every delivery, deliveries per second, loss and duplicates per room seq;
+//!   `--step-up` finds the saturation rate.
+//! - [`append`]: closed-loop senders with a window: acked appends per second and ack latency,
+//!   beside raw async-nats JetStream publishing of the same event to a scratch stream.
+//! - [`idle`]: N idle joined connections and the edge's resident memory per connection.
+//! - [`replay`]: rebuilding the history view from N events, beside a raw read of the stream.
+//!
+//! [`run`] runs one and answers a [`Report`] (a table when displayed, JSON when serialized);
+//! [`write_results`] files it under `bench/results/` with an SVG latency chart; [`cli`] does
+//! both, as `chatlog bench` does. `bench/README.md` says how to run them and what to expect.
+
+pub mod append;
+pub mod client;
+pub mod fanout;
+pub mod idle;
+pub mod replay;
+pub mod report;
+pub mod stats;
+pub mod sys;
+
+use std::{path::PathBuf, sync::Arc};
+
+use clap::{Args, Subcommand};
+
+pub use append::{AppendArgs, AppendReport};
+pub use fanout::{FanoutArgs, FanoutReport};
+pub use idle::{IdleArgs, IdleReport};
+pub use report::{Outcome, Report, chart, write_results};
+
+/// `chatlog bench [options] <workload> [workload options]`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub workload: Workload,
+    /// The edge to load: its HTTP base URL.
+    #[arg(
+        long,
+        env = "CHATLOG_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true,
+        help_heading = "Common options"
+    )]
+    pub url: String,
+    /// The NATS server behind the edge (for the raw JetStream ceiling of `append`).
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true,
+        help_heading = "Common options"
+    )]
+    pub nats_url: String,
+    /// Where `cli` writes `<workload>-<timestamp>.json` and `.svg`.
+    #[arg(
+        long,
+        env = "CHATLOG_BENCH_RESULTS",
+        default_value = "bench/results",
+        global = true,
+        help_heading = "Common options"
+    )]
+    pub results: PathBuf,
+    /// Do not write the results (`cli` only).
+    #[arg(long, global = true, help_heading = "Common options")]
+    pub no_save: bool,
+    /// The edge's process id, for its memory (`idle`) and CPU use; found by the port of --url
+    /// when unset.
+    #[arg(
+        long,
+        env = "CHATLOG_EDGE_PID",
+        global = true,
+        help_heading = "Common options"
+    )]
+    pub edge_pid: Option<u32>,
+    /// Print the report as JSON instead of a table (`cli` only).
+    #[arg(long, global = true, help_heading = "Common options")]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Workload {
+    /// R rooms × M members: send-to-delivery latency, deliveries/s, loss (open-loop rate).
+    Fanout(FanoutArgs),
+    /// Closed-loop appends through the edge versus raw JetStream publishing.
+    Append(AppendArgs),
+    /// N idle joined connections: the edge's resident memory per connection.
+    Idle(IdleArgs),
+    /// Rebuilding the history view from N events, beside a raw read of the same stream.
+    Replay(replay::ReplayArgs),
+}
+
+/// What every workload gets.
+pub struct Common {
+    pub target: Arc<client::Target>,
+    pub nats_url: String,
+    /// Time zero: send timestamps in message texts are nanoseconds since this instant.
+    pub base: std::time::Instant,
+    /// The edge's and NATS's processes, when found on this host (for CPU and memory figures).
+    pub pids: sys::Pids,
+}
+
+/// Runs one workload against the edge at `args.url`. Runs on the caller's tokio runtime (a
+/// multi-thread one: connection tasks spread over its workers).
+pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+    let started_at = chrono::Utc::now();
+    let base = std::time::Instant::now();
+    let target = Arc::new(client::Target::resolve(&args.url).await?);
+    let pids = sys::Pids::find(args.edge_pid, target.port(), nats_port(&args.nats_url));
+    let common = Common {
+        target,
+        nats_url: args.nats_url.clone(),
+        base,
+        pids,
+    };
+    let outcome = match args.workload {
+        Workload::Fanout(w) => Outcome::Fanout(fanout::run(&common, w).await?),
+        Workload::Append(w) => Outcome::Append(append::run(&common, w).await?),
+        Workload::Idle(w) => Outcome::Idle(idle::run(&common, w).await?),
+        Workload::Replay(w) => Outcome::Replay(replay::run(&common, w).await?),
+    };
+    Ok(Report {
+        pids: common.pids,
+        started_at,
+        url: args.url,
+        nats_url: args.nats_url,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        seconds: base.elapsed().as_secs_f64(),
+        outcome,
+    })
+}
+
+/// The port of `nats://host:port` (4222 when it names none).
+fn nats_port(url: &str) -> Option<u16> {
+    let rest = url.split("://").last()?;
+    let host_port = rest.rsplit('@').next()?.split(['/', ',']).next()?;
+    match host_port.rsplit_once(':') {
+        Some((_, port)) => port.parse().ok(),
+        None => Some(4222),
+    }
+}
+
+/// `chatlog bench`: runs, prints the report (table or `--json`) and, unless `--no-save`, writes
+/// it to `--results`.
+pub async fn cli(args: BenchArgs) -> anyhow::Result<Report> {
+    let (dir, save, json) = (args.results.clone(), !args.no_save, args.json);
+    let report = run(args).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    if save {
+        let (json, svg) = write_results(&report, &dir)?;
+        eprintln!("wrote {} and {}", json.display(), svg.display());
+    }
+    Ok(report)
+}

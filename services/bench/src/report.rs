@@ -1,0 +1,597 @@
+//! The report of a run: a human table ([`std::fmt::Display`]), JSON ([`serde`]), and
+//! [`write_results`], which files both the JSON and an SVG latency chart.
+
+use std::{
+    fmt::{self, Write as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::{append::AppendReport, fanout::FanoutReport, idle::IdleReport, stats::Latency};
+
+/// What a bench run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub started_at: DateTime<Utc>,
+    pub url: String,
+    pub nats_url: String,
+    /// Cores of the machine (generator, edge and NATS share them when run on one host).
+    pub cores: usize,
+    pub seconds: f64,
+    /// The edge's and NATS's process ids, when found (their CPU use is reported).
+    pub pids: crate::sys::Pids,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The workload's own figures; `"workload"` in the JSON says which.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "workload", rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)] // one per run
+pub enum Outcome {
+    Fanout(FanoutReport),
+    Append(AppendReport),
+    Idle(IdleReport),
+    Replay(crate::replay::ReplayReport),
+}
+
+impl Report {
+    pub fn workload(&self) -> &'static str {
+        match self.outcome {
+            Outcome::Fanout(_) => "fanout",
+            Outcome::Append(_) => "append",
+            Outcome::Idle(_) => "idle",
+            Outcome::Replay(_) => "replay",
+        }
+    }
+
+    /// Latency curves for the chart: a name and its `[percentile, ms]` points.
+    fn curves(&self) -> Vec<(String, &Latency)> {
+        match &self.outcome {
+            Outcome::Fanout(f) => f
+                .phases
+                .iter()
+                .filter(|p| p.latency.count > 0)
+                .map(|p| {
+                    (
+                        format!("{} · {:.0} msg/s", p.label, p.target_rate),
+                        &p.latency,
+                    )
+                })
+                .collect(),
+            Outcome::Append(a) => {
+                let mut v = vec![("edge ack".to_string(), &a.edge.latency)];
+                if let Some(raw) = &a.raw {
+                    v.push(("raw JetStream ack".to_string(), &raw.latency));
+                }
+                v
+            }
+            Outcome::Idle(i) => vec![("connect + join".to_string(), &i.connect_latency)],
+            Outcome::Replay(_) => Vec::new(),
+        }
+    }
+
+    fn headline(&self) -> String {
+        match &self.outcome {
+            Outcome::Fanout(f) => match (&f.saturation, f.phases.last()) {
+                (Some(s), _) => format!(
+                    "fanout {}×{}: saturation {:.0} deliveries/s at {:.0} msg/s",
+                    f.rooms, f.members, s.deliveries_per_s, s.send_rate
+                ),
+                (None, Some(p)) => format!(
+                    "fanout {}×{} at {:.0} msg/s: p99 {:.2} ms, {:.0} deliveries/s, lost {}",
+                    f.rooms, f.members, p.target_rate, p.latency.p99_ms, p.deliveries_per_s, p.lost
+                ),
+                (None, None) => format!("fanout {}×{}", f.rooms, f.members),
+            },
+            Outcome::Append(a) => format!(
+                "append {}×{}: edge {:.0}/s{}",
+                a.connections,
+                a.window,
+                a.edge.per_s,
+                match (&a.raw, a.ratio) {
+                    (Some(r), Some(ratio)) => format!(", raw {:.0}/s, ratio {ratio:.2}", r.per_s),
+                    _ => String::new(),
+                }
+            ),
+            Outcome::Idle(i) => format!(
+                "idle {} connections: {:.0} B of edge RSS each",
+                i.connections, i.rss_bytes_per_connection
+            ),
+            Outcome::Replay(r) => format!(
+                "replay {} events: rebuild {:.0}/s, raw read {:.0}/s, ratio {:.2}",
+                r.stream_messages, r.rebuild_per_s, r.raw_per_s, r.ratio
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "chatlog bench {} — {} — edge {} — {} cores — {:.0} s",
+            self.workload(),
+            self.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            self.url,
+            self.cores,
+            self.seconds
+        )?;
+        match &self.outcome {
+            Outcome::Fanout(r) => fanout_table(f, r),
+            Outcome::Append(r) => append_table(f, r),
+            Outcome::Idle(r) => idle_table(f, r),
+            Outcome::Replay(r) => replay_table(f, r),
+        }
+    }
+}
+
+fn fanout_table(f: &mut fmt::Formatter<'_>, r: &FanoutReport) -> fmt::Result {
+    writeln!(
+        f,
+        "{} rooms × {} members = {} connections, text {} B, setup {:.1} s",
+        r.rooms, r.members, r.connections, r.text_bytes, r.setup_seconds
+    )?;
+    writeln!(f)?;
+    writeln!(
+        f,
+        "{:<9} {:>8} {:>8} {:>8} {:>10} {:>7} {:>7} {:>7} {:>8} {:>6} {:>5} {:>6} {:>7} {:>4}",
+        "phase",
+        "target/s",
+        "sent/s",
+        "acked",
+        "deliv/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "lost",
+        "dup",
+        "closed",
+        "lag p99",
+        "ok"
+    )?;
+    for p in &r.phases {
+        writeln!(
+            f,
+            "{:<9} {:>8.0} {:>8.0} {:>8} {:>10.0} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>6} {:>5} {:>6} {:>7.2} {:>4}",
+            p.label,
+            p.target_rate,
+            p.send_rate,
+            p.acked,
+            p.deliveries_per_s,
+            p.latency.p50_ms,
+            p.latency.p90_ms,
+            p.latency.p99_ms,
+            p.latency.max_ms,
+            p.lost,
+            p.duplicates,
+            p.closed_connections,
+            p.schedule_lag.p99_ms,
+            if p.ok { "yes" } else { "NO" }
+        )?;
+    }
+    writeln!(f)?;
+    writeln!(
+        f,
+        "{:<9} {:>10} {:>10} {:>10} {:>13} {:>14}",
+        "cpu", "edge cores", "nats cores", "gen cores", "machine cores", "edge µs/deliv"
+    )?;
+    for p in &r.phases {
+        writeln!(
+            f,
+            "{:<9} {:>10} {:>10} {:>10} {:>13} {:>14}",
+            p.label,
+            opt(p.cpu.edge_cores, 2),
+            opt(p.cpu.nats_cores, 2),
+            opt(p.cpu.generator_cores, 2),
+            opt(p.cpu.machine_cores, 2),
+            opt(p.edge_us_per_delivery, 1)
+        )?;
+    }
+    for p in &r.phases {
+        let mut notes = Vec::new();
+        if p.rate_limited > 0 {
+            notes.push(format!(
+                "{} sends rate-limited (run the edge with --send-rate 1000000 --send-burst 1000000)",
+                p.rate_limited
+            ));
+        }
+        if p.errors > 0 {
+            notes.push(format!(
+                "{} send errors, first: {}",
+                p.errors,
+                p.first_error.as_deref().unwrap_or("?")
+            ));
+        }
+        if p.unacked_deliveries > 0 {
+            notes.push(format!("{} unacked deliveries", p.unacked_deliveries));
+        }
+        if p.other_deliveries > 0 {
+            notes.push(format!(
+                "{} deliveries of events not sent in this phase",
+                p.other_deliveries
+            ));
+        }
+        if p.expected_deliveries != p.deliveries {
+            notes.push(format!(
+                "{} of {} expected deliveries",
+                p.deliveries, p.expected_deliveries
+            ));
+        }
+        if !notes.is_empty() {
+            writeln!(f, "  {}: {}", p.label, notes.join("; "))?;
+        }
+    }
+    if let Some(s) = &r.saturation {
+        writeln!(
+            f,
+            "\nsaturation: {:.0} deliveries/s ({:.0} msg/s, p99 {:.2} ms); stopped: {}",
+            s.deliveries_per_s, s.send_rate, s.p99_ms, s.stopped_because
+        )?;
+    }
+    Ok(())
+}
+
+fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
+    writeln!(
+        f,
+        "{} connections × window {}, {} rooms, text {} B, stored event {} B",
+        r.connections, r.window, r.rooms, r.text_bytes, r.event_bytes
+    )?;
+    writeln!(f)?;
+    writeln!(
+        f,
+        "{:<6} {:>10} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}",
+        "path",
+        "appends/s",
+        "sent",
+        "acked",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9",
+        "max ms",
+        "errors"
+    )?;
+    for p in std::iter::once(&r.edge).chain(r.raw.as_ref()) {
+        writeln!(
+            f,
+            "{:<6} {:>10.0} {:>9} {:>9} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>6}",
+            p.label,
+            p.per_s,
+            p.sent,
+            p.acked,
+            p.latency.p50_ms,
+            p.latency.p90_ms,
+            p.latency.p99_ms,
+            p.latency.p999_ms,
+            p.latency.max_ms,
+            p.errors
+        )?;
+        if let Some(e) = &p.first_error {
+            writeln!(f, "  {}: first error: {e}", p.label)?;
+        }
+    }
+    writeln!(f)?;
+    writeln!(
+        f,
+        "{:<6} {:>10} {:>10} {:>10} {:>13} {:>15}",
+        "cpu", "edge cores", "nats cores", "gen cores", "machine cores", "edge µs/append"
+    )?;
+    for p in std::iter::once(&r.edge).chain(r.raw.as_ref()) {
+        writeln!(
+            f,
+            "{:<6} {:>10} {:>10} {:>10} {:>13} {:>15}",
+            p.label,
+            opt(p.cpu.edge_cores, 2),
+            opt(p.cpu.nats_cores, 2),
+            opt(p.cpu.generator_cores, 2),
+            opt(p.cpu.machine_cores, 2),
+            opt(p.edge_us_per_append, 1)
+        )?;
+    }
+    if let Some(ratio) = r.ratio {
+        writeln!(
+            f,
+            "\nedge / raw JetStream: {ratio:.2} ({:.0}% of the ceiling)",
+            ratio * 100.0
+        )?;
+    }
+    Ok(())
+}
+
+fn replay_table(f: &mut fmt::Formatter<'_>, r: &crate::replay::ReplayReport) -> fmt::Result {
+    if let Some(rate) = r.load_per_s {
+        writeln!(
+            f,
+            "loaded {} events into {} at {rate:.0}/s",
+            r.loaded, r.room
+        )?;
+    }
+    writeln!(
+        f,
+        "{:<34} {:>12} {:>10}",
+        "CHAT_ROOMS, whole stream", "events/s", "seconds"
+    )?;
+    writeln!(
+        f,
+        "{:<34} {:>12.0} {:>10.2}",
+        "raw ordered-consumer read", r.raw_per_s, r.raw_seconds
+    )?;
+    writeln!(
+        f,
+        "{:<34} {:>12.0} {:>10.2}",
+        "rebuild of the history view", r.rebuild_per_s, r.rebuild_seconds
+    )?;
+    writeln!(
+        f,
+        "{} events; rebuild / raw = {:.2}; checksum {}",
+        r.stream_messages, r.ratio, r.checksum
+    )
+}
+
+fn idle_table(f: &mut fmt::Formatter<'_>, r: &IdleReport) -> fmt::Result {
+    writeln!(
+        f,
+        "{} idle connections over {} rooms ({} measured, after one per room); edge pid {}{}",
+        r.connections,
+        r.rooms,
+        r.measured_connections,
+        r.edge_pid,
+        r.edge_nofile
+            .map(|n| format!(" (open files limit {n})"))
+            .unwrap_or_default()
+    )?;
+    writeln!(f)?;
+    writeln!(
+        f,
+        "{:<22} {:>12} {:>12} {:>12} {:>8}",
+        "edge", "VmRSS KiB", "RssAnon KiB", "VmHWM KiB", "threads"
+    )?;
+    for (name, m) in [
+        ("before", &r.before),
+        ("connected", &r.after),
+        ("after close", &r.after_close),
+    ] {
+        writeln!(
+            f,
+            "{:<22} {:>12} {:>12} {:>12} {:>8}",
+            name, m.rss_kib, m.rss_anon_kib, m.hwm_kib, m.threads
+        )?;
+    }
+    writeln!(
+        f,
+        "\nper connection: {:.0} B RSS ({:.2} KiB), {:.0} B anonymous",
+        r.rss_bytes_per_connection,
+        r.rss_bytes_per_connection / 1024.0,
+        r.anon_bytes_per_connection
+    )?;
+    writeln!(
+        f,
+        "held {:.0} s: edge {} cores, nats {} cores; {} frames received, {} connections closed by the edge",
+        r.hold_seconds,
+        opt(r.idle_cpu.edge_cores, 3),
+        opt(r.idle_cpu.nats_cores, 3),
+        r.frames_received,
+        r.closed_by_edge
+    )?;
+    writeln!(
+        f,
+        "connected in {:.1} s ({:.0}/s); connect+join p50 {:.2} ms p99 {:.2} ms max {:.1} ms",
+        r.connect_seconds,
+        r.measured_connections as f64 / r.connect_seconds.max(1e-9),
+        r.connect_latency.p50_ms,
+        r.connect_latency.p99_ms,
+        r.connect_latency.max_ms
+    )
+}
+
+/// Writes `<dir>/<workload>-<UTC timestamp>.json` and the `.svg` chart beside it; answers both
+/// paths.
+pub fn write_results(report: &Report, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let stem = format!(
+        "{}-{}",
+        report.workload(),
+        report.started_at.format("%Y%m%dT%H%M%SZ")
+    );
+    let json = dir.join(format!("{stem}.json"));
+    let svg = dir.join(format!("{stem}.svg"));
+    let mut text = serde_json::to_string_pretty(report)?;
+    text.push('\n');
+    std::fs::write(&json, text).with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&svg, chart(report)).with_context(|| format!("writing {}", svg.display()))?;
+    Ok((json, svg))
+}
+
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
+
+/// The latency-by-percentile chart (HdrHistogram style): x is the percentile on a log scale of
+/// 1/(1-p) (50, 90, 99, 99.9, …), y the latency in ms on a log scale.
+pub fn chart(report: &Report) -> String {
+    let (w, h) = (900.0, 520.0);
+    let (left, right, top, bottom) = (70.0, 260.0, 60.0, 50.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let curves = report.curves();
+    let x_of = |p: f64| -> f64 {
+        // 0 at p=0, 1 at 90 %, 2 at 99 %, …; 100 % drawn at 5 (99.999 %).
+        let p = p.min(99.999);
+        (1.0 / (1.0 - p / 100.0)).log10()
+    };
+    let x_max = 5.0;
+    let values = curves
+        .iter()
+        .flat_map(|(_, l)| l.curve.iter().map(|pt| pt[1]))
+        .filter(|v| *v > 0.0);
+    let (lo, hi) = values.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (y_lo, y_hi) = if hi > 0.0 {
+        (
+            lo.log10().floor(),
+            hi.log10().ceil().max(lo.log10().floor() + 1.0),
+        )
+    } else {
+        (-1.0, 1.0)
+    };
+    let sx = |x: f64| left + pw * x / x_max;
+    let sy = |ms: f64| {
+        let v = ms.max(10f64.powf(y_lo)).log10();
+        top + ph * (1.0 - (v - y_lo) / (y_hi - y_lo))
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="24" font-size="16" font-weight="bold">{}</text>"#,
+        esc(&format!("chatlog bench {}", report.workload()))
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{left}" y="44" fill="#444">{}</text>"##,
+        esc(&format!(
+            "{} — {}",
+            report.headline(),
+            report.started_at.format("%Y-%m-%d %H:%M UTC")
+        ))
+    );
+    // Grid: decades (and 2, 5) on y, percentiles on x.
+    let mut decade = y_lo;
+    while decade <= y_hi {
+        for m in [1.0, 2.0, 5.0] {
+            let v = m * 10f64.powf(decade);
+            if v.log10() > y_hi + 1e-9 {
+                break;
+            }
+            let y = sy(v);
+            let major = m == 1.0;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" />"##,
+                left + pw,
+                if major { "#ccc" } else { "#eee" }
+            );
+            let _ = writeln!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#444">{}</text>"##,
+                left - 6.0,
+                y + 4.0,
+                fmt_ms(v)
+            );
+        }
+        decade += 1.0;
+    }
+    for (x, label) in [
+        (0.0, "0%"),
+        ((1.0f64 / 0.5).log10(), "50%"),
+        (1.0, "90%"),
+        (2.0, "99%"),
+        (3.0, "99.9%"),
+        (4.0, "99.99%"),
+        (5.0, "max"),
+    ] {
+        let px = sx(x);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{px:.1}" y1="{top}" x2="{px:.1}" y2="{:.1}" stroke="#eee" />"##,
+            top + ph
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{px:.1}" y="{:.1}" text-anchor="middle" fill="#444">{label}</text>"##,
+            top + ph + 18.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#444">percentile</text>"##,
+        left + pw / 2.0,
+        h - 10.0
+    );
+    let _ = writeln!(
+        s,
+        r##"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle" fill="#444">latency (ms, log)</text>"##,
+        top + ph / 2.0
+    );
+    for (i, (name, lat)) in curves.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<String> = lat
+            .curve
+            .iter()
+            .map(|pt| format!("{:.1},{:.1}", sx(x_of(pt[0])), sy(pt[1])))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            points.join(" ")
+        );
+        let ly = top + 10.0 + 34.0 * i as f64;
+        let lx = left + pw + 16.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/>"#,
+            lx + 18.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            lx + 24.0,
+            ly + 4.0,
+            esc(name)
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" fill="#555" font-size="11">p50 {} · p99 {} · max {} ms</text>"##,
+            lx + 24.0,
+            ly + 18.0,
+            short(lat.p50_ms),
+            short(lat.p99_ms),
+            short(lat.max_ms)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A number with `digits` decimals, or `-`.
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0} ms")
+    } else {
+        let digits = format!("{v:.3}");
+        format!("{} ms", digits.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+/// Three significant digits or so.
+fn short(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

@@ -1,0 +1,169 @@
+//! Latency recording: HdrHistograms in microseconds (1 µs to 60 s, 3 significant digits),
+//! sharded so thousands of connection tasks record without contending, each task buffering a
+//! few values before it takes its shard's lock.
+
+use std::sync::{Arc, Mutex};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+const SHARDS: usize = 16;
+const LOCAL_BATCH: usize = 128;
+/// The largest value recorded (60 s in µs); larger ones are clamped.
+const HIGHEST_US: u64 = 60_000_000;
+
+/// A new, empty histogram of microseconds.
+pub fn histogram() -> Histogram<u64> {
+    // The bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, HIGHEST_US, 3).expect("valid histogram bounds")
+}
+
+/// Histograms shared by many tasks.
+pub struct Recorder {
+    shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Recorder {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+        })
+    }
+
+    /// A buffer for one task; `key` spreads tasks over the shards.
+    pub fn local(self: &Arc<Self>, key: usize) -> Local {
+        Local {
+            recorder: self.clone(),
+            shard: key % SHARDS,
+            buffer: Vec::with_capacity(LOCAL_BATCH),
+        }
+    }
+
+    fn record_all(&self, shard: usize, values: &[u64]) {
+        let mut h = lock(&self.shards[shard]);
+        for &v in values {
+            h.saturating_record(v.clamp(1, HIGHEST_US));
+        }
+    }
+
+    /// Everything recorded so far (flushed locals only), and starts afresh.
+    pub fn take(&self) -> Histogram<u64> {
+        let mut all = histogram();
+        for shard in &self.shards {
+            let mut h = lock(shard);
+            // Same bounds everywhere: adding cannot fail.
+            let _ = all.add(&*h);
+            h.reset();
+        }
+        all
+    }
+}
+
+/// One task's buffer into a [`Recorder`].
+pub struct Local {
+    recorder: Arc<Recorder>,
+    shard: usize,
+    buffer: Vec<u64>,
+}
+
+impl Local {
+    #[inline]
+    pub fn record(&mut self, micros: u64) {
+        self.buffer.push(micros);
+        if self.buffer.len() >= LOCAL_BATCH {
+            self.flush();
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if !self.buffer.is_empty() {
+            self.recorder.record_all(self.shard, &self.buffer);
+            self.buffer.clear();
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// The percentiles a report shows, in milliseconds, and the curve its chart draws.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// `[percentile, ms]` from 0 to 100, for charts.
+    pub curve: Vec<[f64; 2]>,
+}
+
+const CURVE: [f64; 22] = [
+    0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0, 97.5, 99.0, 99.5,
+    99.75, 99.9, 99.95, 99.99, 99.999, 100.0,
+];
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        let at = |q: f64| ms(h.value_at_quantile(q));
+        Self {
+            count: h.len(),
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            p999_ms: at(0.999),
+            max_ms: ms(h.max()),
+            curve: CURVE
+                .iter()
+                .map(|&p| {
+                    let v = if p >= 100.0 {
+                        h.max()
+                    } else if p <= 0.0 {
+                        h.min()
+                    } else {
+                        h.value_at_quantile(p / 100.0)
+                    };
+                    [p, ms(v)]
+                })
+                .collect(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locals_land_in_the_recorder() {
+        let rec = Recorder::new();
+        let mut a = rec.local(0);
+        let mut b = rec.local(1);
+        for v in 1..=1000 {
+            a.record(v);
+            b.record(v * 1000);
+        }
+        drop(a);
+        drop(b);
+        let h = rec.take();
+        assert_eq!(h.len(), 2000);
+        let l = Latency::of(&h);
+        assert!((l.max_ms - 1000.0).abs() < 1.0);
+        assert_eq!(l.curve.len(), CURVE.len());
+        assert!(rec.take().is_empty());
+    }
+}
