@@ -31,7 +31,7 @@ use chatlog_events::{
     event::{Empty, Membership, Presence as PresenceData},
     subjects,
 };
-use futures::{SinkExt, StreamExt, stream::SplitSink};
+use futures::{FutureExt, SinkExt, StreamExt, stream::SplitSink};
 use serde::Deserialize;
 use tokio::{
     sync::{Notify, mpsc},
@@ -272,7 +272,7 @@ impl Connection {
                 }
             };
             let flushed = match step {
-                Ok(()) => self.guard(sink.flush()).await,
+                Ok(()) => self.flush(&mut sink).await,
                 Err(stop) => Err(stop),
             };
             if let Err(stop) = flushed {
@@ -320,7 +320,21 @@ impl Connection {
     /// Writes one frame (flushed at the end of the loop turn), giving up when the client is
     /// kicked or does not read for [`WRITE_TIMEOUT`].
     async fn write(&self, sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Stop> {
-        self.guard(sink.feed(Message::Text(frame))).await
+        let message = Message::Text(frame);
+        // The common case, room in the socket's buffer, needs no timer: try once without one. A
+        // feed that did not complete did not take the message, so it is fed again, guarded.
+        if let Some(done) = sink.feed(message.clone()).now_or_never() {
+            return done.map_err(|_| Stop::Gone);
+        }
+        self.guard(sink.feed(message)).await
+    }
+
+    /// Flushes what was fed this turn, without a timer when the socket takes it at once.
+    async fn flush(&self, sink: &mut Sink) -> Result<(), Stop> {
+        if let Some(done) = sink.flush().now_or_never() {
+            return done.map_err(|_| Stop::Gone);
+        }
+        self.guard(sink.flush()).await
     }
 
     async fn guard(&self, io: impl Future<Output = Result<(), axum::Error>>) -> Result<(), Stop> {
