@@ -564,12 +564,22 @@ async fn answer_query<P: Projection>(
 }
 
 fn checksum(view: &View, stats: &HostStats) -> Result<Vec<u8>, QueryError> {
-    let checksum = view
-        .checksum()
-        .map_err(|e| QueryError::Internal(e.to_string()))?;
+    let internal = |e: ViewError| QueryError::Internal(e.to_string());
+    // The view moves while it is hashed: answer only a checksum that no commit overlapped, so
+    // that it belongs to the checkpoint it is reported with.
+    let mut attempts = 0;
+    let (checksum, checkpoint) = loop {
+        let before = view.checkpoint().map_err(internal)?;
+        let checksum = view.checksum().map_err(internal)?;
+        let after = view.checkpoint().map_err(internal)?;
+        attempts += 1;
+        if before == after || attempts >= 50 {
+            break (checksum, before);
+        }
+    };
     crate::answer(&ChecksumAnswer {
         checksum: format!("{checksum:016x}"),
-        checkpoint: view.checkpoint().unwrap_or_default(),
+        checkpoint,
         lag: stats.lag.load(Relaxed),
     })
 }
