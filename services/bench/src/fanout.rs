@@ -86,6 +86,10 @@ pub struct FanoutArgs {
     /// `chat.member.joined`, fan out meanwhile).
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
+    /// Extra members of the first room that join and then never read (slow consumers): the
+    /// others' latency with and without them is the fault suite's "one client that never reads".
+    #[arg(long, default_value_t = 0)]
+    pub stalled: usize,
 }
 
 /// What a fanout run measured.
@@ -101,6 +105,9 @@ pub struct FanoutReport {
     pub phases: Vec<PhaseReport>,
     /// With `--step-up`: the best step that lost nothing and stayed under the p99 limit.
     pub saturation: Option<Saturation>,
+    /// `--stalled` members that never read, and how many of them the edge had closed by the end.
+    pub stalled: usize,
+    pub stalled_closed: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -196,6 +203,7 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
     }
     let setup = Instant::now();
     let mut fleet = Fleet::connect(common, &args).await?;
+    let mut stalled = connect_stalled(common, &args).await?;
     let setup_seconds = setup.elapsed().as_secs_f64();
     eprintln!(
         "fanout: {} rooms x {} members connected and joined in {setup_seconds:.1} s",
@@ -250,6 +258,13 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
         phases.push(p);
     }
     fleet.close().await;
+    let stalled_closed = closed_by_edge(&mut stalled).await;
+    if args.stalled > 0 {
+        eprintln!(
+            "stalled members: {} of {} closed by the edge",
+            stalled_closed, args.stalled
+        );
+    }
     Ok(FanoutReport {
         rooms: args.rooms,
         members: args.members,
@@ -259,6 +274,8 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
         setup_seconds,
         phases,
         saturation,
+        stalled: args.stalled,
+        stalled_closed,
     })
 }
 
@@ -868,4 +885,46 @@ mod tests {
         assert_eq!(text.len(), 64);
         assert_eq!(text_len(3), T_DIGITS + 4);
     }
+}
+
+/// `--stalled` members of the first room: joined, then never read again (their sockets are only
+/// kept open), with small receive buffers so that not reading backs up to the edge soon.
+async fn connect_stalled(common: &Common, args: &FanoutArgs) -> anyhow::Result<Vec<Ws>> {
+    if args.stalled == 0 {
+        return Ok(Vec::new());
+    }
+    let room = format!("{}-0", args.prefix);
+    let users: Vec<String> = (0..args.stalled)
+        .map(|n| format!("{}-stalled-{n}", args.prefix))
+        .collect();
+    let tokens = client::guest_tokens(&common.target, &users, 16).await?;
+    let mut out = Vec::new();
+    for token in tokens {
+        let mut ws = client::connect_ws(&common.target, &token, client::ws_config(4096)).await?;
+        client::join(&mut ws, &room).await?;
+        out.push(ws);
+    }
+    Ok(out)
+}
+
+/// How many of `stalled` the edge closed: reading now, each ends (close or EOF) within a few
+/// seconds if it was closed, else it is still open.
+async fn closed_by_edge(stalled: &mut [Ws]) -> usize {
+    let mut closed = 0;
+    for ws in stalled.iter_mut() {
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if ended {
+            closed += 1;
+        }
+    }
+    closed
 }
