@@ -865,28 +865,6 @@ fn compare(expected: &[u64], got: &[u64]) -> (u64, u64) {
     (missing, unexpected)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compare_counts_missing_and_unexpected() {
-        assert_eq!(compare(&[1, 3, 5], &[1, 3, 5]), (0, 0));
-        assert_eq!(compare(&[1, 3, 5, 7], &[3, 4, 5]), (2, 1));
-        assert_eq!(compare(&[], &[2]), (0, 1));
-        assert_eq!(compare(&[2], &[]), (1, 0));
-    }
-
-    #[test]
-    fn send_frames_have_the_asked_text_size() {
-        let size = text_len(64);
-        let pad = "x".repeat(size - T_DIGITS - 3);
-        let text = format!("t={:013} {pad}", 42u64);
-        assert_eq!(text.len(), 64);
-        assert_eq!(text_len(3), T_DIGITS + 4);
-    }
-}
-
 /// `--stalled` members of the first room: joined, then never read again (their sockets are only
 /// kept open), with small receive buffers so that not reading backs up to the edge soon.
 async fn connect_stalled(common: &Common, args: &FanoutArgs) -> anyhow::Result<Vec<Ws>> {
@@ -927,4 +905,26 @@ async fn closed_by_edge(stalled: &mut [Ws]) -> usize {
         }
     }
     closed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_counts_missing_and_unexpected() {
+        assert_eq!(compare(&[1, 3, 5], &[1, 3, 5]), (0, 0));
+        assert_eq!(compare(&[1, 3, 5, 7], &[3, 4, 5]), (2, 1));
+        assert_eq!(compare(&[], &[2]), (0, 1));
+        assert_eq!(compare(&[2], &[]), (1, 0));
+    }
+
+    #[test]
+    fn send_frames_have_the_asked_text_size() {
+        let size = text_len(64);
+        let pad = "x".repeat(size - T_DIGITS - 3);
+        let text = format!("t={:013} {pad}", 42u64);
+        assert_eq!(text.len(), 64);
+        assert_eq!(text_len(3), T_DIGITS + 4);
+    }
 }
