@@ -253,6 +253,19 @@ pub enum DecodeError {
 pub struct EncodeError(String);
 
 const SOURCE_PREFIX: &str = "/chatlog/";
+
+/// The subject of a stored event is the id its stream is keyed by: a room or a user.
+fn check_subject(payload: &Payload, subject: &str) -> Result<(), DecodeError> {
+    let valid = match payload.stream() {
+        Stream::Rooms | Stream::Presence => RoomId::parse(subject).is_ok(),
+        Stream::Users | Stream::Accounts => UserId::parse(subject).is_ok(),
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(DecodeError::Attribute("subject is not a valid id".into()))
+    }
+}
 const TRACEPARENT: &str = "traceparent";
 
 impl ChatEvent {
@@ -409,13 +422,7 @@ impl ChatEvent {
             .map_err(DecodeError::Data)?
             .user;
         let payload = Payload::from_raw(&wire.ty, data)?;
-        let valid_subject = match payload.stream() {
-            Stream::Rooms | Stream::Presence => RoomId::parse(subject.as_str()).is_ok(),
-            Stream::Users | Stream::Accounts => UserId::parse(subject.as_str()).is_ok(),
-        };
-        if !valid_subject {
-            return Err(attr("subject is not a valid id"));
-        }
+        check_subject(&payload, &subject)?;
         Ok(Self {
             id,
             component,
@@ -461,13 +468,7 @@ impl ChatEvent {
             .ok_or_else(|| attr("data.user is missing"))
             .and_then(|u| serde_json::from_value::<UserId>(u).map_err(DecodeError::Data))?;
         let payload = Payload::from_value(&ty, Value::Object(data))?;
-        let valid_subject = match payload.stream() {
-            Stream::Rooms | Stream::Presence => RoomId::parse(subject.as_str()).is_ok(),
-            Stream::Users | Stream::Accounts => UserId::parse(subject.as_str()).is_ok(),
-        };
-        if !valid_subject {
-            return Err(attr("subject is not a valid id"));
-        }
+        check_subject(&payload, &subject)?;
         Ok(Self {
             id,
             component,
