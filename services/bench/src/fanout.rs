@@ -86,8 +86,8 @@ pub struct FanoutArgs {
     /// `chat.member.joined`, fan out meanwhile).
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
-    /// Extra members of the first room that join and then never read (slow consumers): the
-    /// others' latency with and without them is the fault suite's "one client that never reads".
+    /// Extra members of every room that join and then never read (slow consumers): the others'
+    /// latency with and without them is the fault suite's "one client that never reads".
     #[arg(long, default_value_t = 0)]
     pub stalled: usize,
 }
@@ -865,13 +865,15 @@ fn compare(expected: &[u64], got: &[u64]) -> (u64, u64) {
     (missing, unexpected)
 }
 
-/// `--stalled` members of the first room: joined, then never read again (their sockets are only
-/// kept open), with small receive buffers so that not reading backs up to the edge soon.
+/// `--stalled` members: joined to every room, then never read again (their sockets are only kept
+/// open), so that not reading backs up to the edge soon.
 async fn connect_stalled(common: &Common, args: &FanoutArgs) -> anyhow::Result<Vec<Ws>> {
     if args.stalled == 0 {
         return Ok(Vec::new());
     }
-    let room = format!("{}-0", args.prefix);
+    let rooms: Vec<String> = (0..args.rooms)
+        .map(|r| format!("{}-{r}", args.prefix))
+        .collect();
     let users: Vec<String> = (0..args.stalled)
         .map(|n| format!("{}-stalled-{n}", args.prefix))
         .collect();
@@ -879,7 +881,9 @@ async fn connect_stalled(common: &Common, args: &FanoutArgs) -> anyhow::Result<V
     let mut out = Vec::new();
     for token in tokens {
         let mut ws = client::connect_ws(&common.target, &token, client::ws_config(4096)).await?;
-        client::join(&mut ws, &room).await?;
+        for room in &rooms {
+            client::join(&mut ws, room).await?;
+        }
         out.push(ws);
     }
     Ok(out)
