@@ -8,6 +8,7 @@
 
 pub mod event;
 pub mod ids;
+pub mod nats;
 pub mod queries;
 pub mod streams;
 pub mod subjects;

@@ -396,18 +396,7 @@ async fn raw_phase(
     headers: HeaderMap,
     body: Bytes,
 ) -> anyhow::Result<AppendPhase> {
-    let (url, credentials) = split_credentials(&common.nats_url);
-    let options = match credentials {
-        Some((user, password)) => {
-            async_nats::ConnectOptions::with_user_and_password(user, password)
-        }
-        None => async_nats::ConnectOptions::new(),
-    };
-    let client = options
-        .name("chatlog-bench")
-        .connect(url.as_str())
-        .await
-        .with_context(|| format!("connecting to NATS at {url}"))?;
+    let client = crate::connect_nats(&common.nats_url, "chatlog-bench").await?;
     let inflight = (args.connections * args.window).max(1);
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(5))
@@ -424,22 +413,6 @@ async fn raw_phase(
     }
     let _ = client.drain().await;
     result
-}
-
-/// `nats://user:password@host:port` → (`nats://host:port`, user and password): async-nats does
-/// not read credentials from the URL.
-pub(crate) fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("nats", url));
-    match rest.split_once('@') {
-        Some((creds, host)) if !creds.contains('/') => {
-            let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
-            (
-                format!("{scheme}://{host}"),
-                Some((user.to_string(), password.to_string())),
-            )
-        }
-        _ => (url.to_string(), None),
-    }
 }
 
 /// `CHAT_ROOMS`'s configuration, on `bench.raw.>`, deletable.
@@ -573,21 +546,6 @@ mod tests {
         assert_eq!(counter_of(&id), Some(1234));
         assert_eq!(counter_of("short"), None);
         assert_eq!(text_of(64).len(), 64);
-    }
-
-    #[test]
-    fn credentials_come_out_of_the_nats_url() {
-        assert_eq!(
-            split_credentials("nats://admin:secret@127.0.0.1:4222"),
-            (
-                "nats://127.0.0.1:4222".to_string(),
-                Some(("admin".to_string(), "secret".to_string()))
-            )
-        );
-        assert_eq!(
-            split_credentials("nats://127.0.0.1:4222"),
-            ("nats://127.0.0.1:4222".to_string(), None)
-        );
     }
 
     #[test]

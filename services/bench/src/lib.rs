@@ -132,6 +132,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     })
 }
 
+/// A NATS client of `url` (credentials in the URL honoured).
+pub(crate) async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let (options, addrs) = chatlog_events::nats::connect_options(url)
+        .map_err(|e| anyhow::anyhow!("bad NATS url {url}: {e}"))?;
+    options
+        .name(name)
+        .connect(addrs)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS at {url}: {e}"))
+}
+
 /// The port of `nats://host:port` (4222 when it names none).
 fn nats_port(url: &str) -> Option<u16> {
     let rest = url.split("://").last()?;

@@ -50,18 +50,7 @@ pub struct ReplayReport {
 }
 
 pub async fn run(common: &Common, args: ReplayArgs) -> anyhow::Result<ReplayReport> {
-    let (url, credentials) = crate::append::split_credentials(&common.nats_url);
-    let options = match credentials {
-        Some((user, password)) => {
-            async_nats::ConnectOptions::with_user_and_password(user, password)
-        }
-        None => async_nats::ConnectOptions::new(),
-    };
-    let client = options
-        .name("chatlog-bench-replay")
-        .connect(url.as_str())
-        .await
-        .with_context(|| format!("connecting to NATS at {url}"))?;
+    let client = crate::connect_nats(&common.nats_url, "chatlog-bench-replay").await?;
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(10))
         .max_ack_inflight(args.window * 2)

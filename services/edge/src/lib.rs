@@ -170,24 +170,7 @@ pub async fn connect(
     Ok((client, rx))
 }
 
-/// Connect options for `urls` (one URL or a comma-separated list of a cluster's), with the user
-/// and password the first one embeds (`nats://user:password@host:port`): async-nats does not read
-/// them from the URL itself. Also returns the parsed addresses.
-pub fn connect_options(
-    urls: &str,
-) -> Result<(async_nats::ConnectOptions, Vec<async_nats::ServerAddr>), async_nats::Error> {
-    let addrs = urls
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()?;
-    let options = match addrs.first().map(|a| (a.username(), a.password())) {
-        Some((Some(user), Some(password))) => {
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        }
-        _ => async_nats::ConnectOptions::new(),
-    };
-    Ok((options, addrs))
-}
+pub use chatlog_events::nats::connect_options;
 
 /// Stream replicas for `client`'s deployment: 3 on a cluster of three servers or more, else 1.
 pub fn auto_replicas(client: &async_nats::Client) -> usize {

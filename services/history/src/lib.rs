@@ -25,6 +25,7 @@ use chatlog_events::{
         RoomsRequest, UnreadAnswer, UnreadRequest, history,
     },
 };
+use chatlog_runtime::event_key;
 use chatlog_runtime::{
     Changes, Projection, QueryError, Read, View, answer, get_json, parse_request,
 };
@@ -35,12 +36,6 @@ pub const MAX_PAGE: usize = 200;
 /// The history projection.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct History;
-
-fn event_key(id: &EventId) -> Vec<u8> {
-    let mut key = b"i/".to_vec();
-    key.extend_from_slice(id.as_uuid().as_bytes());
-    key
-}
 
 fn message_prefix(room: &RoomId) -> Vec<u8> {
     let mut key = b"m/".to_vec();

@@ -26,11 +26,7 @@ use chatlog_runtime::{
     Changes, Projection, QueryError, Read, View, answer, get_json, parse_request,
 };
 
-fn seen_key(id: &EventId) -> Vec<u8> {
-    let mut key = b"i/".to_vec();
-    key.extend_from_slice(id.as_uuid().as_bytes());
-    key
-}
+use chatlog_runtime::event_key as seen_key;
 
 fn member_key(room: &RoomId, user: &UserId) -> Vec<u8> {
     format!("m/{room}/{user}").into_bytes()

@@ -80,6 +80,14 @@ impl Changes {
     }
 }
 
+/// The key under which a projection records that it applied event `id` (`i/<uuid bytes>`): an
+/// event id seen twice is applied once.
+pub fn event_key(id: &chatlog_events::EventId) -> Vec<u8> {
+    let mut key = b"i/".to_vec();
+    key.extend_from_slice(id.as_uuid().as_bytes());
+    key
+}
+
 /// Reads `key` as JSON; a missing or unreadable value is `None`.
 pub fn get_json<T: DeserializeOwned>(view: &dyn Read, key: &[u8]) -> Option<T> {
     view.get(key).and_then(|v| serde_json::from_slice(&v).ok())

@@ -156,13 +156,9 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::Connec
 }
 
 fn options(url: &str) -> async_nats::ConnectOptions {
-    let addr: Option<async_nats::ServerAddr> = url.parse().ok();
-    match addr.as_ref().map(|a| (a.username(), a.password())) {
-        Some((Some(user), Some(password))) => {
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        }
-        _ => async_nats::ConnectOptions::new(),
-    }
+    chatlog_events::nats::connect_options(url)
+        .map(|(options, _)| options)
+        .unwrap_or_default()
 }
 
 async fn jetstream_ready(url: &str) -> bool {
