@@ -87,10 +87,11 @@ browser-deps:
 bench: build-release nats-server
 	@bench/run.sh
 
-## test-faults: the fault suite alone (kill -9 of NATS, of a cluster leader, of an edge; an outage)
+## test-faults: the fault suite alone (kill -9 of NATS, of a cluster leader, of an edge; an outage;
+## a client that never reads)
 test-faults:
 	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" && export NATS_SERVER_BIN && \
-	  $(CARGO) test -p chatlog --test faults --test handlers --test presence -- --nocapture
+	  $(CARGO) test -p chatlog --test faults --test handlers --test presence --test slow_consumer -- --nocapture
 
 CLUSTER := $(DATA)/cluster
 CLUSTER_URLS = nats://127.0.0.1:4231,nats://127.0.0.1:4232,nats://127.0.0.1:4233

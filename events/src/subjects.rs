@@ -33,6 +33,11 @@ pub fn live_user(user: &UserId) -> String {
     format!("live.user.{user}")
 }
 
+/// Every user's live copy (one subscription for an edge's users).
+pub fn live_users() -> &'static str {
+    "live.user.*"
+}
+
 /// Account registration, stored in `CHAT_ACCOUNTS` (no live copy).
 pub fn account(user: &UserId) -> String {
     format!("chat.account.{user}")

@@ -62,8 +62,52 @@ pub struct Subscriber {
     /// Whose connection: a member removed from a private room stops receiving it at once.
     pub user: chatlog_events::UserId,
     pub tx: mpsc::Sender<Delivery>,
-    /// Told when the queue overflowed: the connection must close.
-    pub kick: Arc<Notify>,
+    /// Told when the queue overflowed or the edge shuts down: the connection must close.
+    pub kick: Arc<Kick>,
+}
+
+/// Why a connection was told to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// Its queue overflowed: it must rejoin with `since`.
+    SlowConsumer,
+    /// The edge is shutting down: reconnect elsewhere and rejoin with `since`.
+    Shutdown,
+}
+
+/// A connection's one "close now" signal, owned by the connection and held by the feeds it is
+/// in and by the edge's registry (for shutdown). Only the connection waits on it, so it costs
+/// no lock shared with other connections on the delivery path.
+#[derive(Debug, Default)]
+pub struct Kick {
+    /// 0 = not kicked, else a [`KickReason`] + 1; the first reason wins.
+    reason: std::sync::atomic::AtomicU8,
+    notify: Notify,
+}
+
+impl Kick {
+    pub fn kick(&self, reason: KickReason) {
+        let code = match reason {
+            KickReason::SlowConsumer => 1,
+            KickReason::Shutdown => 2,
+        };
+        let _ = self
+            .reason
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        // A stored permit: a connection not waiting right now sees it at its next wait.
+        self.notify.notify_one();
+    }
+
+    /// Resolves once kicked, with the first reason given.
+    pub async fn kicked(&self) -> KickReason {
+        loop {
+            match self.reason.load(Ordering::Acquire) {
+                1 => return KickReason::SlowConsumer,
+                2 => return KickReason::Shutdown,
+                _ => self.notify.notified().await,
+            }
+        }
+    }
 }
 
 /// The fan-out of every room some local connection has joined.
@@ -264,7 +308,7 @@ pub fn deliver_all(
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::info!(feed = %what, join = sub.join, "slow consumer dropped");
-                sub.kick.notify_one();
+                sub.kick.kick(KickReason::SlowConsumer);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -85,8 +85,8 @@ pub struct Inner {
     pub rooms: rooms::Directory,
     /// The views' query services (history, ...).
     pub views: views::Views,
-    /// Per connected user, one subscription for its notifications.
-    pub users: users::UserFeeds,
+    /// This edge's connections by user, fed by one subscription to users' live events.
+    pub users: Arc<users::UserFeeds>,
     pub auth: auth::Auth,
     /// Registered names seen by this edge (a guest cannot use one).
     pub accounts: accounts::Registry,
@@ -235,7 +235,7 @@ pub async fn state(
         auth: auth::Auth::new(&secret, config.token_ttl),
         accounts: accounts::Registry::default(),
         rooms: rooms::Directory::new(log.clone()),
-        users: users::UserFeeds::new(log.clone()),
+        users: users::UserFeeds::start(log.clone()),
         views,
         metrics: metrics::Metrics::default(),
         shutdown: watch::Sender::new(false),
@@ -282,11 +282,13 @@ pub async fn serve(
             tracing::warn!(error = %e, "setting TCP_NODELAY failed");
         }
     });
-    let closing = state.shutdown.clone();
+    let closing = state.clone();
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown.await;
-            closing.send_replace(true);
+            // The flag first: a connection registering after the kicks below sees it.
+            closing.shutdown.send_replace(true);
+            closing.users.kick_all(hub::KickReason::Shutdown);
         })
         .await
 }

@@ -1,10 +1,11 @@
-//! Per-user fan-out: one core NATS subscription on `live.user.<user>` per user with a connection
-//! on this edge, shared by all of that user's connections. Notifications become `notification`
+//! Per-user fan-out: one core NATS subscription on `live.user.*` per edge, dispatched to the
+//! connections of each user held here (and the edge's registry of its connections). Notifications become `notification`
 //! frames, serialized once; other user events (read markers) are not pushed.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use chatlog_events::{UserId, subjects};
@@ -12,92 +13,105 @@ use futures::StreamExt;
 
 use crate::{
     frames,
-    hub::{Kind, Subscriber, deliver_all},
+    hub::{KickReason, Kind, Subscriber, deliver_all},
     log::Log,
 };
 
 pub struct UserFeeds {
-    log: Log,
-    feeds: Mutex<HashMap<UserId, Arc<UserFeed>>>,
-}
-
-struct UserFeed {
-    user: UserId,
-    subscribers: Mutex<Vec<Subscriber>>,
+    /// Every connection on this edge, by user.
+    users: Mutex<HashMap<UserId, Vec<Subscriber>>>,
+    /// The one `live.user.*` subscription's task.
     task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl UserFeeds {
-    pub fn new(log: Log) -> Self {
-        Self {
-            log,
-            feeds: Mutex::new(HashMap::new()),
-        }
+    /// The registry and its subscription's task (which ends with the registry).
+    pub fn start(log: Log) -> Arc<Self> {
+        let feeds = Arc::new(Self {
+            users: Mutex::new(HashMap::new()),
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(run(Arc::downgrade(&feeds), log));
+        *lock(&feeds.task) = Some(task.abort_handle());
+        feeds
     }
 
     /// Pushes `user`'s notifications to `sub` until [`UserFeeds::unsubscribe`].
     pub fn subscribe(&self, user: &UserId, sub: Subscriber) {
-        let mut feeds = lock(&self.feeds);
-        let feed = feeds.entry(user.clone()).or_insert_with(|| {
-            let feed = Arc::new(UserFeed {
-                user: user.clone(),
-                subscribers: Mutex::new(Vec::new()),
-                task: Mutex::new(None),
-            });
-            let task = tokio::spawn(run(feed.clone(), self.log.clone()));
-            *lock(&feed.task) = Some(task.abort_handle());
-            feed
-        });
-        lock(&feed.subscribers).push(sub);
+        lock(&self.users).entry(user.clone()).or_default().push(sub);
     }
 
     /// How many connections `user` has on this edge.
     pub fn connections(&self, user: &UserId) -> usize {
-        lock(&self.feeds)
-            .get(user)
-            .map_or(0, |feed| lock(&feed.subscribers).len())
+        lock(&self.users).get(user).map_or(0, Vec::len)
+    }
+
+    /// Tells every connection on this edge to close (the edge is shutting down).
+    pub fn kick_all(&self, reason: KickReason) {
+        for sub in lock(&self.users).values().flatten() {
+            sub.kick.kick(reason);
+        }
     }
 
     pub fn unsubscribe(&self, user: &UserId, join: u64) {
-        let mut feeds = lock(&self.feeds);
-        let Some(feed) = feeds.get(user).cloned() else {
+        let mut users = lock(&self.users);
+        let Some(subscribers) = users.get_mut(user) else {
             return;
         };
-        let mut subscribers = lock(&feed.subscribers);
         subscribers.retain(|s| s.join != join);
         if subscribers.is_empty() {
-            drop(subscribers);
-            feeds.remove(user);
-            if let Some(task) = lock(&feed.task).take() {
-                task.abort();
-            }
+            users.remove(user);
         }
     }
 }
 
-async fn run(feed: Arc<UserFeed>, log: Log) {
-    // Subscribing can only fail when the connection is closed for good; the core client
+impl Drop for UserFeeds {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
+        }
+    }
+}
+
+/// One subscription to every user's live events for the whole edge, rather than one per user:
+/// a NATS subscription costs the edge ~8 KiB (its channel and task), which was a third of an idle
+/// connection. The price is that every edge sees every user's events (notifications, read
+/// markers) and drops those of users it does not hold, a small stream next to the rooms'.
+async fn run(feeds: std::sync::Weak<UserFeeds>, log: Log) {
+    let mut backoff = Duration::from_millis(100);
+    // Subscribing only fails while the client is closed or not yet connected; the core client
     // resubscribes by itself after a reconnect.
-    let mut live = match log
-        .client()
-        .subscribe(subjects::live_user(&feed.user))
-        .await
-    {
-        Ok(sub) => sub,
-        Err(e) => {
-            tracing::warn!(user = %feed.user, error = %e, "subscribing to notifications failed");
-            return;
+    let mut live = loop {
+        match log.client().subscribe(subjects::live_users()).await {
+            Ok(sub) => break sub,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscribing to user events failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
         }
     };
     while let Some(msg) = live.next().await {
-        if !is_notification(&msg.payload) {
+        let Some(feeds) = feeds.upgrade() else {
+            return;
+        };
+        let Some(user) = msg
+            .subject
+            .strip_prefix("live.user.")
+            .and_then(|u| UserId::parse(u).ok())
+        else {
+            continue;
+        };
+        if !lock(&feeds.users).contains_key(&user) || !is_notification(&msg.payload) {
             continue;
         }
         let Some(frame) = frames::notification_frame(&msg.payload) else {
             continue;
         };
-        let mut subscribers = lock(&feed.subscribers);
-        deliver_all(&feed.user, &mut subscribers, 0, &frame, Kind::Notification);
+        let mut users = lock(&feeds.users);
+        if let Some(subscribers) = users.get_mut(&user) {
+            deliver_all(&user, subscribers, 0, &frame, Kind::Notification);
+        }
     }
 }
 

@@ -33,17 +33,14 @@ use chatlog_events::{
 };
 use futures::{FutureExt, SinkExt, StreamExt, stream::SplitSink};
 use serde::Deserialize;
-use tokio::{
-    sync::{Notify, mpsc},
-    task::AbortHandle,
-};
+use tokio::{sync::mpsc, task::AbortHandle};
 
 use crate::{
     AppState,
     error::{ApiError, Code},
     frames::{self, ClientFrame, ServerFrame},
     http::parse_room,
-    hub::{Delivery, Kind, Subscriber},
+    hub::{Delivery, Kick, KickReason, Kind, Subscriber},
     limits::TokenBucket,
     messages::Change,
 };
@@ -95,14 +92,21 @@ pub async fn upgrade(
         return e.into_response();
     }
     let max = state.config.limits.max_frame_bytes;
-    // Small buffers: chat frames are small, and tungstenite zero-fills its read buffer on every
-    // read (with the 128 KiB default that memset was ~30 % of the edge's CPU under fan-out, and
-    // 128 KiB resident per idle connection).
+    // Small buffers: chat frames are small, tungstenite zero-fills its read buffer on every read
+    // (with the 128 KiB default that memset was ~30 % of the edge's CPU under fan-out), and both
+    // buffers stay allocated for the life of the connection (an idle connection's memory).
+    // Frames written in one turn still leave in one write up to 4 KiB.
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| serve(state, user, socket))
+        .read_buffer_size(1024)
+        .write_buffer_size(4 * 1024)
+        .on_upgrade(move |socket| {
+            let fut = serve(state, user, socket);
+            if std::env::var_os("CHATLOG_SIZES").is_some() {
+                eprintln!("serve future: {} bytes", std::mem::size_of_val(&fut));
+            }
+            fut
+        })
 }
 
 /// Browsers send `Origin`; other clients (websocat, bots) do not and are let through. A browser
@@ -191,8 +195,10 @@ struct Connection {
     rooms: HashMap<RoomId, Joined>,
     joins: HashMap<u64, RoomId>,
     live_tx: mpsc::Sender<Delivery>,
-    ctl_tx: mpsc::Sender<Ctl>,
-    kick: Arc<Notify>,
+    /// Boxed: a channel allocates 32 slots up front, and an idle connection should not pay
+    /// 32 of the largest `Ctl`.
+    ctl_tx: mpsc::Sender<Box<Ctl>>,
+    kick: Arc<Kick>,
     sends: TokenBucket,
     /// Opaque id of this socket in presence events.
     connection: String,
@@ -201,7 +207,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(state: AppState, user: UserId) -> (Self, mpsc::Receiver<Delivery>, mpsc::Receiver<Ctl>) {
+    fn new(
+        state: AppState,
+        user: UserId,
+    ) -> (Self, mpsc::Receiver<Delivery>, mpsc::Receiver<Box<Ctl>>) {
         let limits = &state.config.limits;
         let (live_tx, live_rx) = mpsc::channel(limits.outbound_queue);
         let (ctl_tx, ctl_rx) = mpsc::channel(256);
@@ -213,7 +222,7 @@ impl Connection {
             joins: HashMap::new(),
             live_tx,
             ctl_tx,
-            kick: Arc::new(Notify::new()),
+            kick: Arc::new(Kick::default()),
             sends,
             connection: uuid::Uuid::new_v4().simple().to_string(),
             notify_join: 0,
@@ -227,10 +236,9 @@ impl Connection {
         &mut self,
         socket: WebSocket,
         mut live_rx: mpsc::Receiver<Delivery>,
-        mut ctl_rx: mpsc::Receiver<Ctl>,
+        mut ctl_rx: mpsc::Receiver<Box<Ctl>>,
     ) {
         let (mut sink, mut stream) = socket.split();
-        let mut shutdown = self.state.shutdown.subscribe();
         let every = self.state.config.limits.heartbeat;
         let mut heartbeats = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         // The edge pings; a peer silent for two ping periods is gone (a dead network sends no
@@ -242,9 +250,10 @@ impl Connection {
         let stop = loop {
             let step = tokio::select! {
                 biased;
-                _ = self.kick.notified() => Err(Stop::Close(close::SLOW_CONSUMER, "slow consumer: rejoin with since")),
-                _ = async { shutdown.wait_for(|down| *down).await.map(|_| ()) } => Err(Stop::Close(close::GOING_AWAY, "edge shutting down: reconnect and rejoin with since")),
-                Some(ctl) = ctl_rx.recv() => self.on_ctl(ctl, &mut sink).await,
+                reason = self.kick.kicked() => Err(kicked(reason)),
+                // Boxed: rare next to deliveries, and their futures are large; inline they would
+                // make every idle connection's task as large as the largest of them.
+                Some(ctl) = ctl_rx.recv() => Box::pin(self.on_ctl(*ctl, &mut sink)).await,
                 _ = heartbeats.tick() => {
                     self.heartbeat();
                     Ok(())
@@ -261,7 +270,7 @@ impl Connection {
                     heard = tokio::time::Instant::now();
                     match msg {
                     None | Some(Ok(Message::Close(_))) => Err(Stop::Gone),
-                    Some(Ok(Message::Text(text))) => self.on_text(text.as_str(), &mut sink).await,
+                    Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text.as_str(), &mut sink)).await,
                     Some(Ok(Message::Binary(_))) => {
                         let e = ApiError::bad_request("binary frames are not supported, send json text");
                         self.write(&mut sink, frames::error_frame(None, &e)).await
@@ -307,6 +316,10 @@ async fn serve(state: AppState, user: UserId, socket: WebSocket) {
             kick: conn.kick.clone(),
         },
     );
+    // Registered before this check, so a shutdown either kicked it or is seen here.
+    if *conn.state.shutdown.borrow() {
+        conn.kick.kick(KickReason::Shutdown);
+    }
     conn.run_loop(socket, live_rx, ctl_rx).await;
     let rooms: Vec<RoomId> = conn.rooms.keys().cloned().collect();
     for room in rooms {
@@ -340,7 +353,7 @@ impl Connection {
     async fn guard(&self, io: impl Future<Output = Result<(), axum::Error>>) -> Result<(), Stop> {
         tokio::select! {
             r = io => r.map_err(|_| Stop::Gone),
-            _ = self.kick.notified() => Err(Stop::Close(close::SLOW_CONSUMER, "slow consumer: rejoin with since")),
+            reason = self.kick.kicked() => Err(kicked(reason)),
             _ = tokio::time::sleep(WRITE_TIMEOUT) => Err(Stop::Close(close::SLOW_CONSUMER, "slow consumer: rejoin with since")),
         }
     }
@@ -612,7 +625,7 @@ impl Connection {
                 .await
             {
                 let frame = frames::presence_frame(room.as_str(), &answer);
-                let _ = ctl.send(Ctl::Frame(frame)).await;
+                let _ = ctl.send(Box::new(Ctl::Frame(frame))).await;
             }
             // Joining makes a member: mentions then notify, and unread counts count.
             let known: Result<Option<RoomView>, _> = state
@@ -726,11 +739,11 @@ impl Connection {
                         let Some(frame) = frames::event_frame(room.as_str(), m.seq, &m.body) else {
                             return true;
                         };
-                        ctl.send(Ctl::CatchUp {
+                        ctl.send(Box::new(Ctl::CatchUp {
                             join,
                             seq: m.seq,
                             frame,
-                        })
+                        }))
                         .await
                         .is_ok()
                     }
@@ -743,7 +756,7 @@ impl Connection {
                     error: e.into(),
                 },
             };
-            let _ = ctl.send(done).await;
+            let _ = ctl.send(Box::new(done)).await;
         })
         .abort_handle()
     }
@@ -836,8 +849,20 @@ impl Connection {
                 }
                 Err(e) => frames::error_frame(Some(&id), &e.into()),
             };
-            let _ = ctl.send(Ctl::Frame(frame)).await;
+            let _ = ctl.send(Box::new(Ctl::Frame(frame))).await;
         });
+    }
+}
+
+fn kicked(reason: KickReason) -> Stop {
+    match reason {
+        KickReason::SlowConsumer => {
+            Stop::Close(close::SLOW_CONSUMER, "slow consumer: rejoin with since")
+        }
+        KickReason::Shutdown => Stop::Close(
+            close::GOING_AWAY,
+            "edge shutting down: reconnect and rejoin with since",
+        ),
     }
 }
 

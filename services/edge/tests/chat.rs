@@ -209,6 +209,23 @@ async fn a_client_that_stops_reading_is_closed_and_the_others_keep_receiving() {
 }
 
 #[tokio::test]
+async fn an_edge_shutting_down_closes_every_socket_with_1001() {
+    let mut app = common::spawn_app().await;
+    let mut joined = app.ws("ada").await;
+    joined.join("lobby", None).await;
+    let mut idle = app.ws("bob").await;
+    idle.assert_alive().await;
+    app.shut_down_edge();
+    for ws in [&mut joined, &mut idle] {
+        let (_, ended) = ws.until_end(PATIENCE).await;
+        assert!(
+            matches!(ended, Ended::Closed(Some(1001))),
+            "closed with {ended:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_edge_survives_a_nats_server_restart() {
     let mut app = spawn_app().await;
     let token = app.token("ada").await;

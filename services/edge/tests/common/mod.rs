@@ -146,6 +146,13 @@ impl std::ops::Deref for TestApp {
 }
 
 impl TestApp {
+    /// Starts the edge's graceful shutdown (as SIGTERM does): every socket closes with 1001.
+    pub fn shut_down_edge(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Waits until the history view has applied the room log up to `seq`.
     pub async fn history_caught_up(&self, seq: u64) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
