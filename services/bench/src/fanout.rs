@@ -105,6 +105,10 @@ pub struct FanoutReport {
     pub phases: Vec<PhaseReport>,
     /// With `--step-up`: the best step that lost nothing and stayed under the p99 limit.
     pub saturation: Option<Saturation>,
+    /// With `--step-up`: the most deliveries per second of a step that kept up (every delivery
+    /// arrived, nothing lost, doubled or closed, the generator held its rate), whatever its
+    /// latency: the throughput ceiling.
+    pub ceiling: Option<Saturation>,
     /// `--stalled` members that never read, and how many of them the edge had closed by the end.
     pub stalled: usize,
     pub stalled_closed: usize,
@@ -214,6 +218,7 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
 
     let mut phases = Vec::new();
     let mut saturation = None;
+    let mut ceiling = None;
     if args.step_up {
         if args.warmup > 0.0 {
             let warm = fleet.phase("warm-up", args.rate, args.warmup, 0.0).await;
@@ -222,25 +227,46 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
         }
         let mut rate = args.rate;
         let mut best: Option<(f64, f64, f64)> = None;
-        let mut stopped = format!("reached --max-steps {}", args.max_steps);
+        let mut kept_up: Option<(f64, f64, f64)> = None;
+        let mut ceiling_stopped = format!("reached --max-steps {}", args.max_steps);
+        // The first step over the latency limit (or that fell behind).
+        let mut first_over: Option<String> = None;
         for step in 1..=args.max_steps {
             let warm = args.step_duration.min(1.0).min(args.step_duration / 2.0);
             let mut p = fleet
                 .phase(&format!("step {step}"), rate, args.step_duration, warm)
                 .await;
             let why = p.saturated(args.max_p99_ms);
+            let behind = p.fell_behind();
             p.ok = why.is_none();
             eprintln!("{}", p.one_line());
-            if p.ok && best.is_none_or(|(d, _, _)| p.deliveries_per_s > d) {
+            // Saturation: the best step before the first one over the limit.
+            if p.ok && first_over.is_none() && best.is_none_or(|(d, _, _)| p.deliveries_per_s > d) {
                 best = Some((p.deliveries_per_s, p.send_rate, p.latency.p99_ms));
             }
+            if behind.is_none() && kept_up.is_none_or(|(d, _, _)| p.deliveries_per_s > d) {
+                kept_up = Some((p.deliveries_per_s, p.send_rate, p.latency.p99_ms));
+            }
             phases.push(p);
-            if let Some(why) = why {
-                stopped = format!("step {step} at {rate:.0} msg/s: {why}");
+            if let Some(why) = &why
+                && first_over.is_none()
+            {
+                first_over = Some(format!("step {step} at {rate:.0} msg/s: {why}"));
+            }
+            // Past the latency limit, on to the throughput ceiling: until it falls behind.
+            if let Some(behind) = behind {
+                ceiling_stopped = format!("step {step} at {rate:.0} msg/s: {behind}");
                 break;
             }
             rate *= args.step_factor;
         }
+        let stopped = first_over.unwrap_or_else(|| ceiling_stopped.clone());
+        ceiling = kept_up.map(|(deliveries_per_s, send_rate, p99_ms)| Saturation {
+            deliveries_per_s,
+            send_rate,
+            p99_ms,
+            stopped_because: ceiling_stopped,
+        });
         saturation = best.map(|(deliveries_per_s, send_rate, p99_ms)| Saturation {
             deliveries_per_s,
             send_rate,
@@ -274,12 +300,26 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
         setup_seconds,
         phases,
         saturation,
+        ceiling,
         stalled: args.stalled,
         stalled_closed,
     })
 }
 
 impl PhaseReport {
+    /// Why this step did not keep up at all, if it did not: something lost, doubled, closed or
+    /// refused, the generator short of its rate, or deliveries missing at the end of the drain.
+    fn fell_behind(&self) -> Option<String> {
+        match self.saturated(f64::INFINITY) {
+            Some(why) => Some(why),
+            None if self.deliveries < self.expected_deliveries => Some(format!(
+                "{} of {} deliveries arrived",
+                self.deliveries, self.expected_deliveries
+            )),
+            None => None,
+        }
+    }
+
     /// Why this step counts as past saturation, if it does.
     fn saturated(&self, max_p99_ms: f64) -> Option<String> {
         if self.closed_connections > 0 {

@@ -78,6 +78,18 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of a table (`cli` only).
     #[arg(long, global = true, help_heading = "Common options")]
     pub json: bool,
+    /// Threads of the load generator (`chatlog bench` only). One by default: on a small machine
+    /// shared with the system under test, a second generator thread mostly adds wake-ups and
+    /// steals the server's core (40 000 deliveries/s cost it 0.47 cores on one thread, 0.56 on
+    /// two, and the p99 measured was worse with two).
+    #[arg(
+        long,
+        env = "CHATLOG_BENCH_THREADS",
+        default_value_t = 1,
+        global = true,
+        help_heading = "Common options"
+    )]
+    pub threads: usize,
 }
 
 #[derive(Subcommand, Debug, Clone)]

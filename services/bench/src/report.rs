@@ -78,8 +78,15 @@ impl Report {
         match &self.outcome {
             Outcome::Fanout(f) => match (&f.saturation, f.phases.last()) {
                 (Some(s), _) => format!(
-                    "fanout {}×{}: saturation {:.0} deliveries/s at {:.0} msg/s",
-                    f.rooms, f.members, s.deliveries_per_s, s.send_rate
+                    "fanout {}×{}: saturation {:.0} deliveries/s at {:.0} msg/s{}",
+                    f.rooms,
+                    f.members,
+                    s.deliveries_per_s,
+                    s.send_rate,
+                    f.ceiling
+                        .as_ref()
+                        .map(|c| format!(", ceiling {:.0}/s", c.deliveries_per_s))
+                        .unwrap_or_default()
                 ),
                 (None, Some(p)) => format!(
                     "fanout {}×{} at {:.0} msg/s: p99 {:.2} ms, {:.0} deliveries/s, lost {}",
@@ -231,6 +238,13 @@ fn fanout_table(f: &mut fmt::Formatter<'_>, r: &FanoutReport) -> fmt::Result {
             f,
             "\nsaturation: {:.0} deliveries/s ({:.0} msg/s, p99 {:.2} ms); stopped: {}",
             s.deliveries_per_s, s.send_rate, s.p99_ms, s.stopped_because
+        )?;
+    }
+    if let Some(c) = &r.ceiling {
+        writeln!(
+            f,
+            "ceiling: {:.0} deliveries/s kept up with ({:.0} msg/s, p99 {:.2} ms, nothing lost); stopped: {}",
+            c.deliveries_per_s, c.send_rate, c.p99_ms, c.stopped_because
         )?;
     }
     Ok(())

@@ -19,9 +19,20 @@ use chatlog_runtime::HostStats;
 use clap::Parser;
 use tokio::sync::watch;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let cli::Command::Bench(args) = &cli.command {
+        runtime.worker_threads(args.threads.max(1));
+    }
+    runtime
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     telemetry::init();
     match cli.command {
         cli::Command::Up { edge, handlers } => {
@@ -41,24 +52,23 @@ async fn main() -> anyhow::Result<()> {
                 .handlers_nats_url
                 .clone()
                 .unwrap_or_else(|| config.nats_url.clone());
-            let (client, _) = chatlog_edge::connect(&handlers_url, "chatlog-handlers").await?;
-            let mut tasks = tokio::task::JoinSet::new();
+            let mut hosted = Vec::new();
             for name in handlers::HandlerName::ALL {
-                let client = client.clone();
-                let args = handlers.clone();
-                let stopped = until_true(stopped.clone());
                 let stats = Arc::new(HostStats::default());
                 let shown = stats.clone();
                 config
                     .extra_metrics
                     .0
                     .push(Arc::new(move || shown.render_prometheus(name.as_str())));
-                tasks.spawn(async move {
-                    handlers::run(name, client, &args, stats, stopped)
-                        .await
-                        .with_context(|| format!("the {} handler", name.as_str()))
-                });
+                hosted.push((name, stats));
             }
+            let mut tasks = tokio::task::JoinSet::new();
+            tasks.spawn(handlers_thread(
+                handlers_url,
+                handlers,
+                hosted,
+                stopped.clone(),
+            ));
             let edge_stopped = until_true(stopped.clone());
             tasks.spawn(async move {
                 chatlog_edge::run(config, listener, edge_stopped)
@@ -127,6 +137,67 @@ async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))
+}
+
+/// Runs the handlers of `chatlog up` on a thread and runtime of their own, at a lower priority,
+/// until `stopped` (or the first of them fails). On the edge's runtime, a view's batch commit
+/// (sled, up to tens of milliseconds of CPU) held a worker the edge's connections were waiting
+/// for: p99 delivery latency at 40 000 deliveries/s was 28 ms beside the handlers and 8 ms
+/// without them. Views may lag a little under overload; live delivery does not.
+fn handlers_thread(
+    url: String,
+    args: handlers::HandlerArgs,
+    hosted: Vec<(handlers::HandlerName, Arc<HostStats>)>,
+    stopped: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = anyhow::Result<()>> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("chatlog-handlers".into())
+        .spawn(move || {
+            lower_thread_priority();
+            let run = || -> anyhow::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the handlers' runtime")?;
+                runtime.block_on(async move {
+                    let (client, _) = chatlog_edge::connect(&url, "chatlog-handlers").await?;
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for (name, stats) in hosted {
+                        let client = client.clone();
+                        let args = args.clone();
+                        let stopped = until_true(stopped.clone());
+                        tasks.spawn(async move {
+                            handlers::run(name, client, &args, stats, stopped)
+                                .await
+                                .with_context(|| format!("the {} handler", name.as_str()))
+                        });
+                    }
+                    while let Some(finished) = tasks.join_next().await {
+                        finished.context("a handler panicked")??;
+                    }
+                    Ok(())
+                })
+            };
+            let _ = done.send(run());
+        });
+    async move {
+        spawned.context("starting the handlers' thread")?;
+        result.await.context("the handlers' thread ended")?
+    }
+}
+
+/// Nice 5 for the calling thread (Linux keeps a nice value per thread; threads it starts, such as
+/// sled's flusher, inherit it): when the machine is short of CPU the edge's workers go first.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 5) != 0 {
+            tracing::debug!("could not lower the handlers' thread priority");
+        }
+    }
 }
 
 /// Resolves when the flag turns true.

@@ -595,13 +595,13 @@ impl Connection {
         self.write(sink, joined.to_text())
             .await
             .map_err(|_| ApiError::new(Code::Internal, "connection closing"))?;
-        self.announce(&room);
+        self.announce(&room, head);
         Ok(None)
     }
 
     /// After a join: the user is online here (and a member, if it was not yet); the client gets
     /// the room's presence once the view has seen it come online.
-    fn announce(&self, room: &RoomId) {
+    fn announce(&self, room: &RoomId, head: u64) {
         let state = self.state.clone();
         let ctl = self.ctl_tx.clone();
         let room = room.clone();
@@ -627,15 +627,32 @@ impl Connection {
                 let frame = frames::presence_frame(room.as_str(), &answer);
                 let _ = ctl.send(Box::new(Ctl::Frame(frame))).await;
             }
-            // Joining makes a member: mentions then notify, and unread counts count.
-            let known: Result<Option<RoomView>, _> = state
-                .views
-                .ask(
-                    history::VIEW,
-                    history::ROOM,
-                    &RoomRequest { room: room.clone() },
-                )
-                .await;
+            // Joining makes a member: mentions then notify, and unread counts count. Asked as of
+            // the room's head (a view still catching up, just after a start, would not know the
+            // room yet), and again while the view is unavailable (its handler starting).
+            let mut known: Result<Option<RoomView>, _> = Err(());
+            let mut pause = Duration::from_millis(100);
+            for _ in 0..6 {
+                let asked = state
+                    .views
+                    .ask_at(
+                        history::VIEW,
+                        history::ROOM,
+                        &RoomRequest { room: room.clone() },
+                        Some(head),
+                    )
+                    .await;
+                match asked {
+                    Ok(view) => {
+                        known = Ok(view);
+                        break;
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                    }
+                }
+            }
             if let Ok(Some(view)) = known
                 && !view.members.contains(&user)
             {

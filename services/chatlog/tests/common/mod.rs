@@ -37,7 +37,11 @@ pub fn command(nats_url: &str, data: &Path, args: &[&str]) -> Command {
         .env("CHATLOG_DATA_DIR", data)
         .env("CHATLOG_VIEWS_DIR", data.join("views"))
         .env("CHATLOG_JWT_SECRET", "a-shared-secret-for-every-edge-0123")
-        .env("RUST_LOG", "warn")
+        // CHATLOG_TEST_RUST_LOG=info shows the processes' logs when a test needs looking into.
+        .env(
+            "RUST_LOG",
+            std::env::var("CHATLOG_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     cmd
