@@ -126,8 +126,8 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
     .encode()
     .map_err(|e| anyhow::anyhow!("encoding the template event: {e}"))?;
 
-    let edge = edge_phase(common, &args, &rooms, &users).await?;
-    eprintln!("{}", edge.one_line());
+    // The ceiling first, on a quiet system: after the edge phase the handlers still have its
+    // events to project, and would take their CPU from the raw phase.
     let raw = if args.no_raw {
         None
     } else {
@@ -142,6 +142,8 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
         eprintln!("{}", raw.one_line());
         Some(raw)
     };
+    let edge = edge_phase(common, &args, &rooms, &users).await?;
+    eprintln!("{}", edge.one_line());
     let ratio = raw
         .as_ref()
         .filter(|r| r.per_s > 0.0)

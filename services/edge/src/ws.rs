@@ -14,6 +14,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    pin::Pin,
     sync::Arc,
     time::Duration,
 };
@@ -31,8 +32,12 @@ use chatlog_events::{
     event::{Empty, Membership, Presence as PresenceData},
     subjects,
 };
-use futures::{FutureExt, SinkExt, StreamExt, stream::SplitSink};
+use futures::{
+    FutureExt, SinkExt, StreamExt,
+    stream::{FuturesUnordered, SplitSink},
+};
 use serde::Deserialize;
+use sync_wrapper::SyncWrapper;
 use tokio::{sync::mpsc, task::AbortHandle};
 
 use crate::{
@@ -204,6 +209,8 @@ struct Connection {
     connection: String,
     /// This connection's place in its user's notification feed.
     notify_join: u64,
+    /// Appends in flight, each answering its ack or error frame.
+    appends: SyncWrapper<FuturesUnordered<Pin<Box<dyn Future<Output = Utf8Bytes> + Send>>>>,
 }
 
 impl Connection {
@@ -226,6 +233,7 @@ impl Connection {
             sends,
             connection: uuid::Uuid::new_v4().simple().to_string(),
             notify_join: 0,
+            appends: SyncWrapper::new(FuturesUnordered::new()),
         };
         (conn, live_rx, ctl_rx)
     }
@@ -254,6 +262,7 @@ impl Connection {
                 // Boxed: rare next to deliveries, and their futures are large; inline they would
                 // make every idle connection's task as large as the largest of them.
                 Some(ctl) = ctl_rx.recv() => Box::pin(self.on_ctl(*ctl, &mut sink)).await,
+                Some(frame) = self.appends.get_mut().next(), if !self.appends.get_mut().is_empty() => self.write(&mut sink, frame).await,
                 _ = heartbeats.tick() => {
                     self.heartbeat();
                     Ok(())
@@ -321,6 +330,12 @@ async fn serve(state: AppState, user: UserId, socket: WebSocket) {
         conn.kick.kick(KickReason::Shutdown);
     }
     conn.run_loop(socket, live_rx, ctl_rx).await;
+    // Appends the client sent before it went still happen (it may have no ack, but what it sent
+    // is not dropped half way).
+    let unfinished = std::mem::take(conn.appends.get_mut());
+    if !unfinished.is_empty() {
+        tokio::spawn(unfinished.for_each(|_| async {}));
+    }
     let rooms: Vec<RoomId> = conn.rooms.keys().cloned().collect();
     for room in rooms {
         conn.leave_room(&room);
@@ -850,12 +865,13 @@ impl Connection {
 
     /// Appends `event` in the background; its ack (or error) comes back on `ctl`. Appends are
     /// pipelined: the connection goes on reading while JetStream acknowledges.
-    fn spawn_append(&self, event: ChatEvent) {
+    /// Starts appending `event`; its ack (or error) frame is written when it completes, by the
+    /// connection's own loop: appends are pipelined, with no task or channel hop of their own.
+    fn spawn_append(&mut self, event: ChatEvent) {
         let state = self.state.clone();
-        let ctl = self.ctl_tx.clone();
-        tokio::spawn(async move {
+        self.appends.get_mut().push(Box::pin(async move {
             let id = event.id.to_string();
-            let frame = match state.log.append(&event).await {
+            match state.log.append(&event).await {
                 Ok(appended) => {
                     state.metrics.appended();
                     ServerFrame::Ack {
@@ -865,9 +881,8 @@ impl Connection {
                     .to_text()
                 }
                 Err(e) => frames::error_frame(Some(&id), &e.into()),
-            };
-            let _ = ctl.send(Box::new(Ctl::Frame(frame))).await;
-        });
+            }
+        }));
     }
 }
 
