@@ -32,7 +32,11 @@ bench() { target/release/chatlog bench --url "http://$http" --edge-pid "$up_pid"
 
 bench fanout --rooms 100 --members 20 --rate 2000 --duration "$duration"
 bench fanout --rooms 10 --members 100 --rate 1000 --duration "$duration" --prefix bench-big
-bench fanout --rooms 10 --members 100 --rate 500 --step-up --prefix bench-step
+bench fanout --rooms 10 --members 100 --rate 500 --step-up --step-factor 1.25 --max-steps 14 --prefix bench-step
+# Fault 5: one member that never reads among 1 000 (in every room), beside the same load without
+# it: it must be closed, the edge's RSS stay bounded, the others' p99 within twice the first.
+bench fanout --rooms 10 --members 100 --rate 300 --size 4000 --duration "$duration" --prefix bench-nostall
+bench fanout --rooms 10 --members 100 --rate 300 --size 4000 --duration "$duration" --prefix bench-stall --stalled 1
 bench append
 bench replay --events "$events"
 bench idle --connections "$idle"

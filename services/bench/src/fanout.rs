@@ -34,7 +34,7 @@ use crate::{
     Common,
     client::{self, Frame, Ws},
     stats::{Latency, Local, Recorder},
-    sys::{CpuUse, Pids},
+    sys::{self, CpuUse, Pids},
 };
 
 #[derive(Args, Debug, Clone)]
@@ -164,6 +164,9 @@ pub struct PhaseReport {
     pub schedule_lag: Latency,
     /// Cores used during the measured seconds by the edge, NATS and the generator.
     pub cpu: CpuUse,
+    /// The edge's resident memory when the phase started and its peak during it (KiB).
+    pub edge_rss_start_kib: Option<u64>,
+    pub edge_rss_peak_kib: Option<u64>,
     /// Edge CPU time per delivery in the measured seconds, in µs (the append and the fan-out
     /// of a message together, divided by its deliveries).
     pub edge_us_per_delivery: Option<f64>,
@@ -735,6 +738,26 @@ impl Fleet {
             let _ = cmd.send(Cmd::Phase(plan, tx)).await;
             replies.push(rx);
         }
+        // The edge's resident memory over the phase (start and peak), sampled every 100 ms.
+        let rss_start = self
+            .pids
+            .edge
+            .and_then(|pid| sys::memory(pid).ok())
+            .map(|m| m.rss_kib);
+        let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let sampler = self.pids.edge.map(|pid| {
+            let sampling = sampling.clone();
+            tokio::spawn(async move {
+                let mut peak = 0;
+                while sampling.load(Relaxed) {
+                    if let Ok(m) = sys::memory(pid) {
+                        peak = peak.max(m.rss_kib);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                peak
+            })
+        });
         tokio::time::sleep_until(measure_from).await;
         let cpu_from = self.pids.sample();
         tokio::time::sleep_until(send_end).await;
@@ -754,6 +777,11 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let drain_seconds = send_end.elapsed().as_secs_f64();
+        sampling.store(false, Relaxed);
+        let rss_peak = match sampler {
+            Some(task) => task.await.ok().filter(|peak| *peak > 0),
+            None => None,
+        };
         for cmd in &self.cmds {
             let _ = cmd.send(Cmd::Stop).await;
         }
@@ -766,7 +794,7 @@ impl Fleet {
         }
         let latency = Latency::of(&self.latency.take());
         let schedule_lag = Latency::of(&self.lag.take());
-        self.report(
+        let mut report = self.report(
             label,
             rate,
             seconds,
@@ -777,7 +805,10 @@ impl Fleet {
             schedule_lag,
             cpu,
             counters.timeline(),
-        )
+        );
+        report.edge_rss_start_kib = rss_start;
+        report.edge_rss_peak_kib = rss_peak;
+        report
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -826,6 +857,8 @@ impl Fleet {
             schedule_lag,
             cpu,
             edge_us_per_delivery: None,
+            edge_rss_start_kib: None,
+            edge_rss_peak_kib: None,
             timeline,
             ok: true,
         };

@@ -201,6 +201,13 @@ fn fanout_table(f: &mut fmt::Formatter<'_>, r: &FanoutReport) -> fmt::Result {
     }
     for p in &r.phases {
         let mut notes = Vec::new();
+        if let (Some(start), Some(peak)) = (p.edge_rss_start_kib, p.edge_rss_peak_kib) {
+            notes.push(format!(
+                "edge RSS {:.1} MiB at the start, {:.1} MiB at the peak",
+                start as f64 / 1024.0,
+                peak as f64 / 1024.0
+            ));
+        }
         if p.rate_limited > 0 {
             notes.push(format!(
                 "{} sends rate-limited (run the edge with --send-rate 1000000 --send-burst 1000000)",
