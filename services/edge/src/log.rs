@@ -10,7 +10,7 @@ use async_nats::{
     jetstream::{
         self,
         consumer::{DeliverPolicy, pull::OrderedConfig},
-        context::PublishErrorKind,
+        context::{PublishAckFuture, PublishError, PublishErrorKind},
         stream::DirectGetErrorKind,
     },
 };
@@ -98,11 +98,46 @@ impl Log {
         self.append_inner(event, Some(expected)).await
     }
 
+    /// Hands `event` to JetStream now, in the caller's order, and answers the rest of the append
+    /// (its ack, retried with the same id until the deadline) as a future of its own: a
+    /// connection pipelines its appends and they are still stored in the order it sent them.
+    pub async fn append_in_order(
+        &self,
+        event: &ChatEvent,
+    ) -> impl Future<Output = Result<Appended, LogError>> + Send + 'static {
+        let log = self.clone();
+        let until = Instant::now() + self.deadline;
+        let prepared = self.prepare(event, None);
+        let sent = match &prepared {
+            Ok(encoded) => Some(
+                self.js
+                    .publish_with_headers(
+                        encoded.subject.clone(),
+                        encoded.headers.clone(),
+                        encoded.body.clone(),
+                    )
+                    .await,
+            ),
+            Err(_) => None,
+        };
+        async move { log.finish(prepared?, sent, until).await }
+    }
+
     async fn append_inner(
         &self,
         event: &ChatEvent,
         expected_last: Option<u64>,
     ) -> Result<Appended, LogError> {
+        let until = Instant::now() + self.deadline;
+        let encoded = self.prepare(event, expected_last)?;
+        self.finish(encoded, None, until).await
+    }
+
+    fn prepare(
+        &self,
+        event: &ChatEvent,
+        expected_last: Option<u64>,
+    ) -> Result<chatlog_events::event::Encoded, LogError> {
         if !self.connected() {
             return Err(LogError::Unavailable);
         }
@@ -115,17 +150,31 @@ impl Log {
                 expected.to_string().as_str(),
             );
         }
-        let until = Instant::now() + self.deadline;
+        Ok(encoded)
+    }
+
+    /// Awaits the ack of `sent` (the first attempt, when already handed over), retrying with the
+    /// same `Nats-Msg-Id` until `until`.
+    async fn finish(
+        &self,
+        encoded: chatlog_events::event::Encoded,
+        mut sent: Option<Result<PublishAckFuture, PublishError>>,
+        until: Instant,
+    ) -> Result<Appended, LogError> {
         loop {
             let attempt = async {
-                let ack = self
-                    .js
-                    .publish_with_headers(
-                        encoded.subject.clone(),
-                        encoded.headers.clone(),
-                        encoded.body.clone(),
-                    )
-                    .await?;
+                let ack = match sent.take() {
+                    Some(handed) => handed?,
+                    None => {
+                        self.js
+                            .publish_with_headers(
+                                encoded.subject.clone(),
+                                encoded.headers.clone(),
+                                encoded.body.clone(),
+                            )
+                            .await?
+                    }
+                };
                 ack.await
             };
             let err = match timeout_at(until, attempt).await {

@@ -330,8 +330,8 @@ async fn serve(state: AppState, user: UserId, socket: WebSocket) {
         conn.kick.kick(KickReason::Shutdown);
     }
     conn.run_loop(socket, live_rx, ctl_rx).await;
-    // Appends the client sent before it went still happen (it may have no ack, but what it sent
-    // is not dropped half way).
+    // Appends the client sent before it went are already with JetStream; a first attempt that
+    // failed is still retried to its end (the client gets no ack, but nothing stops half way).
     let unfinished = std::mem::take(conn.appends.get_mut());
     if !unfinished.is_empty() {
         tokio::spawn(unfinished.for_each(|_| async {}));
@@ -752,7 +752,7 @@ impl Connection {
         self.take_send()?;
         let room = parse_room(room)?;
         let event = crate::messages::read_marker(&self.state, &self.user, &room, seq, id).await?;
-        self.spawn_append(event);
+        self.spawn_append(event).await;
         Ok(None)
     }
 
@@ -831,7 +831,7 @@ impl Connection {
         let room = parse_room(room)?;
         let event =
             crate::messages::post(&self.state, &self.user, &room, text, id, reply_to).await?;
-        self.spawn_append(event);
+        self.spawn_append(event).await;
         Ok(None)
     }
 
@@ -847,7 +847,7 @@ impl Connection {
         let room = parse_room(room)?;
         let event =
             crate::messages::change(&self.state, &self.user, &room, message_id, id, change).await?;
-        self.spawn_append(event);
+        self.spawn_append(event).await;
         Ok(None)
     }
 
@@ -865,13 +865,15 @@ impl Connection {
 
     /// Appends `event` in the background; its ack (or error) comes back on `ctl`. Appends are
     /// pipelined: the connection goes on reading while JetStream acknowledges.
-    /// Starts appending `event`; its ack (or error) frame is written when it completes, by the
+    /// Starts appending `event`: handed to JetStream now (a connection's appends are stored in
+    /// the order it sent them); its ack (or error) frame is written when it completes, by the
     /// connection's own loop: appends are pipelined, with no task or channel hop of their own.
-    fn spawn_append(&mut self, event: ChatEvent) {
+    async fn spawn_append(&mut self, event: ChatEvent) {
         let state = self.state.clone();
+        let id = event.id.to_string();
+        let acked = self.state.log.append_in_order(&event).await;
         self.appends.get_mut().push(Box::pin(async move {
-            let id = event.id.to_string();
-            match state.log.append(&event).await {
+            match acked.await {
                 Ok(appended) => {
                     state.metrics.appended();
                     ServerFrame::Ack {

@@ -216,6 +216,37 @@ async fn a_client_that_stops_reading_is_closed_and_the_others_keep_receiving() {
 }
 
 #[tokio::test]
+async fn sends_in_flight_together_are_stored_in_the_order_sent() {
+    let app = spawn_app_with(|c| {
+        c.limits.sends_per_second = 10_000.0;
+        c.limits.send_burst = 10_000.0;
+    })
+    .await;
+    let mut ada = app.ws("ada").await;
+    let token = app.token("ada").await;
+    let (_, since) = ada.say("lobby", "start").await;
+    // 300 sends without waiting for any ack: they are pipelined, and must land in order.
+    for n in 0..300 {
+        ada.send(json!({"type": "send", "room": "lobby", "text": format!("{n}")}))
+            .await;
+    }
+    let mut acks = 0;
+    while acks < 300 {
+        let frame = ada.next().await;
+        assert_ne!(frame["type"], "error", "{frame}");
+        acks += usize::from(frame["type"] == "ack");
+    }
+    let texts: Vec<String> = app
+        .writes_after("lobby", since, &token)
+        .await
+        .iter()
+        .map(|e| e["event"]["data"]["text"].as_str().unwrap().to_string())
+        .collect();
+    let sent: Vec<String> = (0..300).map(|n| n.to_string()).collect();
+    assert_eq!(texts, sent);
+}
+
+#[tokio::test]
 async fn an_edge_shutting_down_closes_every_socket_with_1001() {
     let mut app = common::spawn_app().await;
     let mut joined = app.ws("ada").await;

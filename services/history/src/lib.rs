@@ -5,9 +5,11 @@
 //! last seq). It answers `views.history.messages`, `.message`, `.room` and `.rooms`.
 //!
 //! Keys:
-//! - `i/<event id>` → `<room>/<seq>`: every event applied, by id (an id seen twice is applied
-//!   once) and, for messages, where the message is;
-//! - `m/<room>/<seq, 8 bytes big-endian>` → [`MessageView`] JSON;
+//! - `i/<event id>` → `<room>/<seq><block>` (8 bytes big-endian each): every event applied, by id
+//!   (an id seen twice is applied once) and, for messages, where the message is;
+//! - `m/<room>/<first seq, 8 bytes big-endian>` → a block of up to [`BLOCK`] consecutive messages
+//!   of the room, one [`MessageView`] JSON per line, in seq order;
+//! - `t/<room>` → the room's open block (its first seq) and how many messages it holds;
 //! - `r/<room>` → [`RoomView`] JSON; `members` are the listed members of a private room and, for
 //!   any room, those who joined it (`chat.member.joined`).
 //!
@@ -33,6 +35,11 @@ use chatlog_runtime::{
 /// Most messages one `messages` query answers.
 pub const MAX_PAGE: usize = 200;
 
+/// Messages per block. sled copies a leaf on every insert, and an insert per message was half of
+/// the projection's cost: within a batch the messages of a room go to one block, written once
+/// (rebuild 47 000 → 72 000 events/s with one insert fewer per event).
+pub const BLOCK: u32 = 16;
+
 /// The history projection.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct History;
@@ -56,6 +63,70 @@ fn room_key(room: &RoomId) -> Vec<u8> {
     key
 }
 
+/// The room's open block: where its next message goes.
+fn tail_key(room: &RoomId) -> Vec<u8> {
+    let mut key = b"t/".to_vec();
+    key.extend_from_slice(room.as_str().as_bytes());
+    key
+}
+
+/// (first seq of the open block, messages in it).
+fn read_tail(view: &dyn Read, room: &RoomId) -> (u64, u32) {
+    view.get(&tail_key(room))
+        .and_then(|v| {
+            let block = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+            let count = u32::from_be_bytes(v.get(8..12)?.try_into().ok()?);
+            Some((block, count))
+        })
+        .unwrap_or((0, 0))
+}
+
+fn tail_value(block: u64, count: u32) -> Vec<u8> {
+    let mut v = block.to_be_bytes().to_vec();
+    v.extend_from_slice(&count.to_be_bytes());
+    v
+}
+
+/// The messages of a block, in seq order (unreadable lines skipped).
+fn block_messages(block: &[u8]) -> impl DoubleEndedIterator<Item = MessageView> + '_ {
+    block
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| serde_json::from_slice(line).ok())
+}
+
+/// The message `seq` of a block, and its line.
+pub(crate) fn find_in_block(block: &[u8], seq: u64) -> Option<(usize, MessageView)> {
+    block_messages(block)
+        .enumerate()
+        .find(|(_, m)| m.seq == seq)
+}
+
+/// The block with line `index` replaced by `message`.
+fn replace_in_block(block: &[u8], index: usize, message: &MessageView) -> Vec<u8> {
+    let mut out = Vec::with_capacity(block.len() + 64);
+    for (i, line) in block
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .enumerate()
+    {
+        if i == index {
+            push_line(&mut out, message);
+        } else {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+fn push_line(out: &mut Vec<u8>, message: &MessageView) {
+    // serde_json writes no raw newline: one message per line.
+    if serde_json::to_writer(&mut *out, message).is_ok() {
+        out.push(b'\n');
+    }
+}
+
 /// The room's last seq, kept apart from its directory entry: every event moves it, and rewriting
 /// the whole entry (members and all) for each message would cost a JSON round trip per event.
 fn last_seq_key(room: &RoomId) -> Vec<u8> {
@@ -74,31 +145,60 @@ fn room_view(view: &dyn Read, room: &RoomId) -> Option<RoomView> {
     Some(found)
 }
 
-/// Where an event was applied: `<room>/<seq>`.
-fn location(room: &RoomId, seq: u64) -> Vec<u8> {
+/// Where an event was applied: `<room>/<seq><block>` (block 0 for events that are not messages).
+fn location(room: &RoomId, seq: u64, block: u64) -> Vec<u8> {
     let mut v = room.as_str().as_bytes().to_vec();
     v.push(b'/');
     v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(&block.to_be_bytes());
     v
 }
 
-fn parse_location(bytes: &[u8]) -> Option<(RoomId, u64)> {
-    let split = bytes.len().checked_sub(9)?;
+fn parse_location(bytes: &[u8]) -> Option<(RoomId, u64, u64)> {
+    let split = bytes.len().checked_sub(17)?;
     let (room, rest) = bytes.split_at(split);
-    let seq = u64::from_be_bytes(rest.get(1..)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(rest.get(1..9)?.try_into().ok()?);
+    let block = u64::from_be_bytes(rest.get(9..17)?.try_into().ok()?);
     let room = RoomId::parse(std::str::from_utf8(room).ok()?).ok()?;
-    Some((room, seq))
+    Some((room, seq, block))
+}
+
+/// A message found in its block: the block's key and bytes, its line, the message.
+struct Found {
+    key: Vec<u8>,
+    block: Vec<u8>,
+    index: usize,
+    message: MessageView,
+}
+
+impl Found {
+    /// The block with this message replaced by `message`.
+    fn rewritten(&self, message: &MessageView) -> Vec<u8> {
+        replace_in_block(&self.block, self.index, message)
+    }
+}
+
+/// The message event `id` is, if any (a seq with no block is not a message).
+fn find_message(view: &dyn Read, id: &EventId) -> Option<(RoomId, Found)> {
+    let (room, seq, block) = parse_location(&view.get(&event_key(id))?)?;
+    let key = message_key(&room, block);
+    let bytes = view.get(&key)?;
+    let (index, message) = find_in_block(&bytes, seq)?;
+    Some((
+        room,
+        Found {
+            key,
+            block: bytes,
+            index,
+            message,
+        },
+    ))
 }
 
 /// The message `id` stands for, if it is a message of `room`.
-fn message_in(view: &dyn Read, room: &RoomId, id: &EventId) -> Option<(Vec<u8>, MessageView)> {
-    let (at_room, seq) = parse_location(&view.get(&event_key(id))?)?;
-    if &at_room != room {
-        return None;
-    }
-    let key = message_key(room, seq);
-    let message = get_json::<MessageView>(view, &key)?;
-    Some((key, message))
+fn message_in(view: &dyn Read, room: &RoomId, id: &EventId) -> Option<Found> {
+    let (at_room, found) = find_message(view, id)?;
+    (&at_room == room).then_some(found)
 }
 
 impl Projection for History {
@@ -108,7 +208,8 @@ impl Projection for History {
 
     fn version(&self) -> u32 {
         // 2: public rooms keep their joined members too. 3: the last seq under its own key.
-        3
+        // 4: messages in blocks.
+        4
     }
 
     fn stream(&self) -> Stream {
@@ -124,7 +225,7 @@ impl Projection for History {
         if view.get(&id_key).is_some() {
             return changes; // seen: applied once already
         }
-        changes.put(id_key, location(&room, seq));
+        let mut block = 0;
 
         let key = room_key(&room);
         // Only directory events read and write the directory entry.
@@ -193,55 +294,71 @@ impl Projection for History {
                     reactions: BTreeMap::new(),
                     mentions: posted.mentions.clone(),
                 };
-                changes.put_json(message_key(&room, seq), &message);
+                let (open, count) = read_tail(view, &room);
+                let (first, mut bytes, count) = if count > 0 && count < BLOCK {
+                    let key = message_key(&room, open);
+                    (open, view.get(&key).unwrap_or_default(), count + 1)
+                } else {
+                    (seq, Vec::with_capacity(512), 1)
+                };
+                push_line(&mut bytes, &message);
+                changes.put(message_key(&room, first), bytes);
+                changes.put(tail_key(&room), tail_value(first, count));
+                block = first;
             }
             Payload::MessageEdited(edit) => {
-                if let Some((key, mut message)) = message_in(view, &room, &edit.message_id)
-                    && message.user == event.user
-                    && !message.deleted
+                if let Some(found) = message_in(view, &room, &edit.message_id)
+                    && found.message.user == event.user
+                    && !found.message.deleted
                 {
+                    let mut message = found.message.clone();
                     message.text = edit.text.clone();
                     message.edited = true;
-                    changes.put_json(key, &message);
+                    changes.put(found.key.clone(), found.rewritten(&message));
                 }
             }
             Payload::MessageDeleted(delete) => {
-                if let Some((key, mut message)) = message_in(view, &room, &delete.message_id)
-                    && message.user == event.user
-                    && !message.deleted
+                if let Some(found) = message_in(view, &room, &delete.message_id)
+                    && found.message.user == event.user
+                    && !found.message.deleted
                 {
+                    let mut message = found.message.clone();
                     message.deleted = true;
                     message.text.clear();
                     message.mentions.clear();
                     message.reactions.clear();
-                    changes.put_json(key, &message);
+                    changes.put(found.key.clone(), found.rewritten(&message));
                 }
             }
             Payload::ReactionAdded(reaction) => {
-                if let Some((key, mut message)) = message_in(view, &room, &reaction.message_id)
-                    && !message.deleted
+                if let Some(found) = message_in(view, &room, &reaction.message_id)
+                    && !found.message.deleted
                 {
+                    let mut message = found.message.clone();
                     let users = message.reactions.entry(reaction.emoji.clone()).or_default();
                     if let Err(at) = users.binary_search(&event.user) {
                         users.insert(at, event.user.clone());
-                        changes.put_json(key, &message);
+                        changes.put(found.key.clone(), found.rewritten(&message));
                     }
                 }
             }
             Payload::ReactionRemoved(reaction) => {
-                if let Some((key, mut message)) = message_in(view, &room, &reaction.message_id)
-                    && let Some(users) = message.reactions.get_mut(&reaction.emoji)
-                    && let Ok(at) = users.binary_search(&event.user)
-                {
-                    users.remove(at);
-                    if users.is_empty() {
-                        message.reactions.remove(&reaction.emoji);
+                if let Some(found) = message_in(view, &room, &reaction.message_id) {
+                    let mut message = found.message.clone();
+                    if let Some(users) = message.reactions.get_mut(&reaction.emoji)
+                        && let Ok(at) = users.binary_search(&event.user)
+                    {
+                        users.remove(at);
+                        if users.is_empty() {
+                            message.reactions.remove(&reaction.emoji);
+                        }
+                        changes.put(found.key.clone(), found.rewritten(&message));
                     }
-                    changes.put_json(key, &message);
                 }
             }
             _ => {}
         }
+        changes.put(id_key, location(&room, seq, block));
         if let Some(d) = directory {
             changes.put_json(key, &d);
         }
@@ -266,12 +383,7 @@ impl Projection for History {
             history::MESSAGES => answer(&messages(view, parse_request(request)?)?),
             history::MESSAGE => {
                 let req: MessageRequest = parse_request(request)?;
-                let found = view
-                    .get(&event_key(&req.id))
-                    .and_then(|at| parse_location(&at))
-                    .and_then(|(room, seq)| {
-                        get_json::<MessageView>(view, &message_key(&room, seq))
-                    });
+                let found = find_message(view, &req.id).map(|(_, found)| found.message);
                 answer(&found)
             }
             history::ROOM => {
@@ -298,6 +410,12 @@ impl Projection for History {
     }
 }
 
+/// The first seq of a block, from its key.
+fn block_first_seq(key: &[u8]) -> Option<u64> {
+    let at = key.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(key.get(at..)?.try_into().ok()?))
+}
+
 /// Most messages counted per room by `unread` (a client shows "999+" long before).
 pub const MAX_UNREAD: u64 = 10_000;
 
@@ -313,19 +431,25 @@ pub fn unread(view: &View, req: UnreadRequest) -> Result<UnreadAnswer, QueryErro
             continue;
         }
         let after = req.markers.get(&room.id).copied().unwrap_or(0);
-        let start = message_key(&room.id, after.saturating_add(1));
+        let start = message_key(&room.id, 0);
         let end = message_key(&room.id, u64::MAX);
         let mut count = 0;
-        for entry in view.tree().range(start..end) {
-            let (_, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
-            if let Ok(m) = serde_json::from_slice::<MessageView>(&value)
-                && m.user != req.user
-                && !m.deleted
-            {
-                count += 1;
-                if count >= MAX_UNREAD {
-                    break;
+        // Newest block first, until the block holding the marker.
+        'blocks: for entry in view.tree().range(start..end).rev() {
+            let (key, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
+            for m in block_messages(&value).rev() {
+                if m.seq <= after {
+                    break 'blocks;
                 }
+                if m.user != req.user && !m.deleted {
+                    count += 1;
+                    if count >= MAX_UNREAD {
+                        break 'blocks;
+                    }
+                }
+            }
+            if block_first_seq(&key).is_some_and(|first| first <= after) {
+                break;
             }
         }
         rooms.insert(room.id, count);
@@ -340,17 +464,22 @@ pub fn messages(view: &View, req: MessagesRequest) -> Result<MessagesAnswer, Que
             "limit must be 1 to {MAX_PAGE}"
         )));
     }
+    let before = req.before.unwrap_or(u64::MAX);
     let start = message_key(&req.room, 0);
-    let end = message_key(&req.room, req.before.unwrap_or(u64::MAX));
+    // Blocks that start before `before` (the last of them may also hold later messages).
+    let end = message_key(&req.room, before);
     let mut messages = Vec::with_capacity(req.limit);
     let mut has_more = false;
-    for entry in view.tree().range(start..end).rev() {
+    'blocks: for entry in view.tree().range(start..end).rev() {
         let (_, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
-        if messages.len() == req.limit {
-            has_more = true;
-            break;
-        }
-        if let Ok(message) = serde_json::from_slice::<MessageView>(&value) {
+        for message in block_messages(&value).rev() {
+            if message.seq >= before {
+                continue;
+            }
+            if messages.len() == req.limit {
+                has_more = true;
+                break 'blocks;
+            }
             messages.push(message);
         }
     }

@@ -9,7 +9,7 @@ use chatlog_events::{
     queries::{MessageView, MessagesRequest, RoomView},
 };
 use chatlog_runtime::{
-    Projection, View, get_json,
+    Projection, View,
     testing::{Memory, replay},
 };
 use chrono::{DateTime, Utc};
@@ -129,8 +129,14 @@ impl Given {
         self
     }
 
+    /// The message `seq` of the lobby, from the block that holds it.
     fn message(&self, seq: u64) -> Option<MessageView> {
-        get_json(&self.view, &message_key(&lobby(), seq))
+        let (_, block) = self
+            .view
+            .0
+            .range(message_key(&lobby(), 0)..=message_key(&lobby(), seq))
+            .next_back()?;
+        find_in_block(block, seq).map(|(_, m)| m)
     }
 
     fn room(&self) -> Option<RoomView> {
@@ -482,4 +488,121 @@ fn unread_counts_others_messages_after_the_marker() {
     assert_eq!(count("bob", Some(3)).get(&lobby()), Some(&1));
     assert_eq!(count("bob", Some(7)).get(&lobby()), Some(&0));
     assert!(count("eve", None).is_empty(), "eve never joined");
+}
+
+#[test]
+fn messages_over_many_blocks_page_count_and_change_as_one_list() {
+    use chatlog_events::queries::{MessageRequest, UnreadRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir, "v");
+    let side = RoomId::parse("side").unwrap();
+    let mut events = vec![
+        (1, created(1)),
+        (
+            2,
+            event(
+                2,
+                "bob",
+                Payload::MemberJoined(Membership {
+                    member: user("bob"),
+                }),
+            ),
+        ),
+    ];
+    // 70 lobby messages (several blocks), another room's between them: sparse seqs.
+    let mut lobby_seqs = Vec::new();
+    let mut n = 3;
+    for i in 0..70 {
+        let by = if i % 3 == 0 { "bob" } else { "ada" };
+        events.push((u64::from(n), posted(n, by, &format!("m{i}"))));
+        lobby_seqs.push(u64::from(n));
+        n += 1;
+        if i % 2 == 0 {
+            let aside = ChatEvent::in_room(
+                &side,
+                user("bob"),
+                "edge",
+                Payload::MessagePosted(MessagePosted {
+                    text: format!("s{i}"),
+                    mentions: vec![],
+                    reply_to: None,
+                }),
+            )
+            .with_id(id(n))
+            .with_time(at(n));
+            events.push((u64::from(n), aside));
+            n += 1;
+        }
+    }
+    // Changes to messages in the first block, after it closed.
+    let [m0, m1, m4] = [lobby_seqs[0], lobby_seqs[1], lobby_seqs[4]].map(|s| s as u32);
+    events.push((u64::from(n), edited(n, "bob", m0, "m0, edited")));
+    events.push((u64::from(n + 1), deleted(n + 1, "ada", m1)));
+    events.push((u64::from(n + 2), reacted(n + 2, "ada", m4, "👍", true)));
+    replay(&History, &view, &events, 7);
+
+    // Paging back with a page size that is not the block size gives every message once.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = messages(
+            &view,
+            MessagesRequest {
+                room: lobby(),
+                before,
+                limit: 9,
+            },
+        )
+        .unwrap();
+        paged.splice(0..0, page.messages.iter().map(|m| m.seq));
+        if !page.has_more {
+            break;
+        }
+        before = page.messages.first().map(|m| m.seq);
+    }
+    assert_eq!(paged, lobby_seqs);
+
+    let all = messages(
+        &view,
+        MessagesRequest {
+            room: lobby(),
+            before: None,
+            limit: 200,
+        },
+    )
+    .unwrap()
+    .messages;
+    assert_eq!(all[0].text, "m0, edited");
+    assert!(all[0].edited);
+    assert!(all[1].deleted && all[1].text.is_empty());
+    assert_eq!(all[4].reactions.get("👍"), Some(&vec![user("ada")]));
+
+    // One message by id, from its block.
+    let asked = History
+        .query(
+            &view,
+            chatlog_events::queries::history::MESSAGE,
+            &serde_json::to_vec(&MessageRequest { id: id(m4) }).unwrap(),
+        )
+        .unwrap();
+    let found: Option<MessageView> = serde_json::from_slice(&asked).unwrap();
+    assert_eq!(found.map(|m| m.seq), Some(lobby_seqs[4]));
+
+    // Unread for bob with the marker anywhere: the others' messages after it, not deleted.
+    for marker in std::iter::once(0).chain(lobby_seqs.iter().copied()) {
+        let expected = all
+            .iter()
+            .filter(|m| m.seq > marker && m.user != user("bob") && !m.deleted)
+            .count() as u64;
+        let counted = unread(
+            &view,
+            UnreadRequest {
+                user: user("bob"),
+                markers: [(lobby(), marker)].into_iter().collect(),
+            },
+        )
+        .unwrap()
+        .rooms;
+        assert_eq!(counted.get(&lobby()), Some(&expected), "marker {marker}");
+    }
 }
