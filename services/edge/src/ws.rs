@@ -626,63 +626,69 @@ impl Connection {
             use chatlog_events::queries::{
                 PresenceAnswer, PresenceRequest, RoomRequest, RoomView, history, presence,
             };
-            let seq = match state.log.append(&online).await {
-                Ok(a) => Some(a.seq),
-                Err(e) => {
-                    tracing::debug!(room = %room, error = %e, "appending online failed");
-                    None
+            // Both at once: a mention right after a first join needs the membership soon.
+            let presence_part = async {
+                let seq = match state.log.append(&online).await {
+                    Ok(a) => Some(a.seq),
+                    Err(e) => {
+                        tracing::debug!(room = %room, error = %e, "appending online failed");
+                        None
+                    }
+                };
+                let request = PresenceRequest { room: room.clone() };
+                if let Ok(answer) = state
+                    .views
+                    .ask_at::<_, PresenceAnswer>(presence::VIEW, presence::ROOM, &request, seq)
+                    .await
+                {
+                    let frame = frames::presence_frame(room.as_str(), &answer);
+                    let _ = ctl.send(Box::new(Ctl::Frame(frame))).await;
                 }
             };
-            let request = PresenceRequest { room: room.clone() };
-            if let Ok(answer) = state
-                .views
-                .ask_at::<_, PresenceAnswer>(presence::VIEW, presence::ROOM, &request, seq)
-                .await
-            {
-                let frame = frames::presence_frame(room.as_str(), &answer);
-                let _ = ctl.send(Box::new(Ctl::Frame(frame))).await;
-            }
-            // Joining makes a member: mentions then notify, and unread counts count. Asked as of
-            // the room's head (a view still catching up, just after a start, would not know the
-            // room yet), and again while the view is unavailable (its handler starting).
-            let mut known: Result<Option<RoomView>, _> = Err(());
-            let mut pause = Duration::from_millis(100);
-            for _ in 0..6 {
-                let asked = state
-                    .views
-                    .ask_at(
-                        history::VIEW,
-                        history::ROOM,
-                        &RoomRequest { room: room.clone() },
-                        Some(head),
-                    )
-                    .await;
-                match asked {
-                    Ok(view) => {
-                        known = Ok(view);
-                        break;
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(pause).await;
-                        pause *= 2;
+            let member_part = async {
+                // Joining makes a member: mentions then notify, and unread counts count. Asked as of
+                // the room's head (a view still catching up, just after a start, would not know the
+                // room yet), and again while the view is unavailable (its handler starting).
+                let mut known: Result<Option<RoomView>, _> = Err(());
+                let mut pause = Duration::from_millis(100);
+                for _ in 0..6 {
+                    let asked = state
+                        .views
+                        .ask_at(
+                            history::VIEW,
+                            history::ROOM,
+                            &RoomRequest { room: room.clone() },
+                            Some(head),
+                        )
+                        .await;
+                    match asked {
+                        Ok(view) => {
+                            known = Ok(view);
+                            break;
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                        }
                     }
                 }
-            }
-            if let Ok(Some(view)) = known
-                && !view.members.contains(&user)
-            {
-                let joined = ChatEvent::in_room(
-                    &room,
-                    user.clone(),
-                    "edge",
-                    Payload::MemberJoined(Membership {
-                        member: user.clone(),
-                    }),
-                );
-                if let Err(e) = state.log.append(&joined).await {
-                    tracing::debug!(room = %room, error = %e, "appending member.joined failed");
+                if let Ok(Some(view)) = known
+                    && !view.members.contains(&user)
+                {
+                    let joined = ChatEvent::in_room(
+                        &room,
+                        user.clone(),
+                        "edge",
+                        Payload::MemberJoined(Membership {
+                            member: user.clone(),
+                        }),
+                    );
+                    if let Err(e) = state.log.append(&joined).await {
+                        tracing::debug!(room = %room, error = %e, "appending member.joined failed");
+                    }
                 }
-            }
+            };
+            tokio::join!(presence_part, member_part);
         });
     }
 
