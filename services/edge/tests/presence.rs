@@ -31,14 +31,18 @@ async fn a_join_brings_presence_and_two_tabs_stay_online_until_both_are_gone() {
     tab1.next_of("left").await;
     drop(tab1);
     let token = app.token("carol").await;
-    // ada still has a tab: still online (ask the view once it has seen tab1 go).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ada still has a tab: still online. A join after tab1 left is a marker in the log: once bob
+    // sees it, the view has applied tab1 going too.
+    let mut dan = app.ws("dan").await;
+    dan.join("lobby", None).await;
+    bob.presence_until("lobby", |o, _| o.contains(&"dan".into()))
+        .await;
     let presence = app.get("/api/rooms/lobby/presence", &token).await;
     assert_eq!(presence.status, 200);
-    assert_eq!(presence.body["online"], json!(["ada", "bob"]));
+    assert_eq!(presence.body["online"], json!(["ada", "bob", "dan"]));
 
     drop(tab2);
-    bob.presence_until("lobby", |o, _| o == ["bob"]).await;
+    bob.presence_until("lobby", |o, _| o == ["bob", "dan"]).await;
 }
 
 #[tokio::test]
