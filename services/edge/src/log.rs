@@ -109,15 +109,7 @@ impl Log {
         let until = Instant::now() + self.deadline;
         let prepared = self.prepare(event, None);
         let sent = match &prepared {
-            Ok(encoded) => Some(
-                self.js
-                    .publish_with_headers(
-                        encoded.subject.clone(),
-                        encoded.headers.clone(),
-                        encoded.body.clone(),
-                    )
-                    .await,
-            ),
+            Ok(encoded) => Some(self.publish(encoded).await),
             Err(_) => None,
         };
         async move { log.finish(prepared?, sent, until).await }
@@ -153,6 +145,20 @@ impl Log {
         Ok(encoded)
     }
 
+    /// Hands one attempt of `encoded` to the client (cheap clones: `Bytes`, a header map).
+    async fn publish(
+        &self,
+        encoded: &chatlog_events::event::Encoded,
+    ) -> Result<PublishAckFuture, PublishError> {
+        self.js
+            .publish_with_headers(
+                encoded.subject.clone(),
+                encoded.headers.clone(),
+                encoded.body.clone(),
+            )
+            .await
+    }
+
     /// Awaits the ack of `sent` (the first attempt, when already handed over), retrying with the
     /// same `Nats-Msg-Id` until `until`.
     async fn finish(
@@ -165,15 +171,7 @@ impl Log {
             let attempt = async {
                 let ack = match sent.take() {
                     Some(handed) => handed?,
-                    None => {
-                        self.js
-                            .publish_with_headers(
-                                encoded.subject.clone(),
-                                encoded.headers.clone(),
-                                encoded.body.clone(),
-                            )
-                            .await?
-                    }
+                    None => self.publish(&encoded).await?,
                 };
                 ack.await
             };

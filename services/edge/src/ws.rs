@@ -145,7 +145,7 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 /// Answers of spawned work, in the order the connection must apply them.
 enum Ctl {
-    /// A finished frame (ack, error of an append).
+    /// A finished frame (the room's presence after a join).
     Frame(Utf8Bytes),
     /// One stored event of a catch-up.
     CatchUp {
@@ -758,7 +758,7 @@ impl Connection {
         self.take_send()?;
         let room = parse_room(room)?;
         let event = crate::messages::read_marker(&self.state, &self.user, &room, seq, id).await?;
-        self.spawn_append(event).await;
+        self.start_append(event).await;
         Ok(None)
     }
 
@@ -825,7 +825,7 @@ impl Connection {
         true
     }
 
-    /// Validates a `send`, then appends it in the background; the ack (or error) comes on `ctl`.
+    /// Validates a `send`, then starts its append; the ack (or error) follows from `appends`.
     async fn send(
         &mut self,
         room: &str,
@@ -837,7 +837,7 @@ impl Connection {
         let room = parse_room(room)?;
         let event =
             crate::messages::post(&self.state, &self.user, &room, text, id, reply_to).await?;
-        self.spawn_append(event).await;
+        self.start_append(event).await;
         Ok(None)
     }
 
@@ -853,7 +853,7 @@ impl Connection {
         let room = parse_room(room)?;
         let event =
             crate::messages::change(&self.state, &self.user, &room, message_id, id, change).await?;
-        self.spawn_append(event).await;
+        self.start_append(event).await;
         Ok(None)
     }
 
@@ -869,12 +869,10 @@ impl Connection {
         }
     }
 
-    /// Appends `event` in the background; its ack (or error) comes back on `ctl`. Appends are
-    /// pipelined: the connection goes on reading while JetStream acknowledges.
     /// Starts appending `event`: handed to JetStream now (a connection's appends are stored in
     /// the order it sent them); its ack (or error) frame is written when it completes, by the
     /// connection's own loop: appends are pipelined, with no task or channel hop of their own.
-    async fn spawn_append(&mut self, event: ChatEvent) {
+    async fn start_append(&mut self, event: ChatEvent) {
         let state = self.state.clone();
         let id = event.id.to_string();
         let acked = self.state.log.append_in_order(&event).await;

@@ -42,7 +42,8 @@ async fn a_join_brings_presence_and_two_tabs_stay_online_until_both_are_gone() {
     assert_eq!(presence.body["online"], json!(["ada", "bob", "dan"]));
 
     drop(tab2);
-    bob.presence_until("lobby", |o, _| o == ["bob", "dan"]).await;
+    bob.presence_until("lobby", |o, _| o == ["bob", "dan"])
+        .await;
 }
 
 #[tokio::test]

@@ -87,29 +87,29 @@ fn tail_value(block: u64, count: u32) -> Vec<u8> {
     v
 }
 
+/// The lines of a block, one message each.
+fn block_lines(block: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> + '_ {
+    block.split(|b| *b == b'\n').filter(|line| !line.is_empty())
+}
+
 /// The messages of a block, in seq order (unreadable lines skipped).
 fn block_messages(block: &[u8]) -> impl DoubleEndedIterator<Item = MessageView> + '_ {
-    block
-        .split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .filter_map(|line| serde_json::from_slice(line).ok())
+    block_lines(block).filter_map(|line| serde_json::from_slice(line).ok())
 }
 
 /// The message `seq` of a block, and its line.
 pub(crate) fn find_in_block(block: &[u8], seq: u64) -> Option<(usize, MessageView)> {
-    block_messages(block)
+    // Indexed by line, as `replace_in_block` counts them (an unreadable line still counts).
+    block_lines(block)
         .enumerate()
+        .filter_map(|(i, line)| Some((i, serde_json::from_slice::<MessageView>(line).ok()?)))
         .find(|(_, m)| m.seq == seq)
 }
 
 /// The block with line `index` replaced by `message`.
 fn replace_in_block(block: &[u8], index: usize, message: &MessageView) -> Vec<u8> {
     let mut out = Vec::with_capacity(block.len() + 64);
-    for (i, line) in block
-        .split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .enumerate()
-    {
+    for (i, line) in block_lines(block).enumerate() {
         if i == index {
             push_line(&mut out, message);
         } else {
@@ -172,9 +172,10 @@ struct Found {
 }
 
 impl Found {
-    /// The block with this message replaced by `message`.
-    fn rewritten(&self, message: &MessageView) -> Vec<u8> {
-        replace_in_block(&self.block, self.index, message)
+    /// Writes the block back with `self.message` as changed.
+    fn put(self, changes: &mut Changes) {
+        let block = replace_in_block(&self.block, self.index, &self.message);
+        changes.put(self.key, block);
     }
 }
 
@@ -307,53 +308,53 @@ impl Projection for History {
                 block = first;
             }
             Payload::MessageEdited(edit) => {
-                if let Some(found) = message_in(view, &room, &edit.message_id)
+                if let Some(mut found) = message_in(view, &room, &edit.message_id)
                     && found.message.user == event.user
                     && !found.message.deleted
                 {
-                    let mut message = found.message.clone();
-                    message.text = edit.text.clone();
-                    message.edited = true;
-                    changes.put(found.key.clone(), found.rewritten(&message));
+                    found.message.text = edit.text.clone();
+                    found.message.edited = true;
+                    found.put(&mut changes);
                 }
             }
             Payload::MessageDeleted(delete) => {
-                if let Some(found) = message_in(view, &room, &delete.message_id)
+                if let Some(mut found) = message_in(view, &room, &delete.message_id)
                     && found.message.user == event.user
                     && !found.message.deleted
                 {
-                    let mut message = found.message.clone();
+                    let message = &mut found.message;
                     message.deleted = true;
                     message.text.clear();
                     message.mentions.clear();
                     message.reactions.clear();
-                    changes.put(found.key.clone(), found.rewritten(&message));
+                    found.put(&mut changes);
                 }
             }
             Payload::ReactionAdded(reaction) => {
-                if let Some(found) = message_in(view, &room, &reaction.message_id)
+                if let Some(mut found) = message_in(view, &room, &reaction.message_id)
                     && !found.message.deleted
                 {
-                    let mut message = found.message.clone();
-                    let users = message.reactions.entry(reaction.emoji.clone()).or_default();
+                    let users = found
+                        .message
+                        .reactions
+                        .entry(reaction.emoji.clone())
+                        .or_default();
                     if let Err(at) = users.binary_search(&event.user) {
                         users.insert(at, event.user.clone());
-                        changes.put(found.key.clone(), found.rewritten(&message));
+                        found.put(&mut changes);
                     }
                 }
             }
             Payload::ReactionRemoved(reaction) => {
-                if let Some(found) = message_in(view, &room, &reaction.message_id) {
-                    let mut message = found.message.clone();
-                    if let Some(users) = message.reactions.get_mut(&reaction.emoji)
-                        && let Ok(at) = users.binary_search(&event.user)
-                    {
-                        users.remove(at);
-                        if users.is_empty() {
-                            message.reactions.remove(&reaction.emoji);
-                        }
-                        changes.put(found.key.clone(), found.rewritten(&message));
+                if let Some(mut found) = message_in(view, &room, &reaction.message_id)
+                    && let Some(users) = found.message.reactions.get_mut(&reaction.emoji)
+                    && let Ok(at) = users.binary_search(&event.user)
+                {
+                    users.remove(at);
+                    if users.is_empty() {
+                        found.message.reactions.remove(&reaction.emoji);
                     }
+                    found.put(&mut changes);
                 }
             }
             _ => {}
