@@ -11,7 +11,9 @@ use async_nats::jetstream::{
     consumer::{DeliverPolicy, pull::OrderedConfig},
 };
 use chatlog_events::{
-    ChatEvent, Payload, RoomId, Stream, UserId, event::MessagePosted, streams::StreamSettings,
+    ChatEvent, Payload, RoomId, Stream, UserId,
+    event::{MessagePosted, RoomCreated},
+    streams::StreamSettings,
 };
 use clap::Args;
 use futures::StreamExt;
@@ -97,6 +99,25 @@ pub async fn run(common: &Common, args: ReplayArgs) -> anyhow::Result<ReplayRepo
         eprintln!("loading {missing} message events into {subject}");
         let user = UserId::parse("bench").context("user")?;
         let started = Instant::now();
+        if have == 0 {
+            // A room is created before its first message, as through the edge: the view then
+            // keeps its directory entry and last seq, as it does for every real room.
+            let created = ChatEvent::in_room(
+                &room,
+                user.clone(),
+                "bench",
+                Payload::RoomCreated(RoomCreated {
+                    name: args.room.clone(),
+                    topic: String::new(),
+                    private: false,
+                    members: vec![],
+                }),
+            )
+            .encode()?;
+            js.publish_with_headers(created.subject, created.headers, created.body)
+                .await?
+                .await?;
+        }
         let mut acks = std::collections::VecDeque::with_capacity(args.window);
         for n in 0..missing {
             let event = ChatEvent::in_room(

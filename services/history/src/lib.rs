@@ -5,8 +5,9 @@
 //! last seq). It answers `views.history.messages`, `.message`, `.room` and `.rooms`.
 //!
 //! Keys:
-//! - `i/<event id>` → `<room>/<seq><block>` (8 bytes big-endian each): every event applied, by id
-//!   (an id seen twice is applied once) and, for messages, where the message is;
+//! - `i/<first 6 bytes of an event id>` (and `j/<event id>` past a group's size, see [`index`]) →
+//!   `<room>/<seq><block>` (8 bytes big-endian each) per event id: every event applied (an id
+//!   seen twice is applied once) and, for messages, where the message is;
 //! - `m/<room>/<first seq, 8 bytes big-endian>` → a block of up to [`BLOCK`] consecutive messages
 //!   of the room, one [`MessageView`] JSON per line, in seq order;
 //! - `t/<room>` → the room's open block (its first seq) and how many messages it holds;
@@ -27,10 +28,11 @@ use chatlog_events::{
         RoomsRequest, UnreadAnswer, UnreadRequest, history,
     },
 };
-use chatlog_runtime::event_key;
 use chatlog_runtime::{
-    Changes, Projection, QueryError, Read, View, answer, get_json, parse_request,
+    Changes, Projection, QueryError, Read, View, answer, get_json, get_to_grow, parse_request,
 };
+
+mod index;
 
 /// Most messages one `messages` query answers.
 pub const MAX_PAGE: usize = 200;
@@ -181,7 +183,7 @@ impl Found {
 
 /// The message event `id` is, if any (a seq with no block is not a message).
 fn find_message(view: &dyn Read, id: &EventId) -> Option<(RoomId, Found)> {
-    let (room, seq, block) = parse_location(&view.get(&event_key(id))?)?;
+    let (room, seq, block) = parse_location(&index::find(view, id)?)?;
     let key = message_key(&room, block);
     let bytes = view.get(&key)?;
     let (index, message) = find_in_block(&bytes, seq)?;
@@ -209,8 +211,8 @@ impl Projection for History {
 
     fn version(&self) -> u32 {
         // 2: public rooms keep their joined members too. 3: the last seq under its own key.
-        // 4: messages in blocks.
-        4
+        // 4: messages in blocks. 5: event ids indexed in groups.
+        5
     }
 
     fn stream(&self) -> Stream {
@@ -222,8 +224,8 @@ impl Projection for History {
         let Some(room) = event.room() else {
             return changes;
         };
-        let id_key = event_key(&event.id);
-        if view.get(&id_key).is_some() {
+        let ids = index::Group::read(view, &event.id);
+        if ids.find(view, &event.id).is_some() {
             return changes; // seen: applied once already
         }
         let mut block = 0;
@@ -298,7 +300,9 @@ impl Projection for History {
                 let (open, count) = read_tail(view, &room);
                 let (first, mut bytes, count) = if count > 0 && count < BLOCK {
                     let key = message_key(&room, open);
-                    (open, view.get(&key).unwrap_or_default(), count + 1)
+                    // One copy, with room for the line: the block grows by one message.
+                    let bytes = get_to_grow(view, &key, 512).unwrap_or_default();
+                    (open, bytes, count + 1)
                 } else {
                     (seq, Vec::with_capacity(512), 1)
                 };
@@ -359,7 +363,7 @@ impl Projection for History {
             }
             _ => {}
         }
-        changes.put(id_key, location(&room, seq, block));
+        ids.record(&mut changes, &event.id, &location(&room, seq, block));
         if let Some(d) = directory {
             changes.put_json(key, &d);
         }

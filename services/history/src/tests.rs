@@ -253,6 +253,45 @@ fn a_duplicate_event_id_is_applied_once() {
 }
 
 #[test]
+fn ids_past_a_full_index_group_are_found_and_applied_once() {
+    // Every id here shares its first 6 bytes: one index group, full after GROUP_MAX entries.
+    let past = u32::try_from(index::GROUP_MAX).unwrap() + 20;
+    let mut then = given([created(1)]);
+    for n in 2..=past {
+        then.apply(posted(n, "ada", &format!("m{n}")));
+    }
+    let early = 2;
+    let spilled = past - 5;
+    assert!(
+        then.view.0.keys().any(|k| k.starts_with(b"j/")),
+        "the entries past the group's size have keys of their own"
+    );
+    // Duplicates of an early and of a spilled message: not stored again.
+    let then = then
+        .when(posted(early, "ada", "again"))
+        .when(posted(spilled, "ada", "again"));
+    for seq in [u64::from(past) + 1, u64::from(past) + 2] {
+        assert!(then.message(seq).is_none(), "duplicate stored at {seq}");
+    }
+    // Both are found by id: edits land, and the message query answers.
+    let n = past + 3;
+    let then = then
+        .when(edited(n, "ada", early, "early, edited"))
+        .when(edited(n + 1, "ada", spilled, "spilled, edited"));
+    assert_eq!(
+        then.message(u64::from(early)).unwrap().text,
+        "early, edited"
+    );
+    assert_eq!(
+        then.message(u64::from(spilled)).unwrap().text,
+        "spilled, edited"
+    );
+    let (_, found) = find_message(&then.view, &id(spilled)).expect("found by id");
+    assert_eq!(found.message.seq, u64::from(spilled));
+    assert!(find_message(&then.view, &id(past + 100)).is_none());
+}
+
+#[test]
 fn it_keeps_the_room_directory() {
     let secret = ChatEvent::in_room(
         &lobby(),

@@ -240,8 +240,8 @@ async fn consume<P: Projection + ?Sized>(
         if stop_at.is_some_and(|stop| checkpoint >= stop) {
             return Ok(checkpoint);
         }
-        let mut messages = match open_reader(js, projection, checkpoint + 1).await {
-            Ok(m) => m,
+        let mut reader = match open_reader(js, projection, checkpoint + 1).await {
+            Ok(m) => Reader::spawn(m),
             Err(e) => {
                 tracing::warn!(view = name, error = %e, "cannot read the stream, retrying");
                 tokio::select! {
@@ -260,7 +260,7 @@ async fn consume<P: Projection + ?Sized>(
         let mut checked = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval(config.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let restart = loop {
+        let restart = 'read: loop {
             let next = tokio::select! {
                 _ = &mut shutdown => {
                     commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
@@ -275,9 +275,9 @@ async fn consume<P: Projection + ?Sized>(
                     }
                     continue;
                 }
-                next = tokio::time::timeout(config.idle_commit, messages.next()) => next,
+                next = tokio::time::timeout(config.idle_commit, reader.rx.recv()) => next,
             };
-            let message = match next {
+            let chunk = match next {
                 Err(_) => {
                     // Quiet: commit what is pending so the view is fresh.
                     commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
@@ -296,53 +296,51 @@ async fn consume<P: Projection + ?Sized>(
                     continue;
                 }
                 Ok(None) => break "the reader ended",
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(view = name, error = %e, "reading the stream failed");
-                    break "reading failed";
-                }
-                Ok(Some(Ok(m))) => m,
+                Ok(Some(chunk)) => chunk,
             };
             quiet_since = tokio::time::Instant::now();
-            let (seq, lag) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.pending),
-                Err(e) => {
-                    tracing::warn!(view = name, error = %e, "message without metadata");
-                    break "bad metadata";
-                }
-            };
-            if seq <= last {
-                continue;
-            }
-            match ChatEvent::decode(&message.payload) {
-                Ok(event) => {
-                    let changes = {
-                        let overlay = Overlay {
-                            view,
-                            pending: &pending,
-                        };
-                        projection.apply(&overlay, seq, &event)
-                    };
-                    if seq > emitter.through {
-                        emit.extend(changes.emit.iter().cloned());
+            for read in chunk {
+                let (seq, lag, decoded) = match read {
+                    Delivered::Event { seq, lag, event } => (seq, lag, event),
+                    Delivered::Failed(why, e) => {
+                        tracing::warn!(view = name, error = %e, "{why}");
+                        break 'read why;
                     }
-                    pending.add(changes);
-                    stats.applied.fetch_add(1, Relaxed);
+                };
+                if seq <= last {
+                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!(view = name, seq, error = %e, "undecodable event skipped");
-                    stats.skipped.fetch_add(1, Relaxed);
-                    pending.events += 1;
+                match decoded {
+                    Ok(event) => {
+                        let changes = {
+                            let overlay = Overlay {
+                                view,
+                                pending: &pending,
+                            };
+                            projection.apply(&overlay, seq, &event)
+                        };
+                        if seq > emitter.through {
+                            emit.extend(changes.emit.iter().cloned());
+                        }
+                        pending.add(changes);
+                        stats.applied.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(view = name, seq, error = %e, "undecodable event skipped");
+                        stats.skipped.fetch_add(1, Relaxed);
+                        pending.events += 1;
+                    }
                 }
-            }
-            last = seq;
-            stats.lag.store(lag, Relaxed);
-            let done = stop_at.is_some_and(|stop| seq >= stop);
-            if pending.events >= config.batch || done {
-                commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
-                progress(seq, stop_at.unwrap_or(seq + lag));
-            }
-            if done {
-                return Ok(last);
+                last = seq;
+                stats.lag.store(lag, Relaxed);
+                let done = stop_at.is_some_and(|stop| seq >= stop);
+                if pending.events >= config.batch || done {
+                    commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
+                    progress(seq, stop_at.unwrap_or(seq + lag));
+                }
+                if done {
+                    return Ok(last);
+                }
             }
         };
         commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
@@ -368,6 +366,77 @@ async fn stream_head(js: &jetstream::Context, stream: chatlog_events::Stream) ->
         .await
         .ok()
         .flatten()
+}
+
+/// What the reader task hands over: a stream message with its seq and lag, decoded.
+// Nearly every item is an event: boxing it to shrink the rare failure would cost an allocation
+// per event.
+#[allow(clippy::large_enum_variant)]
+enum Delivered {
+    Event {
+        seq: u64,
+        lag: u64,
+        event: Result<ChatEvent, chatlog_events::event::DecodeError>,
+    },
+    /// The reader cannot go on: why (the restart's reason) and the error.
+    Failed(&'static str, String),
+}
+
+/// Reads and decodes on a task of its own, a chunk of what is ready at a time, so that decoding
+/// (JSON, a seventh of a rebuild) runs beside applying and committing on a multi-thread runtime
+/// (a rebuild of 1 M events: 95 000 → 128 000 events/s). Bounded: it reads ahead by a few chunks
+/// at most. Stops when dropped.
+///
+/// The commit stays on the applying task: sled's `apply_batch` takes a process-wide write lock
+/// that every `get` waits for, so committing one batch on another thread while the next is
+/// applied gained nothing when tried.
+struct Reader {
+    rx: tokio::sync::mpsc::Receiver<Vec<Delivered>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reader {
+    /// Messages decoded per chunk at most.
+    const CHUNK: usize = 256;
+
+    fn spawn(messages: jetstream::consumer::pull::Ordered) -> Reader {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let task = tokio::spawn(async move {
+            let mut chunks = messages.ready_chunks(Self::CHUNK);
+            while let Some(chunk) = chunks.next().await {
+                let mut out = Vec::with_capacity(chunk.len());
+                let mut failed = false;
+                for message in chunk {
+                    let read = match message {
+                        Err(e) => Delivered::Failed("reading failed", e.to_string()),
+                        Ok(m) => match m.info() {
+                            Ok(info) => Delivered::Event {
+                                seq: info.stream_sequence,
+                                lag: info.pending,
+                                event: ChatEvent::decode(&m.payload),
+                            },
+                            Err(e) => Delivered::Failed("bad metadata", e.to_string()),
+                        },
+                    };
+                    failed = matches!(read, Delivered::Failed(..));
+                    out.push(read);
+                    if failed {
+                        break;
+                    }
+                }
+                if tx.send(out).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Reader { rx, task }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 async fn open_reader<P: Projection + ?Sized>(

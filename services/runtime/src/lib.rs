@@ -17,7 +17,7 @@ use chatlog_events::{ChatEvent, Stream};
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use host::{HostConfig, HostError, HostStats, rebuild, run};
-pub use view::{Read, View, ViewError};
+pub use view::{Read, View, ViewError, get_to_grow};
 
 /// A view of the log, kept by the runtime.
 pub trait Projection: Send + Sync + 'static {

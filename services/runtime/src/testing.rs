@@ -18,6 +18,10 @@ impl Read for Memory {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.0.get(key).cloned()
     }
+
+    fn with(&self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) {
+        f(self.0.get(key).map(Vec::as_slice));
+    }
 }
 
 impl Memory {

@@ -20,6 +20,25 @@ const VERSION: &[u8] = b"\xffmeta/version";
 /// Read access to a view, as a projection sees it.
 pub trait Read {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+
+    /// Calls `f` with the value of `key`, lent rather than copied where the view can: a
+    /// projection that scans a value or copies it to grow it pays one copy, not two.
+    fn with(&self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) {
+        f(self.get(key).as_deref());
+    }
+}
+
+/// A copy of the value of `key` with room for `extra` more bytes: for values that grow.
+pub fn get_to_grow(view: &dyn Read, key: &[u8], extra: usize) -> Option<Vec<u8>> {
+    let mut out = None;
+    view.with(key, &mut |value| {
+        out = value.map(|v| {
+            let mut copy = Vec::with_capacity(v.len() + extra);
+            copy.extend_from_slice(v);
+            copy
+        });
+    });
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,8 +157,18 @@ impl View {
 
 impl Read for View {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.get_ivec(key).map(|v| v.to_vec())
+    }
+
+    fn with(&self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) {
+        f(self.get_ivec(key).as_deref());
+    }
+}
+
+impl View {
+    fn get_ivec(&self, key: &[u8]) -> Option<sled::IVec> {
         match self.db.get(key) {
-            Ok(v) => v.map(|v| v.to_vec()),
+            Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "view read failed");
                 None
@@ -183,6 +212,13 @@ impl Read for Overlay<'_> {
             None => self.view.get(key),
         }
     }
+
+    fn with(&self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) {
+        match self.pending.writes.get(key) {
+            Some(v) => f(v.as_deref()),
+            None => self.view.with(key, f),
+        }
+    }
 }
 
 /// sled with a cache that holds a busy view.
@@ -197,8 +233,12 @@ fn read_u64(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or_default()
 }
 
-/// FNV-1a, 64 bits: stable across runs and platforms (unlike std's hasher).
+/// FNV-1a's 64-bit constants over 8-byte little-endian words (the tail byte by byte): stable
+/// across runs and platforms (unlike std's hasher), and a word at a time, because a rebuild ends
+/// with the checksum of the whole view.
 struct Fnv(u64);
+
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 impl Fnv {
     fn new() -> Self {
@@ -206,9 +246,14 @@ impl Fnv {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            self.0 = (self.0 ^ u64::from_le_bytes(w)).wrapping_mul(FNV_PRIME);
+        }
+        for b in words.remainder() {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(FNV_PRIME);
         }
     }
 
