@@ -24,10 +24,11 @@ use async_nats::{HeaderMap, Message};
 use axum::extract::ws::Utf8Bytes;
 use chatlog_events::{RoomId, Stream, subjects};
 use futures::StreamExt;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::{
     frames,
+    inbox::{self, TrySendError},
     log::{Log, LogError},
     views::Views,
 };
@@ -61,7 +62,7 @@ pub struct Subscriber {
     pub join: u64,
     /// Whose connection: a member removed from a private room stops receiving it at once.
     pub user: chatlog_events::UserId,
-    pub tx: mpsc::Sender<Delivery>,
+    pub tx: inbox::Sender<Delivery>,
     /// Told when the queue overflowed or the edge shuts down: the connection must close.
     pub kick: Arc<Kick>,
 }
@@ -306,12 +307,12 @@ pub fn deliver_all(
         };
         match sub.tx.try_send(delivery) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full(_)) => {
                 tracing::info!(feed = %what, join = sub.join, "slow consumer dropped");
                 sub.kick.kick(KickReason::SlowConsumer);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(TrySendError::Closed(_)) => false,
         }
     });
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod frames;
 pub mod http;
 pub mod hub;
+pub mod inbox;
 pub mod limits;
 pub mod log;
 pub mod messages;

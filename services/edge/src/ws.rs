@@ -34,11 +34,11 @@ use chatlog_events::{
 };
 use futures::{
     FutureExt, SinkExt, StreamExt,
-    stream::{FuturesUnordered, SplitSink},
+    stream::{FuturesUnordered, SplitSink, SplitStream},
 };
 use serde::Deserialize;
 use sync_wrapper::SyncWrapper;
-use tokio::{sync::mpsc, task::AbortHandle};
+use tokio::task::AbortHandle;
 
 use crate::{
     AppState,
@@ -46,6 +46,7 @@ use crate::{
     frames::{self, ClientFrame, ServerFrame},
     http::parse_room,
     hub::{Delivery, Kick, KickReason, Kind, Subscriber},
+    inbox,
     limits::TokenBucket,
     messages::Change,
 };
@@ -103,10 +104,14 @@ pub async fn upgrade(
     // Frames written in one turn still leave in one write up to 4 KiB.
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(1024)
+        .read_buffer_size(512)
         .write_buffer_size(4 * 1024)
         .on_upgrade(move |socket| {
-            let fut = serve(state, user, socket);
+            // Split here, not in the task: a future keeps the storage of what it was given for
+            // its whole life, and the socket (368 bytes) moved into the split would stay as dead
+            // weight in every connection's task, twice (serve and run_loop).
+            let (sink, stream) = socket.split();
+            let fut = serve(state, user, sink, stream);
             if std::env::var_os("CHATLOG_SIZES").is_some() {
                 eprintln!("serve future: {} bytes", std::mem::size_of_val(&fut));
             }
@@ -194,15 +199,23 @@ enum Stop {
 
 type Sink = SplitSink<WebSocket, Message>;
 
+/// A connection's appends in flight, each ending in its ack or error frame.
+type Appends = FuturesUnordered<Pin<Box<dyn Future<Output = Utf8Bytes> + Send>>>;
+
+/// The next ack or error frame of an append in flight.
+async fn next_ack(appends: &mut SyncWrapper<Option<Appends>>) -> Option<Utf8Bytes> {
+    appends.get_mut().as_mut()?.next().await
+}
+
 struct Connection {
     state: AppState,
     user: UserId,
     rooms: HashMap<RoomId, Joined>,
     joins: HashMap<u64, RoomId>,
-    live_tx: mpsc::Sender<Delivery>,
-    /// Boxed: a channel allocates 32 slots up front, and an idle connection should not pay
-    /// 32 of the largest `Ctl`.
-    ctl_tx: mpsc::Sender<Box<Ctl>>,
+    live_tx: inbox::Sender<Delivery>,
+    /// Boxed: the queue keeps a few slots after it drains, and they should be pointers, not the
+    /// largest `Ctl`.
+    ctl_tx: inbox::Sender<Box<Ctl>>,
     kick: Arc<Kick>,
     sends: TokenBucket,
     /// Opaque id of this socket in presence events.
@@ -210,17 +223,18 @@ struct Connection {
     /// This connection's place in its user's notification feed.
     notify_join: u64,
     /// Appends in flight, each answering its ack or error frame.
-    appends: SyncWrapper<FuturesUnordered<Pin<Box<dyn Future<Output = Utf8Bytes> + Send>>>>,
+    /// Made at the first send: an empty `FuturesUnordered` still allocates ~200 bytes.
+    appends: SyncWrapper<Option<Appends>>,
 }
 
 impl Connection {
     fn new(
         state: AppState,
         user: UserId,
-    ) -> (Self, mpsc::Receiver<Delivery>, mpsc::Receiver<Box<Ctl>>) {
+    ) -> (Self, inbox::Receiver<Delivery>, inbox::Receiver<Box<Ctl>>) {
         let limits = &state.config.limits;
-        let (live_tx, live_rx) = mpsc::channel(limits.outbound_queue);
-        let (ctl_tx, ctl_rx) = mpsc::channel(256);
+        let (live_tx, live_rx) = inbox::inbox(limits.outbound_queue);
+        let (ctl_tx, ctl_rx) = inbox::inbox(256);
         let sends = TokenBucket::new(limits.sends_per_second, limits.send_burst);
         let conn = Self {
             state,
@@ -233,7 +247,7 @@ impl Connection {
             sends,
             connection: uuid::Uuid::new_v4().simple().to_string(),
             notify_join: 0,
-            appends: SyncWrapper::new(FuturesUnordered::new()),
+            appends: SyncWrapper::new(None),
         };
         (conn, live_rx, ctl_rx)
     }
@@ -242,19 +256,20 @@ impl Connection {
 impl Connection {
     async fn run_loop(
         &mut self,
-        socket: WebSocket,
-        mut live_rx: mpsc::Receiver<Delivery>,
-        mut ctl_rx: mpsc::Receiver<Box<Ctl>>,
+        mut sink: Sink,
+        mut stream: SplitStream<WebSocket>,
+        mut live_rx: inbox::Receiver<Delivery>,
+        mut ctl_rx: inbox::Receiver<Box<Ctl>>,
     ) {
-        let (mut sink, mut stream) = socket.split();
+        // Presence heartbeats, and pings: a peer silent for two ping periods is gone (a dead
+        // network sends no close), and its presence ends. One timer for both, set to whichever
+        // is due first (a timer is 112 bytes of every connection).
         let every = self.state.config.limits.heartbeat;
-        let mut heartbeats = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        // The edge pings; a peer silent for two ping periods is gone (a dead network sends no
-        // close), and its presence ends.
         let ping_every = self.state.config.limits.ping;
-        let mut pings =
-            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-        let mut heard = tokio::time::Instant::now();
+        let start = tokio::time::Instant::now();
+        let (mut next_heartbeat, mut next_ping) = (start + every, start + ping_every);
+        let mut timer = Box::pin(tokio::time::sleep_until(next_heartbeat.min(next_ping)));
+        let mut heard = start;
         let stop = loop {
             let step = tokio::select! {
                 biased;
@@ -262,17 +277,24 @@ impl Connection {
                 // Boxed: rare next to deliveries, and their futures are large; inline they would
                 // make every idle connection's task as large as the largest of them.
                 Some(ctl) = ctl_rx.recv() => Box::pin(self.on_ctl(*ctl, &mut sink)).await,
-                Some(frame) = self.appends.get_mut().next(), if !self.appends.get_mut().is_empty() => self.write(&mut sink, frame).await,
-                _ = heartbeats.tick() => {
-                    self.heartbeat();
-                    Ok(())
-                }
-                _ = pings.tick() => {
-                    if heard.elapsed() > ping_every * 2 {
-                        Err(Stop::Gone)
-                    } else {
-                        self.guard(sink.feed(Message::Ping(bytes::Bytes::new()))).await
+                Some(frame) = next_ack(&mut self.appends), if self.appends.get_mut().as_ref().is_some_and(|a| !a.is_empty()) => self.write(&mut sink, frame).await,
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    let mut step = Ok(());
+                    if now >= next_heartbeat {
+                        self.heartbeat();
+                        next_heartbeat = now + every;
                     }
+                    if now >= next_ping {
+                        next_ping = now + ping_every;
+                        step = if heard.elapsed() > ping_every * 2 {
+                            Err(Stop::Gone)
+                        } else {
+                            Box::pin(self.guard(sink.feed(Message::Ping(bytes::Bytes::new())))).await
+                        };
+                    }
+                    timer.as_mut().reset(next_heartbeat.min(next_ping));
+                    step
                 }
                 Some(delivery) = live_rx.recv() => self.on_live(delivery, &mut live_rx, &mut sink).await,
                 msg = stream.next() => {
@@ -312,7 +334,7 @@ impl Connection {
 }
 
 /// Runs one upgraded connection until it closes, then leaves every room it joined.
-async fn serve(state: AppState, user: UserId, socket: WebSocket) {
+async fn serve(state: AppState, user: UserId, sink: Sink, stream: SplitStream<WebSocket>) {
     let (mut conn, live_rx, ctl_rx) = Connection::new(state, user);
     conn.state.metrics.connection_opened();
     conn.notify_join = conn.state.hub.next_join();
@@ -329,11 +351,12 @@ async fn serve(state: AppState, user: UserId, socket: WebSocket) {
     if *conn.state.shutdown.borrow() {
         conn.kick.kick(KickReason::Shutdown);
     }
-    conn.run_loop(socket, live_rx, ctl_rx).await;
+    conn.run_loop(sink, stream, live_rx, ctl_rx).await;
     // Appends the client sent before it went are already with JetStream; a first attempt that
     // failed is still retried to its end (the client gets no ack, but nothing stops half way).
-    let unfinished = std::mem::take(conn.appends.get_mut());
-    if !unfinished.is_empty() {
+    if let Some(unfinished) = conn.appends.get_mut().take()
+        && !unfinished.is_empty()
+    {
         tokio::spawn(unfinished.for_each(|_| async {}));
     }
     let rooms: Vec<RoomId> = conn.rooms.keys().cloned().collect();
@@ -354,7 +377,7 @@ impl Connection {
         if let Some(done) = sink.feed(message.clone()).now_or_never() {
             return done.map_err(|_| Stop::Gone);
         }
-        self.guard(sink.feed(message)).await
+        Box::pin(self.guard(sink.feed(message))).await
     }
 
     /// Flushes what was fed this turn, without a timer when the socket takes it at once.
@@ -362,9 +385,11 @@ impl Connection {
         if let Some(done) = sink.flush().now_or_never() {
             return done.map_err(|_| Stop::Gone);
         }
-        self.guard(sink.flush()).await
+        Box::pin(self.guard(sink.flush())).await
     }
 
+    /// Boxed where it is awaited: it is the slow path (a socket that did not take the frame at
+    /// once), and its timer inline would make every connection's task larger.
     async fn guard(&self, io: impl Future<Output = Result<(), axum::Error>>) -> Result<(), Stop> {
         tokio::select! {
             r = io => r.map_err(|_| Stop::Gone),
@@ -376,7 +401,7 @@ impl Connection {
     async fn on_live(
         &mut self,
         first: Delivery,
-        live_rx: &mut mpsc::Receiver<Delivery>,
+        live_rx: &mut inbox::Receiver<Delivery>,
         sink: &mut Sink,
     ) -> Result<(), Stop> {
         // Write what is already queued in one go: one flush for the batch.
@@ -385,11 +410,7 @@ impl Connection {
         while let Some(delivery) = next {
             self.deliver(delivery, sink).await?;
             batch += 1;
-            next = if batch < 64 {
-                live_rx.try_recv().ok()
-            } else {
-                None
-            };
+            next = if batch < 64 { live_rx.try_recv() } else { None };
         }
         Ok(())
     }
@@ -876,7 +897,11 @@ impl Connection {
         let state = self.state.clone();
         let id = event.id.to_string();
         let acked = self.state.log.append_in_order(&event).await;
-        self.appends.get_mut().push(Box::pin(async move {
+        let appends = self
+            .appends
+            .get_mut()
+            .get_or_insert_with(FuturesUnordered::new);
+        appends.push(Box::pin(async move {
             match acked.await {
                 Ok(appended) => {
                     state.metrics.appended();
