@@ -211,8 +211,8 @@ impl Projection for History {
 
     fn version(&self) -> u32 {
         // 2: public rooms keep their joined members too. 3: the last seq under its own key.
-        // 4: messages in blocks. 5: event ids indexed in groups.
-        5
+        // 4: messages in blocks. 5: event ids indexed in groups. 6: groups sorted by id.
+        6
     }
 
     fn stream(&self) -> Stream {
