@@ -8,7 +8,8 @@
 //! [`Notifications`] reads `CHAT_USERS`: each user's notifications (read or not) and read
 //! markers. It answers `views.notifications.list` and `.markers`.
 //!
-//! Keys of [`Mentions`]: `i/<event id>` (seen), `m/<room>/<user>` (a member).
+//! Keys of [`Mentions`]: `i/<event id>` (seen: membership events and messages that mention
+//! someone; the others change nothing here), `m/<room>/<user>` (a member).
 //! Keys of [`Notifications`]: `i/<event id>` (seen), `n/<user>/<seq>` → [`NotificationView`],
 //! `u/<user>` → the seqs of its unread notifications, `r/<user>/<room>` → read marker.
 
@@ -54,6 +55,16 @@ impl Projection for Mentions {
         let Some(room) = event.room() else {
             return changes;
         };
+        // Only events that change something here are remembered as seen: most messages mention
+        // nobody, and a seen key for each was a sled read and insert per message.
+        let matters = match &event.payload {
+            Payload::RoomCreated(_) | Payload::MemberJoined(_) | Payload::MemberLeft(_) => true,
+            Payload::MessagePosted(posted) => !posted.mentions.is_empty(),
+            _ => false,
+        };
+        if !matters {
+            return changes;
+        }
         let seen = seen_key(&event.id);
         if view.get(&seen).is_some() {
             return changes;
