@@ -199,6 +199,19 @@ enum Stop {
 
 type Sink = SplitSink<WebSocket, Message>;
 
+/// When a connection's first heartbeat is due: a point of the period drawn from its random id
+/// (at least a tenth of it). Connections that came together (an edge restarted, every client
+/// reconnecting) would otherwise heartbeat together, a burst of appends every period.
+fn first_heartbeat(connection: &str, every: Duration) -> Duration {
+    let spread = connection
+        .get(..8)
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .unwrap_or(u32::MAX);
+    every
+        .mul_f64(f64::from(spread) / f64::from(u32::MAX))
+        .max(every / 10)
+}
+
 /// A connection's appends in flight, each ending in its ack or error frame.
 type Appends = FuturesUnordered<Pin<Box<dyn Future<Output = Utf8Bytes> + Send>>>;
 
@@ -267,7 +280,8 @@ impl Connection {
         let every = self.state.config.limits.heartbeat;
         let ping_every = self.state.config.limits.ping;
         let start = tokio::time::Instant::now();
-        let (mut next_heartbeat, mut next_ping) = (start + every, start + ping_every);
+        let first = first_heartbeat(&self.connection, every);
+        let (mut next_heartbeat, mut next_ping) = (start + first, start + ping_every);
         let mut timer = Box::pin(tokio::time::sleep_until(next_heartbeat.min(next_ping)));
         let mut heard = start;
         let stop = loop {
@@ -968,6 +982,22 @@ mod tests {
             h.insert(header::ORIGIN, o.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn first_heartbeats_of_connections_that_came_together_spread_over_the_period() {
+        let every = Duration::from_secs(15);
+        let firsts: Vec<Duration> = (0..1000)
+            .map(|_| first_heartbeat(&uuid::Uuid::new_v4().simple().to_string(), every))
+            .collect();
+        assert!(firsts.iter().all(|f| *f >= every / 10 && *f <= every));
+        // Each fifth of the period gets some of them (a burst would put them all in the last).
+        for fifth in 0..5u32 {
+            let (from, to) = (every * fifth / 5, every * (fifth + 1) / 5);
+            let n = firsts.iter().filter(|f| **f >= from && **f <= to).count();
+            assert!(n > 100, "{n} first heartbeats in fifth {fifth}");
+        }
+        assert_eq!(first_heartbeat("not hex!", every), every);
     }
 
     #[test]
