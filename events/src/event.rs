@@ -12,6 +12,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
+use std::io::Write as _;
 
 use crate::{
     ids::{EventId, RoomId, UserId},
@@ -148,6 +149,13 @@ macro_rules! payloads {
             fn to_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
                 match self {
                     $(Payload::$variant(d) => to_map(d),)*
+                }
+            }
+
+            /// The data's fields as a JSON object, written to `out`.
+            fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+                match self {
+                    $(Payload::$variant(d) => serde_json::to_writer(out, d),)*
                 }
             }
 
@@ -345,9 +353,53 @@ impl ChatEvent {
         builder.build().map_err(|e| EncodeError(e.to_string()))
     }
 
-    /// The JSON body stored in the log.
+    /// The JSON body stored in the log: the CloudEvent of [`ChatEvent::to_cloudevent`] in
+    /// structured mode, written directly. Going through the SDK's `Event` (a JSON tree for `data`,
+    /// strings for every attribute) was a tenth of the edge's time on appends; the tests check
+    /// that both give the same JSON.
     pub fn to_json(&self) -> Result<Vec<u8>, EncodeError> {
-        serde_json::to_vec(&self.to_cloudevent()?).map_err(|e| EncodeError(e.to_string()))
+        let err = |e: serde_json::Error| EncodeError(e.to_string());
+        let mut out = Vec::with_capacity(256 + self.data_len_hint());
+        out.extend_from_slice(br#"{"specversion":"1.0","id":""#);
+        // A hyphenated UUID: nothing to escape.
+        let _ = write!(out, "{}", self.id);
+        out.extend_from_slice(br#"","type":""#);
+        out.extend_from_slice(self.payload.event_type().as_bytes());
+        out.extend_from_slice(br#"","source":"#);
+        serde_json::to_writer(&mut out, &format_args!("{SOURCE_PREFIX}{}", self.component))
+            .map_err(err)?;
+        out.extend_from_slice(br#","datacontenttype":"application/json","subject":"#);
+        serde_json::to_writer(&mut out, &self.subject).map_err(err)?;
+        out.extend_from_slice(br#","time":"#);
+        serde_json::to_writer(&mut out, &self.time).map_err(err)?;
+        out.extend_from_slice(br#","data":"#);
+        self.payload.write_json(&mut out).map_err(err)?;
+        // The acting user joins the payload's fields (no payload has a field of that name).
+        if out.pop() != Some(b'}') {
+            return Err(EncodeError("event data must be a json object".into()));
+        }
+        if out.last() != Some(&b'{') {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""user":"#);
+        serde_json::to_writer(&mut out, &self.user).map_err(err)?;
+        out.push(b'}');
+        if let Some(tp) = &self.traceparent {
+            out.extend_from_slice(br#","traceparent":"#);
+            serde_json::to_writer(&mut out, tp).map_err(err)?;
+        }
+        out.push(b'}');
+        Ok(out)
+    }
+
+    /// Bytes of the payload's longest free text, to size the body once.
+    fn data_len_hint(&self) -> usize {
+        match &self.payload {
+            Payload::MessagePosted(m) => m.text.len() + 32 * m.mentions.len(),
+            Payload::MessageEdited(m) => m.text.len(),
+            Payload::NotificationCreated(n) => n.text.len(),
+            _ => 0,
+        }
     }
 
     /// Subject, headers and body of the append.

@@ -177,3 +177,25 @@ fn stored_events_are_cloudevents_1_0() {
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
     }
 }
+
+#[test]
+fn the_direct_body_is_the_sdk_cloudevent() {
+    let mut all = samples();
+    // Text that needs escaping, and an event without a trace context.
+    let lobby = RoomId::parse("lobby").unwrap();
+    all.push(ChatEvent::in_room(
+        &lobby,
+        UserId::parse("ada").unwrap(),
+        "edge",
+        Payload::MessagePosted(MessagePosted {
+            text: "\"quoted\"\n\ttab \\ back \u{1F600} \u{0001}".into(),
+            mentions: vec![],
+            reply_to: None,
+        }),
+    ));
+    for ev in all {
+        let direct: serde_json::Value = serde_json::from_slice(&ev.to_json().unwrap()).unwrap();
+        let sdk = serde_json::to_value(ev.to_cloudevent().unwrap()).unwrap();
+        assert_eq!(direct, sdk, "{}", ev.payload.event_type());
+    }
+}
