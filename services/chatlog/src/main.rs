@@ -187,14 +187,16 @@ fn handlers_thread(
     }
 }
 
-/// Nice 5 for the calling thread (Linux keeps a nice value per thread; threads it starts, such as
-/// sled's flusher, inherit it): when the machine is short of CPU the edge's workers go first.
+/// Nice 19 for the calling thread (Linux keeps a nice value per thread; threads it starts, such as
+/// sled's flusher, inherit it): when the machine is short of CPU the edge's workers go first. The
+/// views catch up when it is not (they still got a third of a core while appends saturated the
+/// machine); at nice 5 their commits showed in the fan-out's p99.
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
     unsafe {
         let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 5) != 0 {
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) != 0 {
             tracing::debug!("could not lower the handlers' thread priority");
         }
     }
