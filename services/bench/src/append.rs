@@ -75,6 +75,10 @@ pub struct AppendReport {
     pub raw: Option<AppendPhase>,
     /// Edge appends/s over raw JetStream appends/s.
     pub ratio: Option<f64>,
+    /// Seconds after the edge phase until the system under test was quiet: the views of
+    /// `chatlog up` projecting the appends they fell behind on (their thread runs at a low
+    /// priority while the edge is busy).
+    pub views_caught_up_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,6 +148,7 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
     };
     let edge = edge_phase(common, &args, &rooms, &users).await?;
     eprintln!("{}", edge.one_line());
+    let views_caught_up_s = crate::quiesce(common).await;
     let ratio = raw
         .as_ref()
         .filter(|r| r.per_s > 0.0)
@@ -157,6 +162,7 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
         edge,
         raw,
         ratio,
+        views_caught_up_s,
     })
 }
 

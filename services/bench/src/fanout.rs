@@ -162,6 +162,9 @@ pub struct PhaseReport {
     pub latency: Latency,
     /// How late sends left compared to their schedule (the generator's own lag).
     pub schedule_lag: Latency,
+    /// Send to the sender's ack, measured seconds only: the append's share of the latency (the
+    /// edge, NATS storing it and the ack's way back), beside which the rest is the fan-out.
+    pub ack_latency: Latency,
     /// Cores used during the measured seconds by the edge, NATS and the generator.
     pub cpu: CpuUse,
     /// The edge's resident memory when the phase started and its peak during it (KiB).
@@ -352,13 +355,14 @@ impl PhaseReport {
 
     pub(crate) fn one_line(&self) -> String {
         format!(
-            "{:>8}: {:>7.0} msg/s sent, {:>9.0} deliveries/s, p50 {:.2} ms p99 {:.2} ms max {:.1} ms, lost {} dup {} closed {}",
+            "{:>8}: {:>7.0} msg/s sent, {:>9.0} deliveries/s, p50 {:.2} ms p99 {:.2} ms max {:.1} ms (ack p99 {:.2} ms), lost {} dup {} closed {}",
             self.label,
             self.send_rate,
             self.deliveries_per_s,
             self.latency.p50_ms,
             self.latency.p99_ms,
             self.latency.max_ms,
+            self.ack_latency.p99_ms,
             self.lost,
             self.duplicates,
             self.closed_connections
@@ -464,6 +468,9 @@ struct Member {
     pending: MemberOut,
     latency: Local,
     lag: Local,
+    ack: Local,
+    /// When the send awaiting its ack left (ns since `base`); 0 when none is awaited.
+    sent_ns: u64,
 }
 
 enum Step {
@@ -531,6 +538,7 @@ impl Member {
                     }
                     self.lag.record((now - at).as_micros() as u64);
                     let t = self.base.elapsed().as_nanos() as u64;
+                    self.sent_ns = t;
                     frame.clear();
                     frame.push_str(&self.head);
                     let _ = write!(frame, "{t:0width$}", width = T_DIGITS);
@@ -547,6 +555,7 @@ impl Member {
         }
         self.latency.flush();
         self.lag.flush();
+        self.ack.flush();
         out.closed |= self.ws.is_none();
         out
     }
@@ -595,6 +604,12 @@ impl Member {
                 if let Some(plan) = plan {
                     out.acked.push(seq);
                     plan.counters.acked.fetch_add(1, Relaxed);
+                    // One send in flight per member at these rates: the ack is the last send's.
+                    let sent = std::mem::take(&mut self.sent_ns);
+                    if sent != 0 && sent >= plan.measure_from_ns {
+                        let now = self.base.elapsed().as_nanos() as u64;
+                        self.ack.record(now.saturating_sub(sent) / 1000);
+                    }
                 }
             }
             Some(Frame::Error { code, message, .. }) => {
@@ -628,6 +643,7 @@ struct Fleet {
     order: Vec<usize>,
     latency: Arc<Recorder>,
     lag: Arc<Recorder>,
+    ack: Arc<Recorder>,
     pids: Pids,
 }
 
@@ -680,6 +696,7 @@ impl Fleet {
 
         let latency = Recorder::new();
         let lag = Recorder::new();
+        let ack = Recorder::new();
         let mut cmds = Vec::new();
         let mut tasks = Vec::new();
         let mut order = Vec::new();
@@ -695,6 +712,8 @@ impl Fleet {
                 pending: MemberOut::default(),
                 latency: latency.local(k),
                 lag: lag.local(k),
+                ack: ack.local(k),
+                sent_ns: 0,
             };
             let (tx, rx) = mpsc::channel(2);
             cmds.push(tx);
@@ -710,6 +729,7 @@ impl Fleet {
             order,
             latency,
             lag,
+            ack,
             pids: common.pids,
         })
     }
@@ -806,6 +826,7 @@ impl Fleet {
             cpu,
             counters.timeline(),
         );
+        report.ack_latency = Latency::of(&self.ack.take());
         report.edge_rss_start_kib = rss_start;
         report.edge_rss_peak_kib = rss_peak;
         report
@@ -855,6 +876,7 @@ impl Fleet {
             drain_seconds,
             latency,
             schedule_lag,
+            ack_latency: Latency::default(),
             cpu,
             edge_us_per_delivery: None,
             edge_rss_start_kib: None,

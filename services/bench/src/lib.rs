@@ -127,6 +127,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         base,
         pids,
     };
+    // Every workload starts on a quiet system: the handlers of `chatlog up` run at a low priority
+    // and may still be projecting what the workload before loaded.
+    quiesce(&common).await;
     let outcome = match args.workload {
         Workload::Fanout(w) => Outcome::Fanout(fanout::run(&common, w).await?),
         Workload::Append(w) => Outcome::Append(append::run(&common, w).await?),
@@ -142,6 +145,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         seconds: base.elapsed().as_secs_f64(),
         outcome,
     })
+}
+
+/// Waits (two minutes at most) until the system under test is quiet, and answers how long that
+/// took (`None` when the edge's process is unknown). The handlers of `chatlog up` project in the
+/// edge's process, at a low priority: after a load they still have work, and a measurement beside
+/// it would share the machine with it. Quiet is the edge's process under 5 % of a core over a
+/// second.
+pub(crate) async fn quiesce(common: &Common) -> Option<f64> {
+    common.pids.edge?;
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(120);
+    let mut told = false;
+    while std::time::Instant::now() < deadline {
+        let from = common.pids.sample();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let used = common.pids.sample().since(&from);
+        if used.edge_cores.is_none_or(|c| c < 0.05) {
+            break;
+        }
+        if !told {
+            eprintln!("waiting for the system under test to finish its work (views catching up)");
+            told = true;
+        }
+    }
+    // The second of quiet is not part of the wait.
+    Some((started.elapsed().as_secs_f64() - 1.0).max(0.0))
 }
 
 /// A NATS client of `url` (credentials in the URL honoured).

@@ -51,26 +51,6 @@ pub struct ReplayReport {
     pub checksum: String,
 }
 
-/// Waits (two minutes at most) until the system under test is quiet: the running handlers
-/// project what was just loaded too, and measured beside them both reads would share the machine
-/// with that work (`chatlog up` runs the handlers in the edge's process: quiet is its CPU under
-/// 5 % of a core over a second).
-async fn settle(common: &Common) {
-    if common.pids.edge.is_none() {
-        return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    eprintln!("waiting for the system under test to finish projecting what was loaded");
-    while Instant::now() < deadline {
-        let from = common.pids.sample();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let used = common.pids.sample().since(&from);
-        if used.edge_cores.is_none_or(|c| c < 0.05) {
-            return;
-        }
-    }
-}
-
 pub async fn run(common: &Common, args: ReplayArgs) -> anyhow::Result<ReplayReport> {
     let client = crate::connect_nats(&common.nats_url, "chatlog-bench-replay").await?;
     let js = jetstream::ContextBuilder::new()
@@ -146,7 +126,7 @@ pub async fn run(common: &Common, args: ReplayArgs) -> anyhow::Result<ReplayRepo
         }
         load_per_s = Some(missing as f64 / started.elapsed().as_secs_f64());
     }
-    settle(common).await;
+    crate::quiesce(common).await;
     let info = stream.info().await?.clone();
     let last = info.state.last_sequence;
 

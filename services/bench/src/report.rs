@@ -322,6 +322,12 @@ fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
             ratio * 100.0
         )?;
     }
+    if let Some(s) = r.views_caught_up_s {
+        writeln!(
+            f,
+            "the system under test was quiet (views caught up) {s:.1} s after the edge phase"
+        )?;
+    }
     Ok(())
 }
 
