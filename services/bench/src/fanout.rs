@@ -522,10 +522,11 @@ impl Member {
             };
             let step = tokio::select! {
                 biased;
-                // Only `Stop` comes during a phase.
-                _ = cmds.recv() => Step::Stop,
                 at = tick.tick(), if sending => Step::Tick(at),
                 msg = ws.next() => Step::Msg(msg),
+                // Only `Stop` comes during a phase, after the sends and the drain: polled last,
+                // not before every frame read.
+                _ = cmds.recv() => Step::Stop,
             };
             match step {
                 Step::Stop => break,
@@ -669,6 +670,9 @@ impl Fleet {
         let size = text_len(args.size);
         let pad = "x".repeat(size - T_DIGITS - 3);
         let parallel = args.connect_parallel.max(1);
+        // tungstenite zero-fills its whole read buffer before every read: sized for one event
+        // frame (the text and ~400 bytes of envelope), not 4 KiB, it was 4 % of the generator.
+        let read_buffer = client::ws_config((size + 512).next_power_of_two().clamp(1024, 8192));
         let joined: Vec<(usize, anyhow::Result<Ws>)> =
             futures::stream::iter(tokens.into_iter().enumerate())
                 .map(|(k, token)| {
@@ -676,9 +680,7 @@ impl Fleet {
                     let room = rooms[k / args.members].clone();
                     async move {
                         let ws = async {
-                            let mut ws =
-                                client::connect_ws(&target, &token, client::ws_config(4096))
-                                    .await?;
+                            let mut ws = client::connect_ws(&target, &token, read_buffer).await?;
                             client::join(&mut ws, &room).await?;
                             Ok(ws)
                         }
