@@ -2,7 +2,7 @@
 //! and reads of one subject (catch-up, gap filling, `/events`). Everything that touches
 //! JetStream goes through [`Log`].
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_nats::{
     Client,
@@ -50,9 +50,12 @@ pub struct Stored {
     pub body: Bytes,
 }
 
-/// JetStream, as the edge uses it.
+/// JetStream, as the edge uses it. Cloned for every append (its ack is awaited apart from the
+/// connection): one reference count, not the clients' several.
 #[derive(Clone)]
-pub struct Log {
+pub struct Log(Arc<Inner>);
+
+struct Inner {
     client: Client,
     js: jetstream::Context,
     /// How long an append or a read may take before the caller hears `unavailable`.
@@ -63,24 +66,24 @@ impl Log {
     pub fn new(client: Client, deadline: Duration) -> Self {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(deadline);
-        Self {
+        Self(Arc::new(Inner {
             client,
             js,
             deadline,
-        }
+        }))
     }
 
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.0.client
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
-        &self.js
+        &self.0.js
     }
 
     /// Whether the NATS connection is up right now.
     pub fn connected(&self) -> bool {
-        is_connected(&self.client)
+        is_connected(&self.0.client)
     }
 
     /// Appends `event`; acknowledged means stored. A retry with the same event id is stored once
@@ -106,7 +109,7 @@ impl Log {
         event: &ChatEvent,
     ) -> impl Future<Output = Result<Appended, LogError>> + Send + 'static {
         let log = self.clone();
-        let until = Instant::now() + self.deadline;
+        let until = Instant::now() + self.0.deadline;
         let prepared = self.prepare(event, None);
         let sent = match &prepared {
             Ok(encoded) => Some(self.publish(encoded).await),
@@ -120,7 +123,7 @@ impl Log {
         event: &ChatEvent,
         expected_last: Option<u64>,
     ) -> Result<Appended, LogError> {
-        let until = Instant::now() + self.deadline;
+        let until = Instant::now() + self.0.deadline;
         let encoded = self.prepare(event, expected_last)?;
         self.finish(encoded, None, until).await
     }
@@ -150,7 +153,8 @@ impl Log {
         &self,
         encoded: &chatlog_events::event::Encoded,
     ) -> Result<PublishAckFuture, PublishError> {
-        self.js
+        self.0
+            .js
             .publish_with_headers(
                 encoded.subject.clone(),
                 encoded.headers.clone(),
@@ -314,7 +318,7 @@ impl Log {
         let mut count = 0;
         loop {
             // Each message must come within the deadline: the range is known to exist.
-            let next = match tokio::time::timeout(self.deadline, messages.next()).await {
+            let next = match tokio::time::timeout(self.0.deadline, messages.next()).await {
                 Err(_) => return Err(LogError::Unavailable),
                 Ok(None) => return Err(LogError::Unavailable),
                 Ok(Some(Err(_))) => return Err(self.unavailable_or("reading")),
@@ -346,7 +350,7 @@ impl Log {
             return false;
         }
         for stream in Stream::ALL {
-            match self.bounded(self.js.get_stream(stream.name())).await {
+            match self.bounded(self.0.js.get_stream(stream.name())).await {
                 Ok(Ok(_)) => {}
                 _ => return false,
             }
@@ -358,14 +362,14 @@ impl Log {
         if !self.connected() {
             return Err(LogError::Unavailable);
         }
-        self.bounded(self.js.get_stream_no_info(stream.name()))
+        self.bounded(self.0.js.get_stream_no_info(stream.name()))
             .await?
             .map_err(|_| self.unavailable_or("opening a stream"))
     }
 
     /// Runs `fut` within the deadline; running out of time is `Unavailable`.
     async fn bounded<T>(&self, fut: impl Future<Output = T>) -> Result<T, LogError> {
-        tokio::time::timeout(self.deadline, fut)
+        tokio::time::timeout(self.0.deadline, fut)
             .await
             .map_err(|_| LogError::Unavailable)
     }
