@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use chatlog_runtime::{HostConfig, HostStats, Projection};
+use chatlog_runtime::{HostConfig, HostStats, Projection, SharedReaders};
 use clap::{Args, ValueEnum};
 
 /// The handlers chatlog has.
@@ -80,6 +80,14 @@ impl HandlerArgs {
         config
     }
 
+    /// A running view's config: it reads its stream through `shared` with the process's other
+    /// views of that stream.
+    fn running_config(&self, view: &str, shared: &SharedReaders) -> HostConfig {
+        let mut config = self.host_config(view);
+        config.shared = Some(shared.clone());
+        config
+    }
+
     pub fn presence(&self) -> chatlog_presence::Presence {
         chatlog_presence::Presence {
             offline_after: Duration::from_secs_f64(self.offline_after.max(0.1)),
@@ -88,21 +96,23 @@ impl HandlerArgs {
     }
 }
 
-/// Runs one handler until `shutdown`, reporting into `stats`.
+/// Runs one handler until `shutdown`, reporting into `stats`; its views read their streams
+/// through `shared` (one reader per stream for the handlers of a process).
 pub async fn run(
     name: HandlerName,
     client: async_nats::Client,
     args: &HandlerArgs,
+    shared: &SharedReaders,
     stats: Arc<HostStats>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     match name {
         HandlerName::History => {
-            let config = args.host_config("history");
+            let config = args.running_config("history", shared);
             chatlog_runtime::run(chatlog_history::History, client, config, stats, shutdown).await?
         }
         HandlerName::Presence => {
-            let config = args.host_config("presence");
+            let config = args.running_config("presence", shared);
             chatlog_runtime::run(args.presence(), client, config, stats, shutdown).await?
         }
         HandlerName::Notifications => {
@@ -114,14 +124,14 @@ pub async fn run(
             let mentions = chatlog_runtime::run(
                 chatlog_notifications::Mentions,
                 client.clone(),
-                args.host_config("mentions"),
+                args.running_config("mentions", shared),
                 Arc::new(HostStats::default()),
                 until(stopped.clone()),
             );
             let inbox = chatlog_runtime::run(
                 chatlog_notifications::Notifications,
                 client,
-                args.host_config("notifications"),
+                args.running_config("notifications", shared),
                 stats,
                 until(stopped),
             );

@@ -111,7 +111,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         } => {
             let (client, _) = chatlog_edge::connect(&nats.nats_url, name.as_str()).await?;
             let stats = Arc::new(HostStats::default());
-            handlers::run(name, client, &handler, stats, shutdown_signal()).await?;
+            let shared = chatlog_runtime::SharedReaders::default();
+            handlers::run(name, client, &handler, &shared, stats, shutdown_signal()).await?;
         }
         cli::Command::Events { command, nats } => {
             events::run(command, connect_once(&nats.nats_url).await?).await?;
@@ -163,12 +164,15 @@ fn handlers_thread(
                 runtime.block_on(async move {
                     let (client, _) = chatlog_edge::connect(&url, "chatlog-handlers").await?;
                     let mut tasks = tokio::task::JoinSet::new();
+                    // History and mentions both read CHAT_ROOMS: once, for both.
+                    let shared = chatlog_runtime::SharedReaders::default();
                     for (name, stats) in hosted {
                         let client = client.clone();
                         let args = args.clone();
+                        let shared = shared.clone();
                         let stopped = until_true(stopped.clone());
                         tasks.spawn(async move {
-                            handlers::run(name, client, &args, stats, stopped)
+                            handlers::run(name, client, &args, &shared, stats, stopped)
                                 .await
                                 .with_context(|| format!("the {} handler", name.as_str()))
                         });

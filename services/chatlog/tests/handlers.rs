@@ -1,6 +1,7 @@
 //! The handler runtime as processes: `chatlog handler history` killed with SIGKILL mid-stream
 //! resumes to the checksum of a rebuild; replicas answer alike; undecodable events are skipped
-//! and counted; `chatlog views rebuild` and `chatlog events replay` work on a real log.
+//! and counted; `chatlog views rebuild` and `chatlog events replay` work on a real log; views of
+//! one stream in one process read it through one consumer.
 
 mod common;
 
@@ -346,4 +347,126 @@ async fn events_replay_prints_the_stored_events_as_json_lines() {
         stats.contains("CHAT_ROOMS") && stats.contains(&last.to_string()),
         "{stats}"
     );
+}
+
+/// `views.<view>.checksum` once its checkpoint is at least `at_least`.
+async fn view_at(client: &async_nats::Client, view: &str, at_least: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.request(format!("views.{view}.checksum"), "{}".into()),
+        )
+        .await;
+        if let Ok(Ok(m)) = answer
+            && let Ok(a) = serde_json::from_slice::<Value>(&m.payload)
+            && a["checkpoint"].as_u64().unwrap_or(0) >= at_least
+        {
+            return a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the {view} view did not reach {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The checksums `chatlog views rebuild <handler>` prints, one per view, in order.
+fn rebuilt(nats: &NatsServer, handler: &str, views: &Path) -> Vec<String> {
+    let out = chatlog(nats, &["views", "rebuild", handler, "--views-dir"])
+        .arg(views)
+        .output()
+        .expect("running chatlog views rebuild");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("checksum "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// How many consumers of `stream` delivered up to `seq` (a reader restarted leaves its old
+/// ordered consumer behind, idle, until the server's inactivity threshold removes it).
+async fn consumers_through(js: &jetstream::Context, stream: &str, seq: u64) -> usize {
+    let s = js.get_stream(stream).await.unwrap();
+    let mut consumers = s.consumers();
+    let mut through = 0;
+    while let Some(info) = consumers.next().await {
+        if info.unwrap().delivered.stream_sequence >= seq {
+            through += 1;
+        }
+    }
+    through
+}
+
+#[tokio::test]
+async fn views_of_one_stream_share_one_reader_and_a_view_starting_behind_restarts_it() {
+    use chatlog_runtime::{HostConfig, HostStats, SharedReaders};
+    let (nats, client, js) = setup().await;
+    let last = fill(&js, 3_000).await;
+    let views = tempfile::tempdir().unwrap();
+    let shared = SharedReaders::default();
+    let config = |view: &str| {
+        let mut c = HostConfig::new(views.path().join(view));
+        c.shared = Some(shared.clone());
+        c
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    // History first, up to the head; then mentions from the first event: the shared reader must
+    // start over for it (history passes over what it has applied).
+    let history = tokio::spawn(chatlog_runtime::run(
+        chatlog_history::History,
+        client.clone(),
+        config("history"),
+        std::sync::Arc::new(HostStats::default()),
+        until(stopped.clone()),
+    ));
+    let at_head = view_at(&client, "history", last).await;
+    let mentions = tokio::spawn(chatlog_runtime::run(
+        chatlog_notifications::Mentions,
+        client.clone(),
+        config("mentions"),
+        std::sync::Arc::new(HostStats::default()),
+        until(stopped),
+    ));
+    let more = fill(&js, 1_000).await;
+    let history_now = view_at(&client, "history", more).await;
+    let mentions_now = view_at(&client, "mentions", more).await;
+    assert_eq!(consumers_through(&js, "CHAT_ROOMS", more).await, 1);
+    assert_ne!(at_head["checksum"], history_now["checksum"]);
+
+    let scratch = tempfile::tempdir().unwrap();
+    assert_eq!(
+        history_now["checksum"].as_str().unwrap(),
+        rebuilt(&nats, "history", scratch.path())[0]
+    );
+    assert_eq!(
+        mentions_now["checksum"].as_str().unwrap(),
+        rebuilt(&nats, "notifications", scratch.path())[0]
+    );
+    stop.send_replace(true);
+    history.await.unwrap().unwrap();
+    mentions.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn chatlog_up_reads_chat_rooms_once_for_history_and_mentions() {
+    let (nats, client, js) = setup().await;
+    let data = tempfile::tempdir().unwrap();
+    let last = fill(&js, 500).await;
+    let (_up, _) = common::serve(common::command(&nats.url(), data.path(), &["up"])).await;
+    view_at(&client, "history", last).await;
+    view_at(&client, "mentions", last).await;
+    let more = fill(&js, 500).await;
+    view_at(&client, "history", more).await;
+    view_at(&client, "mentions", more).await;
+    assert_eq!(consumers_through(&js, "CHAT_ROOMS", more).await, 1);
 }

@@ -8,6 +8,7 @@
 //! it never blocks the view.
 
 use std::{
+    collections::HashMap,
     future::Future,
     path::PathBuf,
     sync::{
@@ -48,6 +49,9 @@ pub struct HostConfig {
     pub idle_commit: Duration,
     /// How often [`Projection::tick`] runs.
     pub tick: Duration,
+    /// Read the stream through these readers, shared with the process's other views of the same
+    /// stream, instead of with a consumer of the view's own.
+    pub shared: Option<SharedReaders>,
 }
 
 impl HostConfig {
@@ -57,6 +61,7 @@ impl HostConfig {
             batch: 1000,
             idle_commit: Duration::from_millis(20),
             tick: Duration::from_secs(1),
+            shared: None,
         }
     }
 }
@@ -240,8 +245,14 @@ async fn consume<P: Projection + ?Sized>(
         if stop_at.is_some_and(|stop| checkpoint >= stop) {
             return Ok(checkpoint);
         }
-        let mut reader = match open_reader(js, projection, checkpoint + 1).await {
-            Ok(m) => Reader::spawn(m),
+        let opened = match &config.shared {
+            Some(shared) => Ok(shared.reader(js, projection.stream(), checkpoint + 1)),
+            None => open_reader(js, projection.stream(), checkpoint + 1)
+                .await
+                .map(Reader::spawn),
+        };
+        let mut reader = match opened {
+            Ok(reader) => reader,
             Err(e) => {
                 tracing::warn!(view = name, error = %e, "cannot read the stream, retrying");
                 tokio::select! {
@@ -299,9 +310,13 @@ async fn consume<P: Projection + ?Sized>(
                 Ok(Some(chunk)) => chunk,
             };
             quiet_since = tokio::time::Instant::now();
-            for read in chunk {
+            for read in chunk.iter() {
                 let (seq, lag, decoded) = match read {
-                    Delivered::Event { seq, lag, event } => (seq, lag, event),
+                    &Delivered::Event {
+                        seq,
+                        lag,
+                        ref event,
+                    } => (seq, lag, event),
                     Delivered::Failed(why, e) => {
                         tracing::warn!(view = name, error = %e, "{why}");
                         break 'read why;
@@ -317,7 +332,7 @@ async fn consume<P: Projection + ?Sized>(
                                 view,
                                 pending: &pending,
                             };
-                            projection.apply(&overlay, seq, &event)
+                            projection.apply(&overlay, seq, event)
                         };
                         if seq > emitter.through {
                             emit.extend(changes.emit.iter().cloned());
@@ -391,9 +406,13 @@ enum Delivered {
 /// that every `get` waits for, so committing one batch on another thread while the next is
 /// applied gained nothing when tried.
 struct Reader {
-    rx: tokio::sync::mpsc::Receiver<Vec<Delivered>>,
-    task: tokio::task::JoinHandle<()>,
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
+    /// The reading task, when the reader is the view's own.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// Decoded messages, shared by the views that read them.
+type Chunk = Arc<Vec<Delivered>>;
 
 impl Reader {
     /// Messages decoded per chunk at most.
@@ -424,28 +443,145 @@ impl Reader {
                         break;
                     }
                 }
-                if tx.send(out).await.is_err() || failed {
+                if tx.send(Arc::new(out)).await.is_err() || failed {
                     return;
                 }
             }
         });
-        Reader { rx, task }
+        Reader {
+            rx,
+            task: Some(task),
+        }
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
-async fn open_reader<P: Projection + ?Sized>(
+/// One reader per stream for the views of a process (`chatlog up`: history and mentions both
+/// read `CHAT_ROOMS`): the stream is delivered and decoded once instead of once per view. On
+/// appends that was a second delivery per event for NATS and a second decode for the handlers'
+/// thread, a tenth of the machine while appends saturate it.
+///
+/// A view that asks to read from before where the shared reader is (a view starting behind the
+/// others, or one restarting after a stall or an error) restarts it from there; the views ahead
+/// pass over what they have applied (their seq check). The slowest view paces the reader (each
+/// view's queue is bounded).
+#[derive(Clone, Default)]
+pub struct SharedReaders {
+    sources: Arc<std::sync::Mutex<HashMap<&'static str, Source>>>,
+}
+
+impl std::fmt::Debug for SharedReaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedReaders")
+    }
+}
+
+type Source = tokio::sync::mpsc::UnboundedSender<(u64, tokio::sync::mpsc::Sender<Chunk>)>;
+
+impl SharedReaders {
+    /// A reader of `stream` from `from` on: the shared one, started on first use.
+    fn reader(&self, js: &jetstream::Context, stream: chatlog_events::Stream, from: u64) -> Reader {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut registered = sources
+            .get(stream.name())
+            .and_then(|source| source.send((from, tx.clone())).err());
+        if sources.get(stream.name()).is_none() || registered.is_some() {
+            // None yet, or its task ended with its runtime: a new one.
+            let (source, requests) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(share(js.clone(), stream, requests));
+            registered = source.send((from, tx)).err();
+            sources.insert(stream.name(), source);
+        }
+        debug_assert!(registered.is_none(), "a source just started takes requests");
+        Reader { rx, task: None }
+    }
+}
+
+/// The task behind a shared reader: one ordered consumer, restarted from the lowest position a
+/// view asks for, each chunk handed to every view reading.
+async fn share(
+    js: jetstream::Context,
+    stream: chatlog_events::Stream,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<(u64, tokio::sync::mpsc::Sender<Chunk>)>,
+) {
+    let mut views: Vec<tokio::sync::mpsc::Sender<Chunk>> = Vec::new();
+    let mut reader: Option<Reader> = None;
+    // The next seq the reader delivers (or is to start from).
+    let mut next = u64::MAX;
+    let mut pause = Duration::from_millis(100);
+    let mut retry = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            request = requests.recv() => {
+                let Some((from, view)) = request else { return };
+                views.retain(|v| !v.is_closed());
+                views.push(view);
+                // From where it is or before (a view restarting after a stall): start over.
+                if reader.is_none() || from <= next {
+                    next = if reader.is_none() && views.len() == 1 { from } else { next.min(from) };
+                    reader = None;
+                    retry = tokio::time::Instant::now();
+                }
+            }
+            _ = tokio::time::sleep_until(retry), if reader.is_none() && !views.is_empty() => {
+                match open_reader(&js, stream, next).await {
+                    Ok(m) => {
+                        reader = Some(Reader::spawn(m));
+                        pause = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream = stream.name(), error = %e, "cannot read the stream, retrying");
+                        retry = tokio::time::Instant::now() + pause;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            chunk = async {
+                match reader.as_mut() {
+                    Some(r) => r.rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if reader.is_some() => {
+                let chunk = chunk.unwrap_or_else(|| {
+                    Arc::new(vec![Delivered::Failed("the reader ended", String::new())])
+                });
+                let failed = chunk.iter().any(|d| matches!(d, Delivered::Failed(..)));
+                if let Some(Delivered::Event { seq, .. }) = chunk.iter().rev().find(|d| matches!(d, Delivered::Event { .. })) {
+                    next = seq + 1;
+                }
+                let mut reading = Vec::with_capacity(views.len());
+                for view in views.drain(..) {
+                    if view.send(chunk.clone()).await.is_ok() {
+                        reading.push(view);
+                    }
+                }
+                views = reading;
+                if failed {
+                    // Every view restarts from its own checkpoint and asks again.
+                    reader = None;
+                    views.clear();
+                    next = u64::MAX;
+                }
+            }
+        }
+    }
+}
+
+async fn open_reader(
     js: &jetstream::Context,
-    projection: &P,
+    stream: chatlog_events::Stream,
     from: u64,
 ) -> Result<jetstream::consumer::pull::Ordered, String> {
     let stream = js
-        .get_stream_no_info(projection.stream().name())
+        .get_stream_no_info(stream.name())
         .await
         .map_err(|e| e.to_string())?;
     let consumer = stream
