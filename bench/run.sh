@@ -28,7 +28,9 @@ python3 infra/wait-ready.py "http://$http/readyz" 60
 
 duration=10; events=1000000; idle=19000
 if [ -n "${BENCH_QUICK:-}" ]; then duration=4; events=100000; idle=2000; fi
-bench() { target/release/chatlog bench --url "http://$http" --edge-pid "$up_pid" "$@"; echo; }
+# Each workload starts with the disk flushed (the replay leaves ~0.5 GB of dirty pages, whose
+# writeback would land in the next workload) and the views caught up (the bench waits for that).
+bench() { sync; target/release/chatlog bench --url "http://$http" --edge-pid "$up_pid" "$@"; echo; }
 
 # Replay first: the figure is a rebuild from one million events, so the stream holds
 # those alone (after the other workloads it also held their ~500 000).
