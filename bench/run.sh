@@ -17,6 +17,13 @@ cleanup() {
 trap cleanup EXIT
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# A server already on these ports would answer in place of the fresh one: refuse.
+for port in "$nats_port" "${http##*:}"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "make bench: port $port is in use; stop what listens there first" >&2
+    exit 1
+  fi
+done
 "$nats" -a 127.0.0.1 -p "$nats_port" -js -sd "$scratch/nats" >"$scratch/nats.log" 2>&1 &
 nats_pid=$!
 export NATS_URL="nats://127.0.0.1:$nats_port"
@@ -25,6 +32,7 @@ CHATLOG_DATA_DIR="$scratch/data" CHATLOG_VIEWS_DIR="$scratch/views" RUST_LOG=war
   --max-connections-per-user 100000 >"$scratch/chatlog.log" 2>&1 &
 up_pid=$!
 python3 infra/wait-ready.py "http://$http/readyz" 60
+kill -0 "$nats_pid" && kill -0 "$up_pid" || { echo "make bench: the fresh system did not start" >&2; exit 1; }
 
 duration=10; events=1000000; idle=19000
 if [ -n "${BENCH_QUICK:-}" ]; then duration=4; events=100000; idle=2000; fi
