@@ -111,50 +111,38 @@ async fn setup() -> (NatsServer, async_nats::Client, jetstream::Context) {
     (nats, client, js)
 }
 
-/// `views.history.checksum`, answered by some replica.
-async fn checksum(client: &async_nats::Client) -> Option<Value> {
-    let answer = tokio::time::timeout(
-        Duration::from_secs(2),
-        client.request("views.history.checksum", "{}".into()),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    serde_json::from_slice(&answer.payload).ok()
-}
-
-async fn wait_checkpoint(client: &async_nats::Client, at_least: u64) -> Value {
+/// `views.<view>.checksum` once its checkpoint is at least `at_least`.
+async fn view_at(client: &async_nats::Client, view: &str, at_least: u64) -> Value {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Some(a) = checksum(client).await
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.request(format!("views.{view}.checksum"), "{}".into()),
+        )
+        .await;
+        if let Ok(Ok(m)) = answer
+            && let Ok(a) = serde_json::from_slice::<Value>(&m.payload)
             && a["checkpoint"].as_u64().unwrap_or(0) >= at_least
         {
             return a;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no handler reached {at_least}"
+            "the {view} view did not reach {at_least}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-fn rebuild(nats: &NatsServer, views: &Path) -> String {
-    let out = chatlog(nats, &["views", "rebuild", "history", "--views-dir"])
-        .arg(views)
-        .output()
-        .expect("running chatlog views rebuild");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    stdout
+/// The checksums `chatlog views rebuild <handler>` prints, one per view, in order.
+fn rebuilt(nats: &NatsServer, handler: &str, views: &Path) -> Vec<String> {
+    let mut cmd = chatlog(nats, &["views", "rebuild", handler, "--views-dir"]);
+    cmd.arg(views);
+    common::stdout_of(cmd)
         .lines()
-        .find_map(|l| l.strip_prefix("checksum "))
-        .unwrap_or_else(|| panic!("no checksum in {stdout:?}"))
-        .to_string()
+        .filter_map(|l| l.strip_prefix("checksum "))
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test]
@@ -165,7 +153,7 @@ async fn a_handler_killed_mid_stream_resumes_to_the_checksum_of_a_rebuild() {
     let live = dir.path().join("live");
 
     let mut first = handler(&nats, &live, None);
-    let seen = wait_checkpoint(&client, 1).await;
+    let seen = view_at(&client, "history", 1).await;
     first.kill9();
     let killed_at = seen["checkpoint"].as_u64().unwrap();
     assert!(
@@ -174,12 +162,12 @@ async fn a_handler_killed_mid_stream_resumes_to_the_checksum_of_a_rebuild() {
     );
 
     let _second = handler(&nats, &live, None);
-    let caught_up = wait_checkpoint(&client, last).await;
-    let rebuilt = rebuild(&nats, &dir.path().join("rebuilt"));
-    assert_eq!(caught_up["checksum"].as_str().unwrap(), rebuilt);
+    let caught_up = view_at(&client, "history", last).await;
+    let once = rebuilt(&nats, "history", &dir.path().join("rebuilt")).remove(0);
+    assert_eq!(caught_up["checksum"].as_str().unwrap(), once);
     assert_eq!(
-        rebuild(&nats, &dir.path().join("again")),
-        rebuilt,
+        rebuilt(&nats, "history", &dir.path().join("again")).remove(0),
+        once,
         "rebuilds agree"
     );
 }
@@ -211,7 +199,7 @@ async fn two_replicas_answer_alike_and_share_the_queries() {
     }
     let mut answers = Vec::new();
     for _ in 0..40 {
-        answers.push(wait_checkpoint(&client, last).await["checksum"].clone());
+        answers.push(view_at(&client, "history", last).await["checksum"].clone());
     }
     let request = serde_json::json!({"room": "lobby", "limit": 50}).to_string();
     let mut pages = Vec::new();
@@ -277,7 +265,7 @@ async fn an_undecodable_event_is_skipped_and_counted() {
     assert!(last > before + 2);
     let dir = tempfile::tempdir().unwrap();
     let _h = handler(&nats, dir.path(), None);
-    wait_checkpoint(&client, last).await;
+    view_at(&client, "history", last).await;
     let stats = gather_stats(&client).await;
     assert_eq!(stats[0]["endpoints"][0]["data"]["skipped"], 2);
     let page = client
@@ -347,47 +335,6 @@ async fn events_replay_prints_the_stored_events_as_json_lines() {
         stats.contains("CHAT_ROOMS") && stats.contains(&last.to_string()),
         "{stats}"
     );
-}
-
-/// `views.<view>.checksum` once its checkpoint is at least `at_least`.
-async fn view_at(client: &async_nats::Client, view: &str, at_least: u64) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let answer = tokio::time::timeout(
-            Duration::from_secs(2),
-            client.request(format!("views.{view}.checksum"), "{}".into()),
-        )
-        .await;
-        if let Ok(Ok(m)) = answer
-            && let Ok(a) = serde_json::from_slice::<Value>(&m.payload)
-            && a["checkpoint"].as_u64().unwrap_or(0) >= at_least
-        {
-            return a;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the {view} view did not reach {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The checksums `chatlog views rebuild <handler>` prints, one per view, in order.
-fn rebuilt(nats: &NatsServer, handler: &str, views: &Path) -> Vec<String> {
-    let out = chatlog(nats, &["views", "rebuild", handler, "--views-dir"])
-        .arg(views)
-        .output()
-        .expect("running chatlog views rebuild");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("checksum "))
-        .map(str::to_string)
-        .collect()
 }
 
 /// How many consumers of `stream` delivered up to `seq` (a reader restarted leaves its old

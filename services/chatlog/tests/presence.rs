@@ -59,24 +59,15 @@ async fn a_user_of_an_edge_killed_with_sigkill_goes_offline_within_the_timeout()
 
 /// The `chat.notification.created` events stored for `user`.
 fn stored_notifications(nats: &NatsServer, data: &Path, user: &str) -> Vec<Value> {
-    let out = chatlog(
+    common::stdout_of(chatlog(
         nats,
         data,
         &["events", "replay", "--stream", "users", "--room", user],
-    )
-    .stdout(Stdio::piped())
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|l| l["event"]["type"] == "chat.notification.created")
-        .collect()
+    ))
+    .lines()
+    .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    .filter(|l| l["event"]["type"] == "chat.notification.created")
+    .collect()
 }
 
 #[tokio::test]

@@ -47,6 +47,20 @@ pub fn command(nats_url: &str, data: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `cmd` to its end, asserts it succeeded (showing its stderr if not), answers its stdout.
+pub fn stdout_of(mut cmd: Command) -> String {
+    let out = cmd
+        .stdout(Stdio::piped())
+        .output()
+        .expect("running chatlog");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Starts `cmd` (an `up` or `edge`) on a free port and waits until it answers /readyz.
 pub async fn serve(mut cmd: Command) -> (Proc, Client) {
     let addr = format!("127.0.0.1:{}", free_port());
