@@ -6,13 +6,14 @@
 //! back. The CloudEvent itself is `cloudevents-sdk`'s `Event`, so the attribute rules of the spec
 //! are the SDK's.
 
+use std::io::Write as _;
+
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
 use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
-use std::io::Write as _;
 
 use crate::{
     ids::{EventId, RoomId, UserId},

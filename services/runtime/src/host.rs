@@ -490,17 +490,19 @@ impl SharedReaders {
     fn reader(&self, js: &jetstream::Context, stream: chatlog_events::Stream, from: u64) -> Reader {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let mut registered = sources
-            .get(stream.name())
-            .and_then(|source| source.send((from, tx.clone())).err());
-        if sources.get(stream.name()).is_none() || registered.is_some() {
-            // None yet, or its task ended with its runtime: a new one.
-            let (source, requests) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(share(js.clone(), stream, requests));
-            registered = source.send((from, tx)).err();
-            sources.insert(stream.name(), source);
-        }
-        debug_assert!(registered.is_none(), "a source just started takes requests");
+        let request = match sources.get(stream.name()) {
+            Some(source) => match source.send((from, tx)) {
+                Ok(()) => return Reader { rx, task: None },
+                // Its task ended (with the runtime it ran on): the request comes back.
+                Err(back) => back.0,
+            },
+            None => (from, tx),
+        };
+        let (source, requests) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(share(js.clone(), stream, requests));
+        // The task holds `requests` until it ends: this send cannot fail.
+        let _ = source.send(request);
+        sources.insert(stream.name(), source);
         Reader { rx, task: None }
     }
 }
@@ -526,7 +528,8 @@ async fn share(
                 views.push(view);
                 // From where it is or before (a view restarting after a stall): start over.
                 if reader.is_none() || from <= next {
-                    next = if reader.is_none() && views.len() == 1 { from } else { next.min(from) };
+                    // `next` is u64::MAX while no view asked: the first one sets it.
+                    next = next.min(from);
                     reader = None;
                     retry = tokio::time::Instant::now();
                 }
