@@ -148,7 +148,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
 }
 
 /// Waits (two minutes at most) until the system under test is quiet, and answers how long that
-/// took (`None` when the edge's process is unknown). The handlers of `chatlog up` project in the
+/// took (`None` when the edge's process is unknown or gone). The handlers of `chatlog up` project in the
 /// edge's process, at a low priority: after a load they still have work, and a measurement beside
 /// it would share the machine with it. Quiet is the edge's process under 5 % of a core over a
 /// second.
@@ -160,8 +160,8 @@ pub(crate) async fn quiesce(common: &Common) -> Option<f64> {
     while std::time::Instant::now() < deadline {
         let from = common.pids.sample();
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        let used = common.pids.sample().since(&from);
-        if used.edge_cores.is_none_or(|c| c < 0.05) {
+        // No reading (the process is gone) is not quiet: the wait is unknown.
+        if common.pids.sample().since(&from).edge_cores? < 0.05 {
             break;
         }
         if !told {
