@@ -85,6 +85,21 @@ impl Http {
         token: Option<&str>,
         body: &str,
     ) -> anyhow::Result<(u16, String)> {
+        self.request("POST", path, token, body).await
+    }
+
+    /// `GET path`; answers the status and the body.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<(u16, String)> {
+        self.request("GET", path, None, "").await
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> anyhow::Result<(u16, String)> {
         for _ in 0..2 {
             let reused = self.conn.is_some();
             if !reused {
@@ -94,7 +109,7 @@ impl Http {
                 tcp.set_nodelay(true)?;
                 self.conn = Some(BufReader::new(tcp));
             }
-            match self.exchange(path, token, body).await {
+            match self.exchange(method, path, token, body).await {
                 Ok(answer) => return Ok(answer),
                 // A kept-alive connection the server closed meanwhile: once more on a new one.
                 Err(_) if reused => self.conn = None,
@@ -104,11 +119,12 @@ impl Http {
                 }
             }
         }
-        bail!("POST {path}: the server keeps closing the connection")
+        bail!("{method} {path}: the server keeps closing the connection")
     }
 
     async fn exchange(
         &mut self,
+        method: &str,
         path: &str,
         token: Option<&str>,
         body: &str,
@@ -118,7 +134,7 @@ impl Http {
             .map(|t| format!("authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         let request = format!(
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\n\r\n{body}",
             self.target.authority,
             body.len()
         );

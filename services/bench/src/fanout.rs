@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::{
     Common,
     client::{self, Frame, Ws},
-    stats::{Latency, Local, Recorder},
+    stats::{EdgeHistogram, Latency, Local, Recorder},
     sys::{self, CpuUse, Pids},
 };
 
@@ -165,6 +165,11 @@ pub struct PhaseReport {
     /// Send to the sender's ack, measured seconds only: the append's share of the latency (the
     /// edge, NATS storing it and the ack's way back), beside which the rest is the fan-out.
     pub ack_latency: Latency,
+    /// The edge's own measure of the same appends (its `chatlog_edge_append_seconds` over the
+    /// measured seconds, interpolated within buckets): from handing the event to JetStream to
+    /// its ack. The rest of the ack latency is the WebSocket hops and the generator.
+    pub edge_append_p50_ms: Option<f64>,
+    pub edge_append_p99_ms: Option<f64>,
     /// Cores used during the measured seconds by the edge, NATS and the generator.
     pub cpu: CpuUse,
     /// The edge's resident memory when the phase started and its peak during it (KiB).
@@ -355,7 +360,7 @@ impl PhaseReport {
 
     pub(crate) fn one_line(&self) -> String {
         format!(
-            "{:>8}: {:>7.0} msg/s sent, {:>9.0} deliveries/s, p50 {:.2} ms p99 {:.2} ms max {:.1} ms (ack p99 {:.2} ms), lost {} dup {} closed {}",
+            "{:>8}: {:>7.0} msg/s sent, {:>9.0} deliveries/s, p50 {:.2} ms p99 {:.2} ms max {:.1} ms (ack p99 {:.2} ms{}), lost {} dup {} closed {}",
             self.label,
             self.send_rate,
             self.deliveries_per_s,
@@ -363,6 +368,9 @@ impl PhaseReport {
             self.latency.p99_ms,
             self.latency.max_ms,
             self.ack_latency.p99_ms,
+            self.edge_append_p99_ms
+                .map(|ms| format!(", at the edge {ms:.2}"))
+                .unwrap_or_default(),
             self.lost,
             self.duplicates,
             self.closed_connections
@@ -646,6 +654,8 @@ struct Fleet {
     lag: Arc<Recorder>,
     ack: Arc<Recorder>,
     pids: Pids,
+    /// For the edge's own append latency (`GET /metrics`).
+    http: client::Http,
 }
 
 impl Fleet {
@@ -733,6 +743,7 @@ impl Fleet {
             lag,
             ack,
             pids: common.pids,
+            http: client::Http::new(common.target.clone()),
         })
     }
 
@@ -782,8 +793,10 @@ impl Fleet {
         });
         tokio::time::sleep_until(measure_from).await;
         let cpu_from = self.pids.sample();
+        let appends_from = self.edge_appends().await;
         tokio::time::sleep_until(send_end).await;
         let cpu = self.pids.sample().since(&cpu_from);
+        let appends = self.edge_appends().await.since(&appends_from);
         let deadline = send_end + self.drain;
         let members = self.members as u64;
         loop {
@@ -829,9 +842,19 @@ impl Fleet {
             counters.timeline(),
         );
         report.ack_latency = Latency::of(&self.ack.take());
+        report.edge_append_p50_ms = appends.quantile_ms(0.5);
+        report.edge_append_p99_ms = appends.quantile_ms(0.99);
         report.edge_rss_start_kib = rss_start;
         report.edge_rss_peak_kib = rss_peak;
         report
+    }
+
+    /// The edge's append latency histogram now (empty when `/metrics` does not answer it).
+    async fn edge_appends(&mut self) -> EdgeHistogram {
+        match self.http.get("/metrics").await {
+            Ok((200, text)) => EdgeHistogram::parse(&text),
+            _ => EdgeHistogram::default(),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -879,6 +902,8 @@ impl Fleet {
             latency,
             schedule_lag,
             ack_latency: Latency::default(),
+            edge_append_p50_ms: None,
+            edge_append_p99_ms: None,
             cpu,
             edge_us_per_delivery: None,
             edge_rss_start_kib: None,

@@ -144,6 +144,72 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The edge's own append latency (`chatlog_edge_append_seconds` of `GET /metrics`): cumulative
+/// counts by bucket upper bound (seconds, `+Inf` as infinity).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgeHistogram(pub Vec<(f64, u64)>);
+
+impl EdgeHistogram {
+    const BUCKET: &'static str = "chatlog_edge_append_seconds_bucket{le=\"";
+
+    /// The buckets in a metrics text (empty when it has none).
+    pub fn parse(metrics: &str) -> Self {
+        Self(
+            metrics
+                .lines()
+                .filter_map(|line| {
+                    let (le, count) = line.strip_prefix(Self::BUCKET)?.split_once("\"} ")?;
+                    let le = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().ok()?
+                    };
+                    Some((le, count.trim().parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// What was counted between `earlier` and `self` (same buckets).
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|&(le, n)| {
+                    let before = earlier
+                        .0
+                        .iter()
+                        .find(|(l, _)| *l == le)
+                        .map_or(0, |&(_, n)| n);
+                    (le, n.saturating_sub(before))
+                })
+                .collect(),
+        )
+    }
+
+    /// The `q` quantile in ms, interpolated within its bucket as Prometheus's
+    /// `histogram_quantile` does; `None` when nothing was counted or it falls in `+Inf`.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.0.last()?.1;
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let (mut lower, mut below) = (0.0, 0);
+        for &(le, n) in &self.0 {
+            if n as f64 >= rank {
+                if le.is_infinite() {
+                    return None;
+                }
+                let within = (n - below).max(1) as f64;
+                return Some((lower + (le - lower) * (rank - below as f64) / within) * 1e3);
+            }
+            (lower, below) = (le, n);
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +231,29 @@ mod tests {
         assert!((l.max_ms - 1000.0).abs() < 1.0);
         assert_eq!(l.curve.len(), CURVE.len());
         assert!(rec.take().is_empty());
+    }
+
+    #[test]
+    fn edge_histogram_quantiles_interpolate_within_the_bucket() {
+        let text = "chatlog_edge_append_seconds_bucket{le=\"0.001\"} 10\n\
+                    chatlog_edge_append_seconds_bucket{le=\"0.002\"} 50\n\
+                    chatlog_edge_append_seconds_bucket{le=\"0.003\"} 100\n\
+                    chatlog_edge_append_seconds_bucket{le=\"+Inf\"} 100\n\
+                    chatlog_edge_append_seconds_count 100\n";
+        let earlier = EdgeHistogram::parse(
+            "chatlog_edge_append_seconds_bucket{le=\"0.001\"} 10\n\
+             chatlog_edge_append_seconds_bucket{le=\"0.002\"} 10\n\
+             chatlog_edge_append_seconds_bucket{le=\"0.003\"} 10\n\
+             chatlog_edge_append_seconds_bucket{le=\"+Inf\"} 10\n",
+        );
+        let h = EdgeHistogram::parse(text);
+        assert_eq!(h.0.len(), 4);
+        let d = h.since(&earlier);
+        assert_eq!(d.0[0], (0.001, 0));
+        assert_eq!(d.0[3].1, 90);
+        // 90 since: 40 in (1, 2] ms, 50 in (2, 3]; p50 is the 45th: 2 + 5/50 ms.
+        let p50 = d.quantile_ms(0.5).unwrap_or_default();
+        assert!((p50 - 2.1).abs() < 1e-9, "{p50}");
+        assert_eq!(EdgeHistogram::default().quantile_ms(0.99), None);
     }
 }

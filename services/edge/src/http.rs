@@ -270,8 +270,9 @@ pub async fn post_message(
         req.reply_to.as_deref(),
     )
     .await?;
+    let started = std::time::Instant::now();
     let appended = state.log.append(&event).await?;
-    state.metrics.appended();
+    state.metrics.appended(started.elapsed());
     Ok((
         StatusCode::CREATED,
         Json(Posted {

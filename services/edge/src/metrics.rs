@@ -1,9 +1,13 @@
 //! Prometheus metrics of the edge (`GET /metrics`), as plain atomic counters rendered in the
 //! text exposition format.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+use std::{
+    fmt::Write as _,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
 };
 
 /// Other components' metrics rendered with the edge's: each source returns exposition text.
@@ -16,11 +20,20 @@ impl std::fmt::Debug for Sources {
     }
 }
 
+/// Upper bounds (µs) of the append latency histogram's buckets; `+Inf` follows.
+const APPEND_BUCKETS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_000, 3_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000,
+];
+
 #[derive(Default)]
 pub struct Metrics {
     connections_open: AtomicI64,
     connections_total: AtomicU64,
     appends_total: AtomicU64,
+    /// Appends per latency bucket (not cumulative; the last is `+Inf`).
+    append_buckets: [AtomicU64; APPEND_BUCKETS_US.len() + 1],
+    append_micros_sum: AtomicU64,
 }
 
 impl Metrics {
@@ -33,13 +46,18 @@ impl Metrics {
         self.connections_open.fetch_sub(1, Relaxed);
     }
 
-    pub fn appended(&self) {
+    /// An append acknowledged `took` after it was handed to JetStream.
+    pub fn appended(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = APPEND_BUCKETS_US.partition_point(|&le| le < micros);
+        self.append_buckets[bucket].fetch_add(1, Relaxed);
+        self.append_micros_sum.fetch_add(micros, Relaxed);
         self.appends_total.fetch_add(1, Relaxed);
     }
 
     /// The text exposition format; `rooms_live` is read from the hub at render time.
     pub fn render(&self, rooms_live: usize, nats_connected: bool) -> String {
-        format!(
+        let mut text = format!(
             "# HELP chatlog_edge_connections WebSocket connections open now.\n\
              # TYPE chatlog_edge_connections gauge\n\
              chatlog_edge_connections {}\n\
@@ -60,6 +78,69 @@ impl Metrics {
             self.appends_total.load(Relaxed),
             rooms_live,
             u8::from(nats_connected),
-        )
+        );
+        self.render_append_latency(&mut text);
+        text
+    }
+
+    /// `chatlog_edge_append_seconds`: from handing an event to JetStream to its ack.
+    fn render_append_latency(&self, text: &mut String) {
+        text.push_str(
+            "# HELP chatlog_edge_append_seconds Time from handing an event to JetStream to its ack.\n\
+             # TYPE chatlog_edge_append_seconds histogram\n",
+        );
+        let mut cumulative = 0;
+        for (i, count) in self.append_buckets.iter().enumerate() {
+            cumulative += count.load(Relaxed);
+            match APPEND_BUCKETS_US.get(i) {
+                Some(le) => {
+                    let _ = writeln!(
+                        text,
+                        "chatlog_edge_append_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                        *le as f64 / 1e6
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        text,
+                        "chatlog_edge_append_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            text,
+            "chatlog_edge_append_seconds_sum {}\nchatlog_edge_append_seconds_count {cumulative}",
+            self.append_micros_sum.load(Relaxed) as f64 / 1e6
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_latency_lands_in_its_bucket_and_renders_cumulative() {
+        let metrics = Metrics::default();
+        metrics.appended(Duration::from_micros(80));
+        metrics.appended(Duration::from_micros(1_000));
+        metrics.appended(Duration::from_micros(1_001));
+        metrics.appended(Duration::from_secs(60));
+        let text = metrics.render(0, true);
+        let line = |le: &str| {
+            let prefix = format!("chatlog_edge_append_seconds_bucket{{le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(str::to_owned)
+        };
+        assert_eq!(line("0.0001").as_deref(), Some("1"));
+        assert_eq!(line("0.0005").as_deref(), Some("1"));
+        assert_eq!(line("0.001").as_deref(), Some("2"), "1 ms is in le=0.001");
+        assert_eq!(line("0.002").as_deref(), Some("3"));
+        assert_eq!(line("5").as_deref(), Some("3"));
+        assert_eq!(line("+Inf").as_deref(), Some("4"));
+        assert!(text.contains("chatlog_edge_append_seconds_count 4\n"));
+        assert!(text.contains("chatlog_edge_appends_total 4\n"));
     }
 }

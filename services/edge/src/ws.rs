@@ -928,6 +928,7 @@ impl Connection {
     async fn start_append(&mut self, event: ChatEvent) {
         let state = self.state.clone();
         let id = event.id.to_string();
+        let started = std::time::Instant::now();
         let acked = self.state.log.append_in_order(&event).await;
         let appends = self
             .appends
@@ -936,7 +937,7 @@ impl Connection {
         appends.push(Box::pin(async move {
             match acked.await {
                 Ok(appended) => {
-                    state.metrics.appended();
+                    state.metrics.appended(started.elapsed());
                     ServerFrame::Ack {
                         id: &id,
                         seq: appended.seq,
