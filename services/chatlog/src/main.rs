@@ -191,17 +191,24 @@ fn handlers_thread(
     }
 }
 
-/// Nice 19 for the calling thread (Linux keeps a nice value per thread; threads it starts, such as
-/// sled's flusher, inherit it): when the machine is short of CPU the edge's workers go first. The
-/// views catch up when it is not (they still got a third of a core while appends saturated the
-/// machine); at nice 5 their commits showed in the fan-out's p99.
+/// `SCHED_IDLE` for the calling thread (Linux keeps a policy per thread; threads it starts, such
+/// as sled's flusher, inherit it), nice 19 where that is refused: when the machine is short of CPU
+/// the edge's workers go first. A thread of this policy still has a weight in the fair scheduler
+/// (Linux gives it a small share, it is not starved), and a waking worker preempts it at once,
+/// where a nice 19 thread keeps its CPU until its slice ends. Measured with appends saturating
+/// the 2-core machine for 20 s: the history view still applied ~20 000 events/s (25 000 at nice
+/// 19), and the edge appended 3-9 % more.
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
+    // SAFETY: plain system calls on the calling thread (0 and its own id); `param` outlives the
+    // call that reads it.
     unsafe {
-        let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) != 0 {
-            tracing::debug!("could not lower the handlers' thread priority");
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let tid = libc::gettid();
+            if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) != 0 {
+                tracing::debug!("could not lower the handlers' thread priority");
+            }
         }
     }
 }
