@@ -52,6 +52,10 @@ pub struct Stored {
 
 /// JetStream, as the edge uses it. Cloned for every append (its ack is awaited apart from the
 /// connection): one reference count, not the clients' several.
+/// The process's bound on JetStream acks in flight (see [`Log::new`]): far above connections ×
+/// [`crate::ws::MAX_APPENDS_IN_FLIGHT`].
+const MAX_ACKS_IN_FLIGHT: usize = 1 << 24;
+
 #[derive(Clone)]
 pub struct Log(Arc<Inner>);
 
@@ -64,7 +68,18 @@ struct Inner {
 
 impl Log {
     pub fn new(client: Client, deadline: Duration) -> Self {
-        let mut js = jetstream::new(client.clone());
+        // async-nats bounds the acks in flight per context (5 000 by default) and makes a
+        // publish beyond that wait for a permit. A connection whose loop waits there cannot poll
+        // its own appends, whose acks would return permits: with NATS slow for a moment and
+        // clients pipelining, every connection waited on every other, for good (seen in the
+        // bench's open-loop phase: the edge answered `unavailable` until restarted). Appends in
+        // flight are bounded per connection instead (`ws::MAX_APPENDS_IN_FLIGHT`, the loop stops
+        // reading the socket there), and this bound is one that is never reached; were it
+        // reached, the publish would fail at once and be retried, never wait.
+        let mut js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
+            .backpressure_on_inflight(false)
+            .build(client.clone());
         js.set_timeout(deadline);
         Self(Arc::new(Inner {
             client,

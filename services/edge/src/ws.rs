@@ -212,6 +212,11 @@ fn first_heartbeat(connection: &str, every: Duration) -> Duration {
         .max(every / 10)
 }
 
+/// Appends one connection may have in flight: at this many its loop stops reading the socket
+/// (TCP pushes back on a client that pipelines faster than the log acks) and goes on writing
+/// acks. At the default send rate a connection never gets near it.
+pub const MAX_APPENDS_IN_FLIGHT: usize = 256;
+
 /// A connection's appends in flight, each ending in its ack or error frame.
 type Appends = FuturesUnordered<Pin<Box<dyn Future<Output = Utf8Bytes> + Send>>>;
 
@@ -285,13 +290,14 @@ impl Connection {
         let mut timer = Box::pin(tokio::time::sleep_until(next_heartbeat.min(next_ping)));
         let mut heard = start;
         let stop = loop {
+            let in_flight = self.appends.get_mut().as_ref().map_or(0, |a| a.len());
             let step = tokio::select! {
                 biased;
                 reason = self.kick.kicked() => Err(kicked(reason)),
                 // Boxed: rare next to deliveries, and their futures are large; inline they would
                 // make every idle connection's task as large as the largest of them.
                 Some(ctl) = ctl_rx.recv() => Box::pin(self.on_ctl(*ctl, &mut sink)).await,
-                Some(frame) = next_ack(&mut self.appends), if self.appends.get_mut().as_ref().is_some_and(|a| !a.is_empty()) => self.on_acks(frame, &mut sink).await,
+                Some(frame) = next_ack(&mut self.appends), if in_flight > 0 => self.on_acks(frame, &mut sink).await,
                 () = &mut timer => {
                     let now = tokio::time::Instant::now();
                     let mut step = Ok(());
@@ -311,7 +317,7 @@ impl Connection {
                     step
                 }
                 Some(delivery) = live_rx.recv() => self.on_live(delivery, &mut live_rx, &mut sink).await,
-                msg = stream.next() => {
+                msg = stream.next(), if in_flight < MAX_APPENDS_IN_FLIGHT => {
                     heard = tokio::time::Instant::now();
                     match msg {
                     None | Some(Ok(Message::Close(_))) => Err(Stop::Gone),

@@ -246,6 +246,75 @@ async fn sends_in_flight_together_are_stored_in_the_order_sent() {
     assert_eq!(texts, sent);
 }
 
+/// A client pipelining thousands of sends while NATS hangs for a moment: the edge bounds what
+/// each connection has in flight (it stops reading) instead of waiting on the process-wide ack
+/// permits, which a connection blocked there could never give back. Every send is acked, in
+/// order, once NATS answers again, and the edge goes on answering others.
+#[tokio::test]
+async fn a_client_pipelining_through_a_nats_pause_gets_every_ack_and_the_edge_stays_available() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app_with(|c| {
+        c.limits.sends_per_second = 100_000.0;
+        c.limits.send_burst = 100_000.0;
+    })
+    .await;
+    let mut ada = app.ws("ada").await;
+    ada.join("lobby", None).await;
+    let (mut write, mut read) = ada.socket.split();
+
+    // More than async-nats's default 5 000 acks in flight, all sent while nothing is acked.
+    let total = 6_000;
+    let ids: Vec<String> = (0..total)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    app.nats.pause();
+    let frames: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| {
+            json!({"type": "send", "room": "lobby", "text": n.to_string(), "id": id}).to_string()
+        })
+        .collect();
+    let writer = tokio::spawn(async move {
+        for frame in frames {
+            write.send(Message::text(frame)).await.expect("sending");
+        }
+        write
+    });
+    // A hang of a second, well within the edge's 2 s deadline for each append it has started.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    app.nats.resume();
+
+    let mut seqs = std::collections::HashMap::with_capacity(total);
+    while seqs.len() < total {
+        let msg = tokio::time::timeout(PATIENCE, read.next())
+            .await
+            .unwrap_or_else(|_| panic!("an ack in time ({} of {total})", seqs.len()))
+            .unwrap_or_else(|| panic!("closed after {} acks of {total}", seqs.len()))
+            .expect("a frame");
+        let Message::Text(text) = msg else { continue };
+        let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("json");
+        assert_ne!(frame["type"], "error", "{frame}");
+        if frame["type"] == "ack" {
+            let id = frame["id"].as_str().expect("id").to_string();
+            seqs.insert(id, frame["seq"].as_u64().expect("seq"));
+        }
+    }
+    let stored: Vec<u64> = ids.iter().map(|id| seqs[id]).collect();
+    assert!(
+        stored.windows(2).all(|w| w[0] < w[1]),
+        "stored in the order sent"
+    );
+    drop(writer.await.expect("the writer"));
+
+    let mut bob = app.ws("bob").await;
+    bob.join("lobby", None).await;
+    let (_, seq) = bob.say("lobby", "still here").await;
+    assert!(seq > stored[total - 1]);
+}
+
 #[tokio::test]
 async fn an_edge_shutting_down_closes_every_socket_with_1001() {
     let mut app = common::spawn_app().await;

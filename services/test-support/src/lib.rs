@@ -87,6 +87,27 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and nothing answers, as with a
+    /// server stuck in a long pause. [`NatsServer::resume`] lets it go on; `Drop` kills it
+    /// either way.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("the server is running");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+        // SAFETY: a plain system call on the server's own process id, which this value owns
+        // (its child is not waited for until `kill`, so the id is not reused meanwhile).
+        let done = unsafe { libc::kill(pid, signal) };
+        assert_eq!(done, 0, "signal {signal} to nats-server {pid} failed");
+    }
+
     /// Starts the server again on the same port with the same store, and waits until it is ready.
     pub async fn restart(&mut self) {
         self.kill();
