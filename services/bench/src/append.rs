@@ -22,7 +22,7 @@ use chatlog_events::{
 use clap::Args;
 use futures::{SinkExt, StreamExt, stream::FuturesUnordered};
 use serde::Serialize;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
@@ -58,6 +58,10 @@ pub struct AppendArgs {
     /// Skip the raw JetStream ceiling.
     #[arg(long)]
     pub no_raw: bool,
+    /// Skip the last phase: open-loop sends at half the rate the edge phase reached, for the ack
+    /// latency of a system at half of its saturation.
+    #[arg(long)]
+    pub no_half: bool,
     /// Room ids are `<prefix>-<n>`, users `<prefix>-u<n>`.
     #[arg(long, default_value = "bench-append")]
     pub prefix: String,
@@ -73,6 +77,9 @@ pub struct AppendReport {
     pub event_bytes: usize,
     pub edge: AppendPhase,
     pub raw: Option<AppendPhase>,
+    /// Open loop at half the edge phase's rate (the same connections, sends paced evenly):
+    /// ack latency at half of saturation.
+    pub half: Option<AppendPhase>,
     /// Edge appends/s over raw JetStream appends/s.
     pub ratio: Option<f64>,
     /// Seconds after the edge phase until the system under test was quiet: the views of
@@ -146,9 +153,18 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
         eprintln!("{}", raw.one_line());
         Some(raw)
     };
-    let edge = edge_phase(common, &args, &rooms, &users).await?;
+    let edge = edge_phase(common, &args, &rooms, &users, None).await?;
     eprintln!("{}", edge.one_line());
     let views_caught_up_s = crate::quiesce(common).await;
+    let half = if args.no_half || edge.per_s < 1.0 {
+        None
+    } else {
+        let mut half = edge_phase(common, &args, &rooms, &users, Some(edge.per_s / 2.0)).await?;
+        half.label = "half".into();
+        eprintln!("{}", half.one_line());
+        crate::quiesce(common).await;
+        Some(half)
+    };
     let ratio = raw
         .as_ref()
         .filter(|r| r.per_s > 0.0)
@@ -161,6 +177,7 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
         event_bytes: template.body.len(),
         edge,
         raw,
+        half,
         ratio,
         views_caught_up_s,
     })
@@ -234,11 +251,14 @@ impl Out {
     }
 }
 
+/// The edge phase: closed loop (`rate` None: each connection keeps `--window` sends in flight),
+/// or open loop at `rate` sends/s over all connections, evenly paced.
 async fn edge_phase(
     common: &Common,
     args: &AppendArgs,
     rooms: &[String],
     users: &[String],
+    rate: Option<f64>,
 ) -> anyhow::Result<AppendPhase> {
     let target = common.target.clone();
     let tokens = client::guest_tokens(&target, users, 8).await?;
@@ -250,13 +270,22 @@ async fn edge_phase(
     let recorder = Recorder::new();
     let window = Window::new(args.warmup, args.duration);
     let mut tasks = Vec::new();
+    let connections = sockets.len();
     for (i, ws) in sockets.into_iter().enumerate() {
         let room = rooms[i % rooms.len()].clone();
         let mut local = recorder.local(i);
         let (w, size, base) = (args.window, args.size, common.base);
+        // Each connection's share of the rate, its ticks offset from the others'.
+        let pace = rate.map(|rate| {
+            let period = Duration::from_secs_f64(connections as f64 / rate);
+            let first = Instant::now() + period.mul_f64(i as f64 / connections as f64);
+            (first, period)
+        });
         tasks.push(tokio::spawn(async move {
-            let out =
-                edge_sender(ws, &room, w, size, window, base, &mut |us| local.record(us)).await;
+            let out = edge_sender(ws, &room, w, size, window, pace, base, &mut |us| {
+                local.record(us)
+            })
+            .await;
             local.flush();
             out
         }));
@@ -297,14 +326,17 @@ async fn edge_phase(
     })
 }
 
-/// One connection: keeps `w` sends in flight until the window ends, then waits for its acks.
-/// Send ids are `<random 20 hex digits of a v4 uuid>-<counter, 12 hex digits>`.
+/// One connection: keeps `w` sends in flight until the window ends (or, with `pace`, sends one at
+/// each tick of its period from its first instant, however many are in flight), then waits for
+/// its acks. Send ids are `<random 20 hex digits of a v4 uuid>-<counter, 12 hex digits>`.
+#[allow(clippy::too_many_arguments)]
 async fn edge_sender(
     mut ws: Ws,
     room: &str,
     w: usize,
     size: usize,
     window: Window,
+    pace: Option<(Instant, Duration)>,
     base: std::time::Instant,
     record: &mut impl FnMut(u64),
 ) -> Out {
@@ -316,10 +348,16 @@ async fn edge_sender(
     let mut next: u64 = 0;
     let mut frame = String::with_capacity(128 + size);
     let mut sending = true;
-    loop {
-        if sending {
+    let mut ticks = pace.map(|(first, period)| {
+        let mut ticks = tokio::time::interval_at(first, period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        ticks
+    });
+    // Up to `n` sends now (fewer when the window has ended), written with one flush.
+    macro_rules! send {
+        ($n:expr) => {{
             let mut fed = false;
-            while inflight.len() < w {
+            for _ in 0..$n {
                 let now = Instant::now();
                 if now >= window.end {
                     sending = false;
@@ -344,13 +382,26 @@ async fn edge_sender(
                 out.error("connection closed".into());
                 return out;
             }
+        }};
+    }
+    loop {
+        if sending && ticks.is_none() {
+            send!(w.saturating_sub(inflight.len()));
         }
         if !sending && inflight.is_empty() {
             break;
         }
         let msg = tokio::select! {
+            biased;
+            _ = next_tick(&mut ticks), if sending => {
+                send!(1);
+                continue;
+            }
             msg = ws.next() => msg,
-            _ = tokio::time::sleep_until(window.end), if sending => continue,
+            _ = tokio::time::sleep_until(window.end), if sending => {
+                sending = false;
+                continue;
+            }
             _ = tokio::time::sleep_until(window.drain_until), if !sending => {
                 out.error(format!("{} acks missing after the drain", inflight.len()));
                 break;
@@ -391,6 +442,16 @@ async fn edge_sender(
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
     out
+}
+
+/// The next tick of `ticks`; never, without.
+async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn counter_of(id: &str) -> Option<u64> {

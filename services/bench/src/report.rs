@@ -67,6 +67,12 @@ impl Report {
                 if let Some(raw) = &a.raw {
                     v.push(("raw JetStream ack".to_string(), &raw.latency));
                 }
+                if let Some(half) = &a.half {
+                    v.push((
+                        format!("edge ack at {:.0}/s (half)", half.per_s),
+                        &half.latency,
+                    ));
+                }
                 v
             }
             Outcome::Idle(i) => vec![("connect + join".to_string(), &i.connect_latency)],
@@ -95,14 +101,18 @@ impl Report {
                 (None, None) => format!("fanout {}×{}", f.rooms, f.members),
             },
             Outcome::Append(a) => format!(
-                "append {}×{}: edge {:.0}/s{}",
+                "append {}×{}: edge {:.0}/s{}{}",
                 a.connections,
                 a.window,
                 a.edge.per_s,
                 match (&a.raw, a.ratio) {
                     (Some(r), Some(ratio)) => format!(", raw {:.0}/s, ratio {ratio:.2}", r.per_s),
                     _ => String::new(),
-                }
+                },
+                a.half
+                    .as_ref()
+                    .map(|h| format!(", ack p99 {:.2} ms at {:.0}/s", h.latency.p99_ms, h.per_s))
+                    .unwrap_or_default()
             ),
             Outcome::Idle(i) => format!(
                 "idle {} connections: {:.0} B of edge RSS each",
@@ -278,7 +288,10 @@ fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
         "max ms",
         "errors"
     )?;
-    for p in std::iter::once(&r.edge).chain(r.raw.as_ref()) {
+    for p in std::iter::once(&r.edge)
+        .chain(r.raw.as_ref())
+        .chain(r.half.as_ref())
+    {
         writeln!(
             f,
             "{:<6} {:>10.0} {:>9} {:>9} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>6}",
@@ -303,7 +316,10 @@ fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
         "{:<6} {:>10} {:>10} {:>10} {:>13} {:>15}",
         "cpu", "edge cores", "nats cores", "gen cores", "machine cores", "edge µs/append"
     )?;
-    for p in std::iter::once(&r.edge).chain(r.raw.as_ref()) {
+    for p in std::iter::once(&r.edge)
+        .chain(r.raw.as_ref())
+        .chain(r.half.as_ref())
+    {
         writeln!(
             f,
             "{:<6} {:>10} {:>10} {:>10} {:>13} {:>15}",
@@ -326,6 +342,13 @@ fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
         writeln!(
             f,
             "the system under test was quiet (views caught up) {s:.1} s after the edge phase"
+        )?;
+    }
+    if let Some(h) = &r.half {
+        writeln!(
+            f,
+            "half of saturation: {:.0} appends/s sent paced (half the edge phase's), ack p99 {:.2} ms",
+            h.per_s, h.latency.p99_ms
         )?;
     }
     Ok(())
