@@ -417,14 +417,6 @@ type Chunk = Arc<Vec<Delivered>>;
 impl Reader {
     /// Messages decoded per chunk at most.
     const CHUNK: usize = 256;
-    /// How long the reader waits after a chunk that was not full (the view is at the stream's
-    /// head), so that the next chunk gathers what arrives meanwhile. Without it, at moderate
-    /// rates every event was a chunk of its own, through the decoder, the view and sled, on a
-    /// thread preempted by every edge wake-up: at ~24 000 appends/s open loop, the edge's
-    /// process (views included) spent ~37-42 µs per append, ~27-33 with it; saturated, 17-25 µs
-    /// against 13-16. The views fall behind by this much more (they commit after 20 ms of quiet
-    /// or every 1 000 events anyway).
-    const LINGER: Duration = Duration::from_millis(5);
 
     fn spawn(messages: jetstream::consumer::pull::Ordered) -> Reader {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -451,12 +443,8 @@ impl Reader {
                         break;
                     }
                 }
-                let small = out.len() < Self::CHUNK;
                 if tx.send(Arc::new(out)).await.is_err() || failed {
                     return;
-                }
-                if small {
-                    tokio::time::sleep(Self::LINGER).await;
                 }
             }
         });
