@@ -291,6 +291,11 @@ impl Connection {
         let mut heard = start;
         let stop = loop {
             let in_flight = self.appends.get_mut().as_ref().map_or(0, |a| a.len());
+            if in_flight >= MAX_APPENDS_IN_FLIGHT {
+                // Not reading, by choice: what the peer sent waits in the socket, and its
+                // silence says nothing about whether it is still there.
+                heard = tokio::time::Instant::now();
+            }
             let step = tokio::select! {
                 biased;
                 reason = self.kick.kicked() => Err(kicked(reason)),

@@ -258,6 +258,8 @@ async fn a_client_pipelining_through_a_nats_pause_gets_every_ack_and_the_edge_st
     let app = spawn_app_with(|c| {
         c.limits.sends_per_second = 100_000.0;
         c.limits.send_burst = 100_000.0;
+        // Shorter than the pause: not reading a client by choice is not hearing nothing from it.
+        c.limits.ping = Duration::from_millis(200);
     })
     .await;
     let mut ada = app.ws("ada").await;
