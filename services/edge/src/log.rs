@@ -50,12 +50,12 @@ pub struct Stored {
     pub body: Bytes,
 }
 
-/// JetStream, as the edge uses it. Cloned for every append (its ack is awaited apart from the
-/// connection): one reference count, not the clients' several.
 /// The process's bound on JetStream acks in flight (see [`Log::new`]): far above connections ×
 /// [`crate::ws::MAX_APPENDS_IN_FLIGHT`].
 const MAX_ACKS_IN_FLIGHT: usize = 1 << 24;
 
+/// JetStream, as the edge uses it. Cloned for every append (its ack is awaited apart from the
+/// connection): one reference count, not the clients' several.
 #[derive(Clone)]
 pub struct Log(Arc<Inner>);
 

@@ -92,21 +92,13 @@ impl Metrics {
         let mut cumulative = 0;
         for (i, count) in self.append_buckets.iter().enumerate() {
             cumulative += count.load(Relaxed);
-            match APPEND_BUCKETS_US.get(i) {
-                Some(le) => {
-                    let _ = writeln!(
-                        text,
-                        "chatlog_edge_append_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                        *le as f64 / 1e6
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        text,
-                        "chatlog_edge_append_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-                    );
-                }
-            }
+            let le = APPEND_BUCKETS_US
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |us| (*us as f64 / 1e6).to_string());
+            let _ = writeln!(
+                text,
+                "chatlog_edge_append_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
         }
         let _ = writeln!(
             text,
