@@ -59,12 +59,10 @@ pub struct View {
 impl View {
     /// Opens the view at `path`, wiping it when it is unreadable or of another `version`.
     pub fn open(path: &Path, name: &str, version: u32) -> Result<View, ViewError> {
-        let db = match open_sled(path) {
+        let db = match open_unlocked(path) {
             Ok(db) => db,
             // Another process has it open: never wipe a view in use.
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(ViewError::Locked(path.to_path_buf()));
-            }
+            Err(e) if is_locked(&e) => return Err(ViewError::Locked(path.to_path_buf())),
             Err(e) => {
                 tracing::warn!(view = name, error = %e, path = %path.display(),
                     "view unreadable, wiping it to rebuild from the log");
@@ -221,6 +219,33 @@ impl Read for Overlay<'_> {
     }
 }
 
+/// How long [`open_unlocked`] waits for a view's lock (a view of this process being closed still
+/// holds it while sled's background thread ends).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`open_sled`], waiting up to [`LOCK_WAIT`] while the view is locked. sled offers nothing to
+/// wait on, so it tries again every 20 ms.
+fn open_unlocked(path: &Path) -> sled::Result<sled::Db> {
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match open_sled(path) {
+            Err(e) if is_locked(&e) && std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// Whether sled refused `path` because another open of it holds its lock. sled reports that as
+/// an `Other` I/O error naming the lock, not `WouldBlock`: matched on `WouldBlock` alone, a
+/// locked view counted as unreadable and was wiped under its user.
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock
+            || io.to_string().contains("could not acquire lock"))
+}
+
 /// sled with a cache that holds a busy view.
 fn open_sled(path: &Path) -> sled::Result<sled::Db> {
     sled::Config::new()
@@ -289,6 +314,32 @@ mod tests {
             view.commit(&mut pending, 7).unwrap();
             view.flush().unwrap();
         }
+        let view = View::open(&path, "t", 1).unwrap();
+        assert_eq!(view.get(b"a"), Some(b"1".to_vec()));
+        assert_eq!(view.checkpoint().unwrap(), 7);
+    }
+
+    #[test]
+    fn a_view_open_elsewhere_is_refused_as_locked_and_never_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        let view = View::open(&path, "t", 1).unwrap();
+        let mut pending = Pending::default();
+        let mut c = Changes::none();
+        c.put(b"a".to_vec(), b"1".to_vec());
+        pending.add(c);
+        view.commit(&mut pending, 7).unwrap();
+        view.flush().unwrap();
+
+        // A second open of the same directory (another handler, `views rebuild`) while it is
+        // held: sled's lock refuses it.
+        match View::open(&path, "t", 1) {
+            Err(ViewError::Locked(p)) => assert_eq!(p, path),
+            Err(e) => panic!("expected Locked, got {e}"),
+            Ok(_) => panic!("a view open elsewhere was opened again"),
+        }
+        assert_eq!(view.get(b"a"), Some(b"1".to_vec()), "nothing wiped");
+        drop(view);
         let view = View::open(&path, "t", 1).unwrap();
         assert_eq!(view.get(b"a"), Some(b"1".to_vec()));
         assert_eq!(view.checkpoint().unwrap(), 7);
