@@ -319,17 +319,24 @@ mod tests {
         assert_eq!(view.checkpoint().unwrap(), 7);
     }
 
-    #[test]
-    fn a_view_open_elsewhere_is_refused_as_locked_and_never_wiped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v");
-        let view = View::open(&path, "t", 1).unwrap();
+    /// A view (format `version`) at `path` holding `a` = `1`, committed at `checkpoint` and
+    /// flushed.
+    fn with_a_committed(path: &Path, version: u32, checkpoint: u64) -> View {
+        let view = View::open(path, "t", version).unwrap();
         let mut pending = Pending::default();
         let mut c = Changes::none();
         c.put(b"a".to_vec(), b"1".to_vec());
         pending.add(c);
-        view.commit(&mut pending, 7).unwrap();
+        view.commit(&mut pending, checkpoint).unwrap();
         view.flush().unwrap();
+        view
+    }
+
+    #[test]
+    fn a_view_open_elsewhere_is_refused_as_locked_and_never_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        let view = with_a_committed(&path, 1, 7);
 
         // A second open of the same directory (another handler, `views rebuild`) while it is
         // held: sled's lock refuses it.
@@ -349,15 +356,7 @@ mod tests {
     fn a_new_format_version_wipes_the_view() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v");
-        {
-            let view = View::open(&path, "t", 1).unwrap();
-            let mut pending = Pending::default();
-            let mut c = Changes::none();
-            c.put(b"a".to_vec(), b"1".to_vec());
-            pending.add(c);
-            view.commit(&mut pending, 3).unwrap();
-            view.flush().unwrap();
-        }
+        drop(with_a_committed(&path, 1, 3));
         let view = View::open(&path, "t", 2).unwrap();
         assert_eq!(view.get(b"a"), None);
         assert_eq!(view.checkpoint().unwrap(), 0);
