@@ -22,12 +22,13 @@ use chatlog_events::{
 use clap::Args;
 use futures::{SinkExt, StreamExt, stream::FuturesUnordered};
 use serde::Serialize;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     Common,
     client::{self, Frame, Ws},
+    pace::{Pace, Pacer},
     stats::{Latency, Recorder},
     sys::CpuUse,
 };
@@ -62,6 +63,11 @@ pub struct AppendArgs {
     /// latency of a system at half of its saturation.
     #[arg(long)]
     pub no_half: bool,
+    /// Instead of the closed loops: open-loop sends (and raw publishes) at this many per second
+    /// over all connections, evenly paced; the half phase is then skipped. Ack latency at a load
+    /// of your choosing, beside raw JetStream's at the same rate.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Room ids are `<prefix>-<n>`, users `<prefix>-u<n>`.
     #[arg(long, default_value = "bench-append")]
     pub prefix: String,
@@ -80,6 +86,9 @@ pub struct AppendReport {
     /// Open loop at half the edge phase's rate (the same connections, sends paced evenly):
     /// ack latency at half of saturation.
     pub half: Option<AppendPhase>,
+    /// Raw JetStream publishing at the half phase's rate, paced the same way: the ack latency
+    /// of the server alone at that load, the floor of the half phase's.
+    pub raw_half: Option<AppendPhase>,
     /// Edge appends/s over raw JetStream appends/s.
     pub ratio: Option<f64>,
     /// Seconds after the edge phase until the system under test was quiet: the views of
@@ -110,6 +119,10 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
     anyhow::ensure!(
         args.connections > 0 && args.window > 0 && args.rooms > 0,
         "--connections, --window and --rooms must be positive"
+    );
+    anyhow::ensure!(
+        args.rate.is_none_or(|r| r.is_finite() && r > 0.0),
+        "--rate must be positive"
     );
     let rooms: Vec<String> = (0..args.rooms)
         .map(|r| format!("{}-{r}", args.prefix))
@@ -146,17 +159,20 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
             common,
             &args,
             &rooms,
-            template.headers,
+            template.headers.clone(),
             template.body.clone(),
         )
         .await?;
         eprintln!("{}", raw.one_line());
         Some(raw)
     };
-    let edge = edge_phase(common, &args, &rooms, &users, None).await?;
+    let mut edge = edge_phase(common, &args, &rooms, &users, args.rate).await?;
+    if args.rate.is_some() {
+        edge.label = "open".into();
+    }
     eprintln!("{}", edge.one_line());
     let views_caught_up_s = crate::quiesce(common).await;
-    let half = if args.no_half || edge.per_s < 1.0 {
+    let half = if args.no_half || args.rate.is_some() || edge.per_s < 1.0 {
         None
     } else {
         let mut half = edge_phase(common, &args, &rooms, &users, Some(edge.per_s / 2.0)).await?;
@@ -164,6 +180,26 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
         eprintln!("{}", half.one_line());
         crate::quiesce(common).await;
         Some(half)
+    };
+    let raw_half = match &half {
+        Some(half) if !args.no_raw => {
+            let at_half = AppendArgs {
+                rate: Some(half.per_s),
+                ..args.clone()
+            };
+            let mut raw = raw_phase(
+                common,
+                &at_half,
+                &rooms,
+                template.headers,
+                template.body.clone(),
+            )
+            .await?;
+            raw.label = "raw½".into();
+            eprintln!("{}", raw.one_line());
+            Some(raw)
+        }
+        _ => None,
     };
     let ratio = raw
         .as_ref()
@@ -178,6 +214,7 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
         edge,
         raw,
         half,
+        raw_half,
         ratio,
         views_caught_up_s,
     })
@@ -243,6 +280,27 @@ struct Out {
 }
 
 impl Out {
+    /// A raw publish's ack: counted, and its latency recorded when in the measured seconds.
+    fn ack<T, E: std::fmt::Display>(
+        &mut self,
+        ack: Result<T, E>,
+        sent_at: Instant,
+        window: &Window,
+        local: &mut crate::stats::Local,
+    ) {
+        match ack {
+            Ok(_) => {
+                self.acked += 1;
+                let now = Instant::now();
+                if window.measured(now) {
+                    self.measured += 1;
+                    local.record((now - sent_at).as_micros() as u64);
+                }
+            }
+            Err(e) => self.error(e.to_string()),
+        }
+    }
+
     fn error(&mut self, what: String) {
         self.errors += 1;
         if self.first_error.is_none() {
@@ -270,17 +328,12 @@ async fn edge_phase(
     let recorder = Recorder::new();
     let window = Window::new(args.warmup, args.duration);
     let mut tasks = Vec::new();
-    let connections = sockets.len();
+    let mut paces = paces(rate, sockets.len(), window)?;
     for (i, ws) in sockets.into_iter().enumerate() {
         let room = rooms[i % rooms.len()].clone();
         let mut local = recorder.local(i);
         let (w, size, base) = (args.window, args.size, common.base);
-        // Each connection's share of the rate, its ticks offset from the others'.
-        let pace = rate.map(|rate| {
-            let period = Duration::from_secs_f64(connections as f64 / rate);
-            let first = Instant::now() + period.mul_f64(i as f64 / connections as f64);
-            (first, period)
-        });
+        let pace = paces.next();
         tasks.push(tokio::spawn(async move {
             let out = edge_sender(ws, &room, w, size, window, pace, base, &mut |us| {
                 local.record(us)
@@ -336,7 +389,7 @@ async fn edge_sender(
     w: usize,
     size: usize,
     window: Window,
-    pace: Option<(Instant, Duration)>,
+    pace: Option<Pace>,
     base: std::time::Instant,
     record: &mut impl FnMut(u64),
 ) -> Out {
@@ -348,11 +401,6 @@ async fn edge_sender(
     let mut next: u64 = 0;
     let mut frame = String::with_capacity(128 + size);
     let mut sending = true;
-    let mut ticks = pace.map(|(first, period)| {
-        let mut ticks = tokio::time::interval_at(first, period);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
-        ticks
-    });
     // Up to `n` sends now (fewer when the window has ended), written with one flush.
     macro_rules! send {
         ($n:expr) => {{
@@ -385,7 +433,7 @@ async fn edge_sender(
         }};
     }
     loop {
-        if sending && ticks.is_none() {
+        if sending && pace.is_none() {
             send!(w.saturating_sub(inflight.len()));
         }
         if !sending && inflight.is_empty() {
@@ -393,8 +441,8 @@ async fn edge_sender(
         }
         let msg = tokio::select! {
             biased;
-            _ = next_tick(&mut ticks), if sending => {
-                send!(1);
+            due = owed(&pace), if sending => {
+                send!(due);
                 continue;
             }
             msg = ws.next() => msg,
@@ -444,12 +492,37 @@ async fn edge_sender(
     out
 }
 
-/// The next tick of `ticks`; never, without.
-async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
-    match ticks {
-        Some(ticks) => {
-            ticks.tick().await;
+/// For an open-loop `rate`, one [`Pace`] per connection: each its share of the rate, its sends
+/// offset from the others'. Nothing for a closed loop.
+fn paces(
+    rate: Option<f64>,
+    connections: usize,
+    window: Window,
+) -> anyhow::Result<impl Iterator<Item = Pace>> {
+    let schedule: Vec<(Instant, Duration)> = match rate {
+        None => Vec::new(),
+        Some(rate) => {
+            let period = Duration::from_secs_f64(connections as f64 / rate);
+            let start = Instant::now();
+            (0..connections)
+                .map(|i| {
+                    (
+                        start + period.mul_f64(i as f64 / connections as f64),
+                        period,
+                    )
+                })
+                .collect()
         }
+    };
+    Ok(Pacer::start(&schedule, window.end)
+        .context("starting the pacer")?
+        .into_iter())
+}
+
+/// The sends `pace` owes now (waiting until it owes one); never, without.
+async fn owed(pace: &Option<Pace>) -> u64 {
+    match pace {
+        Some(pace) => pace.owed().await,
         None => std::future::pending().await,
     }
 }
@@ -466,11 +539,18 @@ async fn raw_phase(
     body: Bytes,
 ) -> anyhow::Result<AppendPhase> {
     let client = crate::connect_nats(&common.nats_url, "chatlog-bench").await?;
-    let inflight = (args.connections * args.window).max(1);
+    // The closed loop never has more than connections × window in flight. The open loop has no
+    // bound, and a publish waiting for one of the context's permits would hold up the very task
+    // whose acks give them back (every task waiting on every other, as the edge once did): its
+    // context never waits.
+    let (inflight, wait) = match args.rate {
+        None => ((args.connections * args.window).max(1) * 2, true),
+        Some(_) => (1 << 24, false),
+    };
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(5))
-        .max_ack_inflight(inflight * 2)
-        .backpressure_on_inflight(true)
+        .max_ack_inflight(inflight)
+        .backpressure_on_inflight(wait)
         .build(client.clone());
     let _ = js.delete_stream(RAW_STREAM).await;
     js.create_stream(raw_config())
@@ -511,11 +591,13 @@ async fn raw_load(
     let window = Window::new(args.warmup, args.duration);
     let headers = Arc::new(headers);
     let mut tasks = Vec::new();
+    let mut paces = paces(args.rate, args.connections, window)?;
     for i in 0..args.connections {
         let js = js.clone();
         let subject = async_nats::Subject::from(format!("bench.raw.{}", rooms[i % rooms.len()]));
         let (headers, body, w) = (headers.clone(), body.clone(), args.window);
         let mut local = recorder.local(i);
+        let pace = paces.next();
         tasks.push(tokio::spawn(async move {
             let mut out = Out::default();
             let uuid = uuid::Uuid::new_v4().to_string();
@@ -524,7 +606,25 @@ async fn raw_load(
             let mut next: u64 = 0;
             let mut sending = true;
             loop {
-                while sending && pending.len() < w {
+                let due = if !sending {
+                    0
+                } else if pace.is_some() {
+                    tokio::select! {
+                        biased;
+                        due = owed(&pace) => due as usize,
+                        Some((sent_at, ack)) = pending.next(), if !pending.is_empty() => {
+                            out.ack(ack, sent_at, &window, &mut local);
+                            continue;
+                        }
+                        _ = tokio::time::sleep_until(window.end) => {
+                            sending = false;
+                            continue;
+                        }
+                    }
+                } else {
+                    w.saturating_sub(pending.len())
+                };
+                for _ in 0..due {
                     let now = Instant::now();
                     if now >= window.end {
                         sending = false;
@@ -547,23 +647,16 @@ async fn raw_load(
                         Err(e) => out.error(e.to_string()),
                     }
                 }
+                if due > 0 && pace.is_some() {
+                    continue;
+                }
                 let Some((sent_at, ack)) = pending.next().await else {
                     if sending {
                         continue;
                     }
                     break;
                 };
-                match ack {
-                    Ok(_) => {
-                        out.acked += 1;
-                        let now = Instant::now();
-                        if window.measured(now) {
-                            out.measured += 1;
-                            local.record((now - sent_at).as_micros() as u64);
-                        }
-                    }
-                    Err(e) => out.error(e.to_string()),
-                }
+                out.ack(ack, sent_at, &window, &mut local);
             }
             local.flush();
             out

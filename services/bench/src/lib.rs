@@ -17,6 +17,7 @@ pub mod append;
 pub mod client;
 pub mod fanout;
 pub mod idle;
+pub mod pace;
 pub mod replay;
 pub mod report;
 pub mod stats;

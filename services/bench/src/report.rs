@@ -73,6 +73,12 @@ impl Report {
                         &half.latency,
                     ));
                 }
+                if let Some(raw) = &a.raw_half {
+                    v.push((
+                        format!("raw JetStream ack at {:.0}/s", raw.per_s),
+                        &raw.latency,
+                    ));
+                }
                 v
             }
             Outcome::Idle(i) => vec![("connect + join".to_string(), &i.connect_latency)],
@@ -291,6 +297,7 @@ fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
     for p in std::iter::once(&r.edge)
         .chain(r.raw.as_ref())
         .chain(r.half.as_ref())
+        .chain(r.raw_half.as_ref())
     {
         writeln!(
             f,
@@ -319,6 +326,7 @@ fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
     for p in std::iter::once(&r.edge)
         .chain(r.raw.as_ref())
         .chain(r.half.as_ref())
+        .chain(r.raw_half.as_ref())
     {
         writeln!(
             f,
@@ -347,8 +355,16 @@ fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
     if let Some(h) = &r.half {
         writeln!(
             f,
-            "half of saturation: {:.0} appends/s sent paced (half the edge phase's), ack p99 {:.2} ms",
-            h.per_s, h.latency.p99_ms
+            "half of saturation: {:.0} appends/s sent paced (half the edge phase's), ack p99 {:.2} ms{}",
+            h.per_s,
+            h.latency.p99_ms,
+            r.raw_half
+                .as_ref()
+                .map(|raw| format!(
+                    " (raw JetStream at the same rate: {:.2} ms)",
+                    raw.latency.p99_ms
+                ))
+                .unwrap_or_default()
         )?;
     }
     Ok(())
