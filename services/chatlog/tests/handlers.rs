@@ -417,3 +417,139 @@ async fn chatlog_up_reads_chat_rooms_once_for_history_and_mentions() {
     view_at(&client, "mentions", more).await;
     assert_eq!(consumers_through(&js, "CHAT_ROOMS", more).await, 1);
 }
+
+/// Appends `event`, answering its seq.
+async fn append(js: &jetstream::Context, event: &ChatEvent) -> u64 {
+    let enc = event.encode().unwrap();
+    js.publish_with_headers(enc.subject, enc.headers, enc.body)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+/// Appends what `next(i)` makes, one event every 5 ms (a steady trickle: never the 20 ms of quiet
+/// after which a view commits), until `stop` is set or `n` are appended. Answers how many.
+fn trickle(
+    js: &jetstream::Context,
+    n: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    next: impl Fn(usize) -> ChatEvent + Send + 'static,
+) -> tokio::task::JoinHandle<usize> {
+    let js = js.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(5));
+        for i in 0..n {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return i;
+            }
+            every.tick().await;
+            append(&js, &next(i)).await;
+        }
+        n
+    })
+}
+
+#[tokio::test]
+async fn a_view_commits_during_a_steady_trickle_not_only_after_it() {
+    let (nats, client, js) = setup().await;
+    let lobby = RoomId::parse("lobby").unwrap();
+    let ada = UserId::parse("ada").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _history = handler(&nats, dir.path(), None);
+    let created = ChatEvent::in_room(
+        &lobby,
+        ada.clone(),
+        "test",
+        Payload::RoomCreated(RoomCreated {
+            name: "Lobby".into(),
+            topic: String::new(),
+            private: false,
+            members: vec![],
+        }),
+    );
+    let first = append(&js, &created).await;
+    view_at(&client, "history", first).await;
+
+    // 400 messages at one per 5 ms: two seconds of appends, fewer than a batch (1 000).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sending = trickle(&js, 400, stop.clone(), move |i| {
+        ChatEvent::in_room(
+            &lobby,
+            ada.clone(),
+            "test",
+            Payload::MessagePosted(MessagePosted {
+                text: format!("message {i}"),
+                mentions: vec![],
+                reply_to: None,
+            }),
+        )
+    });
+    // The view reaches the 20th message while the trickle goes on.
+    view_at(&client, "history", first + 20).await;
+    let during = !sending.is_finished();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sending.await.unwrap();
+    assert!(
+        during && sent < 400,
+        "the view's checkpoint moved only after the trickle ended ({sent} of 400 sent)"
+    );
+}
+
+#[tokio::test]
+async fn presence_times_out_a_silent_connection_while_others_keep_heartbeating() {
+    let (nats, client, js) = setup().await;
+    let lobby = RoomId::parse("lobby").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = chatlog(&nats, &["handler", "presence", "--views-dir"]);
+    cmd.arg(dir.path())
+        .env("CHATLOG_OFFLINE_AFTER", "1")
+        .env("CHATLOG_TICK_MS", "100");
+    let _presence = Proc(cmd.stdout(Stdio::null()).spawn().unwrap());
+    let mut stored = client
+        .subscribe(chatlog_events::subjects::presence(&lobby))
+        .await
+        .unwrap();
+
+    let room = lobby.clone();
+    let presence = move |user: &str, connection: &str, heartbeat: bool| {
+        let p = chatlog_events::event::Presence {
+            connection: connection.into(),
+        };
+        let payload = if heartbeat {
+            Payload::PresenceHeartbeat(p)
+        } else {
+            Payload::PresenceOnline(p)
+        };
+        ChatEvent::in_room(&room, UserId::parse(user).unwrap(), "test", payload)
+    };
+    // Ghost comes online and is never heard of again; busy heartbeats every 5 ms meanwhile
+    // (as a few hundred connections of one room would), for up to 20 s.
+    append(&js, &presence("ghost", "ghost-1", false)).await;
+    append(&js, &presence("busy", "busy-1", false)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sending = trickle(&js, 4_000, stop.clone(), move |_| {
+        presence("busy", "busy-1", true)
+    });
+    let offline = tokio::time::timeout(PATIENCE, async {
+        while let Some(m) = stored.next().await {
+            if let Ok(event) = ChatEvent::decode(&m.payload)
+                && matches!(event.payload, Payload::PresenceOffline(_))
+            {
+                return event;
+            }
+        }
+        panic!("the subscription ended");
+    })
+    .await
+    .expect("no chat.presence.offline within the patience");
+    let during = !sending.is_finished();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sending.await.unwrap();
+    assert_eq!(offline.user.as_str(), "ghost");
+    assert!(
+        during && sent < 4_000,
+        "ghost went offline only after the heartbeats stopped ({sent} of 4 000 sent)"
+    );
+}

@@ -3,8 +3,8 @@
 //! [`run`] keeps a view up to date for as long as the process lives and serves its queries;
 //! [`rebuild`] wipes a view and applies the stream up to its current last sequence, reporting
 //! progress. Both use [`consume`]: an ordered consumer from the checkpoint + 1, events applied in
-//! order into [`Pending`], committed with the checkpoint every `batch` events and whenever the
-//! stream goes quiet. An event that does not decode is logged with its seq, counted and skipped:
+//! order into [`Pending`], committed with the checkpoint every `batch` events, whenever the
+//! stream goes quiet, and at the latest `max_delay` after the first pending change. An event that does not decode is logged with its seq, counted and skipped:
 //! it never blocks the view.
 
 use std::{
@@ -47,6 +47,11 @@ pub struct HostConfig {
     pub batch: usize,
     /// Commit what is pending when no event came for this long.
     pub idle_commit: Duration,
+    /// Commit what is pending when its first change has waited this long, however busy the
+    /// stream: queries read what is committed, and a steady trickle (an event every 10 ms, say)
+    /// never leaves `idle_commit` of quiet, so without this bound its changes would wait for a
+    /// full `batch`.
+    pub max_delay: Duration,
     /// How often [`Projection::tick`] runs.
     pub tick: Duration,
     /// Read the stream through these readers, shared with the process's other views of the same
@@ -60,6 +65,7 @@ impl HostConfig {
             view_dir: view_dir.into(),
             batch: 1000,
             idle_commit: Duration::from_millis(20),
+            max_delay: Duration::from_millis(50),
             tick: Duration::from_secs(1),
             shared: None,
         }
@@ -268,6 +274,12 @@ async fn consume<P: Projection + ?Sized>(
         let mut emit: Vec<ChatEvent> = Vec::new();
         let mut last = checkpoint;
         let mut quiet_since = tokio::time::Instant::now();
+        // When the oldest change still pending arrived (None: nothing pending).
+        let mut first_pending: Option<tokio::time::Instant> = None;
+        let commit_by = |first_pending: Option<tokio::time::Instant>| {
+            let quiet = tokio::time::Instant::now() + config.idle_commit;
+            first_pending.map_or(quiet, |first| quiet.min(first + config.max_delay))
+        };
         let mut checked = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval(config.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -278,20 +290,26 @@ async fn consume<P: Projection + ?Sized>(
                     return Ok(last);
                 }
                 _ = ticks.tick(), if stop_at.is_none() => {
-                    // Only a caught-up view knows what is overdue.
-                    if pending.is_empty() && stats.lag.load(Relaxed) == 0 {
+                    // Only a caught-up view knows what is overdue, and `tick` reads what is
+                    // committed: what is pending (a heartbeat just applied) first. (Waiting for
+                    // nothing to be pending instead, a steady trickle of events kept presence from
+                    // ever timing anyone out.)
+                    if stats.lag.load(Relaxed) == 0 {
+                        commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
+                        first_pending = None;
                         for event in projection.tick(view, chrono::Utc::now()) {
                             append_until_stored(js, &event).await?;
                         }
                     }
                     continue;
                 }
-                next = tokio::time::timeout(config.idle_commit, reader.rx.recv()) => next,
+                next = tokio::time::timeout_at(commit_by(first_pending), reader.rx.recv()) => next,
             };
             let chunk = match next {
                 Err(_) => {
-                    // Quiet: commit what is pending so the view is fresh.
+                    // Quiet, or what is pending has waited long enough: commit it.
                     commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
+                    first_pending = None;
                     // A reader can stall silently (its consumer lost with a restarted server):
                     // when quiet for a while, compare with the stream's head and start over if
                     // it is ahead.
@@ -351,10 +369,18 @@ async fn consume<P: Projection + ?Sized>(
                 let done = stop_at.is_some_and(|stop| seq >= stop);
                 if pending.events >= config.batch || done {
                     commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
+                    first_pending = None;
                     progress(seq, stop_at.unwrap_or(seq + lag));
                 }
                 if done {
                     return Ok(last);
+                }
+            }
+            if !pending.is_empty() {
+                let first = *first_pending.get_or_insert(quiet_since);
+                if first.elapsed() >= config.max_delay {
+                    commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
+                    first_pending = None;
                 }
             }
         };
