@@ -294,7 +294,8 @@ const DEFAULT_MESSAGES: usize = 50;
 const MAX_MESSAGES: usize = 200;
 
 /// `GET /api/rooms/{room}/messages?before=S&limit=N`: the latest N messages before S, oldest
-/// first, edits, deletes and reactions folded in (from the history view). N is at most 200.
+/// first, edits, deletes and reactions folded in (from the history view, once it has caught up
+/// with the room as it was when asked). N is at most 200.
 pub async fn room_messages(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -308,6 +309,15 @@ pub async fn room_messages(
     if limit == 0 {
         return Err(ApiError::bad_request("limit must be at least 1"));
     }
+    // Read-your-writes: the page is read once the view holds everything the room had when it
+    // was asked for (below `before`, with one), so a message just posted is on it.
+    let head = state
+        .log
+        .last_seq(Stream::Rooms, &subjects::room(&room))
+        .await?;
+    let min_seq = query
+        .before
+        .map_or(head, |before| before.saturating_sub(1).min(head));
     let request = MessagesRequest {
         room,
         before: query.before,
@@ -315,7 +325,7 @@ pub async fn room_messages(
     };
     let answer = state
         .views
-        .ask(history::VIEW, history::MESSAGES, &request)
+        .ask_at(history::VIEW, history::MESSAGES, &request, Some(min_seq))
         .await?;
     Ok(Json(answer))
 }

@@ -1,7 +1,9 @@
 //! Posting a message, shared by the `send` frame and `POST /api/rooms/{room}/messages`:
 //! validation of everything the client gave, then the `chat.message.posted` event to append.
 
-use chatlog_events::{ChatEvent, EventId, Payload, RoomId, UserId, event::MessagePosted};
+use chatlog_events::{
+    ChatEvent, EventId, Payload, RoomId, Stream, UserId, event::MessagePosted, subjects,
+};
 
 use crate::{
     AppState,
@@ -148,9 +150,6 @@ pub enum Change {
     React { emoji: String, remove: bool },
 }
 
-const VIEW_LAG_RETRIES: usize = 6;
-const VIEW_LAG_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// Longest reaction, in bytes (an emoji sequence, or a short name like `+1`).
 pub const MAX_EMOJI_BYTES: usize = 64;
 
@@ -190,25 +189,21 @@ pub async fn change(
         Change::Delete => {}
     }
     state.rooms.visible(room, user, &state.views).await?;
-    // The view may lag the log by a few milliseconds: a message sent just now may not be in it
-    // yet, so ask again briefly before saying it does not exist.
-    let mut message: Option<MessageView> = None;
-    for attempt in 0..VIEW_LAG_RETRIES {
-        if attempt > 0 {
-            tokio::time::sleep(VIEW_LAG_PAUSE).await;
-        }
-        message = state
-            .views
-            .ask(
-                history::VIEW,
-                history::MESSAGE,
-                &MessageRequest { id: message_id },
-            )
-            .await?;
-        if message.is_some() {
-            break;
-        }
-    }
+    // The view may lag the log by a few milliseconds: asked once it holds everything the room
+    // had, it knows a message just sent.
+    let head = state
+        .log
+        .last_seq(Stream::Rooms, &subjects::room(room))
+        .await?;
+    let message: Option<MessageView> = state
+        .views
+        .ask_at(
+            history::VIEW,
+            history::MESSAGE,
+            &MessageRequest { id: message_id },
+            Some(head),
+        )
+        .await?;
     let message = message
         .filter(|m| &m.room == room && !m.deleted)
         .ok_or_else(|| ApiError::not_found("message"))?;

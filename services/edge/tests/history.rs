@@ -158,3 +158,40 @@ async fn the_room_list_comes_from_the_history_view() {
     assert_eq!(dev["private"], false);
     assert_eq!(dev["last_seq"], seq);
 }
+
+#[tokio::test]
+async fn a_message_is_on_the_page_read_right_after_its_post_and_takes_an_edit_at_once() {
+    let app = spawn_app().await;
+    let token = app.token("ada").await;
+    let mut ada = app.ws("ada").await;
+    // Each read follows its write at once: the view commits 20 ms after a quiet moment, so a
+    // read that did not wait for it would miss the write nearly every time.
+    for n in 0..10 {
+        let posted = app
+            .post(
+                "/api/rooms/lobby/messages",
+                &token,
+                json!({"text": format!("p{n}")}),
+            )
+            .await;
+        assert_eq!(posted.status, 201, "{posted:?}");
+        let id = posted.body["id"].as_str().unwrap().to_string();
+        let page = app.get("/api/rooms/lobby/messages?limit=1", &token).await;
+        assert_eq!(
+            page.body["messages"][0]["id"],
+            id.as_str(),
+            "the page read right after post {n}: {page:?}"
+        );
+
+        ada.send(json!({"type": "edit", "room": "lobby", "message_id": id, "text": format!("p{n} edited")}))
+            .await;
+        let acked = ada.next_of("ack").await;
+        assert!(acked["seq"].as_u64().is_some(), "{acked}");
+        let page = app.get("/api/rooms/lobby/messages?limit=1", &token).await;
+        assert_eq!(
+            page.body["messages"][0]["text"],
+            format!("p{n} edited").as_str(),
+            "the page read right after edit {n}: {page:?}"
+        );
+    }
+}
