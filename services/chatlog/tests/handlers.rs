@@ -44,14 +44,11 @@ fn handler(nats: &NatsServer, views: &Path, replica: Option<&str>) -> Proc {
     )
 }
 
-/// A room with `n` messages, every tenth edited and every seventh reacted to, appended with a
-/// pipeline of acks. Returns the last seq.
-async fn fill(js: &jetstream::Context, n: usize) -> u64 {
-    let lobby = RoomId::parse("lobby").unwrap();
-    let ada = UserId::parse("ada").unwrap();
-    let mut events = vec![ChatEvent::in_room(
-        &lobby,
-        ada.clone(),
+/// `chat.room.created` of a public room named "Lobby".
+fn created(room: &RoomId, by: &UserId) -> ChatEvent {
+    ChatEvent::in_room(
+        room,
+        by.clone(),
         "test",
         Payload::RoomCreated(RoomCreated {
             name: "Lobby".into(),
@@ -59,7 +56,15 @@ async fn fill(js: &jetstream::Context, n: usize) -> u64 {
             private: false,
             members: vec![],
         }),
-    )];
+    )
+}
+
+/// A room with `n` messages, every tenth edited and every seventh reacted to, appended with a
+/// pipeline of acks. Returns the last seq.
+async fn fill(js: &jetstream::Context, n: usize) -> u64 {
+    let lobby = RoomId::parse("lobby").unwrap();
+    let ada = UserId::parse("ada").unwrap();
+    let mut events = vec![created(&lobby, &ada)];
     let mut last_message = EventId::new();
     for i in 0..n {
         let payload = match i % 10 {
@@ -458,18 +463,7 @@ async fn a_view_commits_during_a_steady_trickle_not_only_after_it() {
     let ada = UserId::parse("ada").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _history = handler(&nats, dir.path(), None);
-    let created = ChatEvent::in_room(
-        &lobby,
-        ada.clone(),
-        "test",
-        Payload::RoomCreated(RoomCreated {
-            name: "Lobby".into(),
-            topic: String::new(),
-            private: false,
-            members: vec![],
-        }),
-    );
-    let first = append(&js, &created).await;
+    let first = append(&js, &created(&lobby, &ada)).await;
     view_at(&client, "history", first).await;
 
     // 400 messages at one per 5 ms: two seconds of appends, fewer than a batch (1 000).

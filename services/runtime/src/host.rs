@@ -4,8 +4,8 @@
 //! [`rebuild`] wipes a view and applies the stream up to its current last sequence, reporting
 //! progress. Both use [`consume`]: an ordered consumer from the checkpoint + 1, events applied in
 //! order into [`Pending`], committed with the checkpoint every `batch` events, whenever the
-//! stream goes quiet, and at the latest `max_delay` after the first pending change. An event that does not decode is logged with its seq, counted and skipped:
-//! it never blocks the view.
+//! stream goes quiet, and at the latest `max_delay` after the first pending change. An event that
+//! does not decode is logged with its seq, counted and skipped: it never blocks the view.
 
 use std::{
     collections::HashMap,
