@@ -280,8 +280,18 @@ struct Out {
 }
 
 impl Out {
-    /// A raw publish's ack: counted, and its latency recorded when in the measured seconds.
-    fn ack<T, E: std::fmt::Display>(
+    /// An ack received `now` for a send at `sent_at`: counted; its latency in µs, to record,
+    /// when it falls in the measured seconds.
+    fn acked(&mut self, sent_at: Instant, now: Instant, window: &Window) -> Option<u64> {
+        self.acked += 1;
+        window.measured(now).then(|| {
+            self.measured += 1;
+            (now - sent_at).as_micros() as u64
+        })
+    }
+
+    /// A raw publish's ack: counted, its latency recorded in `local` when measured.
+    fn raw_ack<T, E: std::fmt::Display>(
         &mut self,
         ack: Result<T, E>,
         sent_at: Instant,
@@ -290,11 +300,8 @@ impl Out {
     ) {
         match ack {
             Ok(_) => {
-                self.acked += 1;
-                let now = Instant::now();
-                if window.measured(now) {
-                    self.measured += 1;
-                    local.record((now - sent_at).as_micros() as u64);
+                if let Some(us) = self.acked(sent_at, Instant::now(), window) {
+                    local.record(us);
                 }
             }
             Err(e) => self.error(e.to_string()),
@@ -469,10 +476,8 @@ async fn edge_sender(
                 let Some(sent_at) = counter_of(id).and_then(|c| inflight.remove(&c)) else {
                     continue;
                 };
-                out.acked += 1;
-                if window.measured(now) {
-                    out.measured += 1;
-                    record((now - sent_at).as_micros() as u64);
+                if let Some(us) = out.acked(sent_at, now, &window) {
+                    record(us);
                 }
             }
             Some(Frame::Error { id, code, message }) => {
@@ -613,7 +618,7 @@ async fn raw_load(
                         biased;
                         due = owed(&pace) => due as usize,
                         Some((sent_at, ack)) = pending.next(), if !pending.is_empty() => {
-                            out.ack(ack, sent_at, &window, &mut local);
+                            out.raw_ack(ack, sent_at, &window, &mut local);
                             continue;
                         }
                         _ = tokio::time::sleep_until(window.end) => {
@@ -656,7 +661,7 @@ async fn raw_load(
                     }
                     break;
                 };
-                out.ack(ack, sent_at, &window, &mut local);
+                out.raw_ack(ack, sent_at, &window, &mut local);
             }
             local.flush();
             out

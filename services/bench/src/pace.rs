@@ -194,6 +194,7 @@ mod tests {
     async fn a_late_reader_is_told_how_many_periods_passed() {
         let period = Duration::from_millis(1);
         let mut ticker = Ticker::new(Instant::now() + period, period).expect("timerfd");
+        // Being late is the case under test: the runtime's only thread blocked for 10 periods.
         std::thread::sleep(Duration::from_millis(10));
         assert!(ticker.tick().await.expect("tick") >= 5);
     }

@@ -311,10 +311,7 @@ pub async fn room_messages(
     }
     // Read-your-writes: the page is read once the view holds everything the room had when it
     // was asked for (below `before`, with one), so a message just posted is on it.
-    let head = state
-        .log
-        .last_seq(Stream::Rooms, &subjects::room(&room))
-        .await?;
+    let head = state.log.room_head(&room).await?;
     let min_seq = query
         .before
         .map_or(head, |before| before.saturating_sub(1).min(head));

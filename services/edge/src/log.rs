@@ -15,7 +15,10 @@ use async_nats::{
     },
 };
 use bytes::Bytes;
-use chatlog_events::{ChatEvent, Stream, subjects::headers};
+use chatlog_events::{
+    ChatEvent, RoomId, Stream,
+    subjects::{self, headers},
+};
 use futures::StreamExt;
 use tokio::time::{Instant, timeout_at};
 
@@ -233,6 +236,12 @@ impl Log {
             .last_message(stream, subject)
             .await?
             .map_or(0, |m| m.seq))
+    }
+
+    /// The last sequence stored in `room` (0 when it has nothing): the minimum to ask a view at
+    /// for reads that must see every write the room had (`Views::ask_at`).
+    pub async fn room_head(&self, room: &RoomId) -> Result<u64, LogError> {
+        self.last_seq(Stream::Rooms, &subjects::room(room)).await
     }
 
     /// The last message stored on `subject`.

@@ -1,9 +1,7 @@
 //! Posting a message, shared by the `send` frame and `POST /api/rooms/{room}/messages`:
 //! validation of everything the client gave, then the `chat.message.posted` event to append.
 
-use chatlog_events::{
-    ChatEvent, EventId, Payload, RoomId, Stream, UserId, event::MessagePosted, subjects,
-};
+use chatlog_events::{ChatEvent, EventId, Payload, RoomId, UserId, event::MessagePosted};
 
 use crate::{
     AppState,
@@ -191,10 +189,7 @@ pub async fn change(
     state.rooms.visible(room, user, &state.views).await?;
     // The view may lag the log by a few milliseconds: asked once it holds everything the room
     // had, it knows a message just sent.
-    let head = state
-        .log
-        .last_seq(Stream::Rooms, &subjects::room(room))
-        .await?;
+    let head = state.log.room_head(room).await?;
     let message: Option<MessageView> = state
         .views
         .ask_at(

@@ -274,11 +274,15 @@ async fn consume<P: Projection + ?Sized>(
         let mut emit: Vec<ChatEvent> = Vec::new();
         let mut last = checkpoint;
         let mut quiet_since = tokio::time::Instant::now();
-        // When the oldest change still pending arrived (None: nothing pending).
-        let mut first_pending: Option<tokio::time::Instant> = None;
-        let commit_by = |first_pending: Option<tokio::time::Instant>| {
+        // When the oldest change still pending arrived (meaningful while something is pending).
+        let mut first_pending = tokio::time::Instant::now();
+        let commit_by = |pending: &Pending, first_pending: tokio::time::Instant| {
             let quiet = tokio::time::Instant::now() + config.idle_commit;
-            first_pending.map_or(quiet, |first| quiet.min(first + config.max_delay))
+            if pending.is_empty() {
+                quiet
+            } else {
+                quiet.min(first_pending + config.max_delay)
+            }
         };
         let mut checked = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval(config.tick);
@@ -296,20 +300,18 @@ async fn consume<P: Projection + ?Sized>(
                     // ever timing anyone out.)
                     if stats.lag.load(Relaxed) == 0 {
                         commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
-                        first_pending = None;
                         for event in projection.tick(view, chrono::Utc::now()) {
                             append_until_stored(js, &event).await?;
                         }
                     }
                     continue;
                 }
-                next = tokio::time::timeout_at(commit_by(first_pending), reader.rx.recv()) => next,
+                next = tokio::time::timeout_at(commit_by(&pending, first_pending), reader.rx.recv()) => next,
             };
             let chunk = match next {
                 Err(_) => {
                     // Quiet, or what is pending has waited long enough: commit it.
                     commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
-                    first_pending = None;
                     // A reader can stall silently (its consumer lost with a restarted server):
                     // when quiet for a while, compare with the stream's head and start over if
                     // it is ahead.
@@ -343,6 +345,9 @@ async fn consume<P: Projection + ?Sized>(
                 if seq <= last {
                     continue;
                 }
+                if pending.is_empty() {
+                    first_pending = quiet_since;
+                }
                 match decoded {
                     Ok(event) => {
                         let changes = {
@@ -369,19 +374,14 @@ async fn consume<P: Projection + ?Sized>(
                 let done = stop_at.is_some_and(|stop| seq >= stop);
                 if pending.events >= config.batch || done {
                     commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
-                    first_pending = None;
                     progress(seq, stop_at.unwrap_or(seq + lag));
                 }
                 if done {
                     return Ok(last);
                 }
             }
-            if !pending.is_empty() {
-                let first = *first_pending.get_or_insert(quiet_since);
-                if first.elapsed() >= config.max_delay {
-                    commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
-                    first_pending = None;
-                }
+            if !pending.is_empty() && first_pending.elapsed() >= config.max_delay {
+                commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
             }
         };
         commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
