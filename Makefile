@@ -11,6 +11,13 @@ NATS_URL ?= nats://edge:edge-dev-password@127.0.0.1:4222
 HANDLERS_NATS_URL ?= nats://handlers:handlers-dev-password@127.0.0.1:4222
 # The pinned server version; infra/nats-server.sh installs it when PATH has none recent enough.
 export NATS_SERVER_VERSION ?= 2.14.6
+# The Go runtime settings of the nats-servers that `up`, `cluster-up` and `bench` start. JetStream
+# allocates ~4 KB per append (~100 MB/s at 25 000 appends/s) and, with the default GOGC=100,
+# collects about every second; a mark phase (up to 45 ms on 2 busy cores) holds up the acks of
+# its moment, and the worst 100 ms of ack latency at half of saturation lined up with them
+# (bench/README.md, seventh round). GOGC=400 collects ~4 times less often; GOMEMLIMIT caps the
+# heap that lets grow (a soft limit: the collector runs sooner near it).
+export NATS_GC ?= GOGC=400 GOMEMLIMIT=1GiB
 
 .PHONY: all up down bench test test-browser browser-deps test-faults lint fmt nats-server build-release clean-data cluster-up cluster-down
 
@@ -29,7 +36,7 @@ up: build-release
 	if [ -f $(DATA)/nats.pid ] && kill -0 "$$(cat $(DATA)/nats.pid)" 2>/dev/null; then \
 	  echo "nats-server already running (pid $$(cat $(DATA)/nats.pid))"; \
 	else \
-	  "$$nats" -c nats.conf >$(DATA)/nats.log 2>&1 & echo $$! >$(DATA)/nats.pid; \
+	  env $(NATS_GC) "$$nats" -c nats.conf >$(DATA)/nats.log 2>&1 & echo $$! >$(DATA)/nats.pid; \
 	  echo "nats-server $$("$$nats" --version) started (pid $$(cat $(DATA)/nats.pid), log $(DATA)/nats.log)"; \
 	fi
 	@if [ -f $(DATA)/chatlog.pid ] && kill -0 "$$(cat $(DATA)/chatlog.pid)" 2>/dev/null; then \
@@ -102,7 +109,7 @@ cluster-up: build-release
 	@mkdir -p $(CLUSTER)
 	@nats="$$(infra/nats-server.sh)"; \
 	for n in 1 2 3; do \
-	  "$$nats" -c infra/cluster/n$$n.conf >$(CLUSTER)/n$$n.log 2>&1 & echo $$! >$(CLUSTER)/n$$n.pid; \
+	  env $(NATS_GC) "$$nats" -c infra/cluster/n$$n.conf >$(CLUSTER)/n$$n.log 2>&1 & echo $$! >$(CLUSTER)/n$$n.pid; \
 	done; echo "nats-server n1 n2 n3 started"
 	@for e in 1 2; do \
 	  NATS_URL="$(call creds,edge:edge-dev-password)" CHATLOG_DATA_DIR=$(CLUSTER)/edge$$e \

@@ -35,7 +35,8 @@ export NATS_URL="nats://127.0.0.1:$nats_port"
 start_system() {
   local store="$scratch/$1"
   mkdir -p "$store"
-  "$nats" -a 127.0.0.1 -p "$nats_port" -js -sd "$store/nats" >"$store/nats.log" 2>&1 &
+  # shellcheck disable=SC2086 # NATS_GC is a list of VAR=value words (see the Makefile)
+  env ${NATS_GC:-GOGC=400 GOMEMLIMIT=1GiB} "$nats" -a 127.0.0.1 -p "$nats_port" -js -sd "$store/nats" >"$store/nats.log" 2>&1 &
   nats_pid=$!
   CHATLOG_DATA_DIR="$store/data" CHATLOG_VIEWS_DIR="$store/views" RUST_LOG=warn \
     target/release/chatlog up --http "$http" --send-rate 1000000 --send-burst 1000000 \
