@@ -247,8 +247,27 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
             let mut p = fleet
                 .phase(&format!("step {step}"), rate, args.step_duration, warm)
                 .await;
-            let why = p.saturated(args.max_p99_ms);
-            let behind = p.fell_behind();
+            let mut why = p.saturated(args.max_p99_ms);
+            let mut behind = p.fell_behind();
+            // The first step over the latency limit that kept up otherwise runs once more at the
+            // same rate, and counts as over only if it is over again: one stall (a collection in
+            // nats-server) in a step's 4 measured seconds was enough to end the step-up, and the
+            // saturation figure swung by 2x between runs of the same build.
+            if why.is_some() && behind.is_none() && first_over.is_none() {
+                p.ok = false;
+                eprintln!("{} (once more)", p.one_line());
+                phases.push(p);
+                p = fleet
+                    .phase(
+                        &format!("step {step} again"),
+                        rate,
+                        args.step_duration,
+                        warm,
+                    )
+                    .await;
+                why = p.saturated(args.max_p99_ms);
+                behind = p.fell_behind();
+            }
             p.ok = why.is_none();
             eprintln!("{}", p.one_line());
             // Saturation: the best step before the first one over the limit.
