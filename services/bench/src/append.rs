@@ -29,7 +29,7 @@ use crate::{
     Common,
     client::{self, Frame, Ws},
     pace::{Pace, Pacer},
-    stats::{Latency, Recorder},
+    stats::{Latency, Recorder, SliceSummary, Slices},
     sys::CpuUse,
 };
 
@@ -113,6 +113,9 @@ pub struct AppendPhase {
     pub cpu: CpuUse,
     /// Edge CPU time per acked append in the measured seconds, in µs.
     pub edge_us_per_append: Option<f64>,
+    /// The measured acks by 100 ms, and the slow ones (over 5 ms) among them: stalls or
+    /// queueing.
+    pub slices: SliceSummary,
 }
 
 pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendReport> {
@@ -290,18 +293,21 @@ impl Out {
         })
     }
 
-    /// A raw publish's ack: counted, its latency recorded in `local` when measured.
+    /// A raw publish's ack: counted, its latency recorded in `local` and `slices` when
+    /// measured.
     fn raw_ack<T, E: std::fmt::Display>(
         &mut self,
         ack: Result<T, E>,
         sent_at: Instant,
         window: &Window,
-        local: &mut crate::stats::Local,
+        (local, slices): (&mut crate::stats::Local, &Slices),
     ) {
         match ack {
             Ok(_) => {
-                if let Some(us) = self.acked(sent_at, Instant::now(), window) {
+                let now = Instant::now();
+                if let Some(us) = self.acked(sent_at, now, window) {
                     local.record(us);
+                    slices.record(now, us);
                 }
             }
             Err(e) => self.error(e.to_string()),
@@ -334,16 +340,19 @@ async fn edge_phase(
     }
     let recorder = Recorder::new();
     let window = Window::new(args.warmup, args.duration);
+    let slices = Slices::new(window.measure_from, window.seconds());
     let mut tasks = Vec::new();
     let mut paces = paces(rate, sockets.len(), window)?;
     for (i, ws) in sockets.into_iter().enumerate() {
         let room = rooms[i % rooms.len()].clone();
         let mut local = recorder.local(i);
+        let slices = slices.clone();
         let (w, size, base) = (args.window, args.size, common.base);
         let pace = paces.next();
         tasks.push(tokio::spawn(async move {
-            let out = edge_sender(ws, &room, w, size, window, pace, base, &mut |us| {
-                local.record(us)
+            let out = edge_sender(ws, &room, w, size, window, pace, base, &mut |at, us| {
+                local.record(us);
+                slices.record(at, us);
             })
             .await;
             local.flush();
@@ -383,6 +392,7 @@ async fn edge_phase(
             .edge_cpu_seconds
             .filter(|_| total.measured > 0)
             .map(|s| s * 1e6 / total.measured as f64),
+        slices: slices.summary(),
     })
 }
 
@@ -398,7 +408,7 @@ async fn edge_sender(
     window: Window,
     pace: Option<Pace>,
     base: std::time::Instant,
-    record: &mut impl FnMut(u64),
+    record: &mut impl FnMut(Instant, u64),
 ) -> Out {
     let mut out = Out::default();
     let uuid = uuid::Uuid::new_v4().to_string();
@@ -477,7 +487,7 @@ async fn edge_sender(
                     continue;
                 };
                 if let Some(us) = out.acked(sent_at, now, &window) {
-                    record(us);
+                    record(now, us);
                 }
             }
             Some(Frame::Error { id, code, message }) => {
@@ -594,6 +604,7 @@ async fn raw_load(
 ) -> anyhow::Result<AppendPhase> {
     let recorder = Recorder::new();
     let window = Window::new(args.warmup, args.duration);
+    let slices = Slices::new(window.measure_from, window.seconds());
     let headers = Arc::new(headers);
     let mut tasks = Vec::new();
     let mut paces = paces(args.rate, args.connections, window)?;
@@ -602,6 +613,7 @@ async fn raw_load(
         let subject = async_nats::Subject::from(format!("bench.raw.{}", rooms[i % rooms.len()]));
         let (headers, body, w) = (headers.clone(), body.clone(), args.window);
         let mut local = recorder.local(i);
+        let slices = slices.clone();
         let pace = paces.next();
         tasks.push(tokio::spawn(async move {
             let mut out = Out::default();
@@ -618,7 +630,7 @@ async fn raw_load(
                         biased;
                         due = owed(&pace) => due as usize,
                         Some((sent_at, ack)) = pending.next(), if !pending.is_empty() => {
-                            out.raw_ack(ack, sent_at, &window, &mut local);
+                            out.raw_ack(ack, sent_at, &window, (&mut local, &slices));
                             continue;
                         }
                         _ = tokio::time::sleep_until(window.end) => {
@@ -661,7 +673,7 @@ async fn raw_load(
                     }
                     break;
                 };
-                out.raw_ack(ack, sent_at, &window, &mut local);
+                out.raw_ack(ack, sent_at, &window, (&mut local, &slices));
             }
             local.flush();
             out
@@ -690,6 +702,7 @@ async fn raw_load(
         latency: Latency::of(&recorder.take()),
         cpu,
         edge_us_per_append: None,
+        slices: slices.summary(),
     })
 }
 

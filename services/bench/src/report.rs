@@ -339,6 +339,29 @@ fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
             opt(p.edge_us_per_append, 1)
         )?;
     }
+    writeln!(f)?;
+    for p in std::iter::once(&r.edge)
+        .chain(r.raw.as_ref())
+        .chain(r.half.as_ref())
+        .chain(r.raw_half.as_ref())
+    {
+        let s = &p.slices;
+        write!(
+            f,
+            "{:<6} acks over {} ms: {}",
+            p.label, s.slow_ms, s.slow_total
+        )?;
+        if s.slow_total > 0 {
+            write!(
+                f,
+                ", half of them in {} of the {} slices of {} ms",
+                s.slices_for_half_of_slow,
+                s.acks.len(),
+                s.slice_ms
+            )?;
+        }
+        writeln!(f)?;
+    }
     if let Some(ratio) = r.ratio {
         writeln!(
             f,

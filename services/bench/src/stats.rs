@@ -210,6 +210,91 @@ impl EdgeHistogram {
     }
 }
 
+/// Width of a [`Slices`] slice.
+pub const SLICE: std::time::Duration = std::time::Duration::from_millis(100);
+/// An ack slower than this counts as slow in [`Slices`]: the ack p99 goal.
+pub const SLOW_US: u64 = 5_000;
+
+/// Measured acks by 100 ms slice of a phase, and how many of them were slow (over [`SLOW_US`]):
+/// whether a phase's tail is spread over every slice (queueing on a busy machine) or packed into
+/// a few (stalls: a garbage collection in nats-server, a burst of other work). Shared by the
+/// phase's tasks; a counter per slice.
+pub struct Slices {
+    from: tokio::time::Instant,
+    counts: Vec<[std::sync::atomic::AtomicU64; 2]>,
+}
+
+impl Slices {
+    /// Slices covering `seconds` from `from`; an ack outside them is not counted.
+    pub fn new(from: tokio::time::Instant, seconds: f64) -> Arc<Self> {
+        let n = (seconds.max(0.0) / SLICE.as_secs_f64()).ceil() as usize;
+        Arc::new(Self {
+            from,
+            counts: (0..n).map(|_| Default::default()).collect(),
+        })
+    }
+
+    /// An ack received `at` that took `micros`.
+    pub fn record(&self, at: tokio::time::Instant, micros: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(since) = at.checked_duration_since(self.from) else {
+            return;
+        };
+        let i = (since.as_micros() / SLICE.as_micros()) as usize;
+        if let Some([acks, slow]) = self.counts.get(i) {
+            acks.fetch_add(1, Relaxed);
+            if micros > SLOW_US {
+                slow.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub fn summary(&self) -> SliceSummary {
+        use std::sync::atomic::Ordering::Relaxed;
+        let acks: Vec<u64> = self.counts.iter().map(|[a, _]| a.load(Relaxed)).collect();
+        let slow: Vec<u64> = self.counts.iter().map(|[_, s]| s.load(Relaxed)).collect();
+        let slow_total: u64 = slow.iter().sum();
+        let mut most = slow.clone();
+        most.sort_unstable_by(|a, b| b.cmp(a));
+        let mut held = 0;
+        let slices_for_half_of_slow = if slow_total == 0 {
+            0
+        } else {
+            most.iter()
+                .take_while(|&&n| {
+                    let before = held;
+                    held += n;
+                    2 * before < slow_total
+                })
+                .count()
+        };
+        SliceSummary {
+            slice_ms: SLICE.as_millis() as u64,
+            slow_ms: SLOW_US as f64 / 1000.0,
+            slow_total,
+            slices_for_half_of_slow,
+            acks,
+            slow,
+        }
+    }
+}
+
+/// What [`Slices`] counted.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SliceSummary {
+    pub slice_ms: u64,
+    /// The threshold of a slow ack.
+    pub slow_ms: f64,
+    /// Measured acks over the threshold.
+    pub slow_total: u64,
+    /// The fewest slices that hold at least half of the slow acks (0 when there are none).
+    pub slices_for_half_of_slow: usize,
+    /// Acks per slice, in order.
+    pub acks: Vec<u64>,
+    /// Slow acks per slice.
+    pub slow: Vec<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +340,39 @@ mod tests {
         let p50 = d.quantile_ms(0.5).unwrap_or_default();
         assert!((p50 - 2.1).abs() < 1e-9, "{p50}");
         assert_eq!(EdgeHistogram::default().quantile_ms(0.99), None);
+    }
+
+    #[test]
+    fn slices_count_acks_and_slow_acks_by_100_ms_and_find_where_the_slow_ones_are() {
+        let from = tokio::time::Instant::now();
+        let slices = Slices::new(from, 1.0);
+        let at = |ms: u64| from + std::time::Duration::from_millis(ms);
+        for ms in (0..1000).step_by(10) {
+            slices.record(at(ms), 300);
+        }
+        // Slow acks: 6 in the slice at 300 ms, 2 at 700, 1 at 900; one after the end, not counted.
+        for _ in 0..6 {
+            slices.record(at(350), 9_000);
+        }
+        slices.record(at(720), 5_001);
+        slices.record(at(790), 40_000);
+        slices.record(at(900), 6_000);
+        slices.record(at(1000), 9_000);
+        slices.record(at(500), SLOW_US);
+        let s = slices.summary();
+        assert_eq!(s.acks.len(), 10);
+        assert_eq!(s.acks[3], 10 + 6);
+        assert_eq!(s.acks[5], 10 + 1);
+        assert_eq!(s.slow, [0, 0, 0, 6, 0, 0, 0, 2, 0, 1]);
+        assert_eq!(s.slow_total, 9);
+        // 6 of 9 are in one slice: half of them are there.
+        assert_eq!(s.slices_for_half_of_slow, 1);
+        slices.record(at(100), 9_000);
+        slices.record(at(150), 9_000);
+        slices.record(at(250), 9_000);
+        slices.record(at(260), 9_000);
+        // 13 slow now, [0, 2, 2, 6, 0, 0, 0, 2, 0, 1]: 6 + 2 = 8 is more than half.
+        assert_eq!(slices.summary().slices_for_half_of_slow, 2);
+        assert_eq!(Slices::new(from, 1.0).summary().slices_for_half_of_slow, 0);
     }
 }

@@ -66,6 +66,13 @@ fn assert_clean(p: &AppendPhase) {
         p.label, p.first_error
     );
     assert_eq!(p.acked, p.sent, "{}: sends not acked", p.label);
+    // The 100 ms slices hold every measured ack, and no more slow ones than acks.
+    let s = &p.slices;
+    let measured = (p.per_s * p.measured_seconds).round() as u64;
+    assert_eq!(s.acks.iter().sum::<u64>(), measured, "{}: slices", p.label);
+    assert_eq!(s.acks.len(), (p.measured_seconds * 10.0).ceil() as usize);
+    assert!(s.acks.iter().zip(&s.slow).all(|(a, slow)| slow <= a));
+    assert_eq!(s.slow.iter().sum::<u64>(), s.slow_total);
 }
 
 /// An open loop at `rate` sent what the rate makes over its warm-up and measured seconds.
