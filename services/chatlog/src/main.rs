@@ -197,7 +197,10 @@ fn handlers_thread(
 /// (Linux gives it a small share, it is not starved), and a waking worker preempts it at once,
 /// where a nice 19 thread keeps its CPU until its slice ends. Measured with appends saturating
 /// the 2-core machine for 20 s: the history view still applied ~20 000 events/s (25 000 at nice
-/// 19), and the edge appended 3-9 % more.
+/// 19), and the edge appended 3-9 % more. It is not free for latency, though: on the bench's VM
+/// (PREEMPT_NONE, HZ=250) two `SCHED_IDLE` busy loops beside `chatlog edge` took its ack p99 at
+/// 25 000 appends/s from ~4 ms to 11-18 ms, and the views catching up do the same to `chatlog up`
+/// (bench/README.md, seventh round).
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain system calls on the calling thread (0 and its own id); `param` outlives the
