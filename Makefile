@@ -15,8 +15,8 @@ export NATS_SERVER_VERSION ?= 2.14.6
 # allocates ~4 KB per append (~100 MB/s at 25 000 appends/s) and, with the default GOGC=100,
 # collects about every second; a mark phase (up to 45 ms on 2 busy cores) holds up the acks of
 # its moment, and the worst 100 ms of ack latency at half of saturation lined up with them
-# (bench/README.md, seventh round). GOGC=400 collects ~4 times less often; GOMEMLIMIT caps the
-# heap that lets grow (a soft limit: the collector runs sooner near it).
+# (bench/README.md, seventh round). GOGC=400 collects ~4 times less often; GOMEMLIMIT bounds how
+# far that lets the heap grow (a soft limit: the collector runs sooner near it).
 export NATS_GC ?= GOGC=400 GOMEMLIMIT=1GiB
 
 .PHONY: all up down bench test test-browser browser-deps test-faults lint fmt nats-server build-release clean-data cluster-up cluster-down

@@ -256,6 +256,10 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
             if why.is_some() && behind.is_none() && first_over.is_none() {
                 p.ok = false;
                 eprintln!("{} (once more)", p.one_line());
+                // It kept up, whatever its latency: a candidate for the ceiling.
+                if kept_up.is_none_or(|(d, _, _)| p.deliveries_per_s > d) {
+                    kept_up = Some((p.deliveries_per_s, p.send_rate, p.latency.p99_ms));
+                }
                 phases.push(p);
                 p = fleet
                     .phase(

@@ -254,20 +254,17 @@ impl Slices {
         let acks: Vec<u64> = self.counts.iter().map(|[a, _]| a.load(Relaxed)).collect();
         let slow: Vec<u64> = self.counts.iter().map(|[_, s]| s.load(Relaxed)).collect();
         let slow_total: u64 = slow.iter().sum();
+        // The slices with the most slow acks first, taken until they hold half of them.
         let mut most = slow.clone();
         most.sort_unstable_by(|a, b| b.cmp(a));
-        let mut held = 0;
-        let slices_for_half_of_slow = if slow_total == 0 {
-            0
-        } else {
-            most.iter()
-                .take_while(|&&n| {
-                    let before = held;
-                    held += n;
-                    2 * before < slow_total
-                })
-                .count()
-        };
+        let (mut held, mut slices_for_half_of_slow) = (0, 0);
+        for n in most {
+            if 2 * held >= slow_total {
+                break;
+            }
+            held += n;
+            slices_for_half_of_slow += 1;
+        }
         SliceSummary {
             slice_ms: SLICE.as_millis() as u64,
             slow_ms: SLOW_US as f64 / 1000.0,
