@@ -314,6 +314,23 @@ impl Out {
         }
     }
 
+    /// What every task of a phase did, together.
+    async fn sum(tasks: Vec<tokio::task::JoinHandle<Out>>) -> anyhow::Result<Out> {
+        let mut total = Out::default();
+        for task in tasks {
+            let out = task.await?;
+            total.sent += out.sent;
+            total.acked += out.acked;
+            total.measured += out.measured;
+            total.errors += out.errors;
+            total.rate_limited |= out.rate_limited;
+            if total.first_error.is_none() {
+                total.first_error = out.first_error;
+            }
+        }
+        Ok(total)
+    }
+
     fn error(&mut self, what: String) {
         self.errors += 1;
         if self.first_error.is_none() {
@@ -360,18 +377,7 @@ async fn edge_phase(
         }));
     }
     let cpu = measure_cpu(common, window).await;
-    let mut total = Out::default();
-    for task in tasks {
-        let out = task.await?;
-        total.sent += out.sent;
-        total.acked += out.acked;
-        total.measured += out.measured;
-        total.errors += out.errors;
-        total.rate_limited |= out.rate_limited;
-        if total.first_error.is_none() {
-            total.first_error = out.first_error;
-        }
-    }
+    let total = Out::sum(tasks).await?;
     if total.rate_limited {
         bail!(
             "the edge rate-limits sends (20/s per connection by default): run it with \
@@ -680,17 +686,7 @@ async fn raw_load(
         }));
     }
     let cpu = measure_cpu(common, window).await;
-    let mut total = Out::default();
-    for task in tasks {
-        let out = task.await?;
-        total.sent += out.sent;
-        total.acked += out.acked;
-        total.measured += out.measured;
-        total.errors += out.errors;
-        if total.first_error.is_none() {
-            total.first_error = out.first_error;
-        }
-    }
+    let total = Out::sum(tasks).await?;
     Ok(AppendPhase {
         label: "raw".into(),
         measured_seconds: window.seconds(),

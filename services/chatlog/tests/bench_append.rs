@@ -6,18 +6,11 @@
 
 mod common;
 
-use chatlog_bench::{AppendReport, BenchArgs, Outcome, append::AppendPhase, append::RAW_STREAM};
+use chatlog_bench::{AppendReport, Outcome, append::AppendPhase, append::RAW_STREAM};
 use chatlog_test_support::NatsServer;
-use clap::Parser;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Parser)]
-struct Bench {
-    #[command(flatten)]
-    args: BenchArgs,
-}
 
 const WARMUP: f64 = 0.3;
 const DURATION: f64 = 1.0;
@@ -44,14 +37,7 @@ async fn append(url: &str, nats_url: &str, extra: &[&str]) -> AppendReport {
         &duration,
     ];
     argv.extend_from_slice(extra);
-    let args = Bench::try_parse_from(argv)
-        .expect("valid bench arguments")
-        .args;
-    match chatlog_bench::run(args)
-        .await
-        .expect("the append run")
-        .outcome
-    {
+    match common::bench(&argv).await {
         Outcome::Append(report) => report,
         _ => unreachable!("an append run answers an append report"),
     }
@@ -91,13 +77,7 @@ fn assert_sent_at(p: &AppendPhase, rate: f64) {
 async fn the_append_workload_measures_every_phase_and_paces_its_open_loops() {
     let nats = NatsServer::start().await;
     let data = tempfile::tempdir().unwrap();
-    let (_edge, client) = common::serve(common::command(
-        &nats.url(),
-        data.path(),
-        &["edge", "--send-rate", "1000000", "--send-burst", "1000000"],
-    ))
-    .await;
-    let url = format!("http://{}", client.addr);
+    let (_edge, url) = common::edge_for_bench(&nats.url(), data.path()).await;
 
     // Closed loops (raw, edge), then the half phase and raw JetStream at its rate.
     let report = append(&url, &nats.url(), &[]).await;

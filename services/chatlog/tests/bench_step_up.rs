@@ -5,18 +5,11 @@
 
 mod common;
 
-use chatlog_bench::{BenchArgs, FanoutReport, Outcome};
+use chatlog_bench::{FanoutReport, Outcome};
 use chatlog_test_support::NatsServer;
-use clap::Parser;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Parser)]
-struct Bench {
-    #[command(flatten)]
-    args: BenchArgs,
-}
 
 /// A small step-up (2 rooms × 3 members, 2 steps of 2 s from 200 msg/s) with `max_p99_ms` as
 /// the latency limit.
@@ -49,14 +42,7 @@ async fn step_up(url: &str, nats_url: &str, prefix: &str, max_p99_ms: &str) -> F
         "--max-p99-ms",
         max_p99_ms,
     ];
-    let args = Bench::try_parse_from(argv)
-        .expect("valid bench arguments")
-        .args;
-    match chatlog_bench::run(args)
-        .await
-        .expect("the fan-out run")
-        .outcome
-    {
+    match common::bench(&argv).await {
         Outcome::Fanout(report) => report,
         _ => unreachable!("a fan-out run answers a fan-out report"),
     }
@@ -70,13 +56,7 @@ fn labels(report: &FanoutReport) -> Vec<&str> {
 async fn the_first_step_over_the_latency_limit_alone_runs_once_more() {
     let nats = NatsServer::start().await;
     let data = tempfile::tempdir().unwrap();
-    let (_edge, client) = common::serve(common::command(
-        &nats.url(),
-        data.path(),
-        &["edge", "--send-rate", "1000000", "--send-burst", "1000000"],
-    ))
-    .await;
-    let url = format!("http://{}", client.addr);
+    let (_edge, url) = common::edge_for_bench(&nats.url(), data.path()).await;
 
     // A limit no delivery can meet: every step is over it, and only the first runs twice.
     let over = step_up(&url, &nats.url(), "over", "0.000001").await;

@@ -13,9 +13,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chatlog_bench::{BenchArgs, FanoutReport, Outcome, fanout::PhaseReport, sys};
+use chatlog_bench::{FanoutReport, Outcome, fanout::PhaseReport, sys};
 use chatlog_test_support::NatsServer;
-use clap::Parser;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 /// The generator's allocator is the `chatlog` binary's, as when `chatlog bench` runs it (the system
@@ -52,13 +51,6 @@ const ENVELOPE_BYTES: u64 = 350;
 /// 4 MiB, and the initial receive buffer of a socket never read).
 const KERNEL_BUFFERS_KIB: u64 = 4 * 1024 + 128;
 
-/// `chatlog bench` as a library: its arguments parsed from a command line, as the CLI would.
-#[derive(Parser)]
-struct Bench {
-    #[command(flatten)]
-    args: BenchArgs,
-}
-
 /// One fan-out run (the bench's `fanout` workload) against the edge at `url`.
 async fn fanout(url: &str, nats_url: &str, edge_pid: u32, stalled: usize) -> FanoutReport {
     let (rooms, members) = (ROOMS.to_string(), MEMBERS.to_string());
@@ -93,14 +85,7 @@ async fn fanout(url: &str, nats_url: &str, edge_pid: u32, stalled: usize) -> Fan
         "--prefix",
         "slow",
     ];
-    let args = Bench::try_parse_from(argv)
-        .expect("valid bench arguments")
-        .args;
-    match chatlog_bench::run(args)
-        .await
-        .expect("the fan-out run")
-        .outcome
-    {
+    match common::bench(&argv).await {
         Outcome::Fanout(report) => report,
         _ => unreachable!("a fanout run answers a fanout report"),
     }

@@ -83,3 +83,32 @@ pub async fn serve(mut cmd: Command) -> (Proc, Client) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `chatlog bench` as a library: `argv` (from `bench` on) parsed as the CLI would parse it, then
+/// run; its outcome.
+pub async fn bench(argv: &[&str]) -> chatlog_bench::Outcome {
+    #[derive(clap::Parser)]
+    struct Bench {
+        #[command(flatten)]
+        args: chatlog_bench::BenchArgs,
+    }
+    let args = <Bench as clap::Parser>::try_parse_from(argv)
+        .expect("valid bench arguments")
+        .args;
+    chatlog_bench::run(args)
+        .await
+        .expect("the bench run")
+        .outcome
+}
+
+/// A `chatlog edge` on `nats_url` with its send limits lifted, as the bench's workloads need
+/// (its data under `data`): the process and its address as a URL.
+pub async fn edge_for_bench(nats_url: &str, data: &Path) -> (Proc, String) {
+    let (edge, client) = serve(command(
+        nats_url,
+        data,
+        &["edge", "--send-rate", "1000000", "--send-burst", "1000000"],
+    ))
+    .await;
+    (edge, format!("http://{}", client.addr))
+}
