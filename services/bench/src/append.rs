@@ -223,6 +223,16 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
     })
 }
 
+impl AppendReport {
+    /// The phases that ran, in the report's order: edge, raw, half, raw at half.
+    pub fn phases(&self) -> impl Iterator<Item = &AppendPhase> {
+        std::iter::once(&self.edge)
+            .chain(self.raw.as_ref())
+            .chain(self.half.as_ref())
+            .chain(self.raw_half.as_ref())
+    }
+}
+
 impl AppendPhase {
     pub(crate) fn one_line(&self) -> String {
         format!(

@@ -294,11 +294,7 @@ fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
         "max ms",
         "errors"
     )?;
-    for p in std::iter::once(&r.edge)
-        .chain(r.raw.as_ref())
-        .chain(r.half.as_ref())
-        .chain(r.raw_half.as_ref())
-    {
+    for p in r.phases() {
         writeln!(
             f,
             "{:<6} {:>10.0} {:>9} {:>9} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>6}",
@@ -323,11 +319,7 @@ fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
         "{:<6} {:>10} {:>10} {:>10} {:>13} {:>15}",
         "cpu", "edge cores", "nats cores", "gen cores", "machine cores", "edge µs/append"
     )?;
-    for p in std::iter::once(&r.edge)
-        .chain(r.raw.as_ref())
-        .chain(r.half.as_ref())
-        .chain(r.raw_half.as_ref())
-    {
+    for p in r.phases() {
         writeln!(
             f,
             "{:<6} {:>10} {:>10} {:>10} {:>13} {:>15}",
@@ -340,11 +332,7 @@ fn append_table(f: &mut fmt::Formatter<'_>, r: &AppendReport) -> fmt::Result {
         )?;
     }
     writeln!(f)?;
-    for p in std::iter::once(&r.edge)
-        .chain(r.raw.as_ref())
-        .chain(r.half.as_ref())
-        .chain(r.raw_half.as_ref())
-    {
+    for p in r.phases() {
         let s = &p.slices;
         write!(
             f,

@@ -18,12 +18,6 @@ const DURATION: f64 = 1.0;
 async fn append(url: &str, nats_url: &str, extra: &[&str]) -> AppendReport {
     let (warmup, duration) = (WARMUP.to_string(), DURATION.to_string());
     let mut argv = vec![
-        "bench",
-        "--url",
-        url,
-        "--nats-url",
-        nats_url,
-        "--no-save",
         "append",
         "--connections",
         "4",
@@ -37,7 +31,7 @@ async fn append(url: &str, nats_url: &str, extra: &[&str]) -> AppendReport {
         &duration,
     ];
     argv.extend_from_slice(extra);
-    match common::bench(&argv).await {
+    match common::bench(url, nats_url, &argv).await {
         Outcome::Append(report) => report,
         _ => unreachable!("an append run answers an append report"),
     }

@@ -15,12 +15,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// the latency limit.
 async fn step_up(url: &str, nats_url: &str, prefix: &str, max_p99_ms: &str) -> FanoutReport {
     let argv = [
-        "bench",
-        "--url",
-        url,
-        "--nats-url",
-        nats_url,
-        "--no-save",
         "fanout",
         "--rooms",
         "2",
@@ -42,7 +36,7 @@ async fn step_up(url: &str, nats_url: &str, prefix: &str, max_p99_ms: &str) -> F
         "--max-p99-ms",
         max_p99_ms,
     ];
-    match common::bench(&argv).await {
+    match common::bench(url, nats_url, &argv).await {
         Outcome::Fanout(report) => report,
         _ => unreachable!("a fan-out run answers a fan-out report"),
     }

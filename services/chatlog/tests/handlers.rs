@@ -92,12 +92,7 @@ async fn fill(js: &jetstream::Context, n: usize) -> u64 {
     for chunk in events.chunks(500) {
         let mut acks = Vec::new();
         for event in chunk {
-            let enc = event.encode().unwrap();
-            acks.push(
-                js.publish_with_headers(enc.subject, enc.headers, enc.body)
-                    .await
-                    .unwrap(),
-            );
+            acks.push(publish(js, event).await);
         }
         for ack in acks {
             last = ack.await.unwrap().sequence;
@@ -423,15 +418,20 @@ async fn chatlog_up_reads_chat_rooms_once_for_history_and_mentions() {
     assert_eq!(consumers_through(&js, "CHAT_ROOMS", more).await, 1);
 }
 
-/// Appends `event`, answering its seq.
-async fn append(js: &jetstream::Context, event: &ChatEvent) -> u64 {
+/// Hands `event` to JetStream; its ack to await.
+async fn publish(
+    js: &jetstream::Context,
+    event: &ChatEvent,
+) -> jetstream::context::PublishAckFuture {
     let enc = event.encode().unwrap();
     js.publish_with_headers(enc.subject, enc.headers, enc.body)
         .await
         .unwrap()
-        .await
-        .unwrap()
-        .sequence
+}
+
+/// Appends `event`, answering its seq.
+async fn append(js: &jetstream::Context, event: &ChatEvent) -> u64 {
+    publish(js, event).await.await.unwrap().sequence
 }
 
 /// Appends what `next(i)` makes, one event every 5 ms (a steady trickle: never the 20 ms of quiet

@@ -58,14 +58,8 @@ async fn fanout(url: &str, nats_url: &str, edge_pid: u32, stalled: usize) -> Fan
     let (warmup, duration) = (WARMUP.to_string(), DURATION.to_string());
     let (edge_pid, stalled) = (edge_pid.to_string(), stalled.to_string());
     let argv = [
-        "bench",
-        "--url",
-        url,
-        "--nats-url",
-        nats_url,
         "--edge-pid",
         &edge_pid,
-        "--no-save",
         "fanout",
         "--rooms",
         &rooms,
@@ -85,7 +79,7 @@ async fn fanout(url: &str, nats_url: &str, edge_pid: u32, stalled: usize) -> Fan
         "--prefix",
         "slow",
     ];
-    match common::bench(&argv).await {
+    match common::bench(url, nats_url, &argv).await {
         Outcome::Fanout(report) => report,
         _ => unreachable!("a fanout run answers a fanout report"),
     }

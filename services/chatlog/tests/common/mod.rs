@@ -84,14 +84,17 @@ pub async fn serve(mut cmd: Command) -> (Proc, Client) {
     }
 }
 
-/// `chatlog bench` as a library: `argv` (from `bench` on) parsed as the CLI would parse it, then
-/// run; its outcome.
-pub async fn bench(argv: &[&str]) -> chatlog_bench::Outcome {
+/// `chatlog bench --url <url> --nats-url <nats_url> --no-save <args>` as a library: parsed as the
+/// CLI would parse it, then run; its outcome. `args` may start with more global options.
+pub async fn bench(url: &str, nats_url: &str, args: &[&str]) -> chatlog_bench::Outcome {
     #[derive(clap::Parser)]
     struct Bench {
         #[command(flatten)]
         args: chatlog_bench::BenchArgs,
     }
+    let argv = ["bench", "--url", url, "--nats-url", nats_url, "--no-save"]
+        .into_iter()
+        .chain(args.iter().copied());
     let args = <Bench as clap::Parser>::try_parse_from(argv)
         .expect("valid bench arguments")
         .args;
