@@ -492,6 +492,61 @@ async fn a_view_commits_during_a_steady_trickle_not_only_after_it() {
 }
 
 #[tokio::test]
+async fn a_busy_stream_is_read_in_chunks_not_event_by_event() {
+    let (nats, client, js) = setup().await;
+    let lobby = RoomId::parse("lobby").unwrap();
+    let ada = UserId::parse("ada").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _history = handler(&nats, dir.path(), None);
+    let first = append(&js, &created(&lobby, &ada)).await;
+    view_at(&client, "history", first).await;
+    let counts = |stats: &[Value]| {
+        let data = &stats[0]["endpoints"][0]["data"];
+        (
+            data["applied"].as_u64().unwrap(),
+            data["reads"].as_u64().unwrap(),
+        )
+    };
+    let (applied_before, reads_before) = counts(&gather_stats(&client).await);
+
+    // 300 messages, one a millisecond, their acks awaited at the end: a steady stream the view
+    // keeps up with, which read as it comes would be one event per read.
+    let mut every = tokio::time::interval(Duration::from_millis(1));
+    let mut acks = Vec::new();
+    for i in 0..300 {
+        every.tick().await;
+        acks.push(
+            publish(
+                &js,
+                &ChatEvent::in_room(
+                    &lobby,
+                    ada.clone(),
+                    "test",
+                    Payload::MessagePosted(MessagePosted {
+                        text: format!("message {i}"),
+                        mentions: vec![],
+                        reply_to: None,
+                    }),
+                ),
+            )
+            .await,
+        );
+    }
+    let mut last = first;
+    for ack in acks {
+        last = last.max(ack.await.unwrap().sequence);
+    }
+    view_at(&client, "history", last).await;
+    let (applied_after, reads_after) = counts(&gather_stats(&client).await);
+    let (applied, reads) = (applied_after - applied_before, reads_after - reads_before);
+    assert_eq!(applied, 300);
+    assert!(
+        reads * 2 <= applied,
+        "{applied} events in {reads} reads: read one by one, not in chunks"
+    );
+}
+
+#[tokio::test]
 async fn presence_times_out_a_silent_connection_while_others_keep_heartbeating() {
     let (nats, client, js) = setup().await;
     let lobby = RoomId::parse("lobby").unwrap();
