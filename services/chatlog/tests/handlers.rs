@@ -456,30 +456,44 @@ fn trickle(
     })
 }
 
+/// A history handler on `views`, and the lobby created: the handler and the lobby's seq, once
+/// the view has it.
+async fn history_at_lobby(
+    nats: &NatsServer,
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    views: &Path,
+) -> (Proc, u64) {
+    let history = handler(nats, views, None);
+    let lobby = RoomId::parse("lobby").unwrap();
+    let first = append(js, &created(&lobby, &UserId::parse("ada").unwrap())).await;
+    view_at(client, "history", first).await;
+    (history, first)
+}
+
+/// Ada's `i`th message in the lobby.
+fn posted(i: usize) -> ChatEvent {
+    ChatEvent::in_room(
+        &RoomId::parse("lobby").unwrap(),
+        UserId::parse("ada").unwrap(),
+        "test",
+        Payload::MessagePosted(MessagePosted {
+            text: format!("message {i}"),
+            mentions: vec![],
+            reply_to: None,
+        }),
+    )
+}
+
 #[tokio::test]
 async fn a_view_commits_during_a_steady_trickle_not_only_after_it() {
     let (nats, client, js) = setup().await;
-    let lobby = RoomId::parse("lobby").unwrap();
-    let ada = UserId::parse("ada").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let _history = handler(&nats, dir.path(), None);
-    let first = append(&js, &created(&lobby, &ada)).await;
-    view_at(&client, "history", first).await;
+    let (_history, first) = history_at_lobby(&nats, &client, &js, dir.path()).await;
 
     // 400 messages at one per 5 ms: two seconds of appends, fewer than a batch (1 000).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sending = trickle(&js, 400, stop.clone(), move |i| {
-        ChatEvent::in_room(
-            &lobby,
-            ada.clone(),
-            "test",
-            Payload::MessagePosted(MessagePosted {
-                text: format!("message {i}"),
-                mentions: vec![],
-                reply_to: None,
-            }),
-        )
-    });
+    let sending = trickle(&js, 400, stop.clone(), posted);
     // The view reaches the 20th message while the trickle goes on.
     view_at(&client, "history", first + 20).await;
     let during = !sending.is_finished();
@@ -494,12 +508,8 @@ async fn a_view_commits_during_a_steady_trickle_not_only_after_it() {
 #[tokio::test]
 async fn a_busy_stream_is_read_in_chunks_not_event_by_event() {
     let (nats, client, js) = setup().await;
-    let lobby = RoomId::parse("lobby").unwrap();
-    let ada = UserId::parse("ada").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let _history = handler(&nats, dir.path(), None);
-    let first = append(&js, &created(&lobby, &ada)).await;
-    view_at(&client, "history", first).await;
+    let (_history, first) = history_at_lobby(&nats, &client, &js, dir.path()).await;
     let counts = |stats: &[Value]| {
         let data = &stats[0]["endpoints"][0]["data"];
         (
@@ -515,22 +525,7 @@ async fn a_busy_stream_is_read_in_chunks_not_event_by_event() {
     let mut acks = Vec::new();
     for i in 0..300 {
         every.tick().await;
-        acks.push(
-            publish(
-                &js,
-                &ChatEvent::in_room(
-                    &lobby,
-                    ada.clone(),
-                    "test",
-                    Payload::MessagePosted(MessagePosted {
-                        text: format!("message {i}"),
-                        mentions: vec![],
-                        reply_to: None,
-                    }),
-                ),
-            )
-            .await,
-        );
+        acks.push(publish(&js, &posted(i)).await);
     }
     let mut last = first;
     for ack in acks {
