@@ -52,16 +52,15 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 .handlers_nats_url
                 .clone()
                 .unwrap_or_else(|| config.nats_url.clone());
-            let mut hosted = Vec::new();
-            for name in handlers::HandlerName::ALL {
-                let stats = Arc::new(HostStats::default());
-                let shown = stats.clone();
-                config
-                    .extra_metrics
-                    .0
-                    .push(Arc::new(move || shown.render_prometheus(name.as_str())));
-                hosted.push((name, stats));
-            }
+            let hosted: Vec<_> = handlers::HandlerName::ALL
+                .into_iter()
+                .map(|name| (name, Arc::new(HostStats::default())))
+                .collect();
+            let shown = hosted.clone();
+            config.extra_metrics.0.push(Arc::new(move || {
+                let stats: Vec<_> = shown.iter().map(|(n, s)| (n.as_str(), &**s)).collect();
+                HostStats::render_prometheus(&stats)
+            }));
             let mut tasks = tokio::task::JoinSet::new();
             tasks.spawn(handlers_thread(
                 handlers_url,

@@ -418,6 +418,49 @@ async fn chatlog_up_reads_chat_rooms_once_for_history_and_mentions() {
     assert_eq!(consumers_through(&js, "CHAT_ROOMS", more).await, 1);
 }
 
+#[tokio::test]
+async fn chatlog_up_metrics_name_each_metric_once_with_a_line_per_view() {
+    let (nats, client, js) = setup().await;
+    let data = tempfile::tempdir().unwrap();
+    let last = fill(&js, 50).await;
+    let (_up, http) = common::serve(common::command(&nats.url(), data.path(), &["up"])).await;
+    view_at(&client, "history", last).await;
+    let metrics = http.request("GET", "/metrics", None, None).await;
+    assert_eq!(metrics.status, 200);
+
+    // The text format: a metric's HELP and TYPE once, then all of its samples together.
+    let mut typed = std::collections::BTreeSet::new();
+    let mut current = String::new();
+    for line in metrics.text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap_or_default().to_string();
+            assert!(typed.insert(name.clone()), "a second TYPE line for {name}");
+            current = name;
+        } else if !line.starts_with('#') && !line.is_empty() {
+            assert!(
+                line.starts_with(current.as_str()),
+                "{line:?} is not with the other samples of its metric (under {current:?})"
+            );
+        }
+    }
+    for view in ["history", "presence", "notifications"] {
+        assert!(
+            metrics.text.contains(&format!(
+                "chatlog_handler_reads_total{{handler=\"{view}\"}}"
+            )),
+            "no reads line for {view}:\n{}",
+            metrics.text
+        );
+    }
+    let applied = metrics
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("chatlog_handler_applied_total{handler=\"history\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("the history view's applied count");
+    assert!(applied >= 50, "history applied {applied} of the 51 events");
+}
+
 /// Hands `event` to JetStream; its ack to await.
 async fn publish(
     js: &jetstream::Context,

@@ -9,6 +9,7 @@
 
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     future::Future,
     path::PathBuf,
     sync::{
@@ -108,30 +109,50 @@ impl HostStats {
         self.committed.send_replace(checkpoint);
     }
 
-    /// Prometheus text lines for the handler `name`.
-    pub fn render_prometheus(&self, name: &str) -> String {
-        format!(
-            "# HELP chatlog_handler_checkpoint Last stream sequence the view committed.\n\
-             # TYPE chatlog_handler_checkpoint gauge\n\
-             chatlog_handler_checkpoint{{handler=\"{name}\"}} {}\n\
-             # HELP chatlog_handler_lag Stream messages not applied yet.\n\
-             # TYPE chatlog_handler_lag gauge\n\
-             chatlog_handler_lag{{handler=\"{name}\"}} {}\n\
-             # HELP chatlog_handler_applied_total Events applied.\n\
-             # TYPE chatlog_handler_applied_total counter\n\
-             chatlog_handler_applied_total{{handler=\"{name}\"}} {}\n\
-             # HELP chatlog_handler_reads_total Chunks of events read, each applied at one go.\n\
-             # TYPE chatlog_handler_reads_total counter\n\
-             chatlog_handler_reads_total{{handler=\"{name}\"}} {}\n\
-             # HELP chatlog_handler_skipped_total Undecodable events skipped.\n\
-             # TYPE chatlog_handler_skipped_total counter\n\
-             chatlog_handler_skipped_total{{handler=\"{name}\"}} {}\n",
-            self.checkpoint.load(Relaxed),
-            self.lag.load(Relaxed),
-            self.applied.load(Relaxed),
-            self.reads.load(Relaxed),
-            self.skipped.load(Relaxed),
-        )
+    /// Prometheus text for the handlers `hosted` (name, stats): each metric once, its HELP and
+    /// TYPE and then a line per handler, as the text format requires (a block per handler
+    /// repeated every metric's TYPE, which parsers reject).
+    pub fn render_prometheus(hosted: &[(&str, &HostStats)]) -> String {
+        type Value = fn(&HostStats) -> u64;
+        let metrics: [(&str, &str, &str, Value); 5] = [
+            (
+                "checkpoint",
+                "gauge",
+                "Last stream sequence the view committed.",
+                |s| s.checkpoint.load(Relaxed),
+            ),
+            ("lag", "gauge", "Stream messages not applied yet.", |s| {
+                s.lag.load(Relaxed)
+            }),
+            ("applied_total", "counter", "Events applied.", |s| {
+                s.applied.load(Relaxed)
+            }),
+            (
+                "reads_total",
+                "counter",
+                "Chunks of events read, each applied at one go.",
+                |s| s.reads.load(Relaxed),
+            ),
+            (
+                "skipped_total",
+                "counter",
+                "Undecodable events skipped.",
+                |s| s.skipped.load(Relaxed),
+            ),
+        ];
+        let mut out = String::new();
+        for (metric, kind, help, value) in metrics {
+            let _ = writeln!(out, "# HELP chatlog_handler_{metric} {help}");
+            let _ = writeln!(out, "# TYPE chatlog_handler_{metric} {kind}");
+            for (name, stats) in hosted {
+                let _ = writeln!(
+                    out,
+                    "chatlog_handler_{metric}{{handler=\"{name}\"}} {}",
+                    value(stats)
+                );
+            }
+        }
+        out
     }
 
     pub fn to_json(&self) -> serde_json::Value {
