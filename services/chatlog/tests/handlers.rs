@@ -461,6 +461,19 @@ async fn chatlog_up_metrics_name_each_metric_once_with_a_line_per_view() {
     assert!(applied >= 50, "history applied {applied} of the 51 events");
 }
 
+#[tokio::test]
+async fn chatlog_runs_without_transparent_huge_pages() {
+    let (nats, _client, _js) = setup().await;
+    let data = tempfile::tempdir().unwrap();
+    let (up, _) = common::serve(common::command(&nats.url(), data.path(), &["up"])).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", up.0.id())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "{status}");
+}
+
 /// Hands `event` to JetStream; its ack to await.
 async fn publish(
     js: &jetstream::Context,
