@@ -111,7 +111,8 @@ impl HostStats {
 
     /// Prometheus text for the handlers `hosted` (name, stats): each metric once, its HELP and
     /// TYPE and then a line per handler, as the text format requires (a block per handler
-    /// repeated every metric's TYPE, which parsers reject).
+    /// repeated every metric's TYPE, which strict parsers such as `promtool check metrics`
+    /// reject).
     pub fn render_prometheus(hosted: &[(&str, &HostStats)]) -> String {
         type Value = fn(&HostStats) -> u64;
         let metrics: [(&str, &str, &str, Value); 5] = [
