@@ -303,21 +303,19 @@ impl Out {
         })
     }
 
-    /// A raw publish's ack: counted, its latency recorded in `local` and `slices` when
-    /// measured.
+    /// A raw publish's ack: counted, and `record`ed (when, µs) when measured.
     fn raw_ack<T, E: std::fmt::Display>(
         &mut self,
         ack: Result<T, E>,
         sent_at: Instant,
         window: &Window,
-        (local, slices): (&mut crate::stats::Local, &Slices),
+        record: &mut impl FnMut(Instant, u64),
     ) {
         match ack {
             Ok(_) => {
                 let now = Instant::now();
                 if let Some(us) = self.acked(sent_at, now, window) {
-                    local.record(us);
-                    slices.record(now, us);
+                    record(now, us);
                 }
             }
             Err(e) => self.error(e.to_string()),
@@ -633,6 +631,10 @@ async fn raw_load(
         let pace = paces.next();
         tasks.push(tokio::spawn(async move {
             let mut out = Out::default();
+            let mut record = |at, us| {
+                local.record(us);
+                slices.record(at, us);
+            };
             let uuid = uuid::Uuid::new_v4().to_string();
             let id_prefix = uuid[..24].to_string();
             let mut pending = FuturesUnordered::new();
@@ -646,7 +648,7 @@ async fn raw_load(
                         biased;
                         due = owed(&pace) => due as usize,
                         Some((sent_at, ack)) = pending.next(), if !pending.is_empty() => {
-                            out.raw_ack(ack, sent_at, &window, (&mut local, &slices));
+                            out.raw_ack(ack, sent_at, &window, &mut record);
                             continue;
                         }
                         _ = tokio::time::sleep_until(window.end) => {
@@ -689,7 +691,7 @@ async fn raw_load(
                     }
                     break;
                 };
-                out.raw_ack(ack, sent_at, &window, (&mut local, &slices));
+                out.raw_ack(ack, sent_at, &window, &mut record);
             }
             local.flush();
             out

@@ -257,9 +257,7 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
                 p.ok = false;
                 eprintln!("{} (once more)", p.one_line());
                 // It kept up, whatever its latency: a candidate for the ceiling.
-                if kept_up.is_none_or(|(d, _, _)| p.deliveries_per_s > d) {
-                    kept_up = Some((p.deliveries_per_s, p.send_rate, p.latency.p99_ms));
-                }
+                p.offer_to(&mut kept_up);
                 phases.push(p);
                 p = fleet
                     .phase(
@@ -275,11 +273,11 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
             p.ok = why.is_none();
             eprintln!("{}", p.one_line());
             // Saturation: the best step before the first one over the limit.
-            if p.ok && first_over.is_none() && best.is_none_or(|(d, _, _)| p.deliveries_per_s > d) {
-                best = Some((p.deliveries_per_s, p.send_rate, p.latency.p99_ms));
+            if p.ok && first_over.is_none() {
+                p.offer_to(&mut best);
             }
-            if behind.is_none() && kept_up.is_none_or(|(d, _, _)| p.deliveries_per_s > d) {
-                kept_up = Some((p.deliveries_per_s, p.send_rate, p.latency.p99_ms));
+            if behind.is_none() {
+                p.offer_to(&mut kept_up);
             }
             phases.push(p);
             if let Some(why) = &why
@@ -341,6 +339,13 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
 }
 
 impl PhaseReport {
+    /// This step as `best` (deliveries/s, send rate, p99 ms) if it delivered more than `best`.
+    fn offer_to(&self, best: &mut Option<(f64, f64, f64)>) {
+        if best.is_none_or(|(d, _, _)| self.deliveries_per_s > d) {
+            *best = Some((self.deliveries_per_s, self.send_rate, self.latency.p99_ms));
+        }
+    }
+
     /// Why this step did not keep up at all, if it did not: something lost, doubled, closed or
     /// refused, the generator short of its rate, or deliveries missing at the end of the drain.
     fn fell_behind(&self) -> Option<String> {

@@ -514,8 +514,8 @@ impl Reader {
                 }
                 // Near the head (less than a chunk behind, as of the last event read), and what
                 // was ready did not fill a chunk: let the next gather.
-                let behind = |d: &Delivered| matches!(d, Delivered::Event { lag, .. } if *lag >= Self::CHUNK as u64);
-                let linger = out.len() < Self::CHUNK && out.last().is_some_and(|d| !behind(d));
+                let near_head = matches!(out.last(), Some(Delivered::Event { lag, .. }) if *lag < Self::CHUNK as u64);
+                let linger = out.len() < Self::CHUNK && near_head;
                 if tx.send(Arc::new(out)).await.is_err() || failed {
                     return;
                 }
