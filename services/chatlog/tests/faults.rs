@@ -19,27 +19,13 @@ use async_nats::jetstream::{
 };
 use chatlog_edge::log::{Log, LogError};
 use chatlog_events::{
-    ChatEvent, EventId, Payload, RoomId, Stream, UserId,
-    event::MessagePosted,
+    ChatEvent, EventId, RoomId, Stream,
     streams::{self, StreamSettings},
 };
 use chatlog_test_support::{NatsCluster, NatsServer, client::Client};
 use common::Proc;
 use futures::StreamExt;
 use serde_json::json;
-
-fn message(room: &RoomId, n: usize) -> ChatEvent {
-    ChatEvent::in_room(
-        room,
-        UserId::parse("producer").unwrap(),
-        "faults",
-        Payload::MessagePosted(MessagePosted {
-            text: format!("message {n}"),
-            mentions: vec![],
-            reply_to: None,
-        }),
-    )
-}
 
 /// `producers` tasks append `per_producer` events each (one room per producer), retrying every
 /// failed append with the same id until it is acknowledged. Returns (room, id, acked seq).
@@ -59,7 +45,7 @@ async fn produce(
             let room = RoomId::parse(format!("room-{p}")).unwrap();
             let mut done = Vec::with_capacity(per_producer);
             for n in 0..per_producer {
-                let event = message(&room, n);
+                let event = common::message(&room, "producer", n);
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let seq = loop {
                     match log.append(&event).await {

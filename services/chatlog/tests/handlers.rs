@@ -527,20 +527,6 @@ async fn history_at_lobby(
     (history, first)
 }
 
-/// Ada's `i`th message in the lobby.
-fn posted(i: usize) -> ChatEvent {
-    ChatEvent::in_room(
-        &RoomId::parse("lobby").unwrap(),
-        UserId::parse("ada").unwrap(),
-        "test",
-        Payload::MessagePosted(MessagePosted {
-            text: format!("message {i}"),
-            mentions: vec![],
-            reply_to: None,
-        }),
-    )
-}
-
 #[tokio::test]
 async fn a_view_commits_during_a_steady_trickle_not_only_after_it() {
     let (nats, client, js) = setup().await;
@@ -549,7 +535,10 @@ async fn a_view_commits_during_a_steady_trickle_not_only_after_it() {
 
     // 400 messages at one per 5 ms: two seconds of appends, fewer than a batch (1 000).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sending = trickle(&js, 400, stop.clone(), posted);
+    let lobby = RoomId::parse("lobby").unwrap();
+    let sending = trickle(&js, 400, stop.clone(), move |i| {
+        common::message(&lobby, "ada", i)
+    });
     // The view reaches the 20th message while the trickle goes on.
     view_at(&client, "history", first + 20).await;
     let during = !sending.is_finished();
@@ -577,11 +566,12 @@ async fn a_busy_stream_is_read_in_chunks_not_event_by_event() {
 
     // 300 messages, one a millisecond, their acks awaited at the end: a steady stream the view
     // keeps up with, which read as it comes would be one event per read.
+    let lobby = RoomId::parse("lobby").unwrap();
     let mut every = tokio::time::interval(Duration::from_millis(1));
     let mut acks = Vec::new();
     for i in 0..300 {
         every.tick().await;
-        acks.push(publish(&js, &posted(i)).await);
+        acks.push(publish(&js, &common::message(&lobby, "ada", i)).await);
     }
     let mut last = first;
     for ack in acks {

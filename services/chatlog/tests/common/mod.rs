@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chatlog_events::{ChatEvent, Payload, RoomId, UserId, event::MessagePosted};
 use chatlog_test_support::{client::Client, free_port};
 
 /// A running `chatlog` process.
@@ -114,4 +115,18 @@ pub async fn edge_for_bench(nats_url: &str, data: &Path) -> (Proc, String) {
     ))
     .await;
     (edge, format!("http://{}", client.addr))
+}
+
+/// `user`'s `n`th message in `room` ("message n").
+pub fn message(room: &RoomId, user: &str, n: usize) -> ChatEvent {
+    ChatEvent::in_room(
+        room,
+        UserId::parse(user).expect("a valid user id"),
+        "test",
+        Payload::MessagePosted(MessagePosted {
+            text: format!("message {n}"),
+            mentions: vec![],
+            reply_to: None,
+        }),
+    )
 }
