@@ -121,6 +121,14 @@ pub struct AccountRegistered {
     pub password_hash: String,
 }
 
+/// `chat.guest.claimed`: a guest's claim on a free name, on the account subject of that name, so
+/// that a name is a guest's or an account's, never both. Only the SHA-256 of the guest's secret
+/// is kept (hex): the secret is random, so a fast hash is enough.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestClaimed {
+    pub secret_sha256: String,
+}
+
 macro_rules! payloads {
     ($($variant:ident($data:ty) = $ty:literal in $stream:ident,)*) => {
         /// What happened: one variant per CloudEvent `type` of the protocol.
@@ -196,6 +204,7 @@ payloads! {
     NotificationCreated(NotificationCreated) = "chat.notification.created" in Users,
     NotificationRead(NotificationRead) = "chat.notification.read" in Users,
     AccountRegistered(AccountRegistered) = "chat.account.registered" in Accounts,
+    GuestClaimed(GuestClaimed) = "chat.guest.claimed" in Accounts,
 }
 
 fn to_map<T: Serialize>(data: &T) -> Result<Map<String, Value>, serde_json::Error> {

@@ -8,8 +8,10 @@
 
 pub mod event;
 pub mod ids;
+pub mod membership;
 pub mod nats;
 pub mod queries;
+pub mod redaction;
 pub mod streams;
 pub mod subjects;
 

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use chatlog_events::{
     ChatEvent, EventId, Payload, RoomId, UserId,
     event::{
-        AccountRegistered, Empty, Membership, MessageDeleted, MessageEdited, MessagePosted,
-        NotificationCreated, NotificationRead, Presence, Reaction, ReadMarked, RoomCreated,
-        RoomUpdated,
+        AccountRegistered, Empty, GuestClaimed, Membership, MessageDeleted, MessageEdited,
+        MessagePosted, NotificationCreated, NotificationRead, Presence, Reaction, ReadMarked,
+        RoomCreated, RoomUpdated,
     },
 };
 use chrono::{DateTime, Utc};
@@ -96,6 +96,10 @@ fn samples() -> Vec<ChatEvent> {
         })),
         user(Payload::AccountRegistered(AccountRegistered {
             password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        })),
+        user(Payload::GuestClaimed(GuestClaimed {
+            secret_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+                .into(),
         })),
     ];
     for (n, ev) in all.iter_mut().enumerate() {

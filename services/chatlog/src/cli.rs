@@ -98,6 +98,10 @@ pub struct EdgeArgs {
     /// Allow guest logins (`POST /api/auth/guest`).
     #[arg(long, env = "CHATLOG_ALLOW_GUESTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub allow_guests: bool,
+    /// Ids nobody may take as a guest or an account, beside chatlog, admin, system, root, edge
+    /// and handlers (comma-separated).
+    #[arg(long, env = "CHATLOG_RESERVED_IDS", value_delimiter = ',')]
+    pub reserved_ids: Vec<String>,
     /// Public rooms to create at start when missing (comma-separated).
     #[arg(
         long,
@@ -177,6 +181,12 @@ impl EdgeArgs {
             jwt_secret: self.jwt_secret,
             token_ttl: Duration::from_secs(self.token_ttl),
             allow_guests: self.allow_guests,
+            reserved_ids: self
+                .reserved_ids
+                .into_iter()
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+                .collect(),
             default_rooms,
             limits,
             streams,

@@ -1,9 +1,11 @@
-//! Accounts: `register` appends `chat.account.registered` (an argon2id hash, never the password)
-//! on `chat.account.<user>`, only if that subject is empty; `login` reads the subject's last
-//! message straight from the log (a direct get; no other database) and verifies the password.
+//! Names and who holds them. The first event on `chat.account.<user>` decides: `register` appends
+//! `chat.account.registered` (an argon2id hash, never the password) and a guest's first login
+//! appends `chat.guest.claimed` (the SHA-256 of its secret), each only if the subject is empty, so
+//! two requests racing for a name store one holder. `login` and later guest logins read the
+//! holder straight from the log (a direct get; no other database).
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{Arc, RwLock},
 };
 
@@ -11,7 +13,11 @@ use argon2::{
     Argon2,
     password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash},
 };
-use chatlog_events::{ChatEvent, Payload, Stream, UserId, event::AccountRegistered, subjects};
+use chatlog_events::{
+    ChatEvent, Payload, Stream, UserId,
+    event::{AccountRegistered, GuestClaimed},
+    subjects,
+};
 
 use crate::{
     AppState,
@@ -24,40 +30,189 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longer passwords are refused: hashing cost must stay bounded.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
-/// Which names are registered, as far as this edge has seen. Accounts are never deleted, so a
-/// name seen registered is cached for good; a miss asks the log.
+/// Ids nobody may take as a guest or an account: the system's own names.
+pub const RESERVED: &[&str] = &["chatlog", "admin", "system", "root", "edge", "handlers"];
+
+/// Who holds a name, as the first event on `chat.account.<user>` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Nobody: the first guest or account to ask takes it.
+    Free,
+    /// A registered account, with its argon2id hash.
+    Account { password_hash: String },
+    /// A guest, with the SHA-256 (hex) of its secret.
+    Guest { secret_sha256: String },
+}
+
+impl Holder {
+    fn from_event(event: ChatEvent) -> Result<Self, ApiError> {
+        match event.payload {
+            Payload::AccountRegistered(a) => Ok(Holder::Account {
+                password_hash: a.password_hash,
+            }),
+            Payload::GuestClaimed(g) => Ok(Holder::Guest {
+                secret_sha256: g.secret_sha256,
+            }),
+            _ => Err(ApiError::internal(
+                "the account subject holds another event",
+            )),
+        }
+    }
+}
+
+/// The holders of names as far as this edge has seen. A name is held for good (accounts are
+/// never deleted, guest claims never lapse), so what was seen held is cached; a miss asks the log.
 #[derive(Default)]
 pub struct Registry {
-    known: RwLock<HashSet<UserId>>,
+    known: RwLock<HashMap<UserId, Holder>>,
 }
 
 impl Registry {
-    /// Whether `user` is a registered account.
-    pub async fn is_registered(&self, log: &Log, user: &UserId) -> Result<bool, LogError> {
-        if self
+    /// Who holds `user`.
+    pub async fn holder(&self, log: &Log, user: &UserId) -> Result<Holder, ApiError> {
+        if let Some(h) = self
             .known
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(user)
+            .get(user)
         {
-            return Ok(true);
+            return Ok(h.clone());
         }
-        let found = log
-            .last_message(Stream::Accounts, &subjects::account(user))
+        let Some(stored) = log
+            .first_message(Stream::Accounts, &subjects::account(user))
             .await?
-            .is_some();
-        if found {
-            self.remember(user);
-        }
-        Ok(found)
+        else {
+            return Ok(Holder::Free);
+        };
+        let holder =
+            Holder::from_event(ChatEvent::decode(&stored.body).map_err(ApiError::internal)?)?;
+        self.remember(user, holder.clone());
+        Ok(holder)
     }
 
-    fn remember(&self, user: &UserId) {
+    /// Whether `user` is a registered account.
+    pub async fn is_registered(&self, log: &Log, user: &UserId) -> Result<bool, ApiError> {
+        Ok(matches!(
+            self.holder(log, user).await?,
+            Holder::Account { .. }
+        ))
+    }
+
+    fn remember(&self, user: &UserId, holder: Holder) {
         self.known
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(user.clone());
+            .insert(user.clone(), holder);
     }
+}
+
+/// Refuses the system's names and the operator's reserved ones (400).
+pub fn check_not_reserved(user: &UserId, extra: &[String]) -> Result<(), ApiError> {
+    let id = user.as_str();
+    if RESERVED.contains(&id) || extra.iter().any(|r| r == id) {
+        return Err(ApiError::bad_request(format!("the id {id} is reserved")));
+    }
+    Ok(())
+}
+
+/// Shortest and longest secret a guest may present (the edge's own are 64 hex characters).
+const SECRET_BYTES: std::ops::RangeInclusive<usize> = 16..=128;
+
+fn check_secret(secret: &str) -> Result<(), ApiError> {
+    let ok = SECRET_BYTES.contains(&secret.len())
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "secret must be 16 to 128 characters of a-z, A-Z, 0-9, - and _",
+        ))
+    }
+}
+
+fn sha256_hex(secret: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(secret.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `POST /api/auth/guest`: a token and the secret of a guest name. A free name is claimed with
+/// the secret given, or a new one; a name a guest holds needs its secret. Returns (token, secret).
+pub async fn guest(
+    state: &AppState,
+    user: &UserId,
+    secret: Option<String>,
+) -> Result<(String, String), ApiError> {
+    check_not_reserved(user, &state.config.reserved_ids)?;
+    if let Some(secret) = &secret {
+        check_secret(secret)?;
+    }
+    // Twice at most: a claim that lost a race is decided again on the winner's.
+    for _ in 0..2 {
+        match state.accounts.holder(&state.log, user).await? {
+            Holder::Account { .. } => {
+                return Err(ApiError::new(
+                    Code::Conflict,
+                    "that name belongs to a registered account: log in",
+                ));
+            }
+            Holder::Guest { secret_sha256 } => {
+                let Some(secret) = secret else {
+                    return Err(ApiError::new(
+                        Code::Conflict,
+                        "that name is held by another guest",
+                    ));
+                };
+                if sha256_hex(&secret) != secret_sha256 {
+                    return Err(ApiError::new(
+                        Code::Unauthorized,
+                        "wrong secret for that guest name",
+                    ));
+                }
+                return Ok((state.auth.issue(user, Kind::Guest)?, secret));
+            }
+            Holder::Free => {
+                let secret = secret.clone().unwrap_or_else(new_secret);
+                let claim = GuestClaimed {
+                    secret_sha256: sha256_hex(&secret),
+                };
+                let event = ChatEvent::for_user(
+                    user,
+                    user.clone(),
+                    "edge",
+                    Payload::GuestClaimed(claim.clone()),
+                );
+                match state.log.append_if_last(&event, 0).await {
+                    Ok(_) => {
+                        state.accounts.remember(
+                            user,
+                            Holder::Guest {
+                                secret_sha256: claim.secret_sha256,
+                            },
+                        );
+                        return Ok((state.auth.issue(user, Kind::Guest)?, secret));
+                    }
+                    Err(LogError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Err(ApiError::new(
+        Code::Conflict,
+        "that name is held by another guest",
+    ))
+}
+
+/// A new guest secret: two v4 UUIDs, 244 bits from the operating system's random source.
+fn new_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 fn check_password(password: &str) -> Result<(), ApiError> {
@@ -80,8 +235,9 @@ pub async fn register(
     user: &UserId,
     password: String,
 ) -> Result<String, ApiError> {
+    check_not_reserved(user, &state.config.reserved_ids)?;
     check_password(&password)?;
-    if state.accounts.is_registered(&state.log, user).await? {
+    if state.accounts.holder(&state.log, user).await? != Holder::Free {
         return Err(taken());
     }
     let hash = tokio::task::spawn_blocking(move || {
@@ -105,7 +261,15 @@ pub async fn register(
         Err(LogError::Conflict) => return Err(taken()),
         Err(e) => return Err(e.into()),
     }
-    state.accounts.remember(user);
+    state.accounts.remember(
+        user,
+        Holder::Account {
+            password_hash: match event.payload {
+                Payload::AccountRegistered(a) => a.password_hash,
+                _ => String::new(),
+            },
+        },
+    );
     state.auth.issue(user, Kind::Account)
 }
 
@@ -119,20 +283,10 @@ pub async fn login(state: &AppState, user: &UserId, password: String) -> Result<
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(refused());
     }
-    let Some(stored) = state
-        .log
-        .last_message(Stream::Accounts, &subjects::account(user))
-        .await?
-    else {
+    let Holder::Account { password_hash } = state.accounts.holder(&state.log, user).await? else {
         return Err(refused());
     };
-    let event = ChatEvent::decode(&stored.body).map_err(ApiError::internal)?;
-    let Payload::AccountRegistered(account) = event.payload else {
-        return Err(ApiError::internal(
-            "the account subject holds another event",
-        ));
-    };
-    let hash = Arc::new(account.password_hash);
+    let hash = Arc::new(password_hash);
     let ok = tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
             .map(|parsed| {
@@ -147,6 +301,5 @@ pub async fn login(state: &AppState, user: &UserId, password: String) -> Result<
     if !ok {
         return Err(refused());
     }
-    state.accounts.remember(user);
     state.auth.issue(user, Kind::Account)
 }

@@ -76,20 +76,29 @@ impl Auth {
     }
 }
 
-/// The user behind `token`. A guest token for a name registered since it was issued is refused:
-/// the name belongs to the account now.
+/// The user behind `token`. A guest token counts only while a guest holds its name (a token
+/// issued before guests claimed names, or for a name since registered, is refused).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<UserId, ApiError> {
     let (user, kind) = state.auth.verify(token)?;
-    if kind == Kind::Guest && state.accounts.is_registered(&state.log, &user).await? {
-        return Err(ApiError::new(
-            Code::Unauthorized,
-            "that name is a registered account now: log in",
-        ));
+    if kind == Kind::Guest {
+        match state.accounts.holder(&state.log, &user).await? {
+            crate::accounts::Holder::Guest { .. } => {}
+            crate::accounts::Holder::Account { .. } => {
+                return Err(ApiError::new(
+                    Code::Unauthorized,
+                    "that name is a registered account: log in",
+                ));
+            }
+            crate::accounts::Holder::Free => {
+                return Err(ApiError::new(
+                    Code::Unauthorized,
+                    "that guest name is not held: log in as a guest again",
+                ));
+            }
+        }
     }
     Ok(user)
 }
-
-impl Auth {}
 
 fn unix_now() -> u64 {
     SystemTime::now()

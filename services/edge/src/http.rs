@@ -21,7 +21,8 @@ use serde_json::value::RawValue;
 
 use crate::{
     AppState,
-    auth::{AuthUser, Kind},
+    auth::AuthUser,
+    decide::{Command, Given, decide},
     error::{ApiError, Code},
     rooms::NewRoom,
 };
@@ -100,6 +101,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct GuestLogin {
     user: String,
+    #[serde(default)]
+    secret: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -107,11 +110,19 @@ pub struct TokenAnswer {
     token: String,
 }
 
-/// `POST /api/auth/guest {"user"}`: a token for a name nobody registered.
+#[derive(Serialize)]
+pub struct GuestAnswer {
+    token: String,
+    /// What this guest must send to log in as this name again.
+    secret: String,
+}
+
+/// `POST /api/auth/guest {"user","secret"?}`: a token for a guest name, claimed by its first
+/// request (which gets the secret later requests need).
 pub async fn guest(
     State(state): State<AppState>,
     ApiJson(login): ApiJson<GuestLogin>,
-) -> Result<Json<TokenAnswer>, ApiError> {
+) -> Result<Json<GuestAnswer>, ApiError> {
     if !state.config.allow_guests {
         return Err(ApiError::new(
             Code::Forbidden,
@@ -119,14 +130,8 @@ pub async fn guest(
         ));
     }
     let user = parse_user(&login.user)?;
-    if state.accounts.is_registered(&state.log, &user).await? {
-        return Err(ApiError::new(
-            Code::Conflict,
-            "that name belongs to a registered account",
-        ));
-    }
-    let token = state.auth.issue(&user, Kind::Guest)?;
-    Ok(Json(TokenAnswer { token }))
+    let (token, secret) = crate::accounts::guest(&state, &user, login.secret).await?;
+    Ok(Json(GuestAnswer { token, secret }))
 }
 
 #[derive(Deserialize)]
@@ -158,14 +163,41 @@ pub async fn login(
     Ok(Json(TokenAnswer { token }))
 }
 
-/// `GET /api/rooms`: the rooms the caller may see, from the history view.
+#[derive(Deserialize)]
+pub struct RoomsQuery {
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /api/rooms?after=ID&limit=N`: the rooms the caller may see, by id, from the history view
+/// once it holds every room event stored when asked (a room just created is listed).
 pub async fn list_rooms(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    query: Result<Query<RoomsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<RoomListing>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let after = query.after.as_deref().map(parse_room).transpose()?;
+    let limit = query
+        .limit
+        .unwrap_or(chatlog_events::queries::DEFAULT_ROOMS);
+    if limit == 0 || limit > chatlog_events::queries::MAX_ROOMS {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {}",
+            chatlog_events::queries::MAX_ROOMS
+        )));
+    }
+    let head = state.log.stream_head(Stream::Rooms).await?;
+    let request = RoomsRequest {
+        user,
+        after,
+        limit: Some(limit),
+    };
     let rooms: Vec<RoomView> = state
         .views
-        .ask(history::VIEW, history::ROOMS, &RoomsRequest { user })
+        .ask_at(history::VIEW, history::ROOMS, &request, Some(head))
         .await?;
     Ok(Json(rooms.into_iter().map(RoomListing::from).collect()))
 }
@@ -344,7 +376,8 @@ pub struct StoredEvent {
     event: Box<RawValue>,
 }
 
-/// `GET /api/rooms/{room}/events?since=S&limit=N`: the stored CloudEvents after S, oldest first.
+/// `GET /api/rooms/{room}/events?since=S&limit=N`: the stored CloudEvents after S, oldest first,
+/// as they are now (a deleted message's redacted, an edited one's with its latest text).
 pub async fn room_events(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -362,7 +395,7 @@ pub async fn room_events(
     }
     let subject = subjects::room(&room);
     let head = state.log.last_seq(Stream::Rooms, &subject).await?;
-    let stored = state
+    let mut stored = state
         .log
         .read(
             Stream::Rooms,
@@ -372,6 +405,7 @@ pub async fn room_events(
             limit,
         )
         .await?;
+    crate::served::as_now(&state.views, &room, head, &mut stored).await?;
     let events = stored
         .into_iter()
         .filter_map(|m| {
@@ -390,9 +424,19 @@ pub async fn room_presence(
 ) -> Result<Json<PresenceAnswer>, ApiError> {
     let room = parse_room(&room)?;
     state.rooms.visible(&room, &user, &state.views).await?;
+    // Read-your-writes: once the view holds the room's last presence event (a join's `online`).
+    let head = state
+        .log
+        .last_seq(Stream::Presence, &subjects::presence(&room))
+        .await?;
     let answer = state
         .views
-        .ask(presence::VIEW, presence::ROOM, &PresenceRequest { room })
+        .ask_at(
+            presence::VIEW,
+            presence::ROOM,
+            &PresenceRequest { room },
+            Some(head),
+        )
         .await?;
     Ok(Json(answer))
 }
@@ -415,6 +459,11 @@ pub async fn list_notifications(
     query: Result<Query<NotificationsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<NotificationsAnswer>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    // Read-your-writes: once the view holds the user's last event (a notification marked read).
+    let head = state
+        .log
+        .last_seq(Stream::Users, &subjects::user(&user))
+        .await?;
     let request = NotificationsRequest {
         user,
         unread_only: query.unread,
@@ -423,11 +472,58 @@ pub async fn list_notifications(
             .unwrap_or(DEFAULT_NOTIFICATIONS)
             .clamp(1, MAX_NOTIFICATIONS),
     };
-    let answer = state
+    let mut answer: NotificationsAnswer = state
         .views
-        .ask(notifications::VIEW, notifications::LIST, &request)
+        .ask_at(
+            notifications::VIEW,
+            notifications::LIST,
+            &request,
+            Some(head),
+        )
         .await?;
+    notifications_as_now(&state, &mut answer).await?;
     Ok(Json(answer))
+}
+
+/// Each notification's text as its message is now: empty once deleted, the latest once edited
+/// (asked of the history view once it holds every room event stored before the read).
+async fn notifications_as_now(
+    state: &AppState,
+    answer: &mut NotificationsAnswer,
+) -> Result<(), ApiError> {
+    use chatlog_events::queries::{CurrentAnswer, CurrentRequest};
+    use std::collections::BTreeMap;
+    let mut by_room: BTreeMap<RoomId, Vec<chatlog_events::EventId>> = BTreeMap::new();
+    for n in &answer.notifications {
+        by_room
+            .entry(n.room.clone())
+            .or_default()
+            .push(n.message_id);
+    }
+    if by_room.is_empty() {
+        return Ok(());
+    }
+    let head = state.log.stream_head(Stream::Rooms).await?;
+    let asks = by_room.into_iter().map(|(room, ids)| {
+        let request = CurrentRequest { room, ids };
+        async move {
+            let answer: CurrentAnswer = state
+                .views
+                .ask_strict(history::VIEW, history::CURRENT, &request, head)
+                .await?;
+            Ok::<_, ApiError>((request.room, answer))
+        }
+    });
+    let now: BTreeMap<RoomId, CurrentAnswer> = futures::future::try_join_all(asks)
+        .await?
+        .into_iter()
+        .collect();
+    for n in &mut answer.notifications {
+        if let Some(current) = now.get(&n.room).and_then(|a| a.messages.get(&n.message_id)) {
+            n.text.clone_from(&current.text);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -472,20 +568,29 @@ pub async fn unread(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<Json<UnreadAnswer>, ApiError> {
+    // Read-your-writes: the markers once the view holds the user's last event (a read marker),
+    // the counts once the history view holds every room event stored before the read.
+    let user_subject = subjects::user(&user);
+    let (user_head, rooms_head) = futures::try_join!(
+        state.log.last_seq(Stream::Users, &user_subject),
+        state.log.stream_head(Stream::Rooms),
+    )?;
     let markers: MarkersAnswer = state
         .views
-        .ask(
+        .ask_at(
             notifications::VIEW,
             notifications::MARKERS,
             &MarkersRequest { user: user.clone() },
+            Some(user_head),
         )
         .await?;
     let answer = state
         .views
-        .ask(
+        .ask_at(
             history::VIEW,
             history::UNREAD,
             &UnreadRequest { user, markers },
+            Some(rooms_head),
         )
         .await?;
     Ok(Json(answer))
@@ -506,17 +611,11 @@ pub async fn add_member(
 ) -> Result<StatusCode, ApiError> {
     let room = parse_room(&room)?;
     let member = parse_user(&req.user)?;
-    let found = state.rooms.visible(&room, &user, &state.views).await?;
-    if !found.private {
-        return Err(ApiError::bad_request(
-            "anyone may join a public room: no one needs adding",
-        ));
-    }
-    membership(&state, &room, user, member, true).await
+    membership(&state, &room, &user, Command::AddMember { member }).await
 }
 
-/// `DELETE /api/rooms/{room}/members/{user}`: leave a private room, or (its creator) remove
-/// someone from it (204).
+/// `DELETE /api/rooms/{room}/members/{user}`: leave a room, or (a private room's creator)
+/// remove someone from it (204).
 pub async fn remove_member(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -524,34 +623,45 @@ pub async fn remove_member(
 ) -> Result<StatusCode, ApiError> {
     let room = parse_room(&room)?;
     let member = parse_user(&member)?;
-    let found = state.rooms.visible(&room, &user, &state.views).await?;
-    if member != user && found.creator != user {
-        return Err(ApiError::new(
-            Code::Forbidden,
-            "only the room's creator may remove someone else",
-        ));
-    }
-    membership(&state, &room, user, member, false).await
+    membership(&state, &room, &user, Command::RemoveMember { member }).await
 }
 
-async fn membership(
+/// Decides a membership change on the room as of its head and appends it only if the room is
+/// still at that head, so a decision on a membership that changed meanwhile is taken again.
+pub async fn membership(
     state: &AppState,
     room: &RoomId,
-    by: UserId,
-    member: UserId,
-    joined: bool,
+    user: &UserId,
+    command: Command,
 ) -> Result<StatusCode, ApiError> {
-    use chatlog_events::{ChatEvent, Payload, event::Membership};
-    let data = Membership { member };
-    let payload = if joined {
-        Payload::MemberJoined(data)
-    } else {
-        Payload::MemberLeft(data)
-    };
-    let event = ChatEvent::in_room(room, by, "edge", payload);
-    state.log.append(&event).await?;
-    Ok(StatusCode::NO_CONTENT)
+    use crate::log::LogError;
+    let mut tries = 0;
+    loop {
+        let (view, head) = state.rooms.at_head(room, &state.views, true).await?;
+        let given = Given {
+            room: &view,
+            message: None,
+        };
+        let Some(payload) = decide(user, &given, command.clone())?.into_iter().next() else {
+            return Ok(StatusCode::NO_CONTENT);
+        };
+        let event = chatlog_events::ChatEvent::in_room(room, user.clone(), "edge", payload);
+        match state.log.append_if_last(&event, head).await {
+            Ok(_) => return Ok(StatusCode::NO_CONTENT),
+            Err(LogError::Conflict) if tries < MEMBERSHIP_TRIES => tries += 1,
+            Err(LogError::Conflict) => {
+                return Err(ApiError::new(
+                    Code::Unavailable,
+                    "the room is too busy to change its members now, retry",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
+
+/// How often a membership change is decided again when the room moved under it.
+const MEMBERSHIP_TRIES: usize = 20;
 
 pub fn parse_room(room: &str) -> Result<RoomId, ApiError> {
     RoomId::parse(room).map_err(|e| ApiError::bad_request(format!("bad room id: {e}")))

@@ -54,6 +54,8 @@ pub enum Kind {
     Presence,
     /// A notification for the connection's user.
     Notification,
+    /// The connection's user was removed from the room: the frame is `left`.
+    Removed,
 }
 
 /// A connection's place in a room's feed.
@@ -277,9 +279,28 @@ impl Feed {
             return;
         };
         deliver_all(&self.room, &mut state.subscribers, seq, &frame, Kind::Event);
-        // Removed from the room: the removed member's sockets get that event, and nothing after.
+        // Removed from the room: the removed member's sockets get that event, then `left`, and
+        // nothing after.
         if let Some(removed) = removed_member(body) {
-            state.subscribers.retain(|sub| sub.user != removed);
+            let left = frames::ServerFrame::Left {
+                room: self.room.as_str(),
+            }
+            .to_text();
+            state.subscribers.retain(|sub| {
+                if sub.user != removed {
+                    return true;
+                }
+                let delivery = Delivery {
+                    join: sub.join,
+                    seq,
+                    frame: left.clone(),
+                    kind: Kind::Removed,
+                };
+                if sub.tx.try_send(delivery).is_err() {
+                    sub.kick.kick(KickReason::SlowConsumer);
+                }
+                false
+            });
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod decide;
 pub mod error;
 pub mod frames;
 pub mod http;
@@ -19,6 +20,7 @@ pub mod log;
 pub mod messages;
 pub mod metrics;
 pub mod rooms;
+pub mod served;
 pub mod users;
 pub mod views;
 pub mod web;
@@ -47,6 +49,8 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     pub token_ttl: Duration,
     pub allow_guests: bool,
+    /// Ids nobody may take, beside the system's own ([`accounts::RESERVED`]).
+    pub reserved_ids: Vec<String>,
     /// Public rooms created at start when missing (`lobby` for `make up`).
     pub default_rooms: Vec<RoomId>,
     pub limits: Limits,
@@ -66,6 +70,7 @@ impl Default for Config {
             jwt_secret: None,
             token_ttl: Duration::from_secs(24 * 3600),
             allow_guests: true,
+            reserved_ids: Vec::new(),
             default_rooms: Vec::new(),
             limits: Limits::default(),
             streams: streams::StreamSettings::default(),
@@ -89,7 +94,7 @@ pub struct Inner {
     /// This edge's connections by user, fed by one subscription to users' live events.
     pub users: Arc<users::UserFeeds>,
     pub auth: auth::Auth,
-    /// Registered names seen by this edge (a guest cannot use one).
+    /// Who holds each name seen by this edge (an account or a guest).
     pub accounts: accounts::Registry,
     pub metrics: metrics::Metrics,
     /// Flips to true when the edge shuts down: every connection closes with 1001.

@@ -244,6 +244,19 @@ impl Log {
         self.last_seq(Stream::Rooms, &subjects::room(room)).await
     }
 
+    /// The last sequence stored in `stream` (0 when empty): the minimum to ask a view at for
+    /// reads across subjects (the room list) that must see every write before them.
+    pub async fn stream_head(&self, stream: Stream) -> Result<u64, LogError> {
+        if !self.connected() {
+            return Err(LogError::Unavailable);
+        }
+        let handle = self
+            .bounded(self.0.js.get_stream(stream.name()))
+            .await?
+            .map_err(|_| self.unavailable_or("reading a stream's state"))?;
+        Ok(handle.cached_info().state.last_sequence)
+    }
+
     /// The last message stored on `subject`.
     pub async fn last_message(
         &self,

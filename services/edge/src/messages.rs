@@ -1,14 +1,19 @@
-//! Posting a message, shared by the `send` frame and `POST /api/rooms/{room}/messages`:
-//! validation of everything the client gave, then the `chat.message.posted` event to append.
+//! Messages, shared by the WebSocket frames and the HTTP routes: validation of everything the
+//! client gave, the state the decision needs read at the room's head, [`crate::decide`], and the
+//! event to append (posted, edited, deleted, a reaction, a read marker).
 
-use chatlog_events::{ChatEvent, EventId, Payload, RoomId, UserId, event::MessagePosted};
+use chatlog_events::{ChatEvent, EventId, Payload, RoomId, UserId, queries::MessageView};
 
+pub use crate::decide::Change;
 use crate::{
     AppState,
+    accounts::Holder,
+    decide::{Command, Given, decide},
     error::{ApiError, Code},
 };
 
-/// Validates a message and builds its event. Nothing is appended here.
+/// Validates a message, decides it on the room ([`crate::decide`]) and builds its event.
+/// Nothing is appended here.
 pub async fn post(
     state: &AppState,
     user: &UserId,
@@ -17,62 +22,61 @@ pub async fn post(
     id: Option<&str>,
     reply_to: Option<&str>,
 ) -> Result<ChatEvent, ApiError> {
-    let id = match id {
-        Some(id) => EventId::parse(id).map_err(|_| ApiError::bad_request("id must be a uuid"))?,
-        None => EventId::new(),
-    };
+    let id = parse_id(id)?;
     validate_text(&text, state.config.limits.max_text_chars)?;
     let reply_to = reply_to
         .map(EventId::parse)
         .transpose()
         .map_err(|_| ApiError::bad_request("reply_to must be an event id"))?;
-    state.rooms.visible(room, user, &state.views).await?;
-    let mentions = existing(state, room, mentions(&text)).await;
-    let payload = Payload::MessagePosted(MessagePosted {
+    let mentions = held(state, mentions(&text)).await?;
+    let command = Command::Post {
         text,
         mentions,
         reply_to,
-    });
+    };
+    let payload = decide_one(state, user, room, command, None).await?;
     Ok(ChatEvent::in_room(room, user.clone(), "edge", payload).with_id(id))
 }
 
-/// The mentioned users that exist: members of the room (the history view says) or registered
-/// accounts. When the view cannot say, every well-formed mention is kept (the notifications
-/// handler notifies members only anyway).
-async fn existing(state: &AppState, room: &RoomId, mentioned: Vec<UserId>) -> Vec<UserId> {
-    use chatlog_events::{
-        Stream,
-        queries::{RoomRequest, RoomView, history},
-        subjects,
+/// Reads what `command` needs as of the room's head, decides, and returns its one payload.
+async fn decide_one(
+    state: &AppState,
+    user: &UserId,
+    room: &RoomId,
+    command: Command,
+    message: Option<MessageView>,
+) -> Result<Payload, ApiError> {
+    let private = state.rooms.get(room).await?.is_some_and(|r| r.private);
+    let (view, _) = state
+        .rooms
+        .at_head(room, &state.views, command.needs_members(private))
+        .await?;
+    let given = Given {
+        room: &view,
+        message: message.as_ref(),
     };
-    if mentioned.is_empty() {
-        return mentioned;
+    decide(user, &given, command)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal("the decision appends nothing"))
+}
+
+fn parse_id(id: Option<&str>) -> Result<EventId, ApiError> {
+    match id {
+        Some(id) => EventId::parse(id).map_err(|_| ApiError::bad_request("id must be a uuid")),
+        None => Ok(EventId::new()),
     }
-    let request = RoomRequest { room: room.clone() };
-    let members = match state
-        .views
-        .ask::<_, Option<RoomView>>(history::VIEW, history::ROOM, &request)
-        .await
-    {
-        Ok(Some(view)) => view.members,
-        Ok(None) => Vec::new(),
-        Err(_) => return mentioned,
-    };
+}
+
+/// The mentioned names that someone holds (an account or a guest): a mention of nobody is text.
+async fn held(state: &AppState, mentioned: Vec<UserId>) -> Result<Vec<UserId>, ApiError> {
     let mut kept = Vec::with_capacity(mentioned.len());
     for user in mentioned {
-        let exists = members.contains(&user)
-            || matches!(
-                state
-                    .log
-                    .last_message(Stream::Accounts, &subjects::account(&user))
-                    .await,
-                Ok(Some(_))
-            );
-        if exists {
+        if state.accounts.holder(&state.log, &user).await? != Holder::Free {
             kept.push(user);
         }
     }
-    kept
+    Ok(kept)
 }
 
 /// Text must not be blank and must fit the limit.
@@ -110,6 +114,67 @@ pub fn mentions(text: &str) -> Vec<UserId> {
     found
 }
 
+/// Longest reaction, in bytes (an emoji sequence, or a short name like `+1`).
+pub const MAX_EMOJI_BYTES: usize = 64;
+
+/// Validates a change of message `message_id` in `room` by `user` and builds its event, decided
+/// on the message as the history view holds it once it has the room's head (a message just sent
+/// is known).
+pub async fn change(
+    state: &AppState,
+    user: &UserId,
+    room: &RoomId,
+    message_id: &str,
+    id: Option<&str>,
+    change: Change,
+) -> Result<ChatEvent, ApiError> {
+    use chatlog_events::queries::{MessageRequest, history};
+    let id = parse_id(id)?;
+    let message_id = EventId::parse(message_id)
+        .map_err(|_| ApiError::bad_request("message_id must be an event id"))?;
+    match &change {
+        Change::Edit { text } => validate_text(text, state.config.limits.max_text_chars)?,
+        Change::React { emoji, .. } => {
+            if emoji.is_empty()
+                || emoji.len() > MAX_EMOJI_BYTES
+                || emoji.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ApiError::bad_request(format!(
+                    "emoji must be 1 to {MAX_EMOJI_BYTES} bytes without spaces"
+                )));
+            }
+        }
+        Change::Delete => {}
+    }
+    // Asked before the decision, which refuses a non-member before it looks at the message.
+    let head = state.log.room_head(room).await?;
+    let message: Option<MessageView> = state
+        .views
+        .ask_at(
+            history::VIEW,
+            history::MESSAGE,
+            &MessageRequest { id: message_id },
+            Some(head),
+        )
+        .await?;
+    let command = Command::Change { message_id, change };
+    let payload = decide_one(state, user, room, command, message).await?;
+    Ok(ChatEvent::in_room(room, user.clone(), "edge", payload).with_id(id))
+}
+
+/// Validates a read marker and builds its `chat.read.marked` on the user's own subject.
+pub async fn read_marker(
+    state: &AppState,
+    user: &UserId,
+    room: &RoomId,
+    seq: u64,
+    id: Option<&str>,
+) -> Result<ChatEvent, ApiError> {
+    let id = parse_id(id)?;
+    let payload = decide_one(state, user, room, Command::Read { seq }, None).await?;
+    Ok(ChatEvent::for_user(user, user.clone(), "edge", payload).with_id(id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,112 +203,4 @@ mod tests {
         assert_eq!(validate_text("ééééé", 4).unwrap_err().code, Code::TooLarge);
         assert!(validate_text("éééé", 4).is_ok());
     }
-}
-
-/// A change to an existing message.
-#[derive(Debug, Clone)]
-pub enum Change {
-    Edit { text: String },
-    Delete,
-    React { emoji: String, remove: bool },
-}
-
-/// Longest reaction, in bytes (an emoji sequence, or a short name like `+1`).
-pub const MAX_EMOJI_BYTES: usize = 64;
-
-/// Validates a change of message `message_id` in `room` by `user` and builds its event: the
-/// message must exist in that room (the history view says), edits and deletes are the author's
-/// alone, and a deleted message takes no change.
-pub async fn change(
-    state: &AppState,
-    user: &UserId,
-    room: &RoomId,
-    message_id: &str,
-    id: Option<&str>,
-    change: Change,
-) -> Result<ChatEvent, ApiError> {
-    use chatlog_events::{
-        event::{MessageDeleted, MessageEdited, Reaction},
-        queries::{MessageRequest, MessageView, history},
-    };
-    let id = match id {
-        Some(id) => EventId::parse(id).map_err(|_| ApiError::bad_request("id must be a uuid"))?,
-        None => EventId::new(),
-    };
-    let message_id = EventId::parse(message_id)
-        .map_err(|_| ApiError::bad_request("message_id must be an event id"))?;
-    match &change {
-        Change::Edit { text } => validate_text(text, state.config.limits.max_text_chars)?,
-        Change::React { emoji, .. } => {
-            if emoji.is_empty()
-                || emoji.len() > MAX_EMOJI_BYTES
-                || emoji.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(ApiError::bad_request(format!(
-                    "emoji must be 1 to {MAX_EMOJI_BYTES} bytes without spaces"
-                )));
-            }
-        }
-        Change::Delete => {}
-    }
-    state.rooms.visible(room, user, &state.views).await?;
-    // The view may lag the log by a few milliseconds: asked once it holds everything the room
-    // had, it knows a message just sent.
-    let head = state.log.room_head(room).await?;
-    let message: Option<MessageView> = state
-        .views
-        .ask_at(
-            history::VIEW,
-            history::MESSAGE,
-            &MessageRequest { id: message_id },
-            Some(head),
-        )
-        .await?;
-    let message = message
-        .filter(|m| &m.room == room && !m.deleted)
-        .ok_or_else(|| ApiError::not_found("message"))?;
-    let own = &message.user == user;
-    let payload = match change {
-        Change::Edit { text } if own => Payload::MessageEdited(MessageEdited { message_id, text }),
-        Change::Delete if own => Payload::MessageDeleted(MessageDeleted { message_id }),
-        Change::Edit { .. } | Change::Delete => {
-            return Err(ApiError::new(
-                Code::Forbidden,
-                "only the author may edit or delete a message",
-            ));
-        }
-        Change::React { emoji, remove } => {
-            let reaction = Reaction { message_id, emoji };
-            if remove {
-                Payload::ReactionRemoved(reaction)
-            } else {
-                Payload::ReactionAdded(reaction)
-            }
-        }
-    };
-    Ok(ChatEvent::in_room(room, user.clone(), "edge", payload).with_id(id))
-}
-
-/// Validates a read marker and builds its `chat.read.marked` on the user's own subject.
-pub async fn read_marker(
-    state: &AppState,
-    user: &UserId,
-    room: &RoomId,
-    seq: u64,
-    id: Option<&str>,
-) -> Result<ChatEvent, ApiError> {
-    use chatlog_events::event::ReadMarked;
-    let id = match id {
-        Some(id) => EventId::parse(id).map_err(|_| ApiError::bad_request("id must be a uuid"))?,
-        None => EventId::new(),
-    };
-    if seq == 0 {
-        return Err(ApiError::bad_request("seq must be at least 1"));
-    }
-    state.rooms.visible(room, user, &state.views).await?;
-    let payload = Payload::ReadMarked(ReadMarked {
-        room: room.clone(),
-        seq,
-    });
-    Ok(ChatEvent::for_user(user, user.clone(), "edge", payload).with_id(id))
 }

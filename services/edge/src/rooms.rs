@@ -30,9 +30,17 @@ pub struct Room {
 }
 
 impl Room {
-    /// A private room is invisible to anyone but its members.
-    pub fn visible_to(&self, user: &UserId) -> bool {
-        !self.private || &self.creator == user || self.members.contains(user)
+    /// The room as its creation made it (members as listed then).
+    pub fn as_view(&self) -> RoomView {
+        RoomView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            topic: self.topic.clone(),
+            private: self.private,
+            members: self.members.clone(),
+            creator: self.creator.clone(),
+            last_seq: 0,
+        }
     }
 }
 
@@ -74,35 +82,62 @@ impl Directory {
         Ok(self.remember(id, &first.body))
     }
 
-    /// The room if `user` may see it; `not_found` otherwise, whether it exists or not. A public
-    /// room is decided from the log alone; a private one by its current members, which the
-    /// history view folds from the membership events (its creation's list until the view has
-    /// the room).
+    /// The room as of its head, for [`crate::decide`]: with `members`, its membership read from
+    /// the history view once that view holds the room's last seq (never from a view or a replica
+    /// that lags); without, as its `chat.room.created` made it (enough for a public room's
+    /// posts). `not_found` when it does not exist. Returns the room and the head read (0 when
+    /// none was).
+    pub async fn at_head(
+        &self,
+        id: &RoomId,
+        views: &Views,
+        members: bool,
+    ) -> Result<(RoomView, u64), ApiError> {
+        let Some(room) = self.get(id).await? else {
+            return Err(ApiError::not_found(&format!("room {id}")));
+        };
+        if !members {
+            return Ok((room.as_view(), 0));
+        }
+        let head = self.log.room_head(id).await?;
+        let current: Option<RoomView> = views
+            .ask_strict(
+                history::VIEW,
+                history::ROOM,
+                &RoomRequest { room: id.clone() },
+                head,
+            )
+            .await?;
+        // The view holds the head, so it knows the room; a view that does not is broken.
+        let current = current.ok_or_else(|| {
+            ApiError::new(
+                Code::Unavailable,
+                "the history view does not hold the room yet",
+            )
+        })?;
+        Ok((current, head))
+    }
+
+    /// The room if `user` may see it (a private room: is a member as of its head); `not_found`
+    /// otherwise, whether it exists or not.
     pub async fn visible(
         &self,
         id: &RoomId,
         user: &UserId,
         views: &Views,
-    ) -> Result<Arc<Room>, ApiError> {
-        let not_found = || ApiError::not_found(&format!("room {id}"));
-        let Some(room) = self.get(id).await? else {
-            return Err(not_found());
-        };
-        if !room.private {
-            return Ok(room);
-        }
-        let current: Option<RoomView> = views
-            .ask(
-                history::VIEW,
-                history::ROOM,
-                &RoomRequest { room: id.clone() },
-            )
-            .await?;
-        let member = match current {
-            Some(view) => view.visible_to(user),
-            None => room.visible_to(user),
-        };
-        if member { Ok(room) } else { Err(not_found()) }
+    ) -> Result<RoomView, ApiError> {
+        let room = self.get(id).await?;
+        let private = room.as_ref().is_some_and(|r| r.private);
+        let (room, _) = self.at_head(id, views, private).await?;
+        crate::decide::decide(
+            user,
+            &crate::decide::Given {
+                room: &room,
+                message: None,
+            },
+            crate::decide::Command::Look,
+        )?;
+        Ok(room)
     }
 
     /// Appends `chat.room.created`, only if the room's subject is empty: `conflict` otherwise.

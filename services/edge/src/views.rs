@@ -40,11 +40,50 @@ impl Views {
         request: &Req,
         min_seq: Option<u64>,
     ) -> Result<Ans, ApiError> {
+        let header = min_seq.map(|seq| (queries::MIN_SEQ_HEADER, seq));
+        self.request(view, query, request, header).await
+    }
+
+    /// Answered only by a view that has applied stream sequence `seq`: for decisions (membership)
+    /// where an older answer is a wrong one. A replica still behind after a short wait refuses;
+    /// the question then goes to the queue group again (another replica may be ahead), and
+    /// `unavailable` is the answer when none is.
+    pub async fn ask_strict<Req: Serialize, Ans: DeserializeOwned>(
+        &self,
+        view: &str,
+        query: &str,
+        request: &Req,
+        seq: u64,
+    ) -> Result<Ans, ApiError> {
+        let header = Some((queries::REQUIRE_SEQ_HEADER, seq));
+        let mut tries = 0;
+        loop {
+            match self.request(view, query, request, header).await {
+                // No responder at all is final: nobody else would answer either.
+                Err(e)
+                    if e.code == Code::Unavailable
+                        && e.message.contains("caught up")
+                        && tries < 2 =>
+                {
+                    tries += 1
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    async fn request<Req: Serialize, Ans: DeserializeOwned>(
+        &self,
+        view: &str,
+        query: &str,
+        request: &Req,
+        header: Option<(&'static str, u64)>,
+    ) -> Result<Ans, ApiError> {
         let body = serde_json::to_vec(request).map_err(ApiError::internal)?;
         let subject = queries::subject(view, query);
         let mut headers = async_nats::HeaderMap::new();
-        if let Some(seq) = min_seq {
-            headers.insert(queries::MIN_SEQ_HEADER, seq.to_string().as_str());
+        if let Some((name, seq)) = header {
+            headers.insert(name, seq.to_string().as_str());
         }
         let request = self
             .client
@@ -74,6 +113,7 @@ impl Views {
             return Err(match code.as_str() {
                 "400" => ApiError::bad_request(text),
                 "404" => ApiError::new(Code::NotFound, text),
+                "503" => ApiError::new(Code::Unavailable, format!("{view} view: {text}")),
                 _ => ApiError::internal(format!("{view} view: {text}")),
             });
         }

@@ -29,7 +29,7 @@ use axum::{
 };
 use chatlog_events::{
     ChatEvent, Payload, RoomId, Stream, UserId,
-    event::{Empty, Membership, Presence as PresenceData},
+    event::{Empty, Presence as PresenceData},
     subjects,
 };
 use futures::{
@@ -62,6 +62,9 @@ pub mod close {
     /// A frame over the size limit.
     pub const TOO_BIG: u16 = 1009;
 }
+
+/// Stored events a catch-up redacts together (one question to the history view per chunk).
+const CATCH_UP_CHUNK: usize = 256;
 
 /// A write that does not finish in this time means the client stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,8 +153,8 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 /// Answers of spawned work, in the order the connection must apply them.
 enum Ctl {
-    /// A finished frame (the room's presence after a join).
-    Frame(Utf8Bytes),
+    /// The room's presence after join `join`: written only while that join lasts.
+    Presence { join: u64, frame: Utf8Bytes },
     /// One stored event of a catch-up.
     CatchUp {
         join: u64,
@@ -467,6 +470,14 @@ impl Connection {
                 return self.write(sink, delivery.frame).await;
             }
             Kind::Presence => return Ok(()),
+            Kind::Removed => {
+                // Removed from the room (on every edge, by the feed): out at once, told why.
+                if let Some(room) = self.joins.get(&delivery.join).cloned() {
+                    self.leave_room(&room);
+                    return self.write(sink, delivery.frame).await;
+                }
+                return Ok(());
+            }
         }
         let Some(room) = self.joins.get(&delivery.join) else {
             return Ok(()); // left since
@@ -497,7 +508,12 @@ impl Connection {
 
     async fn on_ctl(&mut self, ctl: Ctl, sink: &mut Sink) -> Result<(), Stop> {
         match ctl {
-            Ctl::Frame(frame) => self.write(sink, frame).await,
+            Ctl::Presence { join, frame } => {
+                if self.joined_mut(join).is_none() {
+                    return Ok(()); // left or removed since
+                }
+                self.write(sink, frame).await
+            }
             Ctl::CatchUp { join, seq, frame } => {
                 let Some(joined) = self.joined_mut(join) else {
                     return Ok(());
@@ -636,10 +652,9 @@ impl Connection {
                 "at most {max} rooms per connection"
             )));
         }
-        self.state
-            .rooms
-            .visible(&room, &self.user, &self.state.views)
-            .await?;
+        if self.state.rooms.get(&room).await?.is_none() {
+            return Err(ApiError::not_found(&format!("room {room}")));
+        }
         let join = self.state.hub.next_join();
         let subscriber = Subscriber {
             join,
@@ -648,6 +663,12 @@ impl Connection {
             kick: self.kick.clone(),
         };
         let head = self.state.hub.join(&room, subscriber).await?;
+        // Decided once subscribed, on the membership as of the room's head (which the feed has
+        // not passed): a removal after it reaches this socket through the feed.
+        if let Err(e) = self.become_member(&room).await {
+            self.state.hub.leave(&room, join);
+            return Err(e);
+        }
         let phase = match since {
             Some(since) if since < head => Phase::CatchingUp {
                 buffer: VecDeque::new(),
@@ -674,85 +695,67 @@ impl Connection {
         self.write(sink, joined.to_text())
             .await
             .map_err(|_| ApiError::new(Code::Internal, "connection closing"))?;
-        self.announce(&room, head);
+        self.announce(&room, join);
         Ok(None)
     }
 
-    /// After a join: the user is online here (and a member, if it was not yet); the client gets
-    /// the room's presence once the view has seen it come online.
-    fn announce(&self, room: &RoomId, head: u64) {
+    /// Decides a join on the room as of its head: refused for a non-member of a private room;
+    /// a first join of a public room appends `chat.member.joined`, stored before `joined` is
+    /// answered (a mention sent after that notifies the new member).
+    async fn become_member(&self, room: &RoomId) -> Result<(), ApiError> {
+        let (view, _) = match self
+            .state
+            .rooms
+            .at_head(room, &self.state.views, true)
+            .await
+        {
+            Ok(found) => found,
+            // A public room is open to all: without a view to say whether the user is a member
+            // already, the join is recorded again (the views fold a repeated membership once),
+            // and joining never waits for a view that is down.
+            Err(e) if e.code == Code::Unavailable => match self.state.rooms.get(room).await? {
+                Some(found) if !found.private => (found.as_view(), 0),
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        let given = crate::decide::Given {
+            room: &view,
+            message: None,
+        };
+        let payloads = crate::decide::decide(&self.user, &given, crate::decide::Command::Join)?;
+        for payload in payloads {
+            let event = ChatEvent::in_room(room, self.user.clone(), "edge", payload);
+            self.state.log.append(&event).await?;
+        }
+        Ok(())
+    }
+
+    /// After a join: the user is online here; the client gets the room's presence once the view
+    /// has seen it come online.
+    fn announce(&self, room: &RoomId, join: u64) {
         let state = self.state.clone();
         let ctl = self.ctl_tx.clone();
         let room = room.clone();
-        let user = self.user.clone();
         let online = self.presence_event(&room, PresenceKind::Online);
         tokio::spawn(async move {
-            use chatlog_events::queries::{
-                PresenceAnswer, PresenceRequest, RoomRequest, RoomView, history, presence,
-            };
-            // Both at once: a mention right after a first join needs the membership soon.
-            let presence_part = async {
-                let seq = match state.log.append(&online).await {
-                    Ok(a) => Some(a.seq),
-                    Err(e) => {
-                        tracing::debug!(room = %room, error = %e, "appending online failed");
-                        None
-                    }
-                };
-                let request = PresenceRequest { room: room.clone() };
-                if let Ok(answer) = state
-                    .views
-                    .ask_at::<_, PresenceAnswer>(presence::VIEW, presence::ROOM, &request, seq)
-                    .await
-                {
-                    let frame = frames::presence_frame(room.as_str(), &answer);
-                    let _ = ctl.send(Box::new(Ctl::Frame(frame))).await;
+            use chatlog_events::queries::{PresenceAnswer, PresenceRequest, presence};
+            let seq = match state.log.append(&online).await {
+                Ok(a) => Some(a.seq),
+                Err(e) => {
+                    tracing::debug!(room = %room, error = %e, "appending online failed");
+                    None
                 }
             };
-            let member_part = async {
-                // Joining makes a member: mentions then notify, and unread counts count. Asked as of
-                // the room's head (a view still catching up, just after a start, would not know the
-                // room yet), and again while the view is unavailable (its handler starting).
-                let mut known: Result<Option<RoomView>, _> = Err(());
-                let mut pause = Duration::from_millis(100);
-                for _ in 0..6 {
-                    let asked = state
-                        .views
-                        .ask_at(
-                            history::VIEW,
-                            history::ROOM,
-                            &RoomRequest { room: room.clone() },
-                            Some(head),
-                        )
-                        .await;
-                    match asked {
-                        Ok(view) => {
-                            known = Ok(view);
-                            break;
-                        }
-                        Err(_) => {
-                            tokio::time::sleep(pause).await;
-                            pause *= 2;
-                        }
-                    }
-                }
-                if let Ok(Some(view)) = known
-                    && !view.members.contains(&user)
-                {
-                    let joined = ChatEvent::in_room(
-                        &room,
-                        user.clone(),
-                        "edge",
-                        Payload::MemberJoined(Membership {
-                            member: user.clone(),
-                        }),
-                    );
-                    if let Err(e) = state.log.append(&joined).await {
-                        tracing::debug!(room = %room, error = %e, "appending member.joined failed");
-                    }
-                }
-            };
-            tokio::join!(presence_part, member_part);
+            let request = PresenceRequest { room: room.clone() };
+            if let Ok(answer) = state
+                .views
+                .ask_at::<_, PresenceAnswer>(presence::VIEW, presence::ROOM, &request, seq)
+                .await
+            {
+                let frame = frames::presence_frame(room.as_str(), &answer);
+                let _ = ctl.send(Box::new(Ctl::Presence { join, frame })).await;
+            }
         });
     }
 
@@ -826,37 +829,52 @@ impl Connection {
         Ok(None)
     }
 
-    /// Reads the room's stored events in `(since, head]` into `ctl`, in order.
+    /// Reads the room's stored events in `(since, head]` into `ctl`, in order, as they are to be
+    /// served now ([`crate::served`]): read in chunks, each redacted before it is passed on.
     fn spawn_catch_up(&self, room: &RoomId, join: u64, since: u64, head: u64) -> AbortHandle {
         let log = self.state.log.clone();
+        let views = self.state.views.clone();
         let ctl = self.ctl_tx.clone();
         let room = room.clone();
         tokio::spawn(async move {
             let subject = subjects::room(&room);
-            let read = log
-                .read_each(Stream::Rooms, &subject, since + 1, head, usize::MAX, |m| {
-                    let ctl = ctl.clone();
-                    let room = room.clone();
-                    async move {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(CATCH_UP_CHUNK);
+            // The sender lives in the read alone: the chunks end when the read does.
+            let read = async move {
+                log.read_each(Stream::Rooms, &subject, since + 1, head, usize::MAX, |m| {
+                    let tx = tx.clone();
+                    async move { tx.send(m).await.is_ok() }
+                })
+                .await
+            };
+            let pass_on = async {
+                let mut chunk = Vec::with_capacity(CATCH_UP_CHUNK);
+                while rx.recv_many(&mut chunk, CATCH_UP_CHUNK).await > 0 {
+                    crate::served::as_now(&views, &room, head, &mut chunk).await?;
+                    for m in chunk.drain(..) {
                         let Some(frame) = frames::event_frame(room.as_str(), m.seq, &m.body) else {
-                            return true;
+                            continue;
                         };
-                        ctl.send(Box::new(Ctl::CatchUp {
+                        let sent = ctl.send(Box::new(Ctl::CatchUp {
                             join,
                             seq: m.seq,
                             frame,
-                        }))
-                        .await
-                        .is_ok()
+                        }));
+                        if sent.await.is_err() {
+                            return Ok(()); // the connection is gone
+                        }
                     }
-                })
-                .await;
-            let done = match read {
-                Ok(_) => Ctl::CaughtUp { join },
-                Err(e) => Ctl::CatchUpFailed {
+                }
+                Ok::<(), ApiError>(())
+            };
+            let (read, passed) = tokio::join!(read, pass_on);
+            let done = match (read, passed) {
+                (Ok(_), Ok(())) => Ctl::CaughtUp { join },
+                (Err(e), _) => Ctl::CatchUpFailed {
                     join,
                     error: e.into(),
                 },
+                (_, Err(error)) => Ctl::CatchUpFailed { join, error },
             };
             let _ = ctl.send(Box::new(done)).await;
         })

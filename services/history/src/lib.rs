@@ -2,7 +2,8 @@
 //!
 //! It keeps every room's messages by seq with edits, deletes (a tombstone: `deleted`, text gone),
 //! reactions and `reply_to` folded in, and the room directory (name, topic, privacy, members,
-//! last seq). It answers `views.history.messages`, `.message`, `.room` and `.rooms`.
+//! last seq). It answers `views.history.messages`, `.message`, `.room`, `.rooms`, `.unread` and
+//! `.current`.
 //!
 //! Keys:
 //! - `i/<first 6 bytes of an event id>` (and `j/<event id>` past a group's size, see [`index`]) →
@@ -12,18 +13,23 @@
 //!   of the room, one [`MessageView`] JSON per line, in seq order;
 //! - `t/<room>` → the room's open block (its first seq) and how many messages it holds;
 //! - `r/<room>` → [`RoomView`] JSON; `members` are the listed members of a private room and, for
-//!   any room, those who joined it (`chat.member.joined`).
+//!   any room, those who joined it (`chat.member.joined`), less those who left or were removed.
 //!
-//! Rules beyond the protocol's: only a message's author may edit or delete it; a deleted message
+//! Rules beyond the protocol's: a membership event applies only when [`membership::allowed`] says
+//! so (the rule the edge checks before appending it); only a message's author may edit or delete
+//! it; a deleted message
 //! stays deleted (later edits and reactions are ignored); an edit, delete or reaction naming an
 //! unknown message, or a message of another room, is ignored (the edge only writes them for
 //! existing messages, so such an event did not come from it).
 
 use std::collections::BTreeMap;
 
+use std::ops::Bound;
+
 use chatlog_events::{
-    ChatEvent, EventId, Payload, RoomId, Stream,
+    ChatEvent, EventId, Payload, RoomId, Stream, membership,
     queries::{
+        Current, CurrentAnswer, CurrentRequest, DEFAULT_ROOMS, MAX_CURRENT_IDS, MAX_ROOMS,
         MessageRequest, MessageView, MessagesAnswer, MessagesRequest, RoomRequest, RoomView,
         RoomsRequest, UnreadAnswer, UnreadRequest, history,
     },
@@ -212,7 +218,8 @@ impl Projection for History {
     fn version(&self) -> u32 {
         // 2: public rooms keep their joined members too. 3: the last seq under its own key.
         // 4: messages in blocks. 5: event ids indexed in groups. 6: groups sorted by id.
-        6
+        // 7: membership events only as `membership::allowed` says.
+        7
     }
 
     fn stream(&self) -> Stream {
@@ -245,6 +252,8 @@ impl Projection for History {
             None
         };
         let known_room = directory.is_some() || view.get(&last_seq_key(&room)).is_some();
+        // Judged on the room as it was before this event.
+        let allowed = membership::allowed(directory.as_ref(), &event.user, &event.payload);
         match &event.payload {
             Payload::RoomCreated(created) if directory.is_none() => {
                 directory = Some(RoomView {
@@ -272,14 +281,15 @@ impl Projection for History {
                 }
             }
             Payload::MemberJoined(m) => {
-                if let Some(d) = directory.as_mut()
+                if allowed
+                    && let Some(d) = directory.as_mut()
                     && !d.members.contains(&m.member)
                 {
                     d.members.push(m.member.clone());
                 }
             }
             Payload::MemberLeft(m) => {
-                if let Some(d) = directory.as_mut() {
+                if allowed && let Some(d) = directory.as_mut() {
                     d.members.retain(|u| u != &m.member);
                 }
             }
@@ -380,6 +390,7 @@ impl Projection for History {
             history::ROOM,
             history::ROOMS,
             history::UNREAD,
+            history::CURRENT,
         ]
     }
 
@@ -395,24 +406,62 @@ impl Projection for History {
                 let req: RoomRequest = parse_request(request)?;
                 answer(&room_view(view, &req.room))
             }
-            history::ROOMS => {
-                let req: RoomsRequest = parse_request(request)?;
-                let mut rooms = Vec::new();
-                for entry in view.tree().scan_prefix(b"r/") {
-                    let (_, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
-                    if let Ok(room) = serde_json::from_slice::<RoomView>(&value)
-                        && room.visible_to(&req.user)
-                        && let Some(room) = room_view(view, &room.id)
-                    {
-                        rooms.push(room);
-                    }
-                }
-                answer(&rooms)
-            }
+            history::ROOMS => answer(&rooms(view, parse_request(request)?)?),
             history::UNREAD => answer(&unread(view, parse_request(request)?)?),
+            history::CURRENT => answer(&current(view, parse_request(request)?)?),
             other => Err(QueryError::NotFound(format!("no query {other}"))),
         }
     }
+}
+
+/// The rooms `req.user` may see, by id, the first `req.limit` after `req.after`.
+pub fn rooms(view: &View, req: RoomsRequest) -> Result<Vec<RoomView>, QueryError> {
+    let limit = req.limit.unwrap_or(DEFAULT_ROOMS);
+    if limit == 0 || limit > MAX_ROOMS {
+        return Err(QueryError::BadRequest(format!(
+            "limit must be 1 to {MAX_ROOMS}"
+        )));
+    }
+    // `r/<room>` keys sort as the room ids do.
+    let start = match &req.after {
+        Some(after) => Bound::Excluded(room_key(after)),
+        None => Bound::Included(b"r/".to_vec()),
+    };
+    let mut rooms = Vec::new();
+    for entry in view.tree().range((start, Bound::Unbounded)) {
+        let (key, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
+        if !key.starts_with(b"r/") || rooms.len() == limit {
+            break;
+        }
+        if let Ok(room) = serde_json::from_slice::<RoomView>(&value)
+            && room.visible_to(&req.user)
+            && let Some(room) = room_view(view, &room.id)
+        {
+            rooms.push(room);
+        }
+    }
+    Ok(rooms)
+}
+
+/// Each message of `req.room` among `req.ids` as it is now.
+pub fn current(view: &dyn Read, req: CurrentRequest) -> Result<CurrentAnswer, QueryError> {
+    if req.ids.len() > MAX_CURRENT_IDS {
+        return Err(QueryError::BadRequest(format!(
+            "at most {MAX_CURRENT_IDS} ids"
+        )));
+    }
+    let mut messages = BTreeMap::new();
+    for id in req.ids {
+        if let Some(Found { message, .. }) = message_in(view, &req.room, &id) {
+            let current = Current {
+                deleted: message.deleted,
+                edited: message.edited,
+                text: message.text,
+            };
+            messages.insert(id, current);
+        }
+    }
+    Ok(CurrentAnswer { messages })
 }
 
 /// The first seq of a block, from its key.

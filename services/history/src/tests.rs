@@ -645,3 +645,248 @@ fn messages_over_many_blocks_page_count_and_change_as_one_list() {
         assert_eq!(counted.get(&lobby()), Some(&expected), "marker {marker}");
     }
 }
+
+fn joined(n: u32, by: &str, member: &str) -> ChatEvent {
+    event(
+        n,
+        by,
+        Payload::MemberJoined(Membership {
+            member: user(member),
+        }),
+    )
+}
+
+fn left(n: u32, by: &str, member: &str) -> ChatEvent {
+    event(
+        n,
+        by,
+        Payload::MemberLeft(Membership {
+            member: user(member),
+        }),
+    )
+}
+
+/// The lobby, private, created by ada with these members.
+fn created_private(n: u32, members: &[&str]) -> ChatEvent {
+    event(
+        n,
+        "ada",
+        Payload::RoomCreated(RoomCreated {
+            name: "Secret".into(),
+            topic: String::new(),
+            private: true,
+            members: members.iter().map(|m| user(m)).collect(),
+        }),
+    )
+}
+
+impl Given {
+    fn members(&self) -> Vec<UserId> {
+        self.room().expect("the room").members
+    }
+}
+
+#[test]
+fn a_removed_member_re_adding_themselves_is_ignored() {
+    let then = given([created_private(1, &["ada", "bob"]), left(2, "ada", "bob")])
+        .when(joined(3, "bob", "bob"));
+    assert_eq!(then.members(), vec![user("ada")]);
+    assert!(!then.room().unwrap().visible_to(&user("bob")));
+    assert_eq!(then.room().unwrap().last_seq, 3, "seen all the same");
+    assert!(
+        find_message(&then.view, &id(3)).is_none() && index::find(&then.view, &id(3)).is_some(),
+        "its id is recorded as applied"
+    );
+}
+
+#[test]
+fn a_non_member_adding_someone_to_a_private_room_is_ignored() {
+    let then = given([created_private(1, &["ada"])]).when(joined(2, "eve", "mal"));
+    assert_eq!(then.members(), vec![user("ada")]);
+    let then = then.when(joined(3, "eve", "eve"));
+    assert_eq!(then.members(), vec![user("ada")]);
+}
+
+#[test]
+fn a_non_creator_removing_someone_else_is_ignored() {
+    let then = given([created_private(1, &["ada", "bob", "eve"])]).when(left(2, "eve", "bob"));
+    assert_eq!(then.members(), vec![user("ada"), user("bob"), user("eve")]);
+}
+
+#[test]
+fn a_creator_who_left_removes_nobody() {
+    let then = given([created_private(1, &["ada", "bob"]), left(2, "ada", "ada")])
+        .when(left(3, "ada", "bob"));
+    assert_eq!(then.members(), vec![user("bob")]);
+    assert!(!then.room().unwrap().visible_to(&user("ada")));
+}
+
+#[test]
+fn a_member_leaving_themselves_is_out() {
+    let then = given([created_private(1, &["ada", "bob"])]).when(left(2, "bob", "bob"));
+    assert_eq!(then.members(), vec![user("ada")]);
+    assert!(!then.room().unwrap().visible_to(&user("bob")));
+}
+
+#[test]
+fn the_creator_removes_a_member() {
+    let then = given([created_private(1, &["ada", "bob"])]).when(left(2, "ada", "bob"));
+    assert_eq!(then.members(), vec![user("ada")]);
+}
+
+#[test]
+fn anyone_joins_a_public_room_themselves_and_only_themselves() {
+    let then = given([created(1)]).when(joined(2, "bob", "bob"));
+    assert_eq!(then.members(), vec![user("bob")]);
+    let then = then.when(joined(3, "ada", "eve"));
+    assert_eq!(
+        then.members(),
+        vec![user("bob")],
+        "no one adds someone else"
+    );
+}
+
+#[test]
+fn membership_of_an_unknown_room_is_ignored() {
+    let then = given([]).when(joined(1, "bob", "bob"));
+    assert!(then.room().is_none());
+}
+
+#[test]
+fn current_answers_the_messages_of_the_room_as_they_are_now() {
+    use chatlog_events::queries::{Current, CurrentAnswer, CurrentRequest, history::CURRENT};
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir, "v");
+    let side = RoomId::parse("side").unwrap();
+    let aside = ChatEvent::in_room(
+        &side,
+        user("ada"),
+        "edge",
+        Payload::MessagePosted(MessagePosted {
+            text: "elsewhere".into(),
+            mentions: vec![],
+            reply_to: None,
+        }),
+    )
+    .with_id(id(6));
+    let events = [
+        created(1),
+        posted(2, "ada", "plain"),
+        posted(3, "ada", "helo"),
+        posted(4, "ada", "oops"),
+        edited(5, "ada", 3, "hello"),
+        aside,
+        deleted(7, "ada", 4),
+    ];
+    let events: Vec<_> = (1..).zip(events).collect();
+    replay(&History, &view, &events, 3);
+    let ask = |ids: Vec<EventId>| {
+        let request = serde_json::to_vec(&CurrentRequest { room: lobby(), ids }).unwrap();
+        History.query(&view, CURRENT, &request)
+    };
+    let asked = ask(vec![id(2), id(3), id(4), id(5), id(6), id(99)]).unwrap();
+    let answer: CurrentAnswer = serde_json::from_slice(&asked).unwrap();
+    let current = |deleted, edited, text: &str| Current {
+        deleted,
+        edited,
+        text: text.into(),
+    };
+    let expected = [
+        (id(2), current(false, false, "plain")),
+        (id(3), current(false, true, "hello")),
+        (id(4), current(true, false, "")),
+    ];
+    assert_eq!(
+        answer.messages,
+        expected.into_iter().collect(),
+        "an edit, a message of another room and an unknown id are absent"
+    );
+    assert!(ask(vec![]).is_ok());
+    let too_many = ask(vec![id(2); 1001]).unwrap_err();
+    assert_eq!(too_many.code(), 400);
+    assert!(ask(vec![id(2); 1000]).is_ok());
+}
+
+#[test]
+fn rooms_page_by_id_and_show_only_what_the_user_may_see() {
+    use chatlog_events::queries::{RoomsRequest, history::ROOMS};
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir, "v");
+    // Rooms r00 .. r09, created out of order; the odd ones private to ada.
+    let events: Vec<_> = [3, 7, 0, 9, 1, 4, 8, 2, 6, 5]
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let n = i as u32 + 1;
+            let e = ChatEvent::in_room(
+                &RoomId::parse(format!("r{r:02}")).unwrap(),
+                user("ada"),
+                "edge",
+                Payload::RoomCreated(RoomCreated {
+                    name: format!("room {r}"),
+                    topic: String::new(),
+                    private: r % 2 == 1,
+                    members: if r % 2 == 1 {
+                        vec![user("ada")]
+                    } else {
+                        vec![]
+                    },
+                }),
+            )
+            .with_id(id(n));
+            (u64::from(n), e)
+        })
+        .collect();
+    replay(&History, &view, &events, 4);
+    let ask = |body: serde_json::Value| {
+        History
+            .query(&view, ROOMS, &serde_json::to_vec(&body).unwrap())
+            .map(|a| {
+                serde_json::from_slice::<Vec<RoomView>>(&a)
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.id.to_string())
+                    .collect::<Vec<_>>()
+            })
+    };
+    let all: Vec<String> = (0..10).map(|r| format!("r{r:02}")).collect();
+    assert_eq!(
+        ask(serde_json::json!({"user": "ada"})).unwrap(),
+        all,
+        "the old form"
+    );
+    assert_eq!(
+        ask(serde_json::json!({"user": "bob"})).unwrap(),
+        ["r00", "r02", "r04", "r06", "r08"]
+    );
+    // Page by 3 after the last id seen: every room once, in order.
+    let mut paged = Vec::new();
+    let mut after: Option<RoomId> = None;
+    loop {
+        let request = RoomsRequest {
+            user: user("ada"),
+            after: after.clone(),
+            limit: Some(3),
+        };
+        let page = ask(serde_json::to_value(&request).unwrap()).unwrap();
+        paged.extend(page.iter().cloned());
+        if page.len() < 3 {
+            break;
+        }
+        after = page.last().map(|r| RoomId::parse(r.as_str()).unwrap());
+    }
+    assert_eq!(paged, all);
+    // A page counts only visible rooms; `after` need not be a room.
+    assert_eq!(
+        ask(serde_json::json!({"user": "bob", "after": "r01", "limit": 2})).unwrap(),
+        ["r02", "r04"]
+    );
+    assert_eq!(
+        ask(serde_json::json!({"user": "bob", "after": "r099", "limit": 500})).unwrap(),
+        Vec::<String>::new()
+    );
+    for limit in [0, 501] {
+        let refused = ask(serde_json::json!({"user": "ada", "limit": limit})).unwrap_err();
+        assert_eq!(refused.code(), 400, "limit {limit}");
+    }
+}

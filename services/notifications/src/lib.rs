@@ -1,7 +1,9 @@
 //! `chatlog-notifications`: two pure projections.
 //!
-//! [`Mentions`] reads `CHAT_ROOMS`: it keeps who is a member of each room (listed for a private
-//! room, or joined) and turns every mention of a member, not the author, into a derived
+//! [`Mentions`] reads `CHAT_ROOMS`: it keeps who is a member of each room (its creator, those
+//! listed for a private room, or joined; membership events applied only as
+//! [`membership::allowed`] says, the rule the edge checks) and turns every mention of a member,
+//! not the author, into a derived
 //! `chat.notification.created` on `chat.user.<user>`, its id derived from the message id and the
 //! user: a replay, a rebuild or a second replica emits the same id, stored once.
 //!
@@ -9,7 +11,8 @@
 //! markers. It answers `views.notifications.list` and `.markers`.
 //!
 //! Keys of [`Mentions`]: `i/<event id>` (seen: membership events and messages that mention
-//! someone; the others change nothing here), `m/<room>/<user>` (a member).
+//! someone; the others change nothing here), `m/<room>/<user>` (a member), `r/<room>` →
+//! [`RoomFacts`] JSON (what the membership rule needs besides the members).
 //! Keys of [`Notifications`]: `i/<event id>` (seen), `n/<user>/<seq>` → [`NotificationView`],
 //! `u/<user>` → the seqs of its unread notifications, `r/<user>/<room>` → read marker.
 
@@ -18,6 +21,7 @@ use std::collections::BTreeMap;
 use chatlog_events::{
     ChatEvent, EventId, Payload, RoomId, Stream, UserId,
     event::NotificationCreated,
+    membership,
     queries::{
         MarkersAnswer, MarkersRequest, NotificationView, NotificationsAnswer, NotificationsRequest,
         notifications,
@@ -28,9 +32,42 @@ use chatlog_runtime::{
 };
 
 use chatlog_runtime::event_key as seen_key;
+use serde::{Deserialize, Serialize};
 
 fn member_key(room: &RoomId, user: &UserId) -> Vec<u8> {
     format!("m/{room}/{user}").into_bytes()
+}
+
+fn room_key(room: &RoomId) -> Vec<u8> {
+    format!("r/{room}").into_bytes()
+}
+
+/// A room as its `chat.room.created` made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomFacts {
+    pub private: bool,
+    pub creator: UserId,
+}
+
+/// A known room for [`membership::allowed`]: its facts, its members read from the view.
+struct Known<'a> {
+    room: &'a RoomId,
+    facts: RoomFacts,
+    view: &'a dyn Read,
+}
+
+impl membership::Room for Known<'_> {
+    fn private(&self) -> bool {
+        self.facts.private
+    }
+
+    fn creator(&self) -> &UserId {
+        &self.facts.creator
+    }
+
+    fn is_member(&self, user: &UserId) -> bool {
+        self.view.get(&member_key(self.room, user)).is_some()
+    }
 }
 
 /// Mentions of members become notifications.
@@ -43,7 +80,8 @@ impl Projection for Mentions {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: rooms' facts kept, membership events applied only as `membership::allowed` says.
+        2
     }
 
     fn stream(&self) -> Stream {
@@ -70,15 +108,33 @@ impl Projection for Mentions {
             return changes;
         }
         changes.put(seen, Vec::new());
+        let known = get_json::<RoomFacts>(view, &room_key(&room)).map(|facts| Known {
+            room: &room,
+            facts,
+            view,
+        });
+        let allowed = membership::allowed(known.as_ref(), &event.user, &event.payload);
         match &event.payload {
-            Payload::RoomCreated(created) => {
-                changes.put(member_key(&room, &event.user), Vec::new());
+            // The first creation counts, as in the history view.
+            Payload::RoomCreated(created) if known.is_none() => {
+                let facts = RoomFacts {
+                    private: created.private,
+                    creator: event.user.clone(),
+                };
+                changes.put_json(room_key(&room), &facts);
+                // The creator of a public room is a member (for mentions); a private room's
+                // members are those listed (the edge lists its creator).
+                if !created.private {
+                    changes.put(member_key(&room, &event.user), Vec::new());
+                }
                 for member in &created.members {
                     changes.put(member_key(&room, member), Vec::new());
                 }
             }
-            Payload::MemberJoined(m) => changes.put(member_key(&room, &m.member), Vec::new()),
-            Payload::MemberLeft(m) => changes.delete(member_key(&room, &m.member)),
+            Payload::MemberJoined(m) if allowed => {
+                changes.put(member_key(&room, &m.member), Vec::new())
+            }
+            Payload::MemberLeft(m) if allowed => changes.delete(member_key(&room, &m.member)),
             Payload::MessagePosted(posted) => {
                 for mentioned in &posted.mentions {
                     if mentioned == &event.user || view.get(&member_key(&room, mentioned)).is_none()

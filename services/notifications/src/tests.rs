@@ -236,3 +236,108 @@ fn a_read_marker_only_moves_forward() {
     view.apply(&Notifications, 3, &mark(3, 50));
     assert_eq!(view.get(b"r/bob/lobby"), Some(50u64.to_be_bytes().to_vec()));
 }
+
+fn added(n: u32, r: &str, by: &str, member: &str) -> ChatEvent {
+    in_room(
+        n,
+        r,
+        by,
+        Payload::MemberJoined(Membership {
+            member: user(member),
+        }),
+    )
+}
+
+fn removed(n: u32, r: &str, by: &str, member: &str) -> ChatEvent {
+    in_room(
+        n,
+        r,
+        by,
+        Payload::MemberLeft(Membership {
+            member: user(member),
+        }),
+    )
+}
+
+#[test]
+fn a_removed_member_re_adding_themselves_is_not_notified() {
+    let emitted = run(vec![
+        created(1, "secret", "ada", true, &["ada", "bob"]),
+        removed(2, "secret", "ada", "bob"),
+        added(3, "secret", "bob", "bob"),
+        posted(4, "secret", "ada", &["bob"]),
+    ]);
+    assert!(emitted.is_empty(), "{emitted:?}");
+}
+
+#[test]
+fn a_non_member_cannot_add_anyone_to_a_private_room() {
+    let emitted = run(vec![
+        created(1, "secret", "ada", true, &["ada"]),
+        added(2, "secret", "eve", "mal"),
+        added(3, "secret", "eve", "eve"),
+        posted(4, "secret", "ada", &["mal", "eve"]),
+    ]);
+    assert!(emitted.is_empty(), "{emitted:?}");
+}
+
+#[test]
+fn a_member_adds_someone_to_a_private_room() {
+    let emitted = run(vec![
+        created(1, "secret", "ada", true, &["ada", "bob"]),
+        added(2, "secret", "bob", "eve"),
+        posted(3, "secret", "ada", &["eve"]),
+    ]);
+    assert_eq!(recipients(&emitted), ["eve"]);
+}
+
+#[test]
+fn only_the_creator_removes_someone_else() {
+    let emitted = run(vec![
+        created(1, "secret", "ada", true, &["ada", "bob", "eve"]),
+        removed(2, "secret", "eve", "bob"),
+        posted(3, "secret", "ada", &["bob"]),
+        removed(4, "secret", "ada", "bob"),
+        posted(5, "secret", "ada", &["bob"]),
+    ]);
+    assert_eq!(
+        recipients(&emitted),
+        ["bob"],
+        "notified before the creator removed him"
+    );
+    assert_eq!(emitted[0].id, EventId::derived(&id(3), "bob"));
+}
+
+#[test]
+fn in_a_public_room_one_joins_only_oneself() {
+    let emitted = run(vec![
+        created(1, "lobby", "ada", false, &[]),
+        added(2, "lobby", "ada", "bob"),
+        posted(3, "lobby", "ada", &["bob"]),
+        joined(4, "lobby", "bob"),
+        posted(5, "lobby", "ada", &["bob"]),
+    ]);
+    assert_eq!(recipients(&emitted), ["bob"]);
+    assert_eq!(emitted[0].id, EventId::derived(&id(5), "bob"));
+}
+
+#[test]
+fn a_second_creation_of_a_room_changes_nothing() {
+    let emitted = run(vec![
+        created(1, "secret", "ada", true, &["ada"]),
+        created(2, "secret", "eve", true, &["eve", "mal"]),
+        posted(3, "secret", "ada", &["mal"]),
+        added(4, "secret", "eve", "mal"),
+        posted(5, "secret", "ada", &["mal"]),
+    ]);
+    assert!(emitted.is_empty(), "{emitted:?}");
+}
+
+#[test]
+fn membership_of_an_unknown_room_makes_no_member() {
+    let emitted = run(vec![
+        joined(1, "nowhere", "bob"),
+        posted(2, "nowhere", "ada", &["bob"]),
+    ]);
+    assert!(emitted.is_empty(), "{emitted:?}");
+}

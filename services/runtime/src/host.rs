@@ -771,6 +771,51 @@ async fn append_until_stored(js: &jetstream::Context, event: &ChatEvent) -> Resu
 /// Longest a query waits for the view to reach the seq it asked for.
 const MIN_SEQ_PATIENCE: Duration = Duration::from_secs(2);
 
+type ServiceError = async_nats::service::error::Error;
+
+/// The seqs a query asks the view to have committed: (`Chatlog-Min-Seq`, `Chatlog-Require-Seq`).
+/// An unreadable min seq is ignored, as it always was; an unreadable required one is refused,
+/// since answering without the guarantee asked for would be answering wrong.
+fn asked_seqs(
+    headers: Option<&async_nats::HeaderMap>,
+) -> Result<(Option<u64>, Option<u64>), ServiceError> {
+    let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    let min = header(queries::MIN_SEQ_HEADER).and_then(|v| v.parse::<u64>().ok());
+    let required = match header(queries::REQUIRE_SEQ_HEADER).map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(seq)) => Some(seq),
+        Some(Err(_)) => {
+            return Err(ServiceError {
+                code: 400,
+                status: format!("bad {} header", queries::REQUIRE_SEQ_HEADER),
+            });
+        }
+    };
+    Ok((min, required))
+}
+
+/// Waits up to `patience` for the view to commit the seqs asked; `Err` when it has not committed
+/// the required one by then (a replica still catching up must not answer from an older state).
+async fn wait_for_seqs(
+    committed: &tokio::sync::watch::Sender<u64>,
+    min: Option<u64>,
+    required: Option<u64>,
+    patience: Duration,
+) -> Result<(), ServiceError> {
+    let Some(target) = min.max(required) else {
+        return Ok(());
+    };
+    let mut watched = committed.subscribe();
+    let _ = tokio::time::timeout(patience, watched.wait_for(|c| *c >= target)).await;
+    match required {
+        Some(seq) if *committed.borrow() < seq => Err(ServiceError {
+            code: usize::from(queries::NOT_CAUGHT_UP),
+            status: format!("the view has not caught up to seq {seq}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Starts the view's micro service: one endpoint per query, plus `checksum`.
 async fn serve_queries<P: Projection>(
     projection: Arc<P>,
@@ -821,27 +866,23 @@ async fn answer_query<P: Projection>(
     query: &'static str,
     request: async_nats::service::Request,
 ) {
-    let min_seq = request
-        .message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(crate::MIN_SEQ_HEADER))
-        .and_then(|v| v.as_str().parse::<u64>().ok());
-    if let Some(min_seq) = min_seq {
-        let mut committed = stats.committed.subscribe();
-        let _ = tokio::time::timeout(MIN_SEQ_PATIENCE, committed.wait_for(|c| *c >= min_seq)).await;
-    }
-    let answer = if query == queries::CHECKSUM {
-        checksum(view, stats)
-    } else {
-        projection.query(view, query, &request.message.payload)
+    let ready = match asked_seqs(request.message.headers.as_ref()) {
+        Ok((min, required)) => {
+            wait_for_seqs(&stats.committed, min, required, MIN_SEQ_PATIENCE).await
+        }
+        Err(e) => Err(e),
     };
-    let response = answer
-        .map(Bytes::from)
-        .map_err(|e| async_nats::service::error::Error {
+    let response = ready.and_then(|()| {
+        let answer = if query == queries::CHECKSUM {
+            checksum(view, stats)
+        } else {
+            projection.query(view, query, &request.message.payload)
+        };
+        answer.map(Bytes::from).map_err(|e| ServiceError {
             code: e.code(),
             status: e.message().to_string(),
-        });
+        })
+    });
     if let Err(e) = request.respond(response).await {
         tracing::debug!(error = %e, query, "answering a query failed");
     }
@@ -866,4 +907,88 @@ fn checksum(view: &View, stats: &HostStats) -> Result<Vec<u8>, QueryError> {
         checkpoint,
         lag: stats.lag.load(Relaxed),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt as _;
+    use tokio::sync::watch;
+
+    use super::*;
+
+    /// A patience that never runs out in these tests: their waits end by what is committed.
+    const LONG: Duration = Duration::from_secs(60);
+
+    fn headers(pairs: &[(&str, &str)]) -> async_nats::HeaderMap {
+        let mut h = async_nats::HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(*name, *value);
+        }
+        h
+    }
+
+    #[test]
+    fn the_seqs_asked_are_read_from_the_headers() {
+        assert_eq!(asked_seqs(None).unwrap(), (None, None));
+        let both = headers(&[
+            (queries::MIN_SEQ_HEADER, "7"),
+            (queries::REQUIRE_SEQ_HEADER, "9"),
+        ]);
+        assert_eq!(asked_seqs(Some(&both)).unwrap(), (Some(7), Some(9)));
+        let bad_min = headers(&[(queries::MIN_SEQ_HEADER, "x")]);
+        assert_eq!(asked_seqs(Some(&bad_min)).unwrap(), (None, None));
+        let bad_required = headers(&[(queries::REQUIRE_SEQ_HEADER, "-1")]);
+        assert_eq!(asked_seqs(Some(&bad_required)).unwrap_err().code, 400);
+    }
+
+    #[tokio::test]
+    async fn a_required_seq_already_committed_is_answered_without_waiting() {
+        let committed = watch::Sender::new(10);
+        let ready = wait_for_seqs(&committed, None, Some(10), LONG).now_or_never();
+        assert!(matches!(ready, Some(Ok(()))));
+        let nothing_asked = wait_for_seqs(&committed, None, None, LONG).now_or_never();
+        assert!(matches!(nothing_asked, Some(Ok(()))));
+    }
+
+    #[tokio::test]
+    async fn a_required_seq_committed_during_the_wait_is_answered() {
+        let committed = watch::Sender::new(5);
+        let wait = wait_for_seqs(&committed, None, Some(10), LONG);
+        tokio::pin!(wait);
+        assert!(futures::poll!(&mut wait).is_pending());
+        committed.send_replace(9);
+        assert!(futures::poll!(&mut wait).is_pending(), "9 is not 10");
+        committed.send_replace(10);
+        assert!(matches!(
+            futures::poll!(&mut wait),
+            std::task::Poll::Ready(Ok(()))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_view_behind_a_required_seq_refuses_with_503() {
+        let committed = watch::Sender::new(5);
+        let refused = wait_for_seqs(&committed, None, Some(10), Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code, 503);
+        assert_eq!(refused.status, "the view has not caught up to seq 10");
+    }
+
+    #[tokio::test]
+    async fn a_view_behind_a_min_seq_answers_anyway() {
+        let committed = watch::Sender::new(5);
+        let patience = Duration::from_millis(20);
+        assert!(
+            wait_for_seqs(&committed, Some(10), None, patience)
+                .await
+                .is_ok()
+        );
+        // Past the required seq, short of the min: the guarantee asked for holds.
+        assert!(
+            wait_for_seqs(&committed, Some(10), Some(5), patience)
+                .await
+                .is_ok()
+        );
+    }
 }
