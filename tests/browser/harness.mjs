@@ -152,11 +152,14 @@ export async function startServers() {
   };
   await servers.startChatlog();
   const chatlog = servers.chatlog;
-  // The history view answers once its handler is up: wait for the room list too.
+  // The history view answers once its handler is up: wait for the room list too. The guest name
+  // `probe` is claimed by the first try; the next ones log in with its secret.
+  const probe = { user: 'probe' };
   await waitFor('history view', async () => {
     const t = await (await fetch(`${baseUrl}/api/auth/guest`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user: 'probe' }),
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(probe),
     })).json();
+    if (t.secret) probe.secret = t.secret;
     const res = await fetch(`${baseUrl}/api/rooms`, { headers: { authorization: `Bearer ${t.token}` } });
     return res.status === 200 && (await res.json()).some((r) => r.id === 'lobby');
   }, 20000, chatlog);

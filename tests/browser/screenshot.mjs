@@ -22,15 +22,21 @@ async function api(baseUrl, token, method, route, body) {
   return res.status === 204 ? null : res.json();
 }
 
+/** Claims guest name `user` over HTTP: `{token, secret}` (the secret holds the name). */
 async function guest(baseUrl, user) {
   const res = await fetch(`${baseUrl}/api/auth/guest`, {
     method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user }),
   });
-  return (await res.json()).token;
+  return res.json();
 }
 
-async function login(browser, baseUrl, user) {
+/** `user` logs in as a guest through the page; `secret`: the one of a name claimed over HTTP. */
+async function login(browser, baseUrl, user, secret) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 760 }, deviceScaleFactor: 1 });
+  if (secret) {
+    // The page keeps guest secrets in localStorage under chatlog.guest.<user>.
+    await context.addInitScript(([u, s]) => localStorage.setItem(`chatlog.guest.${u}`, JSON.stringify(s)), [user, secret]);
+  }
   const page = await context.newPage();
   page.on('pageerror', (e) => { throw e; });
   await page.goto(baseUrl);
@@ -82,15 +88,16 @@ try {
   const { baseUrl } = servers;
 
   // Rooms for the sidebar, created over HTTP.
-  const adaToken = await guest(baseUrl, 'ada');
-  const grace = await guest(baseUrl, 'grace');
+  const adaGuest = await guest(baseUrl, 'ada');
+  const adaToken = adaGuest.token;
+  const grace = (await guest(baseUrl, 'grace')).token;
   await api(baseUrl, adaToken, 'POST', '/api/rooms', { id: 'dev', name: 'dev', topic: 'Builds, reviews and the event log' });
   await api(baseUrl, adaToken, 'POST', '/api/rooms', { id: 'random', name: 'random', topic: 'Anything goes' });
   await api(baseUrl, adaToken, 'POST', '/api/rooms', { id: 'design', name: 'design', private: true, members: ['ada', 'bob', 'grace'] });
   await api(baseUrl, grace, 'POST', '/api/rooms', { id: 'ops', name: 'ops', topic: 'Deploys and pager' });
 
   browser = await chromium.launch({ executablePath: chromiumPath(), args: chromiumArgs });
-  const ada = await login(browser, baseUrl, 'ada');
+  const ada = await login(browser, baseUrl, 'ada', adaGuest.secret);
   const bob = await login(browser, baseUrl, 'bob');
   for (const p of [ada, bob]) {
     await openRoom(p, 'random');

@@ -1,6 +1,7 @@
 // Browser test of the web client: two users chat through real Chromium pages against a real
 // nats-server and `chatlog up`; one of them loses the network while the other writes, comes
-// back, and must see every missed message exactly once, in order.
+// back, and must see every missed message exactly once, in order. Then: a removal from a private
+// room, and guest names (held by a secret this browser keeps; refused to another browser).
 //
 //   cd tests/browser && npm ci && node test.mjs
 //
@@ -105,6 +106,39 @@ async function expectExactly(page, who, expected) {
   }
   const ids = new Set(shown.map((m) => m.id));
   if (ids.size !== shown.length) fail(`${who}: a message id shows twice`);
+}
+
+/** An HTTP call to the API as the user whose token `page` holds; the answer's JSON (or null). */
+async function api(page, baseUrl, method, route, body) {
+  const token = JSON.parse(await page.evaluate(() => localStorage.getItem('chatlog.token')));
+  const res = await fetch(`${baseUrl}${route}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  if (!res.ok) fail(`${method} ${route}: ${res.status} ${await res.text()}`);
+  return res.status === 204 ? null : res.json();
+}
+
+/** What the page keeps in localStorage under `chatlog.<key>` (parsed), or null. */
+async function stored(page, key) {
+  const raw = await page.evaluate((k) => localStorage.getItem(`chatlog.${k}`), key);
+  return raw === null ? null : JSON.parse(raw);
+}
+
+const joinedRooms = (page) => page.$$eval('#joined-rooms [data-room]', (els) => els.map((e) => e.dataset.room));
+
+/** Waits until the login form shows an error matching `expected` (fails with what it shows). */
+async function expectLoginError(page, who, expected) {
+  try {
+    await page.waitForFunction(([source, flags]) => {
+      const el = document.getElementById('login-error');
+      return !el.hidden && new RegExp(source, flags).test(el.textContent);
+    }, [expected.source, expected.flags], { timeout: WAIT });
+  } catch {
+    const shown = await page.isVisible('#login-error') ? JSON.stringify(await page.textContent('#login-error')) : 'no error';
+    fail(`${who}: the login page shows ${shown} (want ${expected}); chat ${await page.isVisible('#chat') ? 'visible' : 'hidden'}`);
+  }
 }
 
 async function login(context, baseUrl, user) {
@@ -246,6 +280,102 @@ async function main() {
     await bob.waitForTimeout(300);
     await expectExactly(bob, 'bob', ['hello bob', 'hi ada, good to see you', ...missed, 'written while offline', ...hung,
       'written while the edge was down', 'after the reload']);
+  });
+
+  await step('bob is removed from a private room: his page drops it, says so, and does not join it again', async () => {
+    await api(ada, servers.baseUrl, 'POST', '/api/rooms', { id: 'plans', private: true, members: ['ada', 'bob'] });
+    await bob.fill('#join-id', 'plans');
+    await bob.press('#join-id', 'Enter');
+    try {
+      // Joined: the server counts him online there.
+      await bob.waitForFunction(() => document.getElementById('room-name').textContent.includes('plans')
+        && document.getElementById('online-list').textContent.includes('bob (you)'), null, { timeout: WAIT });
+    } catch {
+      fail(`bob could not open the private room: rooms ${JSON.stringify(await joinedRooms(bob))}`);
+    }
+    await api(ada, servers.baseUrl, 'DELETE', '/api/rooms/plans/members/bob');
+    try {
+      await bob.waitForFunction(() => !document.querySelector('#joined-rooms [data-room="plans"]')
+        && /removed from #plans/.test(document.getElementById('toasts').textContent), null, { timeout: WAIT });
+    } catch {
+      fail(`bob's page: rooms ${JSON.stringify(await joinedRooms(bob))}, notices ${JSON.stringify(await bob.textContent('#toasts'))}`);
+    }
+    if ((await stored(bob, 'joined.bob')).includes('plans')) fail('plans is still among bob\'s saved rooms');
+    // A new connection does not join it again.
+    const connBefore = await bob.$eval('#conn', (el) => ({ ...el.dataset }));
+    await bobCtx.setOffline(true);
+    await waitForConn(bob, 'bob', ['offline', 'reconnecting']);
+    await bobCtx.setOffline(false);
+    await waitForConn(bob, 'bob', ['connected'], Number(connBefore.connects) + 1, 20_000);
+    await bob.waitForTimeout(500);
+    const rooms = await joinedRooms(bob);
+    if (rooms.includes('plans')) fail(`bob joined plans again after reconnecting: ${JSON.stringify(rooms)}`);
+    if (!(await bob.textContent('#room-name')).includes('lobby')) fail('bob\'s page did not go back to lobby');
+  });
+
+  await step('ada logs out (told her guest name stays hers here), reloads, and is ada again with the kept secret', async () => {
+    const secret = await stored(ada, 'guest.ada');
+    if (!secret) fail('no secret kept for the guest name ada (localStorage chatlog.guest.ada)');
+    await ada.click('#logout');
+    await ada.waitForSelector('#login:not([hidden])', { timeout: WAIT });
+    const note = await ada.textContent('#login-note');
+    if (!(await ada.isVisible('#login-note')) || !/"ada" stays held by you on this browser/.test(note)) {
+      fail(`after logging out, the page says ${JSON.stringify(note)}`);
+    }
+    if (await stored(ada, 'guest.ada') !== secret) fail('logging out lost the guest secret');
+    await ada.reload();
+    await ada.fill('#login-user', 'ada');
+    await ada.click('#login-guest');
+    try {
+      await waitForConn(ada, 'ada', ['connected'], 1);
+    } catch (e) {
+      const err = await ada.isVisible('#login-error') ? await ada.textContent('#login-error') : 'none';
+      fail(`${e.message}; login error: ${err}`);
+    }
+    if (await stored(ada, 'guest.ada') !== secret) fail('the guest secret changed on a new login');
+    await waitForText(ada, 'after the reload', 'ada');
+    await send(ada, 'ada is back');
+    await waitForText(bob, 'ada is back', 'bob');
+    const back = (await messages(bob)).find((m) => m.text === 'ada is back');
+    if (back.user !== 'ada') fail(`bob sees "ada is back" from ${back.user}`);
+  });
+
+  await step('another browser trying the guest name ada, or a reserved name, gets a visible error', async () => {
+    const eveCtx = await browser.newContext({ viewport });
+    const eve = await eveCtx.newPage();
+    eve.on('pageerror', (e) => pageErrors.push(`eve: ${e.message}`));
+    await eve.goto(servers.baseUrl);
+    await eve.fill('#login-user', 'ada');
+    await eve.click('#login-guest');
+    await expectLoginError(eve, 'eve logging in as ada', /"ada" is held by another guest/);
+    if (await eve.isVisible('#chat')) fail('eve got into the chat as ada');
+    if (await stored(eve, 'token')) fail('eve\'s page keeps a token for ada');
+    await eve.fill('#login-user', 'admin');
+    await eve.click('#login-guest');
+    await expectLoginError(eve, 'eve logging in as admin', /"admin" cannot be a guest name/);
+    // ada, meanwhile, is still in.
+    await waitForConn(ada, 'ada', ['connected']);
+  });
+
+  await step('a message deleted while bob is offline reaches him deleted (a redacted catch-up), without its text', async () => {
+    const before = await bob.$eval('#conn', (el) => ({ ...el.dataset }));
+    await bobCtx.setOffline(true);
+    await waitForConn(bob, 'bob', ['offline', 'reconnecting']);
+    await send(ada, 'a secret to delete');
+    await waitAcked(ada, 'ada');
+    ada.once('dialog', (d) => d.accept());
+    const mine = ada.locator('#messages li.msg', { has: ada.locator('.text', { hasText: 'a secret to delete' }) });
+    await mine.hover();
+    await mine.locator('[data-action="delete"]').click();
+    await ada.waitForSelector('#messages li.msg.deleted', { timeout: WAIT });
+    await bobCtx.setOffline(false);
+    await waitForConn(bob, 'bob', ['connected'], Number(before.connects) + 1, 20_000);
+    try {
+      await bob.waitForSelector('#messages li.msg.deleted', { timeout: WAIT });
+    } catch {
+      fail(`bob shows no deleted message: ${JSON.stringify(await messages(bob))}`);
+    }
+    if ((await messages(bob)).some((m) => m.text.includes('a secret to delete'))) fail('bob\'s page shows the deleted text');
   });
 
   await step('no script errors in the pages', async () => {

@@ -87,7 +87,8 @@ async fn a_removed_member_is_out_at_once_on_every_path() {
     let bob_token = app.token("bob").await;
     let mut bob = app.ws("bob").await;
     bob.join("secret", None).await;
-    let mut bob2 = app.ws("bob").await; // a second socket of bob's
+    // A second socket of bob's, on another edge: the removal reaches every edge.
+    let mut bob2 = app.another_edge().await.ws("bob").await;
     bob2.join("secret", None).await;
 
     assert_eq!(remove(&app, "ada", "secret", "bob").await, 204);

@@ -6,18 +6,26 @@
 // dropped, so nothing shows twice. Frames that ask for an ack carry a UUID `id`; until acked
 // they stay in `S.outbox` and are sent again, with the same id, after a reconnect.
 //
+// A guest name is held by a secret the server hands out at its first login: the client keeps it
+// in localStorage (`chatlog.guest.<user>`), sends it with every guest login for that name, and
+// never drops it (logging out keeps it, so the same browser can be that guest again).
+//
+// Stored events may be redacted (`data: {deleted: true}`, no text, maybe no user): every field
+// of a frame or an answer is checked before use.
+//
 // User text only ever reaches the page through textContent / text nodes, never innerHTML.
 'use strict';
 
 (() => {
   const MAX_TEXT = 4000;
   const PAGE = 50;
+  const ROOMS_PAGE = 500; // rooms asked per page of the room list (the server's most)
   const PING_EVERY = 5000; // ms between pings while connected
   const PONG_TIMEOUT = 4000; // no frame this long after a ping: the socket is dead
   const CONNECT_TIMEOUT = 8000; // a socket not open after this is abandoned
   const HTTP_TIMEOUT = 15000; // an HTTP request not answered by then failed
-  const BACKOFF_MIN = 500;
-  const BACKOFF_MAX = 15000;
+  const BACKOFF_MIN = 500; // first reconnect delay, doubled per failed attempt
+  const BACKOFF_MAX = 30000; // ... up to this; each delay is jittered by ±50 % (and capped here)
   const TYPING_EVERY = 3000; // at most one typing frame per 3 s
   const TYPING_IDLE = 4000; // stop "typing" after this much quiet
   const READ_EVERY = 2000; // read markers: at most one per room every 2 s
@@ -31,9 +39,11 @@
   const S = {
     token: null,
     user: null,
+    kind: null, // 'guest' | 'account', from the token
     rooms: new Map(), // id -> room
     joined: [], // ids of the rooms the user is in, in sidebar order
-    left: new Set(), // rooms the user left on purpose (not joined again by themselves)
+    left: new Set(), // rooms the user left or was removed from (not joined again by themselves)
+    leaving: new Set(), // rooms whose `leave` this page sent and whose `left` answer is due
     current: null, // id of the open room
     ws: null,
     conn: 'offline', // connecting | connected | reconnecting | offline
@@ -92,6 +102,12 @@
   }
 
   const chars = (s) => [...s].length; // the server counts Unicode scalar values
+
+  /** `x` when it is a non-empty string, else `fallback`: fields of frames may be missing. */
+  const str = (x, fallback = '') => (typeof x === 'string' && x ? x : fallback);
+  const strList = (x) => (Array.isArray(x) ? x.filter((v) => typeof v === 'string') : []);
+  /** The name shown for a message's author (a redacted event may not say). */
+  const authorName = (m) => m.user || 'unknown';
 
   function store(key, value) {
     try {
@@ -203,10 +219,11 @@
 
   // ------------------------------------------------------------------ HTTP
 
-  /** `{ok, status, data}`; never throws. A 401 on an authenticated call logs out. */
+  /** `{ok, status, data}`; never throws. A 401 on an authenticated call ends the session. */
   async function api(method, path, body) {
     const headers = {};
-    if (S.token) headers.authorization = `Bearer ${S.token}`;
+    const token = S.token;
+    if (token) headers.authorization = `Bearer ${token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), HTTP_TIMEOUT);
@@ -226,9 +243,7 @@
     if (text) {
       try { data = JSON.parse(text); } catch { data = { message: text }; }
     }
-    if (res.status === 401 && S.token && !path.startsWith('/api/auth/')) {
-      logout('Your session has expired. Please log in again.');
-    }
+    if (res.status === 401 && token && S.token === token && !path.startsWith('/api/auth/')) sessionExpired();
     return { ok: res.ok, status: res.status, data };
   }
   const errText = (r) => (r.data && r.data.message) || (r.status ? `HTTP ${r.status}` : 'network error');
@@ -255,15 +270,27 @@
 
   const key = (m) => (m.seq != null ? m.seq : 1e15 + m.local);
 
+  /** A message from a history answer, an event's data or this page; any field may be missing. */
   function makeMessage(fields) {
+    const deleted = fields.deleted === true;
+    const reactions = fields.reactions && typeof fields.reactions === 'object' && !deleted ? fields.reactions : {};
     return {
-      id: fields.id, seq: fields.seq ?? null, local: fields.local ?? 0,
-      user: fields.user || '?', text: fields.text || '', time: fields.time || new Date().toISOString(),
-      reply_to: fields.reply_to || null, edited: !!fields.edited, deleted: !!fields.deleted,
-      mentions: fields.mentions || [],
-      reactions: new Map(Object.entries(fields.reactions || {}).map(([e, us]) => [e, new Set(us)])),
+      id: fields.id, seq: typeof fields.seq === 'number' ? fields.seq : null, local: fields.local ?? 0,
+      user: str(fields.user), text: deleted ? '' : str(fields.text), time: str(fields.time, new Date().toISOString()),
+      reply_to: str(fields.reply_to, null), edited: !!fields.edited, deleted,
+      mentions: deleted ? [] : strList(fields.mentions),
+      reactions: new Map(Object.entries(reactions).map(([e, us]) => [e, new Set(strList(us))])),
       pending: !!fields.pending, failed: null, el: null,
     };
+  }
+
+  /** Marks `m` deleted: no text, no reactions, nothing to edit or reply to. */
+  function markDeleted(m) {
+    m.deleted = true;
+    m.text = '';
+    m.mentions = [];
+    m.reactions = new Map();
+    if (S.composer.target === m.id) cancelComposerMode();
   }
 
   /** Inserts `m` into the room's sorted list (and the page when the room is open). */
@@ -311,7 +338,7 @@
   /** Merges a page of the history API into the room. */
   function mergeHistory(r, messages) {
     for (const raw of messages) {
-      if (!raw || !raw.id) continue;
+      if (!raw || typeof raw.id !== 'string' || !raw.id) continue;
       const have = r.msgs.get(raw.id);
       if (have) {
         // A message of ours still waiting for its ack is stored already: take its seq.
@@ -383,30 +410,11 @@
 
   /** Applies one stored room event (live or caught up). */
   function applyEvent(r, seq, ev, live) {
-    const d = ev.data || {};
+    const d = ev.data && typeof ev.data === 'object' ? ev.data : {};
     switch (ev.type) {
-      case 'chat.message.posted': {
-        const existing = r.msgs.get(ev.id);
-        if (existing) {
-          // Our own message (sent from this page) coming back from the log.
-          const moved = existing.seq !== seq;
-          existing.seq = seq;
-          existing.pending = false;
-          existing.failed = null;
-          existing.time = ev.time || existing.time;
-          if (S.outbox.delete(ev.id)) saveOutbox();
-          if (moved) repositionMessage(r, existing); else if (existing.el) renderMessage(r, existing);
-          return;
-        }
-        const m = makeMessage({
-          id: ev.id, seq, user: d.user, text: d.text, time: ev.time, reply_to: d.reply_to, mentions: d.mentions,
-        });
-        const atBottom = r.id === S.current && isAtBottom();
-        insertMessage(r, m);
-        if (live && m.user !== S.user) onIncoming(r, m, atBottom);
-        if (r.id === S.current) afterAppend(atBottom || m.user === S.user);
+      case 'chat.message.posted':
+        applyPosted(r, seq, ev, d, live);
         return;
-      }
       case 'chat.message.edited':
       case 'chat.message.deleted':
       case 'chat.reaction.added':
@@ -426,7 +434,7 @@
         return;
       case 'chat.member.joined':
       case 'chat.member.left': {
-        const who = d.member || d.user;
+        const who = str(d.member) || str(d.user);
         if (!who) return;
         if (ev.type === 'chat.member.joined') {
           if (r.private && !r.members.includes(who)) r.members = [...r.members, who];
@@ -434,9 +442,7 @@
           r.members = r.members.filter((u) => u !== who);
           // Only a removal after this join's head: a replayed one may have been undone since.
           if (who === S.user && r.private && live && seq > (r.head || 0)) {
-            if (d.user !== S.user) toast(`You were removed from #${r.id}.`, 'error');
-            S.left.add(r.id);
-            forgetRoom(r.id);
+            if (d.user === S.user) { S.left.add(r.id); forgetRoom(r.id); } else removedFrom(r.id);
             return;
           }
         }
@@ -448,12 +454,45 @@
     }
   }
 
-  /** An edit, delete or reaction. One naming a message not loaded yet is kept for later. */
+  /**
+   * A `chat.message.posted`: a new message, or one of ours (sent from this page, or seen in the
+   * history already) coming back from the log. A stored one may be redacted: `data` is then
+   * `{deleted: true}`, without text, mentions or user.
+   */
+  function applyPosted(r, seq, ev, d, live) {
+    if (typeof ev.id !== 'string' || !ev.id) return;
+    const existing = r.msgs.get(ev.id);
+    if (existing) {
+      const moved = existing.seq !== seq;
+      existing.seq = seq;
+      existing.pending = false;
+      existing.failed = null;
+      existing.time = str(ev.time, existing.time);
+      if (d.deleted === true) markDeleted(existing);
+      if (S.outbox.delete(ev.id)) saveOutbox();
+      if (moved) repositionMessage(r, existing); else if (existing.el) renderMessage(r, existing);
+      return;
+    }
+    const m = makeMessage({
+      id: ev.id, seq, user: d.user, text: d.text, time: ev.time, reply_to: d.reply_to, mentions: d.mentions,
+      deleted: d.deleted === true,
+    });
+    const atBottom = r.id === S.current && isAtBottom();
+    insertMessage(r, m);
+    if (live && m.user !== S.user && !m.deleted) onIncoming(r, m, atBottom);
+    if (r.id === S.current) afterAppend(atBottom || (!!m.user && m.user === S.user));
+  }
+
+  /**
+   * An edit, delete or reaction. One naming a message not loaded yet is kept for later; a
+   * redacted edit (`{deleted: true}`, no `message_id`) names none and changes nothing.
+   */
   function applyChange(r, ev, canOrphan) {
-    const d = ev.data || {};
+    const d = ev.data && typeof ev.data === 'object' ? ev.data : {};
+    if (typeof d.message_id !== 'string' || !d.message_id) return;
     const m = r.msgs.get(d.message_id);
     if (!m) {
-      if (canOrphan && d.message_id) {
+      if (canOrphan) {
         const list = r.orphans.get(d.message_id) || [];
         list.push(ev);
         r.orphans.set(d.message_id, list);
@@ -464,17 +503,17 @@
     switch (ev.type) {
       case 'chat.message.edited':
         if (m.deleted) return;
-        m.text = d.text || '';
+        if (d.deleted === true) { markDeleted(m); break; }
+        if (typeof d.text !== 'string') return;
+        m.text = d.text;
+        if (Array.isArray(d.mentions)) m.mentions = strList(d.mentions);
         m.edited = true;
         break;
       case 'chat.message.deleted':
-        m.deleted = true;
-        m.text = '';
-        m.reactions = new Map();
-        if (S.composer.target === m.id) cancelComposerMode();
+        markDeleted(m);
         break;
       case 'chat.reaction.added': {
-        if (m.deleted || !d.emoji || !d.user) return;
+        if (m.deleted || typeof d.emoji !== 'string' || !d.emoji || typeof d.user !== 'string' || !d.user) return;
         const set = m.reactions.get(d.emoji) || new Set();
         set.add(d.user);
         m.reactions.set(d.emoji, set);
@@ -505,7 +544,7 @@
       if (mentioned) r.mentions += 1;
       renderRooms();
     }
-    if (r.id === S.current) announce(`${m.user}: ${m.text.slice(0, 200)}`);
+    if (r.id === S.current) announce(`${authorName(m)}: ${m.text.slice(0, 200)}`);
     if (mentioned) {
       addNotification({
         id: `local:${m.id}`, local: true, room: r.id, seq: m.seq, message_id: m.id,
@@ -617,11 +656,12 @@
     S.ws = null;
     S.pendingJoins.clear();
     S.readIds.clear();
+    S.leaving.clear(); // no answer to a `leave` comes on another socket
     for (const r of S.rooms.values()) { r.live = false; r.typing = []; }
     renderPresence();
     if (!S.token) return;
     if (code === 4401) {
-      logout('Your session has expired. Please log in again.');
+      sessionExpired();
       return;
     }
     if (!wasOpen && S.attempt >= 1) {
@@ -641,15 +681,21 @@
       S.retryTimer = setTimeout(connect, BACKOFF_MAX);
       return;
     }
-    let delay;
-    if (fast || (wasOpen && S.attempt === 0)) {
-      delay = 100 + Math.random() * 400;
-    } else {
-      delay = Math.min(BACKOFF_MAX, BACKOFF_MIN * 2 ** S.attempt) * (0.5 + Math.random() / 2);
-    }
+    // A socket that was up (or an edge going away) is tried again at once, the first time.
+    const delay = fast || (wasOpen && S.attempt === 0) ? 100 + Math.random() * 400 : backoff(S.attempt);
     S.attempt += 1;
     setConn('reconnecting', delay);
     S.retryTimer = setTimeout(connect, delay);
+  }
+
+  /**
+   * The wait before reconnect attempt `attempt` (0-based): 0.5 s doubling per attempt, ±50 %
+   * jitter so that the clients of an edge that went away do not all come back at once, never
+   * more than BACKOFF_MAX.
+   */
+  function backoff(attempt) {
+    const base = Math.min(BACKOFF_MAX, BACKOFF_MIN * 2 ** Math.min(attempt, 16));
+    return Math.min(BACKOFF_MAX, base * (0.5 + Math.random()));
   }
 
   function startPing(ws) {
@@ -678,7 +724,8 @@
     if (waited) await loadInitial(r);
     if (S.ws !== ws || ws.readyState !== WebSocket.OPEN || !r.joined) return;
     if (waited) for (const [, entry] of S.outbox) if (entry.room === r.id) wsSend(entry.frame);
-    const frame = { type: 'join', room: r.id };
+    // The id names the room, so an error answering this join says which join it answers.
+    const frame = { type: 'join', room: r.id, id: `join:${r.id}` };
     if (r.loaded || r.lastSeq > 0) frame.since = r.lastSeq;
     S.pendingJoins.set(r.id, { since: frame.since });
     wsSend(frame);
@@ -688,7 +735,7 @@
     switch (f.type) {
       case 'event': {
         const r = S.rooms.get(f.room);
-        if (!r || !r.joined || typeof f.seq !== 'number' || !f.event) return;
+        if (!r || !r.joined || typeof f.seq !== 'number' || !f.event || typeof f.event !== 'object') return;
         if (f.seq <= r.lastSeq) return; // seen already
         r.lastSeq = f.seq;
         if (!rememberEvent(r, f.event.id)) return;
@@ -702,6 +749,7 @@
         S.pendingJoins.delete(f.room);
         if (!r) return;
         r.live = true;
+        r.joinFailures = 0;
         if (typeof f.head === 'number') r.head = f.head;
         // Only a join without `since` starts at the head; one with `since` is caught up by events.
         if (pending && pending.since === undefined && typeof f.head === 'number' && f.head > r.lastSeq) {
@@ -738,13 +786,13 @@
       case 'presence': {
         const r = S.rooms.get(f.room);
         if (!r) return;
-        r.online = Array.isArray(f.online) ? f.online : r.online;
-        r.typing = Array.isArray(f.typing) ? f.typing : [];
+        r.online = Array.isArray(f.online) ? strList(f.online) : r.online;
+        r.typing = strList(f.typing);
         if (r.id === S.current) renderPresence();
         return;
       }
       case 'notification':
-        if (f.event && f.event.data) {
+        if (f.event && f.event.data && typeof f.event.data === 'object') {
           const d = f.event.data;
           addNotification({
             id: f.event.id, room: d.room, seq: d.seq, message_id: d.message_id, by: d.by || d.user,
@@ -753,9 +801,32 @@
         }
         return;
       case 'left':
+        onLeft(f.room);
+        return;
       case 'pong':
       default:
     }
+  }
+
+  /** `left`: the answer to this page's own `leave`, or, unasked, the user was removed from the room. */
+  function onLeft(roomId) {
+    if (typeof roomId !== 'string') return;
+    if (S.leaving.delete(roomId)) return;
+    removedFrom(roomId);
+  }
+
+  /**
+   * The user was removed from a (private) room: it is no longer theirs, and is not joined again
+   * by itself (not on reconnect, not from the room list) until they open it.
+   */
+  function removedFrom(roomId) {
+    const r = S.rooms.get(roomId);
+    if (!r || !r.joined) return;
+    toast(`You were removed from #${r.name || roomId}.`, 'error');
+    announce(`You were removed from the room ${r.name || roomId}.`);
+    S.left.add(roomId);
+    if (r.private) r.known = false; // no longer visible to the user: off the room list too
+    forgetRoom(roomId);
   }
 
   function onError(f) {
@@ -797,19 +868,9 @@
       if (r && r.joined) setTimeout(() => joinRoom(r), 2000);
       return;
     }
-    if (S.pendingJoins.size && /room|join/i.test(message)) {
-      // Join answers come in order: this one is for the oldest join still waiting.
-      const [roomId] = S.pendingJoins.keys();
-      S.pendingJoins.delete(roomId);
-      if (code === 'not_found' || code === 'forbidden') {
-        toast(`#${roomId}: ${code === 'not_found' ? 'no such room, or it is private' : message}.`, 'error');
-        forgetRoom(roomId);
-      } else if (code === 'unavailable') {
-        const r = S.rooms.get(roomId);
-        setTimeout(() => r && joinRoom(r), 2000);
-      } else {
-        toast(`Could not join #${roomId}: ${message}`, 'error');
-      }
+    const joinRoomId = failedJoin(f, code, message);
+    if (joinRoomId) {
+      onJoinError(joinRoomId, code, message);
       return;
     }
     if (Date.now() - S.typing.lastSentTyping < 2000 && code === 'bad_request' && /typing/i.test(message)) {
@@ -818,6 +879,39 @@
     }
     if (code === 'bad_request' && /typing|read|presence/i.test(message)) return; // features still to come
     toast(`Server: ${message}`, 'error');
+  }
+
+  /**
+   * The room of the join an `error` answers, or null. Joins carry the id `join:<room>`, which the
+   * error names; an id-less error (a server that dropped the id) is taken, as join answers come in
+   * order, for the oldest join still waiting when it reads like a join's.
+   */
+  function failedJoin(f, code, message) {
+    if (typeof f.id === 'string' && f.id.startsWith('join:')) {
+      const roomId = f.id.slice('join:'.length);
+      return S.pendingJoins.has(roomId) ? roomId : null;
+    }
+    if (f.id || !S.pendingJoins.size) return null;
+    if (typeof f.room === 'string') return S.pendingJoins.has(f.room) ? f.room : null;
+    if (code !== 'unavailable' && !/room|join/i.test(message)) return null;
+    const [roomId] = S.pendingJoins.keys();
+    return roomId;
+  }
+
+  function onJoinError(roomId, code, message) {
+    S.pendingJoins.delete(roomId);
+    const r = S.rooms.get(roomId);
+    if (code === 'not_found' || code === 'forbidden') {
+      toast(`#${roomId}: ${code === 'not_found' ? 'no such room, or it is private' : message}.`, 'error');
+      forgetRoom(roomId);
+    } else if (code === 'unavailable' || code === 'internal') {
+      // The server cannot decide the join yet (a view starting): again, later and later.
+      if (!r) return;
+      r.joinFailures = (r.joinFailures || 0) + 1;
+      setTimeout(() => joinRoom(r), backoff(r.joinFailures));
+    } else {
+      toast(`Could not join #${roomId}: ${message}`, 'error');
+    }
   }
 
   // ------------------------------------------------------------------ actions
@@ -1024,36 +1118,66 @@
 
   // ------------------------------------------------------------------ rooms: list, open, create
 
+  /**
+   * Every room the user may see, from `GET /api/rooms` page by page (pages are by id; one shorter
+   * than asked is the last). `{rooms}`, or `{error: res}` when a page failed.
+   */
+  async function fetchRoomList() {
+    const rooms = new Map();
+    let after = null;
+    for (let page = 0; page < 100; page += 1) {
+      const res = await api('GET', `/api/rooms?limit=${ROOMS_PAGE}${after ? `&after=${encodeURIComponent(after)}` : ''}`);
+      if (!res.ok || !Array.isArray(res.data)) return { error: res };
+      for (const x of res.data) if (x && typeof x.id === 'string' && ID_RE.test(x.id)) rooms.set(x.id, x);
+      const last = res.data.length ? res.data[res.data.length - 1] : null;
+      const next = last && typeof last.id === 'string' ? last.id : null;
+      // A server without pages answers every room each time: stop when a page does not move on.
+      if (res.data.length < ROOMS_PAGE || !next || (after && next <= after)) break;
+      after = next;
+    }
+    return { rooms: [...rooms.values()] };
+  }
+
+  /** Takes one room of the list in; a private room the user was made a member of becomes theirs. */
+  function listedRoom(x) {
+    const r = room(x.id);
+    r.known = true;
+    r.name = str(x.name, x.id);
+    r.topic = str(x.topic);
+    r.private = !!x.private;
+    r.members = strList(x.members);
+    r.listedSeq = typeof x.last_seq === 'number' ? x.last_seq : 0;
+    if (r.private && r.members.includes(S.user) && !r.joined && !S.left.has(r.id)) {
+      r.joined = true;
+      S.joined.push(r.id);
+      joinedSave();
+      joinRoom(r);
+    }
+  }
+
   async function refreshRooms() {
-    const res = await api('GET', '/api/rooms');
+    const { rooms, error } = await fetchRoomList();
     const note = $('rooms-error');
-    if (res.ok && Array.isArray(res.data)) {
-      for (const x of res.data) {
-        const r = room(x.id);
-        r.known = true;
-        r.name = x.name || x.id;
-        r.topic = x.topic || '';
-        r.private = !!x.private;
-        r.members = Array.isArray(x.members) ? x.members : [];
-        r.listedSeq = x.last_seq || 0;
-        // A private room the user was made a member of shows up among theirs.
-        if (r.private && r.members.includes(S.user) && !r.joined && !S.left.has(r.id)) {
-          r.joined = true;
-          S.joined.push(r.id);
-          joinedSave();
-          joinRoom(r);
+    if (rooms) {
+      const listed = new Set(rooms.map((x) => x.id));
+      for (const r of [...S.rooms.values()]) {
+        // A room no longer listed (a private one the user was removed from) leaves "More rooms".
+        if (r.known && !listed.has(r.id)) {
+          r.known = false;
+          if (!r.joined) S.rooms.delete(r.id);
         }
       }
+      for (const x of rooms) listedRoom(x);
       note.hidden = true;
-    } else if (res.status !== 401) {
-      note.textContent = `The room list is unavailable (${errText(res)}); retrying.`;
+    } else if (error.status !== 401) {
+      note.textContent = `The room list is unavailable (${errText(error)}); retrying.`;
       note.hidden = false;
       clearTimeout(S.roomsTimer);
       S.roomsTimer = setTimeout(refreshRooms, 5000);
     }
     renderRooms();
     if (S.current) renderRoomHeader();
-    return res.ok;
+    return !!rooms;
   }
 
   async function refreshUnread() {
@@ -1144,7 +1268,7 @@
       }
     }
     S.left.add(id);
-    wsSend({ type: 'leave', room: id });
+    if (wsSend({ type: 'leave', room: id })) S.leaving.add(id);
     forgetRoom(id);
   }
 
@@ -1222,8 +1346,8 @@
     if (!S.features.presence || !r) return;
     const res = await api('GET', `/api/rooms/${encodeURIComponent(r.id)}/presence`);
     if (res.ok && res.data) {
-      if (Array.isArray(res.data.online)) r.online = res.data.online;
-      if (Array.isArray(res.data.typing)) r.typing = res.data.typing;
+      if (Array.isArray(res.data.online)) r.online = strList(res.data.online);
+      if (Array.isArray(res.data.typing)) r.typing = strList(res.data.typing);
       if (r.id === S.current) renderPresence();
     } else if (missing(res) && res.data && /route/i.test(res.data.message || '')) {
       S.features.presence = false; // not served yet
@@ -1246,15 +1370,22 @@
     if (!n.read && (seeing || seenBefore)) markNotificationsRead([n.id]);
     renderNotifications();
     if (alert && !n.read) {
-      toast(`@${n.by} mentioned you in #${n.room}: ${String(n.text || '').slice(0, 120)}`, 'mention', () => openNotification(n));
+      toast(`@${n.by || 'someone'} mentioned you in #${n.room || '?'}: ${notificationText(n).slice(0, 120)}`, 'mention', () => openNotification(n));
     }
+  }
+
+  /** What a notification says: the message's text, which is empty once the message was deleted. */
+  function notificationText(n) {
+    return typeof n.text === 'string' && n.text ? n.text : 'message deleted';
   }
 
   async function refreshNotifications() {
     if (!S.features.notifications) return;
     const res = await api('GET', '/api/notifications');
     if (res.ok && res.data && Array.isArray(res.data.notifications)) {
-      for (const n of res.data.notifications) addNotification({ ...n, read: !!n.read }, false);
+      for (const n of res.data.notifications) {
+        if (n && typeof n === 'object') addNotification({ ...n, read: !!n.read }, false);
+      }
       renderNotifications();
     } else if (missing(res) || res.status === 400) {
       S.features.notifications = false;
@@ -1418,7 +1549,7 @@
     $('notif-list').replaceChildren(...all.slice(0, 50).map((n) => h('li', { class: n.read ? 'read' : 'unread' },
       h('button', { type: 'button', class: 'notif-item', onclick: () => openNotification(n) },
         h('span', { class: 'notif-meta' }, h('strong', { text: `@${n.by || '?'}` }), ` in #${n.room || '?'} · `, h('time', { datetime: n.time, text: fmtTime(n.time) })),
-        h('span', { class: 'notif-text', text: String(n.text || '').slice(0, 200) })))));
+        h('span', { class: `notif-text${n.text ? '' : ' deleted'}`, text: notificationText(n).slice(0, 200) })))));
   }
 
   function renderComposerContext() {
@@ -1435,7 +1566,7 @@
     box.dataset.mode = mode;
     $('composer-context-text').textContent = mode === 'edit'
       ? 'Editing your message'
-      : `Replying to ${m.user}: ${m.deleted ? '(deleted)' : m.text.slice(0, 80)}`;
+      : `Replying to ${authorName(m)}: ${m.deleted ? '(deleted)' : m.text.slice(0, 80)}`;
     $('send').textContent = mode === 'edit' ? 'Save' : 'Reply';
   }
 
@@ -1490,7 +1621,7 @@
     const i = index !== undefined && r.list[index] === m ? index : r.list.indexOf(m);
     const prev = i > 0 ? r.list[i - 1] : null;
     const newDay = !prev || dayKey(prev.time) !== dayKey(m.time);
-    const grouped = prev && !newDay && prev.user === m.user && !prev.deleted && !m.reply_to
+    const grouped = prev && !newDay && !!m.user && prev.user === m.user && !prev.deleted && !m.reply_to
       && Math.abs(new Date(m.time) - new Date(prev.time)) < GROUP_GAP;
     const own = m.user === S.user;
     const el = m.el || h('li', { class: 'msg' });
@@ -1513,12 +1644,12 @@
         type: 'button', class: 'reply-ref', 'data-action': 'goto-reply',
         onclick: () => { const t = r.msgs.get(m.reply_to); if (t && t.el) focusMessage(t); },
       }, h('span', { 'aria-hidden': 'true', text: '↪ ' }),
-      q ? [h('strong', { text: q.user }), ' ', h('span', { class: 'quote', text: q.deleted ? '(deleted message)' : q.text.slice(0, 120) })]
+      q ? [h('strong', { text: authorName(q) }), ' ', h('span', { class: 'quote', text: q.deleted ? '(deleted message)' : q.text.slice(0, 120) })]
         : h('span', { class: 'quote', text: 'a reply to an earlier message' })));
     }
     parts.push(avatar(m.user, 'avatar msg-avatar'));
     const meta = h('div', { class: 'meta' },
-      h('span', { class: 'author', text: m.user }),
+      h('span', { class: `author${m.user ? '' : ' unknown'}`, text: authorName(m) }),
       h('time', { datetime: m.time, title: fmtFull(m.time), text: fmtTime(m.time) }),
       m.edited && !m.deleted ? h('span', { class: 'edited', text: '(edited)' }) : null,
       m.pending && !m.failed ? h('span', { class: 'status', text: 'sending…' }) : null);
@@ -1546,7 +1677,7 @@
     }
     if (!m.deleted && m.seq != null) {
       const actions = h('div', { class: 'actions', role: 'group', 'aria-label': 'Message actions' },
-        h('button', { type: 'button', 'data-action': 'reply', 'aria-label': `Reply to ${m.user}`, title: 'Reply', onclick: () => startReply(r, m) }, icon('reply'), h('span', { class: 'label', text: ' Reply' })),
+        h('button', { type: 'button', 'data-action': 'reply', 'aria-label': `Reply to ${authorName(m)}`, title: 'Reply', onclick: () => startReply(r, m) }, icon('reply'), h('span', { class: 'label', text: ' Reply' })),
         h('button', {
           type: 'button', 'data-action': 'react', 'aria-label': 'Add a reaction', title: 'React', 'aria-expanded': String(S.openPicker === m.id),
           onclick: () => { S.openPicker = S.openPicker === m.id ? null : m.id; renderMessage(r, m); if (S.openPicker) m.el.querySelector('.picker button')?.focus(); },
@@ -1602,64 +1733,128 @@
     if (open) $('sidebar').querySelector('button')?.focus();
   }
 
+  // ------------------------------------------------------------------ guest names
+
+  // The server gives a guest name to the first browser that asks for it, with a secret; later
+  // logins as that guest need the secret. It is kept per name and never removed by this page:
+  // losing it would lose the name.
+
+  /** The secret that holds guest name `user` for this browser, or null. */
+  const guestSecret = (user) => str(load(`guest.${user}`), null);
+
+  function keepGuestSecret(user, secret) {
+    if (typeof secret !== 'string' || !secret || secret === guestSecret(user)) return;
+    store(`guest.${user}`, secret);
+    if (guestSecret(user) !== secret) {
+      toast(`This browser could not store the key of the guest name "${user}": after a reload or a log out, the name cannot be used again here.`, 'error');
+    }
+  }
+
+  /** `POST /api/auth/guest` for `user`, with the secret this browser holds for it (if any). */
+  async function guestLogin(user) {
+    const secret = guestSecret(user);
+    const res = await api('POST', '/api/auth/guest', secret ? { user, secret } : { user });
+    if (res.ok && res.data) keepGuestSecret(user, res.data.secret);
+    return res;
+  }
+
+  let lastRenewal = 0;
+
+  /** The server refused the token: a guest whose name this browser holds gets a new one. */
+  function sessionExpired() {
+    const user = S.user;
+    const renew = S.kind === 'guest' && guestSecret(user) && Date.now() - lastRenewal > 60000;
+    logout('Your session has expired. Please log in again.');
+    if (renew) {
+      lastRenewal = Date.now();
+      renewGuest(user);
+    }
+  }
+
+  /** A new token for the guest name this browser holds, once its token expired: same identity. */
+  async function renewGuest(user) {
+    const res = await guestLogin(user);
+    if (res.ok && res.data && typeof res.data.token === 'string') start(res.data.token, true);
+    else showLogin(`Your session has expired. ${loginFailure('guest', user, res)}`, user);
+  }
+
   // ------------------------------------------------------------------ login / logout
+
+  /** Checks the form; the error to show, or null. */
+  function loginInputError(mode, user, password) {
+    if (!ID_RE.test(user)) return ['login-user', 'Names are 1 to 32 lower-case letters, digits, _ or -, starting with a letter or digit.'];
+    if (mode !== 'guest' && !password) return ['login-password', 'Enter your password to log in or register (or continue as a guest).'];
+    if (mode === 'register' && password.length < 8) return ['login-password', 'Passwords are at least 8 characters.'];
+    return null;
+  }
+
+  /** What to tell the user when the server refused a login of `mode` as `user`. */
+  function loginFailure(mode, user, res) {
+    const said = errText(res);
+    if (mode === 'guest') {
+      switch (res.status) {
+        case 400: return `"${user}" cannot be a guest name (${said}). Pick another name.`;
+        case 401: return `"${user}" is held by another guest: the key this browser kept for it does not match. Pick another name.`;
+        case 403: return 'Guest access is switched off on this server: log in or register.';
+        case 409: return /regist|account/i.test(said)
+          ? `"${user}" belongs to a registered account: enter its password and log in.`
+          : `"${user}" is held by another guest. Pick another name.`;
+        default: return `Could not sign in: ${said}`;
+      }
+    }
+    if (res.status === 404 || res.status === 405) return 'Accounts are not available on this server yet. Continue as a guest instead.';
+    if (mode === 'login' && res.status === 401) return 'Wrong user name or password.';
+    if (mode === 'register' && res.status === 409) return `"${user}" is taken. Pick another name, or log in.`;
+    return `Could not sign in: ${said}`;
+  }
 
   async function login(mode) {
     const user = $('login-user').value.trim().toLowerCase();
     const password = $('login-password').value;
     const err = $('login-error');
-    const fail = (text) => { err.textContent = text; err.hidden = false; };
     err.hidden = true;
-    if (!ID_RE.test(user)) {
-      fail('Names are 1 to 32 lower-case letters, digits, _ or -, starting with a letter or digit.');
-      $('login-user').focus();
+    const bad = loginInputError(mode, user, password);
+    if (bad) {
+      err.textContent = bad[1];
+      err.hidden = false;
+      $(bad[0]).focus();
       return;
     }
-    if (mode !== 'guest' && !password) {
-      fail('Enter your password to log in or register (or continue as a guest).');
-      $('login-password').focus();
-      return;
-    }
-    if (mode === 'register' && password.length < 8) {
-      fail('Passwords are at least 8 characters.');
-      $('login-password').focus();
-      return;
-    }
-    const body = mode === 'guest' ? { user } : { user, password };
-    const res = await api('POST', `/api/auth/${mode}`, body);
-    if (res.ok && res.data && res.data.token) {
+    const res = mode === 'guest' ? await guestLogin(user) : await api('POST', `/api/auth/${mode}`, { user, password });
+    if (res.ok && res.data && typeof res.data.token === 'string') {
       $('login-password').value = '';
       start(res.data.token);
       return;
     }
-    if (mode !== 'guest' && (res.status === 404 || res.status === 405)) {
-      fail('Accounts are not available on this server yet. Continue as a guest instead.');
-    } else if (mode === 'guest' && res.status === 409) {
-      fail(`"${user}" belongs to a registered account: enter its password and log in.`);
-    } else if (mode === 'guest' && res.status === 403) {
-      fail('Guest access is switched off on this server: log in or register.');
-    } else if (mode === 'login' && res.status === 401) {
-      fail('Wrong user name or password.');
-    } else if (mode === 'register' && res.status === 409) {
-      fail(`"${user}" is taken. Pick another name, or log in.`);
-    } else {
-      fail(`Could not sign in: ${errText(res)}`);
-    }
+    err.textContent = loginFailure(mode, user, res);
+    err.hidden = false;
   }
 
-  function start(token) {
+  /** Starts the chat with `token`; an expired guest token is renewed (once) with the kept secret. */
+  function start(token, renewed = false) {
     const claims = tokenClaims(token);
-    if (!claims || !claims.sub || (claims.exp && claims.exp * 1000 < Date.now())) {
+    if (!claims || typeof claims.sub !== 'string' || !ID_RE.test(claims.sub)) {
+      store('token', null);
       showLogin('Your session has expired. Please log in again.');
+      return;
+    }
+    if (claims.exp && claims.exp * 1000 < Date.now()) {
+      store('token', null);
+      if (claims.kind === 'guest' && guestSecret(claims.sub) && !renewed) renewGuest(claims.sub);
+      else showLogin('Your session has expired. Please log in again.', claims.sub);
       return;
     }
     S.token = token;
     S.user = claims.sub;
+    S.kind = claims.kind === 'guest' ? 'guest' : 'account';
     store('token', token);
+    store('user', S.user);
     $('login').hidden = true;
     $('chat').hidden = false;
     $('me-name').textContent = S.user;
     $('me-avatar').replaceWith(Object.assign(avatar(S.user), { id: 'me-avatar' }));
+    $('logout').title = S.kind === 'guest' && guestSecret(S.user)
+      ? `Log out (the guest name "${S.user}" stays yours on this browser)` : 'Log out';
     const saved = load(`joined.${S.user}`);
     S.joined = Array.isArray(saved) ? saved.filter((x) => ID_RE.test(x)) : ['lobby'];
     for (const id of S.joined) room(id).joined = true;
@@ -1678,18 +1873,38 @@
     else renderRoom();
   }
 
-  function showLogin(message) {
+  /** The login page, with `message` as an error and the name field filled with `user` (or the last one). */
+  function showLogin(message, user) {
     $('chat').hidden = true;
     $('login').hidden = false;
     const err = $('login-error');
     err.textContent = message || '';
     err.hidden = !message;
-    const last = load('user');
-    if (last && !$('login-user').value) $('login-user').value = last;
+    const name = user || load('user');
+    if (name && (user || !$('login-user').value)) $('login-user').value = name;
+    renderLoginNote();
     $('login-user').focus();
   }
 
-  function logout(message) {
+  /** Under the form: whether this browser holds the guest name typed (`loggedOut`: right after a log out). */
+  function renderLoginNote(loggedOut = false) {
+    const note = $('login-note');
+    const user = $('login-user').value.trim().toLowerCase();
+    const held = ID_RE.test(user) && guestSecret(user);
+    let text = '';
+    if (held && loggedOut) {
+      text = `You logged out. The guest name "${user}" stays held by you on this browser: choose "Continue as guest" with it to come back as ${user}.`;
+    } else if (held) {
+      text = `This browser holds the guest name "${user}": "Continue as guest" logs you in as ${user} again.`;
+    } else if (loggedOut) {
+      text = 'You logged out.';
+    }
+    note.textContent = text;
+    note.hidden = !text;
+  }
+
+  /** Ends the session. `byUser`: the user asked (the page says what becomes of a guest name). */
+  function logout(message, byUser = false) {
     if (S.user) store('user', S.user);
     store('token', null);
     const ws = S.ws;
@@ -1699,9 +1914,11 @@
     clearTimeout(S.retryTimer);
     clearTimeout(S.roomsTimer);
     if (ws) { ws.onclose = ws.onmessage = null; try { ws.close(1000, 'logout'); } catch { /* closed */ } }
+    const user = S.user;
     S.rooms = new Map();
     S.joined = [];
     S.left = new Set();
+    S.leaving.clear();
     S.current = null;
     S.outbox.clear();
     S.pendingJoins.clear();
@@ -1709,6 +1926,7 @@
     S.everConnected = false;
     S.connects = 0;
     S.user = null;
+    S.kind = null;
     S.presenceSeen = false;
     clearTimeout(S.typing.idleTimer);
     clearTimeout(S.typing.deferTimer);
@@ -1718,7 +1936,8 @@
     $('chat').classList.remove('with-people');
     $('messages').replaceChildren();
     setConn('offline');
-    showLogin(message);
+    showLogin(message, user);
+    if (byUser) renderLoginNote(true);
   }
 
   // ------------------------------------------------------------------ wiring
@@ -1731,7 +1950,8 @@
       if (mode === 'guest' && $('login-password').value) mode = 'login';
       login(mode);
     });
-    $('logout').addEventListener('click', () => logout());
+    $('logout').addEventListener('click', () => logout(null, true));
+    $('login-user').addEventListener('input', () => renderLoginNote());
     $('nav-toggle').addEventListener('click', () => setNav(!document.body.classList.contains('nav-open')));
     $('scrim').addEventListener('click', () => setNav(false));
     $('conn-retry').addEventListener('click', () => { S.attempt = 0; connect(); });

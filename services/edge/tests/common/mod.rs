@@ -25,6 +25,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: Client,
     pub state: AppState,
+    /// What the edge was started with, for another edge on the same log.
+    pub config: Config,
     _data: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     stop_handlers: tokio::sync::watch::Sender<bool>,
@@ -54,7 +56,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     chatlog_edge::ensure_streams(&client, &config.streams, PATIENCE)
         .await
         .expect("ensuring streams");
-    let state = chatlog_edge::state(config, client, reconnects)
+    let state = chatlog_edge::state(config.clone(), client, reconnects)
         .await
         .expect("building state");
     chatlog_edge::ensure_default_rooms(&state)
@@ -114,6 +116,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         addr,
         client: Client { addr },
         state,
+        config,
         _data: data,
         stop: Some(stop),
         stop_handlers,
@@ -146,6 +149,24 @@ impl std::ops::Deref for TestApp {
 }
 
 impl TestApp {
+    /// Another edge on the same log (the same token secret), served until the test ends.
+    pub async fn another_edge(&self) -> Client {
+        let (client, reconnects) = chatlog_edge::connect(&self.config.nats_url, "test-edge-2")
+            .await
+            .expect("connecting to nats");
+        // Returns once connected (the streams exist already).
+        chatlog_edge::ensure_streams(&client, &self.config.streams, PATIENCE)
+            .await
+            .expect("ensuring streams");
+        let state = chatlog_edge::state(self.config.clone(), client, reconnects)
+            .await
+            .expect("building state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(chatlog_edge::serve(state, listener, std::future::pending()));
+        Client { addr }
+    }
+
     /// Starts the edge's graceful shutdown (as SIGTERM does): every socket closes with 1001.
     pub fn shut_down_edge(&mut self) {
         if let Some(stop) = self.stop.take() {
