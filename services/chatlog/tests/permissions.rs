@@ -73,6 +73,32 @@ async fn chatlog_up_works_with_least_privilege_credentials() {
         })
         .await;
     assert_eq!(page["messages"][0]["text"], "hello @bob");
+    // Every read that waits for the writes before it can learn where they are.
+    for path in [
+        "/api/rooms",
+        "/api/rooms/lobby/events?since=0",
+        "/api/rooms/lobby/presence",
+        "/api/notifications",
+        "/api/unread",
+    ] {
+        let a = app.get(path, &token).await;
+        assert_eq!(a.status, 200, "{path}: {a:?}");
+    }
+    // A private room's membership is read at its head, a removal appended at it.
+    let a = app
+        .post(
+            "/api/rooms",
+            &ada_token,
+            json!({"id": "team", "private": true, "members": ["bob"]}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    assert_eq!(app.get("/api/rooms/team/messages", &token).await.status, 200);
+    let removed = app
+        .request("DELETE", "/api/rooms/team/members/bob", Some(&ada_token), None)
+        .await;
+    assert_eq!(removed.status, 204, "{removed:?}");
+    assert_eq!(app.get("/api/rooms/team/messages", &token).await.status, 404);
 }
 
 #[tokio::test]
