@@ -93,12 +93,23 @@ async fn chatlog_up_works_with_least_privilege_credentials() {
         )
         .await;
     assert_eq!(a.status, 201, "{a:?}");
-    assert_eq!(app.get("/api/rooms/team/messages", &token).await.status, 200);
+    assert_eq!(
+        app.get("/api/rooms/team/messages", &token).await.status,
+        200
+    );
     let removed = app
-        .request("DELETE", "/api/rooms/team/members/bob", Some(&ada_token), None)
+        .request(
+            "DELETE",
+            "/api/rooms/team/members/bob",
+            Some(&ada_token),
+            None,
+        )
         .await;
     assert_eq!(removed.status, 204, "{removed:?}");
-    assert_eq!(app.get("/api/rooms/team/messages", &token).await.status, 404);
+    assert_eq!(
+        app.get("/api/rooms/team/messages", &token).await.status,
+        404
+    );
 }
 
 #[tokio::test]

@@ -10,24 +10,8 @@ use serde_json::{Value, json};
 
 /// The events stored on `chat.account.<user>`.
 async fn account_events(app: &TestApp, user: &str) -> Vec<Value> {
-    let subject = format!("chat.account.{user}");
-    let head = app
-        .state
-        .log
-        .last_seq(Stream::Accounts, &subject)
+    app.stored(Stream::Accounts, &format!("chat.account.{user}"))
         .await
-        .unwrap();
-    if head == 0 {
-        return Vec::new();
-    }
-    app.state
-        .log
-        .read(Stream::Accounts, &subject, 1, head, 100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| serde_json::from_slice(&m.body).unwrap())
-        .collect()
 }
 
 async fn guest(app: &TestApp, body: Value) -> Answer {

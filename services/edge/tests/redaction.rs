@@ -70,20 +70,6 @@ async fn a_deleted_message_is_served_redacted_and_an_edited_one_with_its_latest_
     assert_eq!(notes.body["notifications"][0]["text"], "");
 
     // The raw log still has it, for operators.
-    let head = app
-        .state
-        .log
-        .last_seq(Stream::Rooms, "chat.room.lobby")
-        .await
-        .unwrap();
-    let raw = app
-        .state
-        .log
-        .read(Stream::Rooms, "chat.room.lobby", 1, head, 1000)
-        .await
-        .unwrap();
-    assert!(
-        raw.iter()
-            .any(|m| String::from_utf8_lossy(&m.body).contains("hunter2"))
-    );
+    let raw = app.stored(Stream::Rooms, "chat.room.lobby").await;
+    assert!(raw.iter().any(|e| e.to_string().contains("hunter2")));
 }

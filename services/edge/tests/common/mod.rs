@@ -149,6 +149,22 @@ impl std::ops::Deref for TestApp {
 }
 
 impl TestApp {
+    /// The events stored on `subject` of `stream`, raw from the log.
+    pub async fn stored(&self, stream: chatlog_events::Stream, subject: &str) -> Vec<Value> {
+        let head = self.state.log.last_seq(stream, subject).await.unwrap();
+        if head == 0 {
+            return Vec::new();
+        }
+        self.state
+            .log
+            .read(stream, subject, 1, head, usize::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| serde_json::from_slice(&m.body).unwrap())
+            .collect()
+    }
+
     /// Another edge on the same log (the same token secret), served until the test ends.
     pub async fn another_edge(&self) -> Client {
         let (client, reconnects) = chatlog_edge::connect(&self.config.nats_url, "test-edge-2")
