@@ -13,15 +13,12 @@ use argon2::{
     Argon2,
     password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash},
 };
-use chatlog_events::{
-    ChatEvent, Payload, Stream, UserId,
-    event::{AccountRegistered, GuestClaimed},
-    subjects,
-};
+use chatlog_events::{ChatEvent, Payload, Stream, UserId, event::AccountRegistered, subjects};
 
 use crate::{
     AppState,
     auth::Kind,
+    decide::GuestLogin,
     error::{ApiError, Code},
     log::{Log, LogError},
 };
@@ -132,7 +129,8 @@ fn check_secret(secret: &str) -> Result<(), ApiError> {
     }
 }
 
-fn sha256_hex(secret: &str) -> String {
+/// The SHA-256 of a guest's secret, hex: what its claim keeps.
+pub fn sha256_hex(secret: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(secret.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -151,33 +149,12 @@ pub async fn guest(
     }
     // Twice at most: a claim that lost a race is decided again on the winner's.
     for _ in 0..2 {
-        match state.accounts.holder(&state.log, user).await? {
-            Holder::Account { .. } => {
-                return Err(ApiError::new(
-                    Code::Conflict,
-                    "that name belongs to a registered account: log in",
-                ));
-            }
-            Holder::Guest { secret_sha256 } => {
-                let Some(secret) = secret else {
-                    return Err(ApiError::new(
-                        Code::Conflict,
-                        "that name is held by another guest",
-                    ));
-                };
-                if sha256_hex(&secret) != secret_sha256 {
-                    return Err(ApiError::new(
-                        Code::Unauthorized,
-                        "wrong secret for that guest name",
-                    ));
-                }
+        let holder = state.accounts.holder(&state.log, user).await?;
+        let secret = match crate::decide::guest(&holder, secret.as_deref(), new_secret)? {
+            GuestLogin::LogIn { secret } => {
                 return Ok((state.auth.issue(user, Kind::Guest)?, secret));
             }
-            Holder::Free => {
-                let secret = secret.clone().unwrap_or_else(new_secret);
-                let claim = GuestClaimed {
-                    secret_sha256: sha256_hex(&secret),
-                };
+            GuestLogin::Claim { secret, claim } => {
                 let event = ChatEvent::for_user(
                     user,
                     user.clone(),
@@ -185,20 +162,20 @@ pub async fn guest(
                     Payload::GuestClaimed(claim.clone()),
                 );
                 match state.log.append_if_last(&event, 0).await {
-                    Ok(_) => {
-                        state.accounts.remember(
-                            user,
-                            Holder::Guest {
-                                secret_sha256: claim.secret_sha256,
-                            },
-                        );
-                        return Ok((state.auth.issue(user, Kind::Guest)?, secret));
-                    }
+                    Ok(_) => {}
                     Err(LogError::Conflict) => continue,
                     Err(e) => return Err(e.into()),
                 }
+                state.accounts.remember(
+                    user,
+                    Holder::Guest {
+                        secret_sha256: claim.secret_sha256,
+                    },
+                );
+                secret
             }
-        }
+        };
+        return Ok((state.auth.issue(user, Kind::Guest)?, secret));
     }
     Err(ApiError::new(
         Code::Conflict,

@@ -4,15 +4,22 @@
 //! what comes out. Tested given (the room) / when (a command) / then (payloads or refusal).
 //!
 //! Membership rules are [`chatlog_events::membership::allowed`], the one the views apply too.
+//! A guest login is decided here as well ([`guest`]), on who holds the name.
 
 use chatlog_events::{
     EventId, Payload, UserId,
-    event::{Membership, MessageDeleted, MessageEdited, MessagePosted, Reaction, ReadMarked},
+    event::{
+        GuestClaimed, Membership, MessageDeleted, MessageEdited, MessagePosted, Reaction,
+        ReadMarked,
+    },
     membership,
     queries::{MessageView, RoomView},
 };
 
-use crate::error::{ApiError, Code};
+use crate::{
+    accounts::{Holder, sha256_hex},
+    error::{ApiError, Code},
+};
 
 /// A change to an existing message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +169,51 @@ pub fn decide(actor: &UserId, given: &Given, command: Command) -> Result<Vec<Pay
                 room: room.id.clone(),
                 seq,
             })])
+        }
+    }
+}
+
+/// What a guest login does, decided on who holds the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestLogin {
+    /// The name is free: append this claim (only if the name's subject is still empty), then
+    /// hand out this secret.
+    Claim { secret: String, claim: GuestClaimed },
+    /// The guest holding the name, proven by its secret.
+    LogIn { secret: String },
+}
+
+/// A guest login for a name held by `holder`, with the `secret` the client gave (already checked
+/// in form); `new_secret` makes one for a first claim that brought none.
+pub fn guest(
+    holder: &Holder,
+    secret: Option<&str>,
+    new_secret: impl FnOnce() -> String,
+) -> Result<GuestLogin, ApiError> {
+    match holder {
+        Holder::Account { .. } => Err(ApiError::new(
+            Code::Conflict,
+            "that name belongs to a registered account: log in",
+        )),
+        Holder::Guest { secret_sha256 } => match secret {
+            None => Err(ApiError::new(
+                Code::Conflict,
+                "that name is held by another guest",
+            )),
+            Some(secret) if &sha256_hex(secret) == secret_sha256 => Ok(GuestLogin::LogIn {
+                secret: secret.to_string(),
+            }),
+            Some(_) => Err(ApiError::new(
+                Code::Unauthorized,
+                "wrong secret for that guest name",
+            )),
+        },
+        Holder::Free => {
+            let secret = secret.map_or_else(new_secret, str::to_string);
+            let claim = GuestClaimed {
+                secret_sha256: sha256_hex(&secret),
+            };
+            Ok(GuestLogin::Claim { secret, claim })
         }
     }
 }

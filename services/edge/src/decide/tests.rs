@@ -8,8 +8,11 @@ use chatlog_events::{
     queries::{MessageView, RoomView},
 };
 
-use super::{Change, Command, Given, decide};
-use crate::error::Code;
+use super::{Change, Command, Given, GuestLogin, decide, guest};
+use crate::{
+    accounts::{Holder, sha256_hex},
+    error::Code,
+};
 
 fn user(name: &str) -> UserId {
     UserId::parse(name).unwrap()
@@ -327,4 +330,54 @@ fn members_are_read_at_the_head_only_where_a_rule_needs_them() {
     assert!(!post("hi", &[]).needs_members(false));
     assert!(post("hi", &[]).needs_members(true));
     assert!(Command::Look.needs_members(true));
+}
+
+fn held_by_guest(secret: &str) -> Holder {
+    Holder::Guest {
+        secret_sha256: sha256_hex(secret),
+    }
+}
+
+#[test]
+fn a_free_name_is_claimed_with_the_secret_given_or_a_new_one() {
+    let claimed = guest(&Holder::Free, None, || "fresh-secret-0123456789".into()).unwrap();
+    let GuestLogin::Claim { secret, claim } = claimed else {
+        panic!("{claimed:?}");
+    };
+    assert_eq!(secret, "fresh-secret-0123456789");
+    assert_eq!(claim.secret_sha256, sha256_hex(&secret));
+    assert_ne!(
+        claim.secret_sha256, secret,
+        "the claim keeps a hash, never the secret"
+    );
+    let brought = guest(&Holder::Free, Some("my-own-secret-0123"), || unreachable!()).unwrap();
+    assert!(matches!(brought, GuestLogin::Claim { secret, .. } if secret == "my-own-secret-0123"));
+}
+
+#[test]
+fn a_name_a_guest_holds_needs_its_secret() {
+    let holder = held_by_guest("alices-secret-0123");
+    assert_eq!(
+        guest(&holder, Some("alices-secret-0123"), || unreachable!()).unwrap(),
+        GuestLogin::LogIn {
+            secret: "alices-secret-0123".into()
+        }
+    );
+    let without = guest(&holder, None, || unreachable!()).unwrap_err();
+    assert_eq!(without.code, Code::Conflict);
+    let wrong = guest(&holder, Some("mallorys-guess-0123"), || unreachable!()).unwrap_err();
+    assert_eq!(wrong.code, Code::Unauthorized);
+}
+
+#[test]
+fn an_accounts_name_is_no_guests() {
+    let account = Holder::Account {
+        password_hash: "$argon2id$...".into(),
+    };
+    for secret in [None, Some("any-secret-at-all-0123")] {
+        assert_eq!(
+            guest(&account, secret, || unreachable!()).unwrap_err().code,
+            Code::Conflict
+        );
+    }
 }
