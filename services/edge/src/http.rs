@@ -492,6 +492,7 @@ async fn notifications_as_now(
     answer: &mut NotificationsAnswer,
 ) -> Result<(), ApiError> {
     use chatlog_events::queries::{CurrentAnswer, CurrentRequest};
+    use futures::{StreamExt, TryStreamExt};
     use std::collections::BTreeMap;
     let mut by_room: BTreeMap<RoomId, Vec<chatlog_events::EventId>> = BTreeMap::new();
     for n in &answer.notifications {
@@ -514,10 +515,11 @@ async fn notifications_as_now(
             Ok::<_, ApiError>((request.room, answer))
         }
     });
-    let now: BTreeMap<RoomId, CurrentAnswer> = futures::future::try_join_all(asks)
-        .await?
-        .into_iter()
-        .collect();
+    // A few rooms at a time: a page of notifications may span hundreds of rooms.
+    let now: BTreeMap<RoomId, CurrentAnswer> = futures::stream::iter(asks)
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
     for n in &mut answer.notifications {
         if let Some(current) = now.get(&n.room).and_then(|a| a.messages.get(&n.message_id)) {
             n.text.clone_from(&current.text);

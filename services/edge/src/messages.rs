@@ -93,8 +93,13 @@ pub fn validate_text(text: &str, max_chars: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The valid user ids written as `@id` in `text`, each once, in order of appearance. An `@` counts
-/// only at the start or after a character that cannot be part of an id (so `a@b.c` is no mention).
+/// Most mentions one message makes: each is looked up (does someone hold the name?), and a text
+/// of a thousand `@x` must not cost a thousand reads of the log.
+pub const MAX_MENTIONS: usize = 50;
+
+/// The valid user ids written as `@id` in `text`, each once, in order of appearance, at most
+/// [`MAX_MENTIONS`]. An `@` counts only at the start or after a character that cannot be part of
+/// an id (so `a@b.c` is no mention).
 pub fn mentions(text: &str) -> Vec<UserId> {
     let is_id_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
     let mut found: Vec<UserId> = Vec::new();
@@ -107,6 +112,9 @@ pub fn mentions(text: &str) -> Vec<UserId> {
                 && !found.contains(&user)
             {
                 found.push(user);
+                if found.len() == MAX_MENTIONS {
+                    break;
+                }
             }
         }
         previous = Some(c);
@@ -192,6 +200,8 @@ mod tests {
         assert_eq!(ids(mentions("@ada: look")), ["ada"]);
         assert!(mentions("mail a@b.c or @ or @UPPER or @-x").is_empty());
         assert!(mentions(&format!("@{}", "x".repeat(33))).is_empty());
+        let many: String = (0..200).map(|n| format!("@u{n} ")).collect();
+        assert_eq!(mentions(&many).len(), MAX_MENTIONS);
     }
 
     #[test]
