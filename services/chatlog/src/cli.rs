@@ -116,12 +116,28 @@ pub struct EdgeArgs {
     /// Largest WebSocket frame, in bytes.
     #[arg(long, env = "CHATLOG_MAX_FRAME", default_value_t = Limits::default().max_frame_bytes)]
     pub max_frame: usize,
-    /// Sends per connection per second.
+    /// Appends per user per second (send, edit, delete, react, read, member changes; WebSocket
+    /// and HTTP together, across the user's connections on this edge).
     #[arg(long, env = "CHATLOG_SEND_RATE", default_value_t = Limits::default().sends_per_second)]
     pub send_rate: f64,
-    /// Sends per connection in a burst.
+    /// Appends per user in a burst.
     #[arg(long, env = "CHATLOG_SEND_BURST", default_value_t = Limits::default().send_burst)]
     pub send_burst: f64,
+    /// `typing`, `join` and `leave` frames per user per second.
+    #[arg(long, env = "CHATLOG_SIGNAL_RATE", default_value_t = Limits::default().signals_per_second)]
+    pub signal_rate: f64,
+    /// `typing`, `join` and `leave` frames per user in a burst.
+    #[arg(long, env = "CHATLOG_SIGNAL_BURST", default_value_t = Limits::default().signal_burst)]
+    pub signal_burst: f64,
+    /// Rooms one user may create per minute.
+    #[arg(long, env = "CHATLOG_ROOMS_PER_MINUTE", default_value_t = Limits::default().rooms_per_minute)]
+    pub rooms_per_minute: f64,
+    /// Failed logins per account per minute before its logins wait.
+    #[arg(long, env = "CHATLOG_LOGIN_FAILURES_PER_MINUTE", default_value_t = Limits::default().login_failures_per_minute)]
+    pub login_failures_per_minute: f64,
+    /// Password hashes computed at once (argon2: ~19 MiB each); more logins wait their turn.
+    #[arg(long, env = "CHATLOG_CONCURRENT_HASHES", default_value_t = Limits::default().concurrent_hashes)]
+    pub concurrent_hashes: usize,
     /// Rooms one connection may join.
     #[arg(long, env = "CHATLOG_MAX_ROOMS", default_value_t = Limits::default().max_rooms_per_connection)]
     pub max_rooms: usize,
@@ -163,6 +179,11 @@ impl EdgeArgs {
             max_frame_bytes: self.max_frame,
             sends_per_second: self.send_rate,
             send_burst: self.send_burst,
+            signals_per_second: self.signal_rate,
+            signal_burst: self.signal_burst,
+            rooms_per_minute: self.rooms_per_minute,
+            login_failures_per_minute: self.login_failures_per_minute,
+            concurrent_hashes: self.concurrent_hashes.max(1),
             max_rooms_per_connection: self.max_rooms,
             outbound_queue: self.outbound_queue.max(1),
             heartbeat: Duration::from_millis(self.heartbeat_ms.max(100)),

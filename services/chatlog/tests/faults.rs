@@ -232,7 +232,19 @@ async fn start_chatlog(nats: &NatsServer, data: &std::path::Path, what: &str) ->
     common::serve(common::command(
         &nats.url(),
         data,
-        &[what, "--max-connections-per-user", "1000"],
+        &[
+            what,
+            "--max-connections-per-user",
+            "1000",
+            "--signal-rate",
+            "1000",
+            "--signal-burst",
+            "1000",
+            "--send-rate",
+            "1000",
+            "--send-burst",
+            "1000",
+        ],
     ))
     .await
 }

@@ -217,6 +217,7 @@ pub async fn register(
     if state.accounts.holder(&state.log, user).await? != Holder::Free {
         return Err(taken());
     }
+    let _permit = hashing_permit(state).await?;
     let hash = tokio::task::spawn_blocking(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
@@ -250,6 +251,11 @@ pub async fn register(
     state.auth.issue(user, Kind::Account)
 }
 
+/// A turn to compute a password hash: a few at once, the others wait their turn.
+async fn hashing_permit(state: &AppState) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    state.hashing.acquire().await.map_err(ApiError::internal)
+}
+
 fn taken() -> ApiError {
     ApiError::new(Code::Conflict, "that name is taken")
 }
@@ -260,10 +266,17 @@ pub async fn login(state: &AppState, user: &UserId, password: String) -> Result<
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(refused());
     }
+    // An account that failed too often lately is not tried again (its guesser waits).
+    state
+        .budgets
+        .login_failures
+        .check(user)
+        .map_err(|wait| ApiError::rate_limited("too many failed logins, wait", wait))?;
     let Holder::Account { password_hash } = state.accounts.holder(&state.log, user).await? else {
         return Err(refused());
     };
     let hash = Arc::new(password_hash);
+    let permit = hashing_permit(state).await?;
     let ok = tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
             .map(|parsed| {
@@ -275,7 +288,9 @@ pub async fn login(state: &AppState, user: &UserId, password: String) -> Result<
     })
     .await
     .map_err(ApiError::internal)?;
+    drop(permit);
     if !ok {
+        let _ = state.budgets.login_failures.take(user);
         return Err(refused());
     }
     state.auth.issue(user, Kind::Account)

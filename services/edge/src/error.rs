@@ -45,6 +45,9 @@ impl Code {
 pub struct ApiError {
     pub code: Code,
     pub message: String,
+    /// When to try again (`rate_limited`): HTTP's `Retry-After`.
+    #[serde(skip)]
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -52,6 +55,15 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Over a limit: try again after `wait`.
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(Code::RateLimited, message)
         }
     }
 
@@ -85,7 +97,20 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.code.status(), Json(self)).into_response()
+        let retry_after = self.retry_after.map(|wait| {
+            // Whole seconds, rounded up: a client that waits that long finds a token.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            secs.max(1).to_string()
+        });
+        let mut response = (self.code.status(), Json(self)).into_response();
+        if let Some(secs) = retry_after
+            && let Ok(value) = axum::http::HeaderValue::from_str(&secs)
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 

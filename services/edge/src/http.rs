@@ -229,16 +229,23 @@ pub async fn create_room(
     let id = parse_room(&req.id)?;
     let name = req.name.unwrap_or_else(|| id.to_string());
     let topic = req.topic.unwrap_or_default();
-    if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        return Err(ApiError::bad_request(format!(
-            "name must be 1 to {MAX_NAME_CHARS} characters"
-        )));
+    if name.trim().is_empty() {
+        return Err(ApiError::bad_request("name is empty"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::new(
+            Code::TooLarge,
+            format!("name must be at most {MAX_NAME_CHARS} characters"),
+        ));
     }
     if topic.chars().count() > MAX_TOPIC_CHARS {
-        return Err(ApiError::bad_request(format!(
-            "topic must be at most {MAX_TOPIC_CHARS} characters"
-        )));
+        return Err(ApiError::new(
+            Code::TooLarge,
+            format!("topic must be at most {MAX_TOPIC_CHARS} characters"),
+        ));
     }
+    crate::messages::refuse_controls("name", &name)?;
+    crate::messages::refuse_controls("topic", &topic)?;
     if req.members.len() > MAX_MEMBERS {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_MEMBERS} members"
@@ -256,6 +263,11 @@ pub async fn create_room(
         private: req.private,
         members,
     };
+    state
+        .budgets
+        .room_creates
+        .take(&user)
+        .map_err(|wait| ApiError::rate_limited("too many rooms created, wait a minute", wait))?;
     let (room, last_seq) = state.rooms.create(&user, new).await?;
     let listing = RoomView {
         id: room.id.clone(),
@@ -293,6 +305,7 @@ pub async fn post_message(
     ApiJson(req): ApiJson<PostMessage>,
 ) -> Result<(StatusCode, Json<Posted>), ApiError> {
     let room = parse_room(&room)?;
+    crate::limits::take_append(&state, &user)?;
     let event = crate::messages::post(
         &state,
         &user,
@@ -558,6 +571,7 @@ pub async fn read_notifications(
         .map(|id| EventId::parse(id))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| ApiError::bad_request("ids must be notification ids"))?;
+    crate::limits::take_append(&state, &user)?;
     let payload = Payload::NotificationRead(NotificationRead { ids, all: req.all });
     let event = ChatEvent::for_user(&user, user.clone(), "edge", payload);
     state.log.append(&event).await?;
@@ -637,6 +651,7 @@ pub async fn membership(
     command: Command,
 ) -> Result<StatusCode, ApiError> {
     use crate::log::LogError;
+    crate::limits::take_append(state, user)?;
     let mut tries = 0;
     loop {
         let (view, head) = state.rooms.at_head(room, &state.views, true).await?;

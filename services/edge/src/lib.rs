@@ -97,6 +97,12 @@ pub struct Inner {
     /// Who holds each name seen by this edge (an account or a guest).
     pub accounts: accounts::Registry,
     pub metrics: metrics::Metrics,
+    /// Per-user (and per-account) budgets: appends, typing/join/leave, room creation, failed
+    /// logins; shared by every connection and route of the user on this edge.
+    pub budgets: limits::Budgets,
+    /// Password hashes computed at once: a login flood queues here instead of holding the CPU
+    /// and ~19 MiB per hash.
+    pub hashing: tokio::sync::Semaphore,
     /// Flips to true when the edge shuts down: every connection closes with 1001.
     pub shutdown: watch::Sender<bool>,
 }
@@ -244,6 +250,8 @@ pub async fn state(
         users: users::UserFeeds::start(log.clone()),
         views,
         metrics: metrics::Metrics::default(),
+        budgets: limits::Budgets::new(&config.limits),
+        hashing: tokio::sync::Semaphore::new(config.limits.concurrent_hashes.max(1)),
         shutdown: watch::Sender::new(false),
         hub,
         log,

@@ -1,6 +1,12 @@
-//! The limits of PROTOCOL §4, and the token bucket behind the send rate.
+//! The limits of the protocol's limits section, and the token buckets behind the rates: one
+//! budget per user (or per account) shared by all of its connections and routes on this edge.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 /// Every limit the edge enforces; the defaults are the protocol's.
 #[derive(Debug, Clone)]
@@ -9,10 +15,21 @@ pub struct Limits {
     pub max_text_chars: usize,
     /// Largest WebSocket frame or message, in bytes; over it the connection closes with 1009.
     pub max_frame_bytes: usize,
-    /// Sends per connection per second, sustained.
+    /// Appends per user per second, sustained (send, edit, delete, react, read, member changes;
+    /// WebSocket and HTTP together).
     pub sends_per_second: f64,
-    /// Sends per connection in a burst.
+    /// Appends per user in a burst.
     pub send_burst: f64,
+    /// `typing`, `join` and `leave` frames per user per second, sustained.
+    pub signals_per_second: f64,
+    /// `typing`, `join` and `leave` frames per user in a burst.
+    pub signal_burst: f64,
+    /// Rooms one user may create per minute.
+    pub rooms_per_minute: f64,
+    /// Failed logins per account per minute before its logins are refused for a while.
+    pub login_failures_per_minute: f64,
+    /// Password hashes (argon2, ~19 MiB and tens of ms each) computed at once; more logins wait.
+    pub concurrent_hashes: usize,
     pub max_rooms_per_connection: usize,
     /// WebSocket connections one user may hold on one edge.
     pub max_connections_per_user: usize,
@@ -37,6 +54,11 @@ impl Default for Limits {
             max_frame_bytes: 64 * 1024,
             sends_per_second: 20.0,
             send_burst: 40.0,
+            signals_per_second: 10.0,
+            signal_burst: 20.0,
+            rooms_per_minute: 10.0,
+            login_failures_per_minute: 5.0,
+            concurrent_hashes: 2,
             max_rooms_per_connection: 100,
             max_connections_per_user: 20,
             outbound_queue: 1024,
@@ -60,12 +82,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(rate: f64, burst: f64) -> Self {
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            at: Instant::now(),
-        }
+        Self::new_at(rate, burst, Instant::now())
     }
 
     /// Takes a token if there is one.
@@ -74,9 +91,7 @@ impl TokenBucket {
     }
 
     fn take_at(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -84,11 +99,182 @@ impl TokenBucket {
             false
         }
     }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    /// How long until a token is there (zero when one is).
+    fn wait(&self) -> Duration {
+        if self.tokens >= 1.0 || self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+    }
+
+    fn full(&self) -> bool {
+        self.tokens >= self.burst
+    }
+}
+
+/// One token bucket per key (a user, an account), shared by every connection and route of that
+/// key on this edge. Keys whose bucket refilled are forgotten now and then, so the map holds only
+/// those who acted recently.
+#[derive(Debug)]
+pub struct Buckets<K> {
+    rate: f64,
+    burst: f64,
+    map: Mutex<HashMap<K, TokenBucket>>,
+}
+
+/// Past this many keys, a take first forgets the keys whose buckets are full again.
+const FORGET_PAST: usize = 4096;
+
+impl<K: Hash + Eq + Clone> Buckets<K> {
+    /// `rate` tokens a second, at most `burst` saved up, per key.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst: burst.max(1.0),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one of `key`'s tokens, or says how long until there is one.
+    pub fn take(&self, key: &K) -> Result<(), Duration> {
+        self.take_at(key, Instant::now())
+    }
+
+    fn take_at(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= FORGET_PAST && !map.contains_key(key) {
+            map.retain(|_, bucket| {
+                bucket.refill(now);
+                !bucket.full()
+            });
+        }
+        let bucket = map
+            .entry(key.clone())
+            .or_insert_with(|| TokenBucket::new_at(self.rate, self.burst, now));
+        if bucket.take_at(now) {
+            Ok(())
+        } else {
+            Err(bucket.wait().max(Duration::from_millis(1)))
+        }
+    }
+
+    /// Whether `key` has a token now, without taking it (how long until it has, if not).
+    pub fn check(&self, key: &K) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(key) {
+            Some(bucket) => {
+                bucket.refill(now);
+                match bucket.wait() {
+                    Duration::ZERO => Ok(()),
+                    wait => Err(wait),
+                }
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl TokenBucket {
+    fn new_at(rate: f64, burst: f64, at: Instant) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            at,
+        }
+    }
+}
+
+/// Takes one of `user`'s appends (`rate_limited` with when to come back, beyond the budget).
+pub fn take_append(
+    state: &crate::AppState,
+    user: &chatlog_events::UserId,
+) -> Result<(), crate::error::ApiError> {
+    state
+        .budgets
+        .appends
+        .take(user)
+        .map_err(|wait| crate::error::ApiError::rate_limited("too many writes, slow down", wait))
+}
+
+/// The per-user budgets of one edge.
+#[derive(Debug)]
+pub struct Budgets {
+    /// Appends of every kind, WebSocket and HTTP together.
+    pub appends: Buckets<chatlog_events::UserId>,
+    /// `typing`, `join`, `leave`.
+    pub signals: Buckets<chatlog_events::UserId>,
+    /// `POST /api/rooms`.
+    pub room_creates: Buckets<chatlog_events::UserId>,
+    /// Failed logins, per account.
+    pub login_failures: Buckets<chatlog_events::UserId>,
+}
+
+impl Budgets {
+    pub fn new(limits: &Limits) -> Self {
+        let per_minute = |n: f64| (n / 60.0, n);
+        let (rooms_rate, rooms_burst) = per_minute(limits.rooms_per_minute);
+        let (fail_rate, fail_burst) = per_minute(limits.login_failures_per_minute);
+        Self {
+            appends: Buckets::new(limits.sends_per_second, limits.send_burst),
+            signals: Buckets::new(limits.signals_per_second, limits.signal_burst),
+            room_creates: Buckets::new(rooms_rate, rooms_burst),
+            login_failures: Buckets::new(fail_rate, fail_burst),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_budget_serves_a_key_wherever_it_asks_from_and_says_when_to_come_back() {
+        let start = Instant::now();
+        let buckets = Buckets::new(20.0, 40.0);
+        let (ada, bob) = ("ada".to_string(), "bob".to_string());
+        // Forty from "twenty sockets" of ada's: one bucket, whoever takes.
+        assert_eq!(
+            (0..50)
+                .filter(|_| buckets.take_at(&ada, start).is_ok())
+                .count(),
+            40
+        );
+        let wait = buckets.take_at(&ada, start).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(40) && wait <= Duration::from_millis(50),
+            "{wait:?}"
+        );
+        // bob's budget is his own.
+        assert!(buckets.take_at(&bob, start).is_ok());
+        let later = start + Duration::from_millis(500);
+        assert_eq!(
+            (0..50)
+                .filter(|_| buckets.take_at(&ada, later).is_ok())
+                .count(),
+            10
+        );
+    }
+
+    #[test]
+    fn keys_whose_budget_refilled_are_forgotten() {
+        let start = Instant::now();
+        let buckets = Buckets::new(1.0, 1.0);
+        for n in 0..FORGET_PAST {
+            assert!(buckets.take_at(&n, start).is_ok());
+        }
+        let later = start + Duration::from_secs(2);
+        assert!(buckets.take_at(&FORGET_PAST, later).is_ok());
+        assert_eq!(buckets.map.lock().unwrap().len(), 1);
+    }
 
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {

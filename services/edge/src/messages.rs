@@ -79,11 +79,12 @@ async fn held(state: &AppState, mentioned: Vec<UserId>) -> Result<Vec<UserId>, A
     Ok(kept)
 }
 
-/// Text must not be blank and must fit the limit.
+/// Text must not be blank, must fit the limit and must hold no control character.
 pub fn validate_text(text: &str, max_chars: usize) -> Result<(), ApiError> {
     if text.trim().is_empty() {
         return Err(ApiError::bad_request("text is empty"));
     }
+    refuse_controls("text", text)?;
     if text.chars().count() > max_chars {
         return Err(ApiError::new(
             Code::TooLarge,
@@ -91,6 +92,25 @@ pub fn validate_text(text: &str, max_chars: usize) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Whether `c` may not appear in text, names or topics: C0 controls but newline and tab, DEL
+/// and C1, and the bidirectional overrides and isolates that make text read otherwise than it is
+/// stored.
+pub fn is_refused_control(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `bad_request` naming `what` when `value` holds a refused control character.
+pub fn refuse_controls(what: &str, value: &str) -> Result<(), ApiError> {
+    match value.chars().find(|c| is_refused_control(*c)) {
+        Some(c) => Err(ApiError::bad_request(format!(
+            "{what} holds a control character (U+{:04X})",
+            u32::from(c)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Most mentions one message makes: each is looked up (does someone hold the name?), and a text
@@ -202,6 +222,24 @@ mod tests {
         assert!(mentions(&format!("@{}", "x".repeat(33))).is_empty());
         let many: String = (0..200).map(|n| format!("@u{n} ")).collect();
         assert_eq!(mentions(&many).len(), MAX_MENTIONS);
+    }
+
+    #[test]
+    fn it_refuses_control_characters_but_newlines_and_tabs() {
+        assert!(validate_text("two\nlines\tand a tab, ünïcode 👍", 100).is_ok());
+        for bad in [
+            "\u{1}",
+            "a\rb",
+            "\u{7f}",
+            "\u{85}",
+            "\u{9b}",
+            "\u{202e}gnp.exe",
+            "\u{2067}x",
+        ] {
+            let e = validate_text(&format!("hi {bad}"), 100).unwrap_err();
+            assert_eq!(e.code, Code::BadRequest, "{bad:?}");
+            assert!(e.message.contains("control"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -47,7 +47,6 @@ use crate::{
     http::parse_room,
     hub::{Delivery, Kick, KickReason, Kind, Subscriber},
     inbox,
-    limits::TokenBucket,
     messages::Change,
 };
 
@@ -93,13 +92,13 @@ pub async fn upgrade(
         Err(e) => return e.into_response(),
     };
     let max = state.config.limits.max_connections_per_user;
-    if state.users.connections(&user) >= max {
-        let e = ApiError::new(
-            Code::RateLimited,
+    let Some(seat) = state.users.reserve(&user, max) else {
+        let e = ApiError::rate_limited(
             format!("at most {max} connections per user"),
+            Duration::from_secs(1),
         );
         return e.into_response();
-    }
+    };
     let max = state.config.limits.max_frame_bytes;
     // Small buffers: chat frames are small, tungstenite zero-fills its read buffer on every read
     // (with the 128 KiB default that memset was ~30 % of the edge's CPU under fan-out), and both
@@ -114,7 +113,7 @@ pub async fn upgrade(
             // its whole life, and the socket (368 bytes) moved into the split would stay as dead
             // weight in every connection's task, twice (serve and run_loop).
             let (sink, stream) = socket.split();
-            let fut = serve(state, user, sink, stream);
+            let fut = serve(state, user, seat, sink, stream);
             if std::env::var_os("CHATLOG_SIZES").is_some() {
                 eprintln!("serve future: {} bytes", std::mem::size_of_val(&fut));
             }
@@ -238,7 +237,6 @@ struct Connection {
     /// largest `Ctl`.
     ctl_tx: inbox::Sender<Box<Ctl>>,
     kick: Arc<Kick>,
-    sends: TokenBucket,
     /// Opaque id of this socket in presence events.
     connection: String,
     /// This connection's place in its user's notification feed.
@@ -256,7 +254,6 @@ impl Connection {
         let limits = &state.config.limits;
         let (live_tx, live_rx) = inbox::inbox(limits.outbound_queue);
         let (ctl_tx, ctl_rx) = inbox::inbox(256);
-        let sends = TokenBucket::new(limits.sends_per_second, limits.send_burst);
         let conn = Self {
             state,
             user,
@@ -265,7 +262,6 @@ impl Connection {
             live_tx,
             ctl_tx,
             kick: Arc::new(Kick::default()),
-            sends,
             connection: uuid::Uuid::new_v4().simple().to_string(),
             notify_join: 0,
             appends: SyncWrapper::new(None),
@@ -362,7 +358,13 @@ impl Connection {
 }
 
 /// Runs one upgraded connection until it closes, then leaves every room it joined.
-async fn serve(state: AppState, user: UserId, sink: Sink, stream: SplitStream<WebSocket>) {
+async fn serve(
+    state: AppState,
+    user: UserId,
+    seat: crate::users::Seat,
+    sink: Sink,
+    stream: SplitStream<WebSocket>,
+) {
     let (mut conn, live_rx, ctl_rx) = Connection::new(state, user);
     conn.state.metrics.connection_opened();
     conn.notify_join = conn.state.hub.next_join();
@@ -393,6 +395,7 @@ async fn serve(state: AppState, user: UserId, sink: Sink, stream: SplitStream<We
     }
     conn.state.users.unsubscribe(&conn.user, conn.notify_join);
     conn.state.metrics.connection_closed();
+    drop(seat);
 }
 
 impl Connection {
@@ -571,8 +574,16 @@ impl Connection {
         };
         let (id, answer) = match frame {
             ClientFrame::Ping => (None, Ok(Some(ServerFrame::Pong.to_text()))),
-            ClientFrame::Join { room, since, id } => (id, self.join(&room, since, sink).await),
-            ClientFrame::Leave { room, id } => (id, self.leave(&room)),
+            ClientFrame::Join { room, since, id } => {
+                let answer = match self.take_signal() {
+                    Ok(()) => self.join(&room, since, sink).await,
+                    Err(e) => Err(e),
+                };
+                (id, answer)
+            }
+            ClientFrame::Leave { room, id } => {
+                (id, self.take_signal().and_then(|()| self.leave(&room)))
+            }
             ClientFrame::Send {
                 room,
                 text,
@@ -619,7 +630,10 @@ impl Connection {
                 let answer = self.change(&room, &message_id, id.as_deref(), change).await;
                 (id, answer)
             }
-            ClientFrame::Typing { room, active, id } => (id, self.typing(&room, active)),
+            ClientFrame::Typing { room, active, id } => (
+                id,
+                self.take_signal().and_then(|()| self.typing(&room, active)),
+            ),
             ClientFrame::Read { room, seq, id } => {
                 let answer = self.read(&room, seq, id.as_deref()).await;
                 (id, answer)
@@ -939,16 +953,19 @@ impl Connection {
         Ok(None)
     }
 
-    /// Every write a client asks for counts against its send rate.
+    /// Every write a client asks for counts against its user's append budget (shared by all of
+    /// the user's connections and its HTTP requests on this edge).
     fn take_send(&mut self) -> Result<(), ApiError> {
-        if self.sends.take() {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                Code::RateLimited,
-                "too many sends, slow down",
-            ))
-        }
+        crate::limits::take_append(&self.state, &self.user)
+    }
+
+    /// `typing`, `join` and `leave` count against the user's budget for them.
+    fn take_signal(&self) -> Result<(), ApiError> {
+        self.state
+            .budgets
+            .signals
+            .take(&self.user)
+            .map_err(|wait| ApiError::rate_limited("too many typing, join or leave frames", wait))
     }
 
     /// Starts appending `event`: handed to JetStream now (a connection's appends are stored in

@@ -347,3 +347,43 @@ async fn a_private_room_is_invisible_to_non_members() {
             .any(|r| r["id"] == "secret")
     );
 }
+
+#[tokio::test]
+async fn control_characters_are_refused_in_text_names_and_topics_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let token = app.token("ada").await;
+    let mut ws = app.ws("ada").await;
+    ws.join("lobby", None).await;
+    // The worst the old limits let through: 3 990 `\u0001`, six bytes each in JSON.
+    let controls = "\u{1}".repeat(3990);
+    for text in [
+        controls.as_str(),
+        "a\u{202e}txt.exe",
+        "bell\u{7}",
+        "c1\u{85}",
+    ] {
+        ws.send(json!({"type": "send", "room": "lobby", "text": text, "id": uuid::Uuid::new_v4().to_string()}))
+            .await;
+        let answer = reply(&mut ws).await;
+        assert_eq!(answer["code"], "bad_request", "{answer}");
+        let posted = app
+            .post("/api/rooms/lobby/messages", &token, json!({"text": text}))
+            .await;
+        assert_eq!(posted.status, 400, "{posted:?}");
+    }
+    // Newlines and tabs are text.
+    let (_, seq) = ws.say("lobby", "two\nlines\tand a tab").await;
+    assert!(seq > 0);
+    for (body, status) in [
+        (json!({"id": "ctl", "topic": "\u{1}".repeat(1000)}), 400),
+        (json!({"id": "ctl", "name": "bad\u{202e}name"}), 400),
+        (json!({"id": "ctl", "name": "n".repeat(101)}), 413),
+        (json!({"id": "ctl", "topic": "t".repeat(1001)}), 413),
+    ] {
+        let a = app.post("/api/rooms", &token, body.clone()).await;
+        assert_eq!(a.status, status, "{body}: {a:?}");
+    }
+    assert_eq!(app.get("/api/rooms/ctl/messages", &token).await.status, 404);
+    let writes = app.writes_after("lobby", 0, &token).await;
+    assert_eq!(writes.len(), 1, "{writes:?}");
+}

@@ -135,7 +135,14 @@ async fn a_removed_member_is_out_at_once_on_every_path() {
 
 #[tokio::test]
 async fn a_join_sent_the_moment_the_removal_arrives_is_refused_every_time() {
-    let app = spawn_app().await;
+    // Two hundred joins and as many membership changes in seconds: over the default budgets.
+    let app = common::spawn_app_with(|c| {
+        c.limits.signals_per_second = 1000.0;
+        c.limits.signal_burst = 1000.0;
+        c.limits.sends_per_second = 1000.0;
+        c.limits.send_burst = 1000.0;
+    })
+    .await;
     private_room(&app, "ada", "secret", &[]).await;
     let mut bob = app.ws("bob").await;
     for round in 0..100 {
@@ -179,7 +186,7 @@ async fn a_join_sent_the_moment_the_removal_arrives_is_refused_every_time() {
 
 #[tokio::test]
 async fn a_room_just_created_is_listed_by_the_next_read() {
-    let app = spawn_app().await;
+    let app = common::spawn_app_with(|c| c.limits.rooms_per_minute = 100.0).await;
     let token = app.token("ada").await;
     for n in 0..20 {
         let id = format!("room-{n}");

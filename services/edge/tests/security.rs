@@ -358,7 +358,14 @@ async fn editing_someone_elses_message_is_forbidden_and_appends_nothing() {
 
 #[tokio::test]
 async fn subject_injection_ids_are_refused_on_every_endpoint_and_frame() {
-    let app = spawn_app().await;
+    // Every bad id on every frame: far more frames than a user's budgets allow.
+    let app = common::spawn_app_with(|c| {
+        c.limits.signals_per_second = 10_000.0;
+        c.limits.signal_burst = 10_000.0;
+        c.limits.sends_per_second = 10_000.0;
+        c.limits.send_burst = 10_000.0;
+    })
+    .await;
     let token = app.token("ada").await;
     let injections = [
         "a.b",

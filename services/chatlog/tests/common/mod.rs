@@ -111,7 +111,19 @@ pub async fn edge_for_bench(nats_url: &str, data: &Path) -> (Proc, String) {
     let (edge, client) = serve(command(
         nats_url,
         data,
-        &["edge", "--send-rate", "1000000", "--send-burst", "1000000"],
+        &[
+            "edge",
+            "--send-rate",
+            "1000000",
+            "--send-burst",
+            "1000000",
+            "--signal-rate",
+            "1000000",
+            "--signal-burst",
+            "1000000",
+            "--rooms-per-minute",
+            "1000000",
+        ],
     ))
     .await;
     (edge, format!("http://{}", client.addr))
