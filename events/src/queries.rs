@@ -30,6 +30,36 @@ pub const REQUIRE_SEQ_HEADER: &str = "Chatlog-Require-Seq";
 /// ask again (another replica may be ahead).
 pub const NOT_CAUGHT_UP: u16 = 503;
 
+/// The most bytes a view's answer may serialize to.
+///
+/// NATS drops a message larger than the server's `max_payload` (1 MiB by default, and as
+/// `nats.conf` sets it): a reply over it never reaches the asker, who sees a timeout, and a query
+/// whose answer grew past it would answer "unavailable" for good. Every query's answer is made to
+/// fit under half of that, room to spare for headers and a server configured lower: a page is cut
+/// (and says how to ask for the rest), a list that cannot be paged is capped, and what one item
+/// carries is bounded (the stream's largest event, [`crate::streams::StreamSettings`]'s
+/// `max_msg_size` of 64 KiB, bounds every stored text, escapes included, since the event holds it
+/// as JSON too).
+pub const MAX_ANSWER_BYTES: usize = 512 * 1024;
+
+/// The length of `value`'s JSON, as `serde_json::to_vec` writes it, without writing it.
+pub fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Counting cannot fail, and the views' types always serialize.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// Every view answers this query with a [`ChecksumAnswer`].
 pub const CHECKSUM: &str = "checksum";
 
@@ -55,7 +85,10 @@ pub struct ChecksumAnswer {
     pub lag: u64,
 }
 
-/// `views.history.messages`: the latest `limit` messages of `room` with seq < `before`.
+/// `views.history.messages`: the latest `limit` messages of `room` with seq < `before`, fewer when
+/// they would not fit in [`MAX_ANSWER_BYTES`] (never none while there is one: a message alone
+/// always fits, see [`MessageView`]). `has_more` says whether to ask on, with `before` = the
+/// oldest seq answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessagesRequest {
     pub room: RoomId,
@@ -68,11 +101,17 @@ pub struct MessagesRequest {
 pub struct MessagesAnswer {
     /// Oldest first.
     pub messages: Vec<MessageView>,
-    /// Whether older messages exist.
+    /// Whether older messages exist (the page may be shorter than `limit`: cut by bytes).
     pub has_more: bool,
 }
 
 /// A message with its edits, deletion and reactions folded in.
+///
+/// As a view answers it, its reactions are capped: at most [`MAX_REACTION_USERS`] users listed
+/// per emoji (the whole count in `reaction_counts`), the most reacted emoji first while the
+/// reactions' JSON fits in [`MAX_REACTIONS_BYTES`] (the others left out). So a message answered is
+/// at most ~192 KiB whatever is stored: its text and mentions come from one posted event and its
+/// text from at most one edit, each event at most 64 KiB as stored JSON, plus the reactions' cap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageView {
     pub seq: u64,
@@ -85,11 +124,23 @@ pub struct MessageView {
     pub reply_to: Option<EventId>,
     pub edited: bool,
     pub deleted: bool,
-    /// Emoji to the users who reacted with it, both sorted.
+    /// Emoji to the users who reacted with it, both sorted (in an answer, at most
+    /// [`MAX_REACTION_USERS`] of them per emoji: the first by id).
     pub reactions: BTreeMap<String, Vec<UserId>>,
     #[serde(default)]
     pub mentions: Vec<UserId>,
+    /// For each emoji whose `reactions` list was cut, how many users reacted with it in all.
+    /// Absent when none was cut, and never stored (the view keeps every reaction).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reaction_counts: BTreeMap<String, usize>,
 }
+
+/// Most users a message's answer lists per emoji.
+pub const MAX_REACTION_USERS: usize = 50;
+/// Most bytes of a message's `reactions` and `reaction_counts` JSON in an answer: ~30 emoji of
+/// the edge's longest (64 bytes, each escaped) with [`MAX_REACTION_USERS`] users each, or some
+/// 1 300 emoji of one user each.
+pub const MAX_REACTIONS_BYTES: usize = 64 * 1024;
 
 /// `views.history.message`: one message by id (`null` when unknown).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,15 +148,27 @@ pub struct MessageRequest {
     pub id: EventId,
 }
 
-/// `views.history.room`: one room (`null` when unknown).
+/// `views.history.room`: one room (`null` when unknown), a [`RoomView`].
+///
+/// Its `members`: with `members` asked, those of the users named who are members now (in the
+/// room's order), enough to decide on them and bounded however large the room; without, every
+/// member, refused (400) when the answer would pass [`MAX_ANSWER_BYTES`] (some 14 900 members of
+/// 32 characters: a public room's joins, or a private room's additions, have no bound).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomRequest {
     pub room: RoomId,
+    /// The users whose membership the answer tells (at most [`MAX_MEMBERS_ASKED`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<UserId>>,
 }
 
+/// Most users one `room` query asks about (a post names at most 50 mentions, plus its author).
+pub const MAX_MEMBERS_ASKED: usize = 100;
+
 /// `views.history.rooms`: the rooms `user` may see, by id: the first `limit` (default
-/// [`DEFAULT_ROOMS`], at most [`MAX_ROOMS`]) with an id after `after`. Answered with a
-/// `Vec<RoomView>`; fewer than `limit` means there are no more.
+/// [`DEFAULT_ROOMS`], at most [`MAX_ROOMS`]) with an id after `after`, fewer when they would not
+/// fit in [`MAX_ANSWER_BYTES`] (never none while there is one). Answered with a [`RoomsAnswer`]:
+/// a page shorter than `limit` is not the end, `has_more` is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomsRequest {
     pub user: UserId,
@@ -119,6 +182,30 @@ pub struct RoomsRequest {
 pub const DEFAULT_ROOMS: usize = 100;
 /// Most rooms one `rooms` query answers.
 pub const MAX_ROOMS: usize = 500;
+
+/// The answer of `views.history.rooms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomsAnswer {
+    /// By id.
+    pub rooms: Vec<ListedRoom>,
+    /// Whether `user` may see more rooms after the last one answered: ask on with `after` = its
+    /// id.
+    pub has_more: bool,
+}
+
+/// A room as the directory lists it: a [`RoomView`] (its fields inline in the JSON) whose
+/// `members` are those of a private room only, at most [`MAX_LISTED_MEMBERS`] of them (the first
+/// to have become members, and the user asking when it is one), and how many members it has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedRoom {
+    #[serde(flatten)]
+    pub room: RoomView,
+    /// Members of the room, all of them: a public room's those who joined it and did not leave.
+    pub member_count: usize,
+}
+
+/// Most members a [`ListedRoom`] lists (as many as a private room is created with, at most).
+pub const MAX_LISTED_MEMBERS: usize = 1000;
 
 /// A room of the directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,19 +231,32 @@ impl RoomView {
 
 /// `views.history.current`: the current state of some messages of `room`, by id (at most
 /// [`MAX_CURRENT_IDS`]), to serve their stored events as they are now (deleted, or edited).
+///
+/// The ids are answered in the order asked, as long as the answer fits in [`MAX_ANSWER_BYTES`]
+/// (a thousand texts of 4 000 characters do not). With `partial`, the answer then stops and its
+/// `next` is the index in `ids` of the first id not answered (ask again from there); without, such
+/// a request is refused (400): an asker that does not read `next` would take the ids not answered
+/// for messages of another room, and serve their stored text as it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CurrentRequest {
     pub room: RoomId,
     pub ids: Vec<EventId>,
+    /// Whether the asker reads [`CurrentAnswer::next`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// Most ids one `current` query asks about.
 pub const MAX_CURRENT_IDS: usize = 1000;
 
-/// Each id asked that is a message of the room; the others are absent.
+/// Each id asked (up to `next`) that is a message of the room; the others are absent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CurrentAnswer {
     pub messages: BTreeMap<EventId, Current>,
+    /// The index in the request's `ids` of the first id not answered (only for a `partial`
+    /// request cut at [`MAX_ANSWER_BYTES`]); absent when every id was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<usize>,
 }
 
 /// A message as it is now.
@@ -197,13 +297,18 @@ pub mod notifications {
     pub const MENTIONS: &str = "mentions";
 }
 
-/// `views.notifications.list`: a user's notifications, newest first.
+/// `views.notifications.list`: a user's notifications, newest first: the first `limit` (one at
+/// least) older than `before`, fewer when they would not fit in [`MAX_ANSWER_BYTES`] (never none
+/// while there is one: a notification alone is at most ~64 KiB, the stream's largest event).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationsRequest {
     pub user: UserId,
     #[serde(default)]
     pub unread_only: bool,
     pub limit: usize,
+    /// Only notifications older than this one: the id of the last (oldest) of the page before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<EventId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +316,10 @@ pub struct NotificationsAnswer {
     pub notifications: Vec<NotificationView>,
     /// How many are unread in all.
     pub unread: usize,
+    /// Whether older notifications (unread ones, with `unread_only`) exist: ask on with `before`
+    /// = the id of the last one answered. The page may be shorter than `limit` (cut by bytes).
+    #[serde(default)]
+    pub has_more: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,7 +335,8 @@ pub struct NotificationView {
     pub read: bool,
 }
 
-/// `views.notifications.markers`: a user's read markers, room to seq.
+/// `views.notifications.markers`: a user's read markers, room to seq: those of the first
+/// [`MAX_MARKERS`] rooms by id (a marker is ~56 bytes of JSON: 8 192 of them are 448 KiB).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MarkersRequest {
     pub user: UserId,
@@ -234,8 +344,14 @@ pub struct MarkersRequest {
 
 pub type MarkersAnswer = BTreeMap<RoomId, u64>;
 
+/// Most read markers a `markers` query answers: far more than the rooms `unread` counts
+/// ([`MAX_UNREAD_ROOMS`]), so the markers of those are answered unless the user marked some
+/// 7 000 rooms it left, with ids before theirs.
+pub const MAX_MARKERS: usize = 8192;
+
 /// `views.history.unread`: per room `user` is a member of, the messages after its marker (all
-/// without one), not counting its own or deleted ones.
+/// without one), not counting its own or deleted ones: the first [`MAX_UNREAD_ROOMS`] such rooms
+/// by id (the others are absent), each counted up to `MAX_UNREAD` (10 000).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnreadRequest {
     pub user: UserId,
@@ -247,6 +363,10 @@ pub struct UnreadRequest {
 pub struct UnreadAnswer {
     pub rooms: BTreeMap<RoomId, u64>,
 }
+
+/// Most rooms an `unread` query counts (~41 bytes of JSON each: ~40 KiB; and the counting reads
+/// each room's blocks back to its marker, so the work is bounded too).
+pub const MAX_UNREAD_ROOMS: usize = 1000;
 
 #[cfg(test)]
 mod tests {
@@ -307,6 +427,7 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            next: None,
         };
         let json = serde_json::to_string(&answer).unwrap();
         assert_eq!(
@@ -316,6 +437,90 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<CurrentAnswer>(&json).unwrap(),
             answer
+        );
+    }
+
+    #[test]
+    fn json_len_is_the_length_serde_json_writes() {
+        let room = RoomView {
+            id: RoomId::parse("lobby").unwrap(),
+            name: "\"quoted\" \\ and 🎉".into(),
+            topic: "line\u{1}".into(),
+            private: true,
+            members: vec![user("ada")],
+            creator: user("ada"),
+            last_seq: 7,
+        };
+        assert_eq!(json_len(&room), serde_json::to_vec(&room).unwrap().len());
+        assert_eq!(json_len(&Vec::<u8>::new()), 2);
+    }
+
+    #[test]
+    fn a_listed_room_is_a_room_view_with_its_member_count() {
+        let listed = ListedRoom {
+            room: RoomView {
+                id: RoomId::parse("lobby").unwrap(),
+                name: "Lobby".into(),
+                topic: String::new(),
+                private: false,
+                members: vec![],
+                creator: user("ada"),
+                last_seq: 3,
+            },
+            member_count: 2,
+        };
+        let answer = RoomsAnswer {
+            rooms: vec![listed],
+            has_more: true,
+        };
+        let json = serde_json::to_string(&answer).unwrap();
+        assert_eq!(
+            json,
+            r#"{"rooms":[{"id":"lobby","name":"Lobby","topic":"","private":false,"members":[],"creator":"ada","last_seq":3,"member_count":2}],"has_more":true}"#
+        );
+        assert_eq!(serde_json::from_str::<RoomsAnswer>(&json).unwrap(), answer);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let as_view: RoomView = serde_json::from_value(value["rooms"][0].clone()).unwrap();
+        assert_eq!(as_view, answer.rooms[0].room, "a RoomView reader reads it");
+    }
+
+    #[test]
+    fn the_new_fields_are_absent_from_the_old_forms_and_default_when_absent() {
+        let room = RoomId::parse("lobby").unwrap();
+        let asked = RoomRequest {
+            room: room.clone(),
+            members: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&asked).unwrap(),
+            r#"{"room":"lobby"}"#
+        );
+        let current = CurrentRequest {
+            room,
+            ids: vec![],
+            partial: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&current).unwrap(),
+            r#"{"room":"lobby","ids":[]}"#
+        );
+        let old: NotificationsAnswer =
+            serde_json::from_str(r#"{"notifications":[],"unread":0}"#).unwrap();
+        assert!(!old.has_more);
+        let request: NotificationsRequest =
+            serde_json::from_str(r#"{"user":"ada","limit":5}"#).unwrap();
+        assert_eq!(request.before, None);
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            r#"{"user":"ada","unread_only":false,"limit":5}"#
+        );
+        let message = r#"{"seq":1,"id":"0190f7a2-5b1c-7000-8000-000000000001","room":"lobby","user":"ada","text":"hi","time":"2027-01-15T08:00:00Z","reply_to":null,"edited":false,"deleted":false,"reactions":{},"mentions":[]}"#;
+        let read: MessageView = serde_json::from_str(message).unwrap();
+        assert!(read.reaction_counts.is_empty());
+        assert_eq!(
+            serde_json::to_string(&read).unwrap(),
+            message,
+            "a message whose reactions were not cut is written as before"
         );
     }
 }

@@ -147,6 +147,22 @@ pub struct EdgeArgs {
     /// Connections one user may hold on this edge.
     #[arg(long, env = "CHATLOG_MAX_CONNECTIONS_PER_USER", default_value_t = Limits::default().max_connections_per_user)]
     pub max_connections_per_user: usize,
+    /// WebSocket connections from one client address on this edge.
+    #[arg(long, env = "CHATLOG_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = Limits::default().max_connections_per_address)]
+    pub max_connections_per_address: usize,
+    /// Guest logins, registrations and logins per client address per minute.
+    #[arg(long, env = "CHATLOG_AUTH_PER_MINUTE", default_value_t = Limits::default().auth_per_minute)]
+    pub auth_per_minute: f64,
+    /// Guest logins, registrations and logins per client address in a burst.
+    #[arg(long, env = "CHATLOG_AUTH_BURST", default_value_t = Limits::default().auth_burst)]
+    pub auth_burst: f64,
+    /// Proxies whose X-Forwarded-For names the client (comma-separated CIDRs or addresses).
+    #[arg(long, env = "CHATLOG_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+    /// Client addresses exempt from the per-address limits, e.g. load generators
+    /// (comma-separated CIDRs); per-user limits still apply.
+    #[arg(long, env = "CHATLOG_LIMITS_EXEMPT", value_delimiter = ',')]
+    pub limits_exempt: Vec<String>,
     /// Origins a browser may open WebSockets from, beside the edge's own and localhost
     /// (comma-separated, e.g. https://chat.example.com).
     #[arg(long, env = "CHATLOG_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -188,6 +204,9 @@ impl EdgeArgs {
             outbound_queue: self.outbound_queue.max(1),
             heartbeat: Duration::from_millis(self.heartbeat_ms.max(100)),
             max_connections_per_user: self.max_connections_per_user.max(1),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            auth_per_minute: self.auth_per_minute,
+            auth_burst: self.auth_burst,
             ..Limits::default()
         };
         let streams = StreamSettings {
@@ -213,7 +232,20 @@ impl EdgeArgs {
             streams,
             extra_metrics: Default::default(),
             allowed_origins: self.allowed_origins,
+            trusted_proxies: cidrs("trusted proxy", &self.trusted_proxies)?,
+            limits_exempt: cidrs("exempt address", &self.limits_exempt)?,
         };
         Ok((config, self.http))
     }
+}
+
+/// Address blocks from a flag's comma-separated list (empty entries skipped).
+fn cidrs(what: &str, list: &[String]) -> anyhow::Result<Vec<chatlog_edge::limits::Cidr>> {
+    list.iter()
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| {
+            c.parse()
+                .map_err(|e: String| anyhow::anyhow!("{what} {c:?}: {e}"))
+        })
+        .collect()
 }

@@ -67,8 +67,25 @@ impl Command {
     }
 }
 
-/// The state a decision reads: the room (members as of its head when
-/// [`Command::needs_members`]) and, for a change, the message it names.
+impl Command {
+    /// The users whose membership deciding needs: the actor, and whom the command names (the
+    /// member added or removed, the users a post mentions).
+    pub fn concerns(&self, actor: &UserId) -> Vec<UserId> {
+        let mut users = vec![actor.clone()];
+        match self {
+            Command::AddMember { member } | Command::RemoveMember { member } => {
+                users.push(member.clone());
+            }
+            Command::Post { mentions, .. } => users.extend(mentions.iter().cloned()),
+            _ => {}
+        }
+        users.dedup();
+        users
+    }
+}
+
+/// The state a decision reads: the room (when [`Command::needs_members`], its members as of its
+/// head among [`Command::concerns`]) and, for a change, the message it names.
 pub struct Given<'a> {
     pub room: &'a RoomView,
     pub message: Option<&'a MessageView>,

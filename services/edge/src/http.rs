@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 
 use crate::{
     AppState,
+    address::ClientAddr,
     auth::AuthUser,
     decide::{Command, Given, decide},
     error::{ApiError, Code},
@@ -38,6 +39,15 @@ pub struct RoomListing {
     members: Vec<UserId>,
     member_count: usize,
     last_seq: u64,
+}
+
+impl From<chatlog_events::queries::ListedRoom> for RoomListing {
+    fn from(listed: chatlog_events::queries::ListedRoom) -> Self {
+        Self {
+            member_count: listed.member_count,
+            ..Self::from(listed.room)
+        }
+    }
 }
 
 impl From<RoomView> for RoomListing {
@@ -121,8 +131,10 @@ pub struct GuestAnswer {
 /// request (which gets the secret later requests need).
 pub async fn guest(
     State(state): State<AppState>,
+    client: ClientAddr,
     ApiJson(login): ApiJson<GuestLogin>,
 ) -> Result<Json<GuestAnswer>, ApiError> {
+    client.take_auth(&state)?;
     if !state.config.allow_guests {
         return Err(ApiError::new(
             Code::Forbidden,
@@ -144,8 +156,10 @@ pub struct Credentials {
 /// `POST /api/auth/register {"user","password"}`: 201 `{"token"}`; 409 taken.
 pub async fn register(
     State(state): State<AppState>,
+    client: ClientAddr,
     ApiJson(creds): ApiJson<Credentials>,
 ) -> Result<(StatusCode, Json<TokenAnswer>), ApiError> {
+    client.take_auth(&state)?;
     let user = parse_user(&creds.user)?;
     let token = crate::accounts::register(&state, &user, creds.password).await?;
     Ok((StatusCode::CREATED, Json(TokenAnswer { token })))
@@ -154,8 +168,10 @@ pub async fn register(
 /// `POST /api/auth/login {"user","password"}`: 200 `{"token"}`; 401.
 pub async fn login(
     State(state): State<AppState>,
+    client: ClientAddr,
     ApiJson(creds): ApiJson<Credentials>,
 ) -> Result<Json<TokenAnswer>, ApiError> {
+    client.take_auth(&state)?;
     // A malformed name cannot be an account: the same 401 as a wrong password.
     let user = UserId::parse(creds.user.as_str())
         .map_err(|_| ApiError::new(Code::Unauthorized, "wrong name or password"))?;
@@ -190,16 +206,26 @@ pub async fn list_rooms(
         )));
     }
     let head = state.log.stream_head(Stream::Rooms).await?;
-    let request = RoomsRequest {
-        user,
-        after,
-        limit: Some(limit),
-    };
-    let rooms: Vec<RoomView> = state
-        .views
-        .ask_at(history::VIEW, history::ROOMS, &request, Some(head))
-        .await?;
-    Ok(Json(rooms.into_iter().map(RoomListing::from).collect()))
+    // The view cuts a page by bytes too; the HTTP page ends short only at the end, so ask on.
+    let mut listed: Vec<RoomListing> = Vec::new();
+    let mut after = after;
+    loop {
+        let request = RoomsRequest {
+            user: user.clone(),
+            after: after.clone(),
+            limit: Some(limit - listed.len()),
+        };
+        let page: chatlog_events::queries::RoomsAnswer = state
+            .views
+            .ask_at(history::VIEW, history::ROOMS, &request, Some(head))
+            .await?;
+        after = page.rooms.last().map(|r| r.room.id.clone());
+        listed.extend(page.rooms.into_iter().map(RoomListing::from));
+        if !page.has_more || listed.len() >= limit || after.is_none() {
+            break;
+        }
+    }
+    Ok(Json(listed))
 }
 
 #[derive(Deserialize)]
@@ -458,6 +484,9 @@ pub async fn room_presence(
 pub struct NotificationsQuery {
     #[serde(default)]
     unread: bool,
+    /// Only notifications older than this one (the last of the page before).
+    #[serde(default)]
+    before: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
 }
@@ -477,7 +506,14 @@ pub async fn list_notifications(
         .log
         .last_seq(Stream::Users, &subjects::user(&user))
         .await?;
+    let before = query
+        .before
+        .as_deref()
+        .map(chatlog_events::EventId::parse)
+        .transpose()
+        .map_err(|_| ApiError::bad_request("before must be a notification id"))?;
     let request = NotificationsRequest {
+        before,
         user,
         unread_only: query.unread,
         limit: query
@@ -504,7 +540,7 @@ async fn notifications_as_now(
     state: &AppState,
     answer: &mut NotificationsAnswer,
 ) -> Result<(), ApiError> {
-    use chatlog_events::queries::{CurrentAnswer, CurrentRequest};
+    use chatlog_events::queries::CurrentAnswer;
     use futures::{StreamExt, TryStreamExt};
     use std::collections::BTreeMap;
     let mut by_room: BTreeMap<RoomId, Vec<chatlog_events::EventId>> = BTreeMap::new();
@@ -518,15 +554,9 @@ async fn notifications_as_now(
         return Ok(());
     }
     let head = state.log.stream_head(Stream::Rooms).await?;
-    let asks = by_room.into_iter().map(|(room, ids)| {
-        let request = CurrentRequest { room, ids };
-        async move {
-            let answer: CurrentAnswer = state
-                .views
-                .ask_strict(history::VIEW, history::CURRENT, &request, head)
-                .await?;
-            Ok::<_, ApiError>((request.room, answer))
-        }
+    let asks = by_room.into_iter().map(|(room, ids)| async move {
+        let answer = crate::served::current(&state.views, &room, ids, head).await?;
+        Ok::<_, ApiError>((room, answer))
     });
     // A few rooms at a time: a page of notifications may span hundreds of rooms.
     let now: BTreeMap<RoomId, CurrentAnswer> = futures::stream::iter(asks)
@@ -654,7 +684,11 @@ pub async fn membership(
     crate::limits::take_append(state, user)?;
     let mut tries = 0;
     loop {
-        let (view, head) = state.rooms.at_head(room, &state.views, true).await?;
+        let concerns = command.concerns(user);
+        let (view, head) = state
+            .rooms
+            .at_head(room, &state.views, Some(&concerns))
+            .await?;
         let given = Given {
             room: &view,
             message: None,

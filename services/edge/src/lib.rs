@@ -8,6 +8,7 @@
 //! [`run`] is the whole component; [`app`] is its router, for tests that drive it directly.
 
 pub mod accounts;
+pub mod address;
 pub mod auth;
 pub mod decide;
 pub mod error;
@@ -60,6 +61,11 @@ pub struct Config {
     /// Origins (`scheme://host[:port]`) a browser may open WebSockets from, beside the edge's
     /// own origin and localhost.
     pub allowed_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (the client's address for per-address limits).
+    pub trusted_proxies: Vec<limits::Cidr>,
+    /// Client addresses exempt from the per-address limits (load generators on a trusted
+    /// network); per-user limits still apply to them.
+    pub limits_exempt: Vec<limits::Cidr>,
 }
 
 impl Default for Config {
@@ -76,6 +82,8 @@ impl Default for Config {
             streams: streams::StreamSettings::default(),
             extra_metrics: metrics::Sources::default(),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            limits_exempt: Vec::new(),
         }
     }
 }
@@ -297,7 +305,8 @@ pub async fn serve(
         }
     });
     let closing = state.clone();
-    axum::serve(listener, app(state))
+    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             // The flag first: a connection registering after the kicks below sees it.

@@ -4,7 +4,8 @@
 use std::{
     collections::HashMap,
     hash::Hash,
-    sync::Mutex,
+    net::IpAddr,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -33,6 +34,12 @@ pub struct Limits {
     pub max_rooms_per_connection: usize,
     /// WebSocket connections one user may hold on one edge.
     pub max_connections_per_user: usize,
+    /// WebSocket connections from one client address on one edge.
+    pub max_connections_per_address: usize,
+    /// Guest logins, registrations and logins per client address per minute, sustained.
+    pub auth_per_minute: f64,
+    /// ... and in a burst.
+    pub auth_burst: f64,
     /// Room events queued for one connection before it counts as a slow consumer.
     pub outbound_queue: usize,
     /// Live events held for one room while its catch-up reads the stream.
@@ -61,6 +68,9 @@ impl Default for Limits {
             concurrent_hashes: 2,
             max_rooms_per_connection: 100,
             max_connections_per_user: 20,
+            max_connections_per_address: 200,
+            auth_per_minute: 10.0,
+            auth_burst: 20.0,
             outbound_queue: 1024,
             catch_up_buffer: 10_000,
             nats_deadline: Duration::from_secs(2),
@@ -193,6 +203,113 @@ impl TokenBucket {
     }
 }
 
+/// Connections held (or being opened) per key: counted and checked under one lock, so sockets
+/// opened at once cannot all pass the check before any is counted.
+#[derive(Debug)]
+pub struct Seats<K: Hash + Eq> {
+    held: Mutex<HashMap<K, usize>>,
+}
+
+impl<K: Hash + Eq> Default for Seats<K> {
+    fn default() -> Self {
+        Self {
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// One connection's seat, from the upgrade's check until the connection ends (or the upgrade
+/// fails): dropping it frees the seat.
+#[derive(Debug)]
+pub struct Seat<K: Hash + Eq> {
+    seats: Arc<Seats<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> Seats<K> {
+    /// A seat for one more connection of `key`, unless it holds `max` already.
+    pub fn reserve(self: &Arc<Self>, key: &K, max: usize) -> Option<Seat<K>> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Seat {
+            seats: self.clone(),
+            key: key.clone(),
+        })
+    }
+}
+
+impl<K: Hash + Eq> Drop for Seat<K> {
+    fn drop(&mut self) {
+        let mut held = self.seats.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// An address block (`10.0.0.0/8`, `::1/128`, or one address), for trusted proxies and the
+/// addresses exempt from the per-address limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("bad address in {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("bad prefix in {s:?}"))?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` is in this block (an IPv4 address mapped into IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Takes one of `user`'s appends (`rate_limited` with when to come back, beyond the budget).
 pub fn take_append(
     state: &crate::AppState,
@@ -216,6 +333,12 @@ pub struct Budgets {
     pub room_creates: Buckets<chatlog_events::UserId>,
     /// Failed logins, per account.
     pub login_failures: Buckets<chatlog_events::UserId>,
+    /// Guest logins, registrations and logins, per client address.
+    pub auth_by_address: Buckets<IpAddr>,
+    /// WebSocket connections per user.
+    pub user_seats: Arc<Seats<chatlog_events::UserId>>,
+    /// WebSocket connections per client address.
+    pub address_seats: Arc<Seats<IpAddr>>,
 }
 
 impl Budgets {
@@ -228,6 +351,9 @@ impl Budgets {
             signals: Buckets::new(limits.signals_per_second, limits.signal_burst),
             room_creates: Buckets::new(rooms_rate, rooms_burst),
             login_failures: Buckets::new(fail_rate, fail_burst),
+            auth_by_address: Buckets::new(limits.auth_per_minute / 60.0, limits.auth_burst),
+            user_seats: Arc::default(),
+            address_seats: Arc::default(),
         }
     }
 }
@@ -274,6 +400,25 @@ mod tests {
         let later = start + Duration::from_secs(2);
         assert!(buckets.take_at(&FORGET_PAST, later).is_ok());
         assert_eq!(buckets.map.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn address_blocks_contain_what_they_say() {
+        let block: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(block.contains("10.1.200.3".parse().unwrap()));
+        assert!(!block.contains("10.2.0.1".parse().unwrap()));
+        assert!(block.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one: Cidr = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
     }
 
     #[test]

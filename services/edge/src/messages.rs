@@ -47,10 +47,9 @@ async fn decide_one(
     message: Option<MessageView>,
 ) -> Result<Payload, ApiError> {
     let private = state.rooms.get(room).await?.is_some_and(|r| r.private);
-    let (view, _) = state
-        .rooms
-        .at_head(room, &state.views, command.needs_members(private))
-        .await?;
+    let concerns = command.concerns(user);
+    let members = command.needs_members(private).then_some(&concerns[..]);
+    let (view, _) = state.rooms.at_head(room, &state.views, members).await?;
     let given = Given {
         room: &view,
         message: message.as_ref(),

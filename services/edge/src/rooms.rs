@@ -82,29 +82,32 @@ impl Directory {
         Ok(self.remember(id, &first.body))
     }
 
-    /// The room as of its head, for [`crate::decide`]: with `members`, its membership read from
-    /// the history view once that view holds the room's last seq (never from a view or a replica
-    /// that lags); without, as its `chat.room.created` made it (enough for a public room's
-    /// posts). `not_found` when it does not exist. Returns the room and the head read (0 when
+    /// The room as of its head, for [`crate::decide`]: with `members`, which of those users are
+    /// members, read from the history view once that view holds the room's last seq (never from
+    /// a view or a replica that lags); without, as its `chat.room.created` made it (enough for a
+    /// public room's posts). `not_found` when it does not exist. Returns the room and the head read (0 when
     /// none was).
     pub async fn at_head(
         &self,
         id: &RoomId,
         views: &Views,
-        members: bool,
+        members: Option<&[UserId]>,
     ) -> Result<(RoomView, u64), ApiError> {
         let Some(room) = self.get(id).await? else {
             return Err(ApiError::not_found(&format!("room {id}")));
         };
-        if !members {
+        let Some(members) = members else {
             return Ok((room.as_view(), 0));
-        }
+        };
         let head = self.log.room_head(id).await?;
         let current: Option<RoomView> = views
             .ask_strict(
                 history::VIEW,
                 history::ROOM,
-                &RoomRequest { room: id.clone() },
+                &RoomRequest {
+                    room: id.clone(),
+                    members: Some(members.to_vec()),
+                },
                 head,
             )
             .await?;
@@ -128,7 +131,10 @@ impl Directory {
     ) -> Result<RoomView, ApiError> {
         let room = self.get(id).await?;
         let private = room.as_ref().is_some_and(|r| r.private);
-        let (room, _) = self.at_head(id, views, private).await?;
+        let asked = [user.clone()];
+        let (room, _) = self
+            .at_head(id, views, private.then_some(&asked[..]))
+            .await?;
         crate::decide::decide(
             user,
             &crate::decide::Given {

@@ -25,20 +25,7 @@ pub async fn as_now(
     if ids.is_empty() {
         return Ok(());
     }
-    let ids: Vec<EventId> = ids.into_iter().collect();
-    let mut now = CurrentAnswer {
-        messages: Default::default(),
-    };
-    for chunk in ids.chunks(MAX_CURRENT_IDS) {
-        let request = CurrentRequest {
-            room: room.clone(),
-            ids: chunk.to_vec(),
-        };
-        let answer: CurrentAnswer = views
-            .ask_strict(history::VIEW, history::CURRENT, &request, upto)
-            .await?;
-        now.messages.extend(answer.messages);
-    }
+    let now = current(views, room, ids.into_iter().collect(), upto).await?;
     for (event, text) in events.iter_mut().zip(texts) {
         if let Some(current) = text.and_then(|id| now.messages.get(&id))
             && let Some(body) = redaction::as_now(&event.body, current)
@@ -47,4 +34,39 @@ pub async fn as_now(
         }
     }
     Ok(())
+}
+
+/// What the history view holds now of messages `ids` of `room`, once it holds seq `upto`: asked
+/// in chunks, each answered in parts when its texts would make one answer too large.
+pub async fn current(
+    views: &Views,
+    room: &RoomId,
+    ids: Vec<EventId>,
+    upto: u64,
+) -> Result<CurrentAnswer, ApiError> {
+    let mut now = CurrentAnswer {
+        messages: Default::default(),
+        next: None,
+    };
+    for chunk in ids.chunks(MAX_CURRENT_IDS) {
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let request = CurrentRequest {
+                room: room.clone(),
+                ids: rest.to_vec(),
+                partial: true,
+            };
+            let answer: CurrentAnswer = views
+                .ask_strict(history::VIEW, history::CURRENT, &request, upto)
+                .await?;
+            now.messages.extend(answer.messages);
+            rest = match answer.next {
+                // At least one answered each time, or the view could loop us.
+                Some(0) => return Err(ApiError::internal("the history view answered no id")),
+                Some(next) => rest.get(next..).unwrap_or_default(),
+                None => &[],
+            };
+        }
+    }
+    Ok(now)
 }

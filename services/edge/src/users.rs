@@ -22,28 +22,6 @@ pub struct UserFeeds {
     users: Mutex<HashMap<UserId, Vec<Subscriber>>>,
     /// The one `live.user.*` subscription's task.
     task: Mutex<Option<tokio::task::AbortHandle>>,
-    /// Connections held or being opened, by user: counted and checked under one lock, so
-    /// sockets opened at once cannot all pass the check before any is counted.
-    seats: Mutex<HashMap<UserId, usize>>,
-}
-
-/// One of a user's connection seats on this edge, from the upgrade's check until the connection
-/// ends (or the upgrade fails): dropping it frees the seat.
-pub struct Seat {
-    feeds: Arc<UserFeeds>,
-    user: UserId,
-}
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        let mut seats = lock(&self.feeds.seats);
-        if let Some(n) = seats.get_mut(&self.user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                seats.remove(&self.user);
-            }
-        }
-    }
 }
 
 impl UserFeeds {
@@ -52,7 +30,6 @@ impl UserFeeds {
         let feeds = Arc::new(Self {
             users: Mutex::new(HashMap::new()),
             task: Mutex::new(None),
-            seats: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(run(Arc::downgrade(&feeds), log));
         *lock(&feeds.task) = Some(task.abort_handle());
@@ -62,20 +39,6 @@ impl UserFeeds {
     /// Pushes `user`'s notifications to `sub` until [`UserFeeds::unsubscribe`].
     pub fn subscribe(&self, user: &UserId, sub: Subscriber) {
         lock(&self.users).entry(user.clone()).or_default().push(sub);
-    }
-
-    /// A seat for one more connection of `user`, unless it holds `max` already.
-    pub fn reserve(self: &Arc<Self>, user: &UserId, max: usize) -> Option<Seat> {
-        let mut seats = lock(&self.seats);
-        let held = seats.entry(user.clone()).or_insert(0);
-        if *held >= max {
-            return None;
-        }
-        *held += 1;
-        Some(Seat {
-            feeds: self.clone(),
-            user: user.clone(),
-        })
     }
 
     /// Tells every connection on this edge to close (the edge is shutting down).

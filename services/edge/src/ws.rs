@@ -77,6 +77,7 @@ pub struct WsQuery {
 /// missing or bad token, 429 for a user over its connection limit.
 pub async fn upgrade(
     State(state): State<AppState>,
+    client: crate::address::ClientAddr,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -91,14 +92,32 @@ pub async fn upgrade(
         Ok(user) => user,
         Err(e) => return e.into_response(),
     };
-    let max = state.config.limits.max_connections_per_user;
-    let Some(seat) = state.users.reserve(&user, max) else {
+    let limits = &state.config.limits;
+    let max = limits.max_connections_per_user;
+    let Some(user_seat) = state.budgets.user_seats.reserve(&user, max) else {
         let e = ApiError::rate_limited(
             format!("at most {max} connections per user"),
             Duration::from_secs(1),
         );
         return e.into_response();
     };
+    let address_seat = match client.limited(&state) {
+        Some(ip) => {
+            let max = limits.max_connections_per_address;
+            match state.budgets.address_seats.reserve(&ip, max) {
+                Some(seat) => Some(seat),
+                None => {
+                    let e = ApiError::rate_limited(
+                        format!("at most {max} connections per address"),
+                        Duration::from_secs(1),
+                    );
+                    return e.into_response();
+                }
+            }
+        }
+        None => None,
+    };
+    let seat = (user_seat, address_seat);
     let max = state.config.limits.max_frame_bytes;
     // Small buffers: chat frames are small, tungstenite zero-fills its read buffer on every read
     // (with the 128 KiB default that memset was ~30 % of the edge's CPU under fan-out), and both
@@ -357,11 +376,17 @@ impl Connection {
     }
 }
 
+/// A connection's seats: its user's, and its address's unless the address is exempt.
+type Seat = (
+    crate::limits::Seat<UserId>,
+    Option<crate::limits::Seat<std::net::IpAddr>>,
+);
+
 /// Runs one upgraded connection until it closes, then leaves every room it joined.
 async fn serve(
     state: AppState,
     user: UserId,
-    seat: crate::users::Seat,
+    seat: Seat,
     sink: Sink,
     stream: SplitStream<WebSocket>,
 ) {
@@ -717,10 +742,11 @@ impl Connection {
     /// a first join of a public room appends `chat.member.joined`, stored before `joined` is
     /// answered (a mention sent after that notifies the new member).
     async fn become_member(&self, room: &RoomId) -> Result<(), ApiError> {
+        let asked = [self.user.clone()];
         let (view, _) = match self
             .state
             .rooms
-            .at_head(room, &self.state.views, true)
+            .at_head(room, &self.state.views, Some(&asked))
             .await
         {
             Ok(found) => found,

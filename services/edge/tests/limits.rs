@@ -230,3 +230,56 @@ async fn failed_logins_to_an_account_are_refused_for_a_while() {
         .await;
     assert_eq!(a.status, 401);
 }
+
+#[tokio::test]
+async fn unauthenticated_routes_and_connections_are_limited_per_address() {
+    let app = common::spawn_app_with(|c| {
+        c.limits_exempt = Vec::new();
+        c.limits.auth_per_minute = 1.0;
+        c.limits.auth_burst = 3.0;
+        c.limits.max_connections_per_address = 4;
+        c.limits.max_connections_per_user = 100;
+    })
+    .await;
+    let guest =
+        |user: &str| app.request("POST", "/api/auth/guest", None, Some(json!({"user": user})));
+    let first = guest("u0").await;
+    assert_eq!(first.status, 200);
+    let token = first.body["token"].as_str().unwrap().to_string();
+    assert_eq!(guest("u1").await.status, 200);
+    assert_eq!(
+        app.request(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"user": "nobody", "password": "whatever1"}))
+        )
+        .await
+        .status,
+        401
+    );
+    // The address is out of tries, whichever route, whatever name.
+    let credentials = json!({"user": "u9", "password": "long enough"});
+    for (path, body) in [
+        ("/api/auth/guest", json!({"user": "u9"})),
+        ("/api/auth/register", credentials.clone()),
+        ("/api/auth/login", credentials),
+    ] {
+        let a = app.request("POST", path, None, Some(body)).await;
+        assert_eq!(a.status, 429, "{path}: {a:?}");
+    }
+    assert!(
+        app.stored(chatlog_events::Stream::Accounts, "chat.account.u9")
+            .await
+            .is_empty()
+    );
+    // Connections: four from this address, whoever the user.
+    let url = app.ws_url(&token);
+    let tries = (0..10).map(|_| tokio_tungstenite::connect_async(url.clone()));
+    let opened = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .filter(|r| r.is_ok())
+        .count();
+    assert_eq!(opened, 4);
+}

@@ -3,7 +3,10 @@
 //! It keeps every room's messages by seq with edits, deletes (a tombstone: `deleted`, text gone),
 //! reactions and `reply_to` folded in, and the room directory (name, topic, privacy, members,
 //! last seq). It answers `views.history.messages`, `.message`, `.room`, `.rooms`, `.unread` and
-//! `.current`.
+//! `.current`, each answer within [`MAX_ANSWER_BYTES`] whatever is stored (NATS drops a reply over
+//! its `max_payload`): pages are cut by bytes as well as by count, and say how to ask on; what one
+//! item carries is capped (a message's reactions, a listed room's members); the lists that are not
+//! paged are capped by count. See each query's request in [`chatlog_events::queries`].
 //!
 //! Keys:
 //! - `i/<first 6 bytes of an event id>` (and `j/<event id>` past a group's size, see [`index`]) →
@@ -27,11 +30,13 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use chatlog_events::{
-    ChatEvent, EventId, Payload, RoomId, Stream, membership,
+    ChatEvent, EventId, Payload, RoomId, Stream, UserId, membership,
     queries::{
-        Current, CurrentAnswer, CurrentRequest, DEFAULT_ROOMS, MAX_CURRENT_IDS, MAX_ROOMS,
-        MessageRequest, MessageView, MessagesAnswer, MessagesRequest, RoomRequest, RoomView,
-        RoomsRequest, UnreadAnswer, UnreadRequest, history,
+        Current, CurrentAnswer, CurrentRequest, DEFAULT_ROOMS, ListedRoom, MAX_ANSWER_BYTES,
+        MAX_CURRENT_IDS, MAX_LISTED_MEMBERS, MAX_MEMBERS_ASKED, MAX_REACTION_USERS,
+        MAX_REACTIONS_BYTES, MAX_ROOMS, MAX_UNREAD_ROOMS, MessageRequest, MessageView,
+        MessagesAnswer, MessagesRequest, RoomRequest, RoomView, RoomsAnswer, RoomsRequest,
+        UnreadAnswer, UnreadRequest, history, json_len,
     },
 };
 use chatlog_runtime::{
@@ -145,12 +150,17 @@ fn last_seq_key(room: &RoomId) -> Vec<u8> {
 
 /// The directory entry of `room`, with its last seq.
 fn room_view(view: &dyn Read, room: &RoomId) -> Option<RoomView> {
-    let mut found: RoomView = get_json(view, &room_key(room))?;
-    found.last_seq = view
-        .get(&last_seq_key(room))
+    let found: RoomView = get_json(view, &room_key(room))?;
+    Some(with_last_seq(view, found))
+}
+
+/// A directory entry read, with its last seq.
+fn with_last_seq(view: &dyn Read, mut room: RoomView) -> RoomView {
+    room.last_seq = view
+        .get(&last_seq_key(&room.id))
         .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
-        .unwrap_or(found.last_seq);
-    Some(found)
+        .unwrap_or(room.last_seq);
+    room
 }
 
 /// Where an event was applied: `<room>/<seq><block>` (block 0 for events that are not messages).
@@ -306,6 +316,8 @@ impl Projection for History {
                     deleted: false,
                     reactions: BTreeMap::new(),
                     mentions: posted.mentions.clone(),
+                    // Only answers carry it: the view keeps every reaction.
+                    reaction_counts: BTreeMap::new(),
                 };
                 let (open, count) = read_tail(view, &room);
                 let (first, mut bytes, count) = if count > 0 && count < BLOCK {
@@ -399,13 +411,10 @@ impl Projection for History {
             history::MESSAGES => answer(&messages(view, parse_request(request)?)?),
             history::MESSAGE => {
                 let req: MessageRequest = parse_request(request)?;
-                let found = find_message(view, &req.id).map(|(_, found)| found.message);
+                let found = find_message(view, &req.id).map(|(_, found)| capped(found.message));
                 answer(&found)
             }
-            history::ROOM => {
-                let req: RoomRequest = parse_request(request)?;
-                answer(&room_view(view, &req.room))
-            }
+            history::ROOM => answer(&room(view, parse_request(request)?)?),
             history::ROOMS => answer(&rooms(view, parse_request(request)?)?),
             history::UNREAD => answer(&unread(view, parse_request(request)?)?),
             history::CURRENT => answer(&current(view, parse_request(request)?)?),
@@ -414,8 +423,101 @@ impl Projection for History {
     }
 }
 
-/// The rooms `req.user` may see, by id, the first `req.limit` after `req.after`.
-pub fn rooms(view: &View, req: RoomsRequest) -> Result<Vec<RoomView>, QueryError> {
+/// `message` as an answer carries it: at most [`MAX_REACTION_USERS`] users listed per emoji (the
+/// first by id; how many in all in `reaction_counts`), the most reacted emoji first as long as
+/// the reactions' JSON stays within [`MAX_REACTIONS_BYTES`] (an emoji that would not fit is left
+/// out). The stored message keeps every reaction. Users are unbounded (anyone may react), and so
+/// are emoji (a user may react with as many as it likes): without this, one message could pass
+/// any bound.
+pub fn capped(mut message: MessageView) -> MessageView {
+    if message.reactions.is_empty()
+        || (message
+            .reactions
+            .values()
+            .all(|users| users.len() <= MAX_REACTION_USERS)
+            && json_len(&message.reactions) <= MAX_REACTIONS_BYTES)
+    {
+        return message;
+    }
+    let mut all: Vec<(String, Vec<UserId>)> =
+        std::mem::take(&mut message.reactions).into_iter().collect();
+    // The most reacted first; a stable sort keeps ties in the map's order (by emoji).
+    all.sort_by_key(|(_, users)| std::cmp::Reverse(users.len()));
+    // `{}` of both maps, then per emoji `"emoji":[...],` and, when cut, `"emoji":count,`.
+    let mut used = 4;
+    for (emoji, mut users) in all {
+        let count = users.len();
+        let cut = count > MAX_REACTION_USERS;
+        users.truncate(MAX_REACTION_USERS);
+        let key = json_len(&emoji) + 1;
+        let mut bytes = key + json_len(&users) + 1;
+        if cut {
+            bytes += key + json_len(&count) + 1;
+        }
+        if used + bytes > MAX_REACTIONS_BYTES {
+            continue;
+        }
+        used += bytes;
+        if cut {
+            message.reaction_counts.insert(emoji.clone(), count);
+        }
+        message.reactions.insert(emoji, users);
+    }
+    message
+}
+
+/// The room `req.room`, with the members `req.members` asks about, or all of them while the
+/// answer fits in [`MAX_ANSWER_BYTES`] (see [`RoomRequest`]).
+pub fn room(view: &dyn Read, req: RoomRequest) -> Result<Option<RoomView>, QueryError> {
+    if let Some(asked) = &req.members
+        && asked.len() > MAX_MEMBERS_ASKED
+    {
+        return Err(QueryError::BadRequest(format!(
+            "ask about at most {MAX_MEMBERS_ASKED} members"
+        )));
+    }
+    let Some(mut room) = room_view(view, &req.room) else {
+        return Ok(None);
+    };
+    match req.members {
+        Some(asked) => {
+            let asked: std::collections::BTreeSet<UserId> = asked.into_iter().collect();
+            room.members.retain(|m| asked.contains(m));
+        }
+        // A private room is created with at most 1 000 members (~35 KiB), but additions and a
+        // public room's joins have no bound.
+        None if json_len(&room) > MAX_ANSWER_BYTES => {
+            return Err(QueryError::BadRequest(format!(
+                "room {} has {} members, too many for one answer: name the users asked about \
+                 (`members`)",
+                room.id,
+                room.members.len()
+            )));
+        }
+        None => {}
+    }
+    Ok(Some(room))
+}
+
+/// `room` as the directory lists it to `asker` (see [`ListedRoom`]).
+fn listed(mut room: RoomView, asker: &UserId) -> ListedRoom {
+    let member_count = room.members.len();
+    if !room.private {
+        room.members = Vec::new();
+    } else if room.members.len() > MAX_LISTED_MEMBERS {
+        let asker_at = room.members.iter().position(|m| m == asker);
+        room.members.truncate(MAX_LISTED_MEMBERS);
+        if asker_at.is_some_and(|at| at >= MAX_LISTED_MEMBERS) {
+            room.members[MAX_LISTED_MEMBERS - 1] = asker.clone();
+        }
+    }
+    ListedRoom { room, member_count }
+}
+
+/// The rooms `req.user` may see, by id, the first `req.limit` after `req.after`, as many as fit
+/// in [`MAX_ANSWER_BYTES`] (one at least: a listed room is at most ~170 KiB whatever is stored,
+/// name and topic from at most two events of 64 KiB, and 1 000 members of 35 bytes).
+pub fn rooms(view: &View, req: RoomsRequest) -> Result<RoomsAnswer, QueryError> {
     let limit = req.limit.unwrap_or(DEFAULT_ROOMS);
     if limit == 0 || limit > MAX_ROOMS {
         return Err(QueryError::BadRequest(format!(
@@ -427,20 +529,37 @@ pub fn rooms(view: &View, req: RoomsRequest) -> Result<Vec<RoomView>, QueryError
         Some(after) => Bound::Excluded(room_key(after)),
         None => Bound::Included(b"r/".to_vec()),
     };
-    let mut rooms = Vec::new();
+    let mut answer = RoomsAnswer {
+        rooms: Vec::new(),
+        has_more: false,
+    };
+    let mut size = json_len(&answer);
     for entry in view.tree().range((start, Bound::Unbounded)) {
         let (key, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
-        if !key.starts_with(b"r/") || rooms.len() == limit {
+        if !key.starts_with(b"r/") {
             break;
         }
-        if let Ok(room) = serde_json::from_slice::<RoomView>(&value)
-            && room.visible_to(&req.user)
-            && let Some(room) = room_view(view, &room.id)
-        {
-            rooms.push(room);
+        let Ok(room) = serde_json::from_slice::<RoomView>(&value) else {
+            continue;
+        };
+        if !room.visible_to(&req.user) {
+            continue;
         }
+        // A room the user may see after the last one answered: there is more.
+        if answer.rooms.len() == limit {
+            answer.has_more = true;
+            break;
+        }
+        let room = listed(with_last_seq(view, room), &req.user);
+        let bytes = json_len(&room) + usize::from(!answer.rooms.is_empty());
+        if !answer.rooms.is_empty() && size + bytes > MAX_ANSWER_BYTES {
+            answer.has_more = true;
+            break;
+        }
+        size += bytes;
+        answer.rooms.push(room);
     }
-    Ok(rooms)
+    Ok(answer)
 }
 
 /// Each message of `req.room` among `req.ids` as it is now.
@@ -450,18 +569,45 @@ pub fn current(view: &dyn Read, req: CurrentRequest) -> Result<CurrentAnswer, Qu
             "at most {MAX_CURRENT_IDS} ids"
         )));
     }
-    let mut messages = BTreeMap::new();
-    for id in req.ids {
-        if let Some(Found { message, .. }) = message_in(view, &req.room, &id) {
-            let current = Current {
-                deleted: message.deleted,
-                edited: message.edited,
-                text: message.text,
-            };
-            messages.insert(id, current);
+    let mut answer = CurrentAnswer {
+        messages: BTreeMap::new(),
+        next: None,
+    };
+    // The envelope as its longest: with a `next`.
+    let mut size = json_len(&CurrentAnswer {
+        next: Some(MAX_CURRENT_IDS),
+        ..answer.clone()
+    });
+    for (at, id) in req.ids.iter().enumerate() {
+        if answer.messages.contains_key(id) {
+            continue;
         }
+        let Some(Found { message, .. }) = message_in(view, &req.room, id) else {
+            continue;
+        };
+        let current = Current {
+            deleted: message.deleted,
+            edited: message.edited,
+            text: message.text,
+        };
+        // `"id":{...}` and a comma before it but the first. One at least: a text is at most
+        // 64 KiB (the stream's largest event holds it as JSON too).
+        let bytes =
+            json_len(id) + 1 + json_len(&current) + usize::from(!answer.messages.is_empty());
+        if !answer.messages.is_empty() && size + bytes > MAX_ANSWER_BYTES {
+            if !req.partial {
+                return Err(QueryError::BadRequest(format!(
+                    "the answer would pass {MAX_ANSWER_BYTES} bytes: ask with `partial` and on \
+                     from `next`, or ask about fewer ids"
+                )));
+            }
+            answer.next = Some(at);
+            break;
+        }
+        size += bytes;
+        answer.messages.insert(*id, current);
     }
-    Ok(CurrentAnswer { messages })
+    Ok(answer)
 }
 
 /// The first seq of a block, from its key.
@@ -473,10 +619,14 @@ fn block_first_seq(key: &[u8]) -> Option<u64> {
 /// Most messages counted per room by `unread` (a client shows "999+" long before).
 pub const MAX_UNREAD: u64 = 10_000;
 
-/// Per room `user` is a member of: the messages after its marker, not its own, not deleted.
+/// Per room `user` is a member of (the first [`MAX_UNREAD_ROOMS`] by id): the messages after its
+/// marker, not its own, not deleted.
 pub fn unread(view: &View, req: UnreadRequest) -> Result<UnreadAnswer, QueryError> {
     let mut rooms = BTreeMap::new();
     for entry in view.tree().scan_prefix(b"r/") {
+        if rooms.len() == MAX_UNREAD_ROOMS {
+            break;
+        }
         let (_, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
         let Ok(room) = serde_json::from_slice::<RoomView>(&value) else {
             continue;
@@ -511,7 +661,8 @@ pub fn unread(view: &View, req: UnreadRequest) -> Result<UnreadAnswer, QueryErro
     Ok(UnreadAnswer { rooms })
 }
 
-/// The latest `limit` messages with seq < `before`, oldest first.
+/// The latest `limit` messages with seq < `before`, oldest first, as many as fit in
+/// [`MAX_ANSWER_BYTES`].
 pub fn messages(view: &View, req: MessagesRequest) -> Result<MessagesAnswer, QueryError> {
     if req.limit == 0 || req.limit > MAX_PAGE {
         return Err(QueryError::BadRequest(format!(
@@ -522,8 +673,13 @@ pub fn messages(view: &View, req: MessagesRequest) -> Result<MessagesAnswer, Que
     let start = message_key(&req.room, 0);
     // Blocks that start before `before` (the last of them may also hold later messages).
     let end = message_key(&req.room, before);
-    let mut messages = Vec::with_capacity(req.limit);
+    let mut messages = Vec::with_capacity(req.limit.min(BLOCK as usize));
     let mut has_more = false;
+    // The envelope as its longest (`false`), then each message and the comma before it.
+    let mut size = json_len(&MessagesAnswer {
+        messages: Vec::new(),
+        has_more: false,
+    });
     'blocks: for entry in view.tree().range(start..end).rev() {
         let (_, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
         for message in block_messages(&value).rev() {
@@ -534,6 +690,19 @@ pub fn messages(view: &View, req: MessagesRequest) -> Result<MessagesAnswer, Que
                 has_more = true;
                 break 'blocks;
             }
+            let message = capped(message);
+            let bytes = json_len(&message) + usize::from(!messages.is_empty());
+            // The first message goes in whatever its size, so that paging always moves on. It
+            // fits anyway: capped, a message is at most ~192 KiB whatever is stored (its text and
+            // mentions come from one posted event and its text from at most one edit, each at
+            // most 64 KiB, the stream's `max_msg_size`, holding them as JSON too; its reactions
+            // at most `MAX_REACTIONS_BYTES`); within the edge's limits (4 000 characters, 50
+            // mentions) it is at most ~90 KiB.
+            if !messages.is_empty() && size + bytes > MAX_ANSWER_BYTES {
+                has_more = true;
+                break 'blocks;
+            }
+            size += bytes;
             messages.push(message);
         }
     }

@@ -781,7 +781,12 @@ fn current_answers_the_messages_of_the_room_as_they_are_now() {
     let events: Vec<_> = (1..).zip(events).collect();
     replay(&History, &view, &events, 3);
     let ask = |ids: Vec<EventId>| {
-        let request = serde_json::to_vec(&CurrentRequest { room: lobby(), ids }).unwrap();
+        let request = serde_json::to_vec(&CurrentRequest {
+            room: lobby(),
+            ids,
+            partial: false,
+        })
+        .unwrap();
         History.query(&view, CURRENT, &request)
     };
     let asked = ask(vec![id(2), id(3), id(4), id(5), id(6), id(99)]).unwrap();
@@ -842,21 +847,23 @@ fn rooms_page_by_id_and_show_only_what_the_user_may_see() {
         History
             .query(&view, ROOMS, &serde_json::to_vec(&body).unwrap())
             .map(|a| {
-                serde_json::from_slice::<Vec<RoomView>>(&a)
-                    .unwrap()
+                let answer = serde_json::from_slice::<RoomsAnswer>(&a).unwrap();
+                let ids = answer
+                    .rooms
                     .into_iter()
-                    .map(|r| r.id.to_string())
-                    .collect::<Vec<_>>()
+                    .map(|r| r.room.id.to_string())
+                    .collect::<Vec<_>>();
+                (ids, answer.has_more)
             })
     };
     let all: Vec<String> = (0..10).map(|r| format!("r{r:02}")).collect();
     assert_eq!(
         ask(serde_json::json!({"user": "ada"})).unwrap(),
-        all,
+        (all.clone(), false),
         "the old form"
     );
     assert_eq!(
-        ask(serde_json::json!({"user": "bob"})).unwrap(),
+        ask(serde_json::json!({"user": "bob"})).unwrap().0,
         ["r00", "r02", "r04", "r06", "r08"]
     );
     // Page by 3 after the last id seen: every room once, in order.
@@ -868,25 +875,587 @@ fn rooms_page_by_id_and_show_only_what_the_user_may_see() {
             after: after.clone(),
             limit: Some(3),
         };
-        let page = ask(serde_json::to_value(&request).unwrap()).unwrap();
+        let (page, has_more) = ask(serde_json::to_value(&request).unwrap()).unwrap();
         paged.extend(page.iter().cloned());
-        if page.len() < 3 {
+        if !has_more {
             break;
         }
         after = page.last().map(|r| RoomId::parse(r.as_str()).unwrap());
     }
     assert_eq!(paged, all);
+    assert_eq!(
+        ask(serde_json::json!({"user": "ada", "after": "r06", "limit": 3})).unwrap(),
+        (vec!["r07".into(), "r08".into(), "r09".into()], false),
+        "a full last page says there is no more"
+    );
+    assert_eq!(
+        ask(serde_json::json!({"user": "bob", "after": "r04", "limit": 2})).unwrap(),
+        (vec!["r06".into(), "r08".into()], false),
+        "rooms bob may not see are not more"
+    );
     // A page counts only visible rooms; `after` need not be a room.
     assert_eq!(
         ask(serde_json::json!({"user": "bob", "after": "r01", "limit": 2})).unwrap(),
-        ["r02", "r04"]
+        (vec!["r02".into(), "r04".into()], true)
     );
     assert_eq!(
         ask(serde_json::json!({"user": "bob", "after": "r099", "limit": 500})).unwrap(),
-        Vec::<String>::new()
+        (Vec::<String>::new(), false)
     );
     for limit in [0, 501] {
         let refused = ask(serde_json::json!({"user": "ada", "limit": limit})).unwrap_err();
         assert_eq!(refused.code(), 400, "limit {limit}");
+    }
+}
+
+// Every answer within MAX_ANSWER_BYTES, whatever is stored: the worst content the edge's limits
+// allow (texts of 4 000 characters that JSON escapes or encodes longest, 100-character names,
+// 1 000-character topics, 1 000 members listed, 64-byte reactions by many users), and some it
+// refuses now but an older edge stored (control characters, 6 bytes each as `\u0001`).
+
+use chatlog_events::queries::{
+    CurrentAnswer, CurrentRequest, MAX_ANSWER_BYTES, MAX_LISTED_MEMBERS, MAX_REACTION_USERS,
+    MAX_REACTIONS_BYTES, MAX_UNREAD_ROOMS, RoomRequest, RoomsAnswer, RoomsRequest, UnreadRequest,
+    json_len,
+};
+use serde::de::DeserializeOwned;
+
+/// Asks `query` as the host does and reads the answer, after checking its size.
+fn ask<T: DeserializeOwned>(view: &View, query: &str, request: &impl serde::Serialize) -> T {
+    let bytes = History
+        .query(view, query, &serde_json::to_vec(request).unwrap())
+        .unwrap_or_else(|e| panic!("{query}: {e:?}"));
+    assert!(
+        bytes.len() <= MAX_ANSWER_BYTES,
+        "{query}: an answer of {} bytes",
+        bytes.len()
+    );
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// 4 000 characters (the edge's most) of what JSON writes longest: `"` and `\` (2 bytes each),
+/// a 4-byte emoji, a control character (6 bytes: stored by an older edge).
+fn worst_text(n: u32) -> String {
+    let c = ['"', '🎉', '\\', '\u{1}'][n as usize % 4];
+    std::iter::repeat_n(c, 4000).collect()
+}
+
+/// A user id of the most characters (32), different for each `n`.
+fn long_user(n: u32) -> UserId {
+    user(&format!("{n:0>32}"))
+}
+
+fn posted_worst(n: u32, room: &RoomId, text: String) -> ChatEvent {
+    ChatEvent::in_room(
+        room,
+        user("ada"),
+        "edge",
+        Payload::MessagePosted(MessagePosted {
+            text,
+            // The edge's most: 50, of 32 characters.
+            mentions: (0..50).map(long_user).collect(),
+            reply_to: None,
+        }),
+    )
+    .with_id(id(n))
+    .with_time(at(n))
+}
+
+#[test]
+fn pages_of_the_largest_messages_fit_and_page_on_to_every_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir, "v");
+    // 200 messages of 4 000 characters: 1.6 MB of `"`, 3.2 MB of emoji, 4.8 MB of controls.
+    let mut events = vec![(1, created(1))];
+    let mut expected = Vec::new();
+    for n in 2..=201 {
+        events.push((u64::from(n), posted_worst(n, &lobby(), worst_text(n))));
+        expected.push((u64::from(n), worst_text(n)));
+    }
+    // Some edited to another of the longest texts, some deleted.
+    for (i, n) in (202..=221).enumerate() {
+        let target = 2 + 10 * i as u32;
+        if i % 2 == 0 {
+            events.push((
+                u64::from(n),
+                edited(n, "ada", target, &worst_text(target + 1)),
+            ));
+            expected[target as usize - 2].1 = worst_text(target + 1);
+        } else {
+            events.push((u64::from(n), deleted(n, "ada", target)));
+            expected[target as usize - 2].1 = String::new();
+        }
+    }
+    replay(&History, &view, &events, 50);
+
+    // Given/when/then: paging back with the most a page may ask for, every answer fits, and
+    // reaches every message once, as stored.
+    let mut paged: Vec<MessageView> = Vec::new();
+    let mut before = None;
+    let mut pages = 0;
+    loop {
+        let page: MessagesAnswer = ask(
+            &view,
+            history::MESSAGES,
+            &MessagesRequest {
+                room: lobby(),
+                before,
+                limit: MAX_PAGE,
+            },
+        );
+        pages += 1;
+        assert!(!page.messages.is_empty(), "a page moves on");
+        assert!(
+            page.messages.windows(2).all(|w| w[0].seq < w[1].seq),
+            "oldest first"
+        );
+        before = page.messages.first().map(|m| m.seq);
+        paged.splice(0..0, page.messages);
+        if !page.has_more {
+            break;
+        }
+    }
+    assert!(pages > 5, "cut by bytes: {pages} pages");
+    let got: Vec<(u64, String)> = paged.iter().map(|m| (m.seq, m.text.clone())).collect();
+    assert_eq!(got, expected, "every message once, nothing lost");
+    assert!(paged.iter().all(|m| m.deleted || m.mentions.len() == 50));
+}
+
+/// Rewrites the stored lobby message `seq` with `change` (a state no sequence of events could
+/// build quickly: the projection rewrites a message's block per reaction).
+fn rewrite_stored(view: &View, seq: u64, change: impl FnOnce(&mut MessageView)) {
+    let (key, block) = view
+        .tree()
+        .range(message_key(&lobby(), 0)..=message_key(&lobby(), seq))
+        .next_back()
+        .unwrap()
+        .unwrap();
+    let (index, mut message) = find_in_block(&block, seq).unwrap();
+    change(&mut message);
+    view.tree()
+        .insert(key.clone(), replace_in_block(&block, index, &message))
+        .unwrap();
+}
+
+#[test]
+fn a_message_answered_carries_capped_reactions_and_their_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir, "v");
+    let mut events = vec![(1, created(1))];
+    for n in 2..=4 {
+        events.push((u64::from(n), posted_worst(n, &lobby(), worst_text(n))));
+    }
+    replay(&History, &view, &events, 10);
+    // Given messages with every reaction anyone may add: 20 000 users' 👍, and 3 000 emoji of
+    // 64 bytes that JSON escapes to 128 (by two users each), and one forged emoji of 60 000 bytes;
+    // over a megabyte of reactions each.
+    let many: Vec<UserId> = (0..20_000).map(long_user).collect();
+    let emoji = |k: u32| format!("{k:04}{}", "\"".repeat(60));
+    for seq in 2..=4 {
+        rewrite_stored(&view, seq, |m| {
+            m.reactions.insert("👍".into(), many.clone());
+            for k in 0..3000 {
+                m.reactions.insert(emoji(k), vec![user("bob"), user("eve")]);
+            }
+            m.reactions.insert("x".repeat(60_000), vec![user("mal")]);
+        });
+    }
+    assert!(
+        view.tree()
+            .get(message_key(&lobby(), 2))
+            .unwrap()
+            .unwrap()
+            .len()
+            > 3_000_000
+    );
+    // When one more reacts, through the projection.
+    replay(&History, &view, &[(5, reacted(5, "zed", 3, "👍", true))], 1);
+
+    // Then the page and each message answered fit, with the count of every emoji cut.
+    let page: MessagesAnswer = ask(
+        &view,
+        history::MESSAGES,
+        &MessagesRequest {
+            room: lobby(),
+            before: None,
+            limit: MAX_PAGE,
+        },
+    );
+    assert_eq!(page.messages.len(), 3);
+    for m in &page.messages {
+        let total = if m.seq == 3 { 20_001 } else { 20_000 };
+        assert_eq!(m.reactions["👍"].len(), MAX_REACTION_USERS);
+        assert_eq!(m.reactions["👍"][0], long_user(0), "the first by id");
+        assert_eq!(m.reaction_counts.get("👍"), Some(&total));
+        assert!(json_len(&m.reactions) + json_len(&m.reaction_counts) <= MAX_REACTIONS_BYTES);
+        assert!(!m.reactions.contains_key(&"x".repeat(60_000)));
+        let kept: Vec<_> = m.reactions.keys().filter(|e| e.len() == 64).collect();
+        assert!(
+            kept.len() > 200,
+            "as many of the others as fit: {}",
+            kept.len()
+        );
+        assert!(
+            m.reactions.values().all(|u| u.len() <= MAX_REACTION_USERS),
+            "no list over the cap"
+        );
+        let one: Option<MessageView> = ask(
+            &view,
+            history::MESSAGE,
+            &chatlog_events::queries::MessageRequest {
+                id: id(m.seq as u32),
+            },
+        );
+        assert_eq!(one.as_ref(), Some(m), "the same message by id");
+    }
+    // And the view keeps every reaction.
+    let (_, stored) = find_message(&view, &id(3)).unwrap();
+    assert_eq!(stored.message.reactions["👍"].len(), 20_001);
+    assert_eq!(stored.message.reactions.len(), 3002);
+    assert!(stored.message.reaction_counts.is_empty());
+}
+
+/// A room id of the most characters (32), by `n`.
+fn long_room(n: u32) -> RoomId {
+    RoomId::parse(format!("{n:0>32}")).unwrap()
+}
+
+fn create_room(n: u32, room: &RoomId, private: bool, members: Vec<UserId>) -> ChatEvent {
+    // A 100-character name of `"`, a 1 000-character topic of controls (6 bytes each).
+    let name = if n % 2 == 0 { "\"" } else { "🎉" }.repeat(100);
+    let topic = "\u{1}".repeat(1000);
+    ChatEvent::in_room(
+        room,
+        user("ada"),
+        "edge",
+        Payload::RoomCreated(RoomCreated {
+            name,
+            topic,
+            private,
+            members,
+        }),
+    )
+    .with_id(id(n))
+    .with_time(at(n))
+}
+
+#[test]
+fn the_room_directory_pages_by_bytes_and_lists_members_within_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir, "v");
+    // 600 rooms (0 .. 599) of the longest names and topics; every 10th private with 1 000
+    // members listed (bob the last), the 5th of those private to others only.
+    let listed_members = |r: u32| -> Vec<UserId> {
+        let mut members: Vec<UserId> = (0..999).map(|u| long_user(r * 1000 + u)).collect();
+        members.insert(0, user("ada"));
+        if r != 50 {
+            members[999] = user("bob");
+        }
+        members
+    };
+    let mut events = Vec::new();
+    let mut n = 0;
+    for r in 0..600 {
+        n += 1;
+        let private = r % 10 == 0;
+        let members = if private { listed_members(r) } else { vec![] };
+        events.push((
+            u64::from(n),
+            create_room(n, &long_room(r), private, members),
+        ));
+    }
+    // Room 10 grows to 1 500 members by additions; bob, added last, is past the first 1 000.
+    let grown = long_room(10);
+    n += 1;
+    events.push((
+        u64::from(n),
+        ChatEvent::in_room(
+            &grown,
+            user("bob"),
+            "edge",
+            Payload::MemberLeft(Membership {
+                member: user("bob"),
+            }),
+        )
+        .with_id(id(n)),
+    ));
+    for k in 0..501 {
+        n += 1;
+        let member = if k == 500 {
+            user("bob")
+        } else {
+            long_user(900_000 + k)
+        };
+        let add = ChatEvent::in_room(
+            &grown,
+            user("ada"),
+            "edge",
+            Payload::MemberJoined(Membership { member }),
+        )
+        .with_id(id(n));
+        events.push((u64::from(n), add));
+    }
+    replay(&History, &view, &events, 100);
+    // Room 21, public, joined by 50 000 users (written directly: each join rewrites the entry).
+    let big = long_room(21);
+    let mut entry: RoomView = get_json(&view, &room_key(&big)).unwrap();
+    entry.members = (0..50_000).map(long_user).collect();
+    view.tree()
+        .insert(room_key(&big), serde_json::to_vec(&entry).unwrap())
+        .unwrap();
+
+    // Bob pages through with the most a page may ask for, and with the default.
+    let visible: Vec<RoomId> = (0..600).filter(|r| *r != 50).map(long_room).collect();
+    for limit in [MAX_ROOMS, DEFAULT_ROOMS] {
+        let mut paged: Vec<ListedRoom> = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            pages += 1;
+            let page: RoomsAnswer = ask(
+                &view,
+                history::ROOMS,
+                &RoomsRequest {
+                    user: user("bob"),
+                    after: after.clone(),
+                    limit: Some(limit),
+                },
+            );
+            assert!(!page.rooms.is_empty() && page.rooms.len() <= limit);
+            after = page.rooms.last().map(|r| r.room.id.clone());
+            paged.extend(page.rooms);
+            if !page.has_more {
+                break;
+            }
+        }
+        // 540 public rooms of ~6.5 KB, 59 private ones of ~42 KB: ~6 MB in all.
+        assert!(pages > 10, "cut by bytes: {pages} pages of {limit}");
+        let ids: Vec<RoomId> = paged.iter().map(|r| r.room.id.clone()).collect();
+        assert_eq!(
+            ids, visible,
+            "every room bob may see once, by id (limit {limit})"
+        );
+        for listed in &paged {
+            let r: u32 = listed.room.id.as_str().parse().unwrap();
+            let room = &listed.room;
+            assert_eq!(room.name.chars().count(), 100);
+            assert_eq!(room.topic, "\u{1}".repeat(1000));
+            let count = match r {
+                10 => 1500,
+                21 => 50_000,
+                r if r % 10 == 0 => 1000,
+                _ => 0,
+            };
+            assert_eq!(listed.member_count, count, "room {r}");
+            if room.private {
+                assert_eq!(room.members.len(), count.min(MAX_LISTED_MEMBERS));
+                assert!(room.members.contains(&user("bob")), "the asker is listed");
+                assert!(room.visible_to(&user("bob")));
+            } else {
+                assert!(
+                    room.members.is_empty(),
+                    "room {r}: a public room lists none"
+                );
+            }
+        }
+    }
+
+    // One room: all its members while they fit; for a room too large, the members asked about.
+    let private: Option<RoomView> = ask(
+        &view,
+        history::ROOM,
+        &RoomRequest {
+            room: long_room(30),
+            members: None,
+        },
+    );
+    assert_eq!(private.unwrap().members, listed_members(30));
+    let asked = RoomRequest {
+        room: big.clone(),
+        members: None,
+    };
+    let refused = History
+        .query(&view, history::ROOM, &serde_json::to_vec(&asked).unwrap())
+        .unwrap_err();
+    assert_eq!(refused.code(), 400);
+    let about = vec![user("bob"), long_user(49_999), long_user(7), user("eve")];
+    let found: Option<RoomView> = ask(
+        &view,
+        history::ROOM,
+        &RoomRequest {
+            room: big.clone(),
+            members: Some(about),
+        },
+    );
+    let found = found.unwrap();
+    assert_eq!(found.members, vec![long_user(7), long_user(49_999)]);
+    assert!(membership::allowed(
+        Some(&found),
+        &long_user(7),
+        &Payload::MemberLeft(Membership {
+            member: long_user(7)
+        })
+    ));
+    let too_many = RoomRequest {
+        room: big,
+        members: Some((0..101).map(long_user).collect()),
+    };
+    let refused = History
+        .query(
+            &view,
+            history::ROOM,
+            &serde_json::to_vec(&too_many).unwrap(),
+        )
+        .unwrap_err();
+    assert_eq!(refused.code(), 400);
+}
+
+#[test]
+fn unread_counts_the_first_rooms_by_id_within_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir, "v");
+    // bob joined 1 100 rooms of 32-character ids, with a message by ada in each.
+    let mut events = Vec::new();
+    let mut n = 0;
+    for r in 0..1100 {
+        let room = long_room(r);
+        n += 1;
+        let create = ChatEvent::in_room(
+            &room,
+            user("ada"),
+            "edge",
+            Payload::RoomCreated(RoomCreated {
+                name: "r".into(),
+                topic: String::new(),
+                private: false,
+                members: vec![],
+            }),
+        )
+        .with_id(id(n));
+        n += 1;
+        let join = ChatEvent::in_room(
+            &room,
+            user("bob"),
+            "edge",
+            Payload::MemberJoined(Membership {
+                member: user("bob"),
+            }),
+        )
+        .with_id(id(n));
+        n += 1;
+        let post = ChatEvent::in_room(
+            &room,
+            user("ada"),
+            "edge",
+            Payload::MessagePosted(MessagePosted {
+                text: "hi".into(),
+                mentions: vec![],
+                reply_to: None,
+            }),
+        )
+        .with_id(id(n));
+        events.extend([create, join, post]);
+    }
+    let events: Vec<_> = (1..).zip(events).collect();
+    replay(&History, &view, &events, 500);
+    let answer: UnreadAnswer = ask(
+        &view,
+        history::UNREAD,
+        &UnreadRequest {
+            user: user("bob"),
+            markers: (0..1100).map(|r| (long_room(r), 1)).collect(),
+        },
+    );
+    let expected: BTreeMap<RoomId, u64> = (0..MAX_UNREAD_ROOMS as u32)
+        .map(|r| (long_room(r), 1))
+        .collect();
+    assert_eq!(answer.rooms, expected);
+}
+
+#[test]
+fn current_pages_the_largest_texts_and_refuses_an_asker_that_would_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir, "v");
+    // 200 messages of 4 000 controls (24 KB each as JSON: 4.8 MB), some edited, some deleted.
+    let control = "\u{1}".repeat(4000);
+    let mut events = vec![(1, created(1))];
+    for n in 2..=201 {
+        events.push((u64::from(n), posted(n, "ada", &control)));
+    }
+    for (i, n) in (202..=221).enumerate() {
+        let target = 2 + 10 * i as u32;
+        let e = if i % 2 == 0 {
+            edited(n, "ada", target, &"\"".repeat(4000))
+        } else {
+            deleted(n, "ada", target)
+        };
+        events.push((u64::from(n), e));
+    }
+    replay(&History, &view, &events, 50);
+    // Asked in an order of their own, with an unknown id and a repeat among them.
+    let mut ids: Vec<EventId> = (2..=201).rev().map(id).collect();
+    ids.insert(50, id(999));
+    ids.insert(120, id(7));
+
+    let refused = History
+        .query(
+            &view,
+            history::CURRENT,
+            &serde_json::to_vec(&CurrentRequest {
+                room: lobby(),
+                ids: ids.clone(),
+                partial: false,
+            })
+            .unwrap(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        400,
+        "not cut for an asker that would not page"
+    );
+
+    let mut answered = BTreeMap::new();
+    let mut from = 0;
+    let mut asks = 0;
+    loop {
+        let answer: CurrentAnswer = ask(
+            &view,
+            history::CURRENT,
+            &CurrentRequest {
+                room: lobby(),
+                ids: ids[from..].to_vec(),
+                partial: true,
+            },
+        );
+        asks += 1;
+        for (at, current) in answer.messages {
+            if let Some(before) = answered.insert(at, current.clone()) {
+                // Only the id asked twice, once in each of two asks, is answered twice.
+                assert_eq!((at, before), (id(7), current), "answered twice");
+            }
+        }
+        match answer.next {
+            Some(next) => {
+                assert!(next > 0, "moves on");
+                from += next;
+            }
+            None => break,
+        }
+    }
+    assert!(asks > 5, "cut by bytes: {asks} asks");
+    assert_eq!(answered.len(), 200);
+    for n in 2..=201u32 {
+        let current = &answered[&id(n)];
+        let (deleted, edited, text) = match (n - 2) % 20 {
+            0 => (false, true, "\"".repeat(4000)),
+            10 => (true, false, String::new()),
+            _ => (false, false, control.clone()),
+        };
+        assert_eq!(
+            (current.deleted, current.edited, &current.text),
+            (deleted, edited, &text),
+            "message {n}"
+        );
     }
 }

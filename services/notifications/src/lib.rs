@@ -8,7 +8,8 @@
 //! user: a replay, a rebuild or a second replica emits the same id, stored once.
 //!
 //! [`Notifications`] reads `CHAT_USERS`: each user's notifications (read or not) and read
-//! markers. It answers `views.notifications.list` and `.markers`.
+//! markers. It answers `views.notifications.list` (pages cut by count and by bytes, within
+//! [`MAX_ANSWER_BYTES`]) and `.markers` (at most [`MAX_MARKERS`]).
 //!
 //! Keys of [`Mentions`]: `i/<event id>` (seen: membership events and messages that mention
 //! someone; the others change nothing here), `m/<room>/<user>` (a member), `r/<room>` →
@@ -23,8 +24,8 @@ use chatlog_events::{
     event::NotificationCreated,
     membership,
     queries::{
-        MarkersAnswer, MarkersRequest, NotificationView, NotificationsAnswer, NotificationsRequest,
-        notifications,
+        MAX_ANSWER_BYTES, MAX_MARKERS, MarkersAnswer, MarkersRequest, NotificationView,
+        NotificationsAnswer, NotificationsRequest, json_len, notifications,
     },
 };
 use chatlog_runtime::{
@@ -282,51 +283,84 @@ impl Projection for Notifications {
     }
 
     fn query(&self, view: &View, query: &str, request: &[u8]) -> Result<Vec<u8>, QueryError> {
-        let internal = |e: chatlog_runtime::ViewError| QueryError::Internal(e.to_string());
         match query {
-            notifications::LIST => {
-                let req: NotificationsRequest = parse_request(request)?;
-                let unread: Vec<u64> = get_json(view, &unread_key(&req.user)).unwrap_or_default();
-                let mut out = Vec::new();
-                for entry in view
-                    .tree()
-                    .scan_prefix(notification_prefix(&req.user))
-                    .rev()
-                {
-                    let (_, value) = entry.map_err(|e| internal(e.into()))?;
-                    if out.len() >= req.limit {
-                        break;
-                    }
-                    if let Ok(n) = serde_json::from_slice::<NotificationView>(&value)
-                        && (!req.unread_only || !n.read)
-                    {
-                        out.push(n);
-                    }
-                }
-                answer(&NotificationsAnswer {
-                    notifications: out,
-                    unread: unread.len(),
-                })
-            }
-            notifications::MARKERS => {
-                let req: MarkersRequest = parse_request(request)?;
-                let prefix = marker_prefix(&req.user);
-                let mut markers: MarkersAnswer = BTreeMap::new();
-                for entry in view.tree().scan_prefix(&prefix) {
-                    let (key, value) = entry.map_err(|e| internal(e.into()))?;
-                    let room = std::str::from_utf8(&key[prefix.len()..])
-                        .ok()
-                        .and_then(|r| RoomId::parse(r).ok());
-                    let seq = value.as_ref().try_into().ok().map(u64::from_be_bytes);
-                    if let (Some(room), Some(seq)) = (room, seq) {
-                        markers.insert(room, seq);
-                    }
-                }
-                answer(&markers)
-            }
+            notifications::LIST => answer(&list(view, parse_request(request)?)?),
+            notifications::MARKERS => answer(&markers(view, parse_request(request)?)?),
             other => Err(QueryError::NotFound(format!("no query {other}"))),
         }
     }
+}
+
+/// `req.user`'s notifications, newest first: the first `req.limit` older than `req.before`, as
+/// many as fit in [`MAX_ANSWER_BYTES`] (one at least: a notification is at most ~64 KiB, as the
+/// event it comes from, the stream's `max_msg_size`, holds its text as JSON too).
+pub fn list(view: &View, req: NotificationsRequest) -> Result<NotificationsAnswer, QueryError> {
+    // A page of none would say "more" for ever.
+    if req.limit == 0 {
+        return Err(QueryError::BadRequest("limit must be at least 1".into()));
+    }
+    let unread: Vec<u64> = get_json(view, &unread_key(&req.user)).unwrap_or_default();
+    let prefix = notification_prefix(&req.user);
+    let end = match &req.before {
+        // Where that notification landed (any event of the user's log is a position).
+        Some(id) => {
+            let seq = view
+                .get(&seen_key(id))
+                .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+                .ok_or_else(|| QueryError::BadRequest(format!("no notification {id}")))?;
+            notification_key(&req.user, seq)
+        }
+        None => notification_key(&req.user, u64::MAX),
+    };
+    let mut answer = NotificationsAnswer {
+        notifications: Vec::new(),
+        unread: unread.len(),
+        has_more: false,
+    };
+    // The envelope as its longest (`false`), then each notification and the comma before it.
+    let mut size = json_len(&answer);
+    for entry in view.tree().range(prefix..end).rev() {
+        let (_, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
+        let Ok(n) = serde_json::from_slice::<NotificationView>(&value) else {
+            continue;
+        };
+        if req.unread_only && n.read {
+            continue;
+        }
+        // One more the page leaves out.
+        if answer.notifications.len() >= req.limit {
+            answer.has_more = true;
+            break;
+        }
+        let bytes = json_len(&n) + usize::from(!answer.notifications.is_empty());
+        if !answer.notifications.is_empty() && size + bytes > MAX_ANSWER_BYTES {
+            answer.has_more = true;
+            break;
+        }
+        size += bytes;
+        answer.notifications.push(n);
+    }
+    Ok(answer)
+}
+
+/// `req.user`'s read markers: those of the first [`MAX_MARKERS`] rooms by id.
+pub fn markers(view: &View, req: MarkersRequest) -> Result<MarkersAnswer, QueryError> {
+    let prefix = marker_prefix(&req.user);
+    let mut markers: MarkersAnswer = BTreeMap::new();
+    for entry in view.tree().scan_prefix(&prefix) {
+        if markers.len() == MAX_MARKERS {
+            break;
+        }
+        let (key, value) = entry.map_err(|e| QueryError::Internal(e.to_string()))?;
+        let room = std::str::from_utf8(&key[prefix.len()..])
+            .ok()
+            .and_then(|r| RoomId::parse(r).ok());
+        let seq = value.as_ref().try_into().ok().map(u64::from_be_bytes);
+        if let (Some(room), Some(seq)) = (room, seq) {
+            markers.insert(room, seq);
+        }
+    }
+    Ok(markers)
 }
 
 #[cfg(test)]

@@ -341,3 +341,190 @@ fn membership_of_an_unknown_room_makes_no_member() {
     ]);
     assert!(emitted.is_empty(), "{emitted:?}");
 }
+
+// Every answer within MAX_ANSWER_BYTES, whatever is stored.
+
+use chatlog_events::queries::{
+    MAX_ANSWER_BYTES, MAX_MARKERS, MarkersAnswer, MarkersRequest, NotificationsAnswer,
+    NotificationsRequest, notifications::LIST, notifications::MARKERS,
+};
+use chatlog_runtime::testing::replay;
+use serde::de::DeserializeOwned;
+
+fn sled_view(dir: &tempfile::TempDir) -> View {
+    View::open(
+        &dir.path().join("v"),
+        "notifications",
+        Notifications.version(),
+    )
+    .unwrap()
+}
+
+/// Asks `query` as the host does and reads the answer, after checking its size.
+fn ask<T: DeserializeOwned>(view: &View, query: &str, request: &impl Serialize) -> T {
+    let bytes = Notifications
+        .query(view, query, &serde_json::to_vec(request).unwrap())
+        .unwrap_or_else(|e| panic!("{query}: {e:?}"));
+    assert!(
+        bytes.len() <= MAX_ANSWER_BYTES,
+        "{query}: an answer of {} bytes",
+        bytes.len()
+    );
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// An id of the most characters (32), by `n`.
+fn long(n: u32) -> String {
+    format!("{n:0>32}")
+}
+
+/// The notification `n` for bob: a mention in a message of 4 000 characters of what JSON writes
+/// longest (`"`, a 4-byte emoji, a control character: 2, 4 and 6 bytes).
+fn notified(n: u32) -> ChatEvent {
+    let c = ['"', '🎉', '\u{1}'][n as usize % 3];
+    for_bob(
+        n,
+        "notifications",
+        Payload::NotificationCreated(chatlog_events::event::NotificationCreated {
+            room: room(&long(n)),
+            seq: u64::from(n),
+            message_id: id(100_000 + n),
+            by: user(&long(n)),
+            text: std::iter::repeat_n(c, 4000).collect(),
+            reason: "mention".into(),
+        }),
+    )
+}
+
+#[test]
+fn pages_of_the_largest_notifications_fit_and_page_on_to_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir);
+    // 500 notifications (6 MB of text as JSON), every third read.
+    let mut events: Vec<ChatEvent> = (1..=500).map(notified).collect();
+    events.push(for_bob(
+        501,
+        "bob",
+        Payload::NotificationRead(NotificationRead {
+            ids: (1..=500).filter(|n| n % 3 == 0).map(id).collect(),
+            all: false,
+        }),
+    ));
+    let events: Vec<(u64, ChatEvent)> = (1..).zip(events).collect();
+    replay(&Notifications, &view, &events, 100);
+
+    for unread_only in [false, true] {
+        let mut paged: Vec<NotificationView> = Vec::new();
+        let mut before = None;
+        let mut pages = 0;
+        loop {
+            let page: NotificationsAnswer = ask(
+                &view,
+                LIST,
+                &NotificationsRequest {
+                    user: user("bob"),
+                    unread_only,
+                    limit: 500,
+                    before,
+                },
+            );
+            pages += 1;
+            assert!(!page.notifications.is_empty(), "a page moves on");
+            assert_eq!(page.unread, 334);
+            before = page.notifications.last().map(|n| n.id);
+            paged.extend(page.notifications);
+            if !page.has_more {
+                break;
+            }
+        }
+        assert!(pages > 5, "cut by bytes: {pages} pages");
+        let expected: Vec<EventId> = (1..=500)
+            .rev()
+            .filter(|n| !unread_only || n % 3 != 0)
+            .map(id)
+            .collect();
+        let ids: Vec<EventId> = paged.iter().map(|n| n.id).collect();
+        assert_eq!(
+            ids, expected,
+            "newest first, each once (unread only: {unread_only})"
+        );
+        for n in &paged {
+            assert_eq!(n.text.chars().count(), 4000, "nothing lost");
+            assert_eq!(n.read, n.seq % 3 == 0);
+        }
+    }
+
+    // A short page says there is more; the last one does not.
+    let first: NotificationsAnswer = ask(
+        &view,
+        LIST,
+        &NotificationsRequest {
+            user: user("bob"),
+            unread_only: false,
+            limit: 2,
+            before: None,
+        },
+    );
+    assert_eq!(first.notifications.len(), 2);
+    assert!(first.has_more);
+    let last: NotificationsAnswer = ask(
+        &view,
+        LIST,
+        &NotificationsRequest {
+            user: user("bob"),
+            unread_only: false,
+            limit: 2,
+            before: Some(id(3)),
+        },
+    );
+    assert_eq!(
+        last.notifications.iter().map(|n| n.id).collect::<Vec<_>>(),
+        [id(2), id(1)]
+    );
+    assert!(!last.has_more);
+    let unknown = NotificationsRequest {
+        user: user("bob"),
+        unread_only: false,
+        limit: 2,
+        before: Some(id(9999)),
+    };
+    let refused = Notifications
+        .query(&view, LIST, &serde_json::to_vec(&unknown).unwrap())
+        .unwrap_err();
+    assert_eq!(refused.code(), 400);
+    let none = NotificationsRequest {
+        before: None,
+        limit: 0,
+        ..unknown
+    };
+    let refused = Notifications
+        .query(&view, LIST, &serde_json::to_vec(&none).unwrap())
+        .unwrap_err();
+    assert_eq!(refused.code(), 400, "a page of none would never move on");
+}
+
+#[test]
+fn markers_answer_the_first_rooms_by_id_within_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = sled_view(&dir);
+    // Markers in 9 000 rooms of 32-character ids, at the largest seqs.
+    let events: Vec<(u64, ChatEvent)> = (0..9000u32)
+        .map(|r| {
+            let mark = for_bob(
+                r + 1,
+                "bob",
+                Payload::ReadMarked(ReadMarked {
+                    room: room(&long(8999 - r)),
+                    seq: u64::MAX - u64::from(r),
+                }),
+            );
+            (u64::from(r) + 1, mark)
+        })
+        .collect();
+    replay(&Notifications, &view, &events, 1000);
+    let markers: MarkersAnswer = ask(&view, MARKERS, &MarkersRequest { user: user("bob") });
+    let expected: MarkersAnswer = (0..MAX_MARKERS as u32)
+        .map(|r| (room(&long(r)), u64::MAX - u64::from(8999 - r)))
+        .collect();
+    assert_eq!(markers, expected);
+}

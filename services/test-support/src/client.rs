@@ -102,19 +102,14 @@ impl Client {
         answer.body["token"].as_str().unwrap().to_string()
     }
 
-    /// Waits until the history view lists `user` as a member of `room` (a join records it).
+    /// Waits until the history view counts `user` a member of `room` (a join records it): the
+    /// room is among those `GET /api/unread` counts for the user (its members' rooms).
     pub async fn wait_member(&self, room: &str, user: &str) {
         let token = self.token(user).await;
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let rooms = self.get("/api/rooms", &token).await;
-            let found = rooms.body.as_array().and_then(|rs| {
-                rs.iter().find(|r| r["id"] == room).map(|r| {
-                    r["members"]
-                        .as_array()
-                        .is_some_and(|m| m.iter().any(|u| u == user))
-                })
-            });
+            let unread = self.get("/api/unread", &token).await;
+            let found = unread.body["rooms"].get(room).map(|_| true);
             if found == Some(true) {
                 return;
             }

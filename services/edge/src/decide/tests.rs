@@ -50,6 +50,7 @@ fn message(room: &RoomView, author: &str, deleted: bool) -> MessageView {
         edited: false,
         deleted,
         reactions: BTreeMap::new(),
+        reaction_counts: BTreeMap::new(),
         mentions: Vec::new(),
     }
 }
