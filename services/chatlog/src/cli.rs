@@ -156,6 +156,13 @@ pub struct EdgeArgs {
     /// Guest logins, registrations and logins per client address in a burst.
     #[arg(long, env = "CHATLOG_AUTH_BURST", default_value_t = Limits::default().auth_burst)]
     pub auth_burst: f64,
+    /// Seconds a client may take to send a request's head (or to start the next one on a
+    /// kept-alive connection).
+    #[arg(long, env = "CHATLOG_REQUEST_HEAD_SECS", default_value_t = Limits::default().request_head.as_secs())]
+    pub request_head_secs: u64,
+    /// Seconds a request's body may take to arrive.
+    #[arg(long, env = "CHATLOG_REQUEST_BODY_SECS", default_value_t = Limits::default().request_body.as_secs())]
+    pub request_body_secs: u64,
     /// Proxies whose X-Forwarded-For names the client (comma-separated CIDRs or addresses).
     #[arg(long, env = "CHATLOG_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
@@ -207,6 +214,8 @@ impl EdgeArgs {
             max_connections_per_address: self.max_connections_per_address.max(1),
             auth_per_minute: self.auth_per_minute,
             auth_burst: self.auth_burst,
+            request_head: Duration::from_secs(self.request_head_secs.max(1)),
+            request_body: Duration::from_secs(self.request_body_secs.max(1)),
             ..Limits::default()
         };
         let streams = StreamSettings {

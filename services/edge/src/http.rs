@@ -67,11 +67,20 @@ impl From<RoomView> for RoomListing {
 /// A JSON body whose rejection is a protocol error (`400 {"code","message"}`).
 pub struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        // A body trickled in slower than this holds the request no longer.
+        let within = state.config.limits.request_body;
+        let Ok(parsed) = tokio::time::timeout(within, Json::<T>::from_request(req, state)).await
+        else {
+            return Err(ApiError::bad_request(format!(
+                "the body did not arrive within {} s",
+                within.as_secs()
+            )));
+        };
+        match parsed {
             Ok(Json(value)) => Ok(ApiJson(value)),
             Err(JsonRejection::BytesRejection(_)) => {
                 Err(ApiError::new(Code::TooLarge, "body too large"))

@@ -33,7 +33,6 @@ use axum::{
     Router,
     extract::DefaultBodyLimit,
     routing::{get, post},
-    serve::ListenerExt,
 };
 use chatlog_events::{RoomId, UserId, streams};
 use tokio::{net::TcpListener, sync::watch};
@@ -291,29 +290,66 @@ pub async fn ensure_default_rooms(state: &AppState) -> Result<(), error::ApiErro
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then closes every socket with 1001.
+///
+/// Its own accept loop rather than `axum::serve`, for the timeouts: a request head must arrive
+/// within [`Limits::request_head`] (a client trickling bytes, or idling on a kept-alive
+/// connection, holds nothing for longer).
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::{conn::auto::Builder, graceful::GracefulShutdown},
+        service::TowerToHyperService,
+    };
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(addr = %local, "edge listening");
-    let listener = listener.tap_io(|tcp| {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.limits.request_head);
+    let router = app(state.clone());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
         // Chat frames are small: do not let Nagle hold them back.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "setting TCP_NODELAY failed");
         }
-    });
-    let closing = state.clone();
-    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // The flag first: a connection registering after the kicks below sees it.
-            closing.shutdown.send_replace(true);
-            closing.users.kick_all(hub::KickReason::Shutdown);
-        })
-        .await
+        let service = router
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+    // The flag first: a connection registering after the kicks below sees it.
+    state.shutdown.send_replace(true);
+    state.users.kick_all(hub::KickReason::Shutdown);
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// The whole edge: connect, ensure the streams and default rooms, serve until `shutdown`.

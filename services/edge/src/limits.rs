@@ -44,6 +44,11 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Live events held for one room while its catch-up reads the stream.
     pub catch_up_buffer: usize,
+    /// Longest a client may take to send a request's head (or to start the next one on a
+    /// kept-alive connection) before the connection is closed.
+    pub request_head: Duration,
+    /// Longest a request's body may take to arrive.
+    pub request_body: Duration,
     /// Longest a request waits for NATS before answering `unavailable`.
     pub nats_deadline: Duration,
     /// How often a connection says it is still there, per joined room (PROTOCOL: 15 s).
@@ -74,6 +79,8 @@ impl Default for Limits {
             outbound_queue: 1024,
             catch_up_buffer: 10_000,
             nats_deadline: Duration::from_secs(2),
+            request_head: Duration::from_secs(10),
+            request_body: Duration::from_secs(10),
             heartbeat: Duration::from_secs(15),
             typing_throttle: Duration::from_secs(3),
             ping: Duration::from_secs(20),

@@ -283,3 +283,51 @@ async fn unauthenticated_routes_and_connections_are_limited_per_address() {
         .count();
     assert_eq!(opened, 4);
 }
+
+/// Reads from `stream` until the server closes it, within `patience`; returns what it read.
+async fn until_closed(stream: &mut tokio::net::TcpStream, patience: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(patience, stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server kept the connection open: {out:?}");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_request_head_or_body_trickled_in_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let app = common::spawn_app_with(|c| {
+        c.limits.request_head = Duration::from_millis(300);
+        c.limits.request_body = Duration::from_millis(300);
+    })
+    .await;
+    // A head that never ends (slowloris): the connection is closed, with no answer.
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let answer = until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // A kept-alive connection that goes quiet after its request is closed too.
+    let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A body that stops half way: an error, not a held request.
+    let token = app.token("ada").await;
+    let mut trickle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"text\":"
+    );
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let answer = until_closed(&mut trickle, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(app.writes_after("lobby", 0, &token).await.is_empty());
+}
