@@ -32,14 +32,10 @@ pub const NOT_CAUGHT_UP: u16 = 503;
 
 /// The most bytes a view's answer may serialize to.
 ///
-/// NATS drops a message larger than the server's `max_payload` (1 MiB by default, and as
-/// `nats.conf` sets it): a reply over it never reaches the asker, who sees a timeout, and a query
-/// whose answer grew past it would answer "unavailable" for good. Every query's answer is made to
-/// fit under half of that, room to spare for headers and a server configured lower: a page is cut
-/// (and says how to ask for the rest), a list that cannot be paged is capped, and what one item
-/// carries is bounded (the stream's largest event, [`crate::streams::StreamSettings`]'s
-/// `max_msg_size` of 64 KiB, bounds every stored text, escapes included, since the event holds it
-/// as JSON too).
+/// NATS drops a reply larger than the server's `max_payload`, and a query whose answer grew past
+/// it would answer "unavailable" for good; half of the default leaves room for headers and a
+/// server configured lower. Pages are cut and say how to ask on, lists that cannot be paged are
+/// capped, and one item is bounded by the stream's largest event (`max_msg_size`).
 pub const MAX_ANSWER_BYTES: usize = 512 * 1024;
 
 /// The length of `value`'s JSON, as `serde_json::to_vec` writes it, without writing it.
@@ -110,8 +106,8 @@ pub struct MessagesAnswer {
 /// As a view answers it, its reactions are capped: at most [`MAX_REACTION_USERS`] users listed
 /// per emoji (the whole count in `reaction_counts`), the most reacted emoji first while the
 /// reactions' JSON fits in [`MAX_REACTIONS_BYTES`] (the others left out). So a message answered is
-/// at most ~192 KiB whatever is stored: its text and mentions come from one posted event and its
-/// text from at most one edit, each event at most 64 KiB as stored JSON, plus the reactions' cap.
+/// bounded whatever is stored: its text and mentions come from stored events, each at most the
+/// stream's `max_msg_size`, and its reactions are capped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageView {
     pub seq: u64,
@@ -137,9 +133,8 @@ pub struct MessageView {
 
 /// Most users a message's answer lists per emoji.
 pub const MAX_REACTION_USERS: usize = 50;
-/// Most bytes of a message's `reactions` and `reaction_counts` JSON in an answer: ~30 emoji of
-/// the edge's longest (64 bytes, each escaped) with [`MAX_REACTION_USERS`] users each, or some
-/// 1 300 emoji of one user each.
+/// Most bytes of a message's `reactions` and `reaction_counts` JSON in an answer: reactions have
+/// no bound of their own (every user may add every emoji), so a message's answer caps them.
 pub const MAX_REACTIONS_BYTES: usize = 64 * 1024;
 
 /// `views.history.message`: one message by id (`null` when unknown).
@@ -152,8 +147,8 @@ pub struct MessageRequest {
 ///
 /// Its `members`: with `members` asked, those of the users named who are members now (in the
 /// room's order), enough to decide on them and bounded however large the room; without, every
-/// member, refused (400) when the answer would pass [`MAX_ANSWER_BYTES`] (some 14 900 members of
-/// 32 characters: a public room's joins, or a private room's additions, have no bound).
+/// member, refused (400) when the answer would pass [`MAX_ANSWER_BYTES`] (a room's members have
+/// no bound: joins and additions only add).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomRequest {
     pub room: RoomId,
@@ -162,7 +157,7 @@ pub struct RoomRequest {
     pub members: Option<Vec<UserId>>,
 }
 
-/// Most users one `room` query asks about (a post names at most 50 mentions, plus its author).
+/// Most users one `room` query asks about (a post's mentions and its author fit).
 pub const MAX_MEMBERS_ASKED: usize = 100;
 
 /// `views.history.rooms`: the rooms `user` may see, by id: the first `limit` (default
@@ -233,7 +228,7 @@ impl RoomView {
 /// [`MAX_CURRENT_IDS`]), to serve their stored events as they are now (deleted, or edited).
 ///
 /// The ids are answered in the order asked, as long as the answer fits in [`MAX_ANSWER_BYTES`]
-/// (a thousand texts of 4 000 characters do not). With `partial`, the answer then stops and its
+/// (a thousand of the longest texts do not). With `partial`, the answer then stops and its
 /// `next` is the index in `ids` of the first id not answered (ask again from there); without, such
 /// a request is refused (400): an asker that does not read `next` would take the ids not answered
 /// for messages of another room, and serve their stored text as it was.
@@ -299,7 +294,7 @@ pub mod notifications {
 
 /// `views.notifications.list`: a user's notifications, newest first: the first `limit` (one at
 /// least) older than `before`, fewer when they would not fit in [`MAX_ANSWER_BYTES`] (never none
-/// while there is one: a notification alone is at most ~64 KiB, the stream's largest event).
+/// while there is one: a notification alone is bounded by the stream's largest event).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationsRequest {
     pub user: UserId,
@@ -336,7 +331,7 @@ pub struct NotificationView {
 }
 
 /// `views.notifications.markers`: a user's read markers, room to seq: those of the first
-/// [`MAX_MARKERS`] rooms by id (a marker is ~56 bytes of JSON: 8 192 of them are 448 KiB).
+/// [`MAX_MARKERS`] rooms by id (so that the answer fits [`MAX_ANSWER_BYTES`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MarkersRequest {
     pub user: UserId,
@@ -345,13 +340,12 @@ pub struct MarkersRequest {
 pub type MarkersAnswer = BTreeMap<RoomId, u64>;
 
 /// Most read markers a `markers` query answers: far more than the rooms `unread` counts
-/// ([`MAX_UNREAD_ROOMS`]), so the markers of those are answered unless the user marked some
-/// 7 000 rooms it left, with ids before theirs.
+/// ([`MAX_UNREAD_ROOMS`]), so those rooms' markers are answered but in extreme cases.
 pub const MAX_MARKERS: usize = 8192;
 
 /// `views.history.unread`: per room `user` is a member of, the messages after its marker (all
 /// without one), not counting its own or deleted ones: the first [`MAX_UNREAD_ROOMS`] such rooms
-/// by id (the others are absent), each counted up to `MAX_UNREAD` (10 000).
+/// by id (the others are absent), each counted up to the history view's `MAX_UNREAD`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnreadRequest {
     pub user: UserId,
@@ -364,8 +358,8 @@ pub struct UnreadAnswer {
     pub rooms: BTreeMap<RoomId, u64>,
 }
 
-/// Most rooms an `unread` query counts (~41 bytes of JSON each: ~40 KiB; and the counting reads
-/// each room's blocks back to its marker, so the work is bounded too).
+/// Most rooms an `unread` query counts: bounds its answer and its work (it reads each room's
+/// blocks back to the marker).
 pub const MAX_UNREAD_ROOMS: usize = 1000;
 
 #[cfg(test)]

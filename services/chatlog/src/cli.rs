@@ -135,7 +135,7 @@ pub struct EdgeArgs {
     /// Failed logins per account per minute before its logins wait.
     #[arg(long, env = "CHATLOG_LOGIN_FAILURES_PER_MINUTE", default_value_t = Limits::default().login_failures_per_minute)]
     pub login_failures_per_minute: f64,
-    /// Password hashes computed at once (argon2: ~19 MiB each); more logins wait their turn.
+    /// Password hashes computed at once (argon2 is memory-hard); more logins wait their turn.
     #[arg(long, env = "CHATLOG_CONCURRENT_HASHES", default_value_t = Limits::default().concurrent_hashes)]
     pub concurrent_hashes: usize,
     /// Rooms one connection may join.

@@ -229,24 +229,7 @@ async fn killing_the_stream_leader_of_a_cluster_loses_no_acknowledged_append() {
 }
 
 async fn start_chatlog(nats: &NatsServer, data: &std::path::Path, what: &str) -> (Proc, Client) {
-    common::serve(common::command(
-        &nats.url(),
-        data,
-        &[
-            what,
-            "--max-connections-per-user",
-            "1000",
-            "--signal-rate",
-            "1000",
-            "--signal-burst",
-            "1000",
-            "--send-rate",
-            "1000",
-            "--send-burst",
-            "1000",
-        ],
-    ))
-    .await
+    common::serve(common::command(&nats.url(), data, &common::lifted(what))).await
 }
 
 #[tokio::test]

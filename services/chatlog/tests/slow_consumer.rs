@@ -161,21 +161,7 @@ async fn one_client_that_never_reads_among_1000_is_closed_and_the_edge_memory_st
     let (mut edge, client) = common::serve(common::command(
         &nats.url(),
         data.path(),
-        &[
-            "edge",
-            "--send-rate",
-            "1000000",
-            "--send-burst",
-            "1000000",
-            "--signal-rate",
-            "1000000",
-            "--signal-burst",
-            "1000000",
-            "--rooms-per-minute",
-            "1000000",
-            "--max-connections-per-user",
-            "100000",
-        ],
+        &common::lifted("edge"),
     ))
     .await;
     let pid = edge.0.id();

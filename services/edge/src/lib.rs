@@ -108,7 +108,7 @@ pub struct Inner {
     /// logins; shared by every connection and route of the user on this edge.
     pub budgets: limits::Budgets,
     /// Password hashes computed at once: a login flood queues here instead of holding the CPU
-    /// and ~19 MiB per hash.
+    /// and a hash's memory per login.
     pub hashing: tokio::sync::Semaphore,
     /// Flips to true when the edge shuts down: every connection closes with 1001.
     pub shutdown: watch::Sender<bool>,

@@ -29,7 +29,7 @@ pub struct Limits {
     pub rooms_per_minute: f64,
     /// Failed logins per account per minute before its logins are refused for a while.
     pub login_failures_per_minute: f64,
-    /// Password hashes (argon2, ~19 MiB and tens of ms each) computed at once; more logins wait.
+    /// Password hashes computed at once (argon2 is memory-hard by design); more logins wait.
     pub concurrent_hashes: usize,
     pub max_rooms_per_connection: usize,
     /// WebSocket connections one user may hold on one edge.

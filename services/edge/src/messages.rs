@@ -46,10 +46,13 @@ async fn decide_one(
     command: Command,
     message: Option<MessageView>,
 ) -> Result<Payload, ApiError> {
-    let private = state.rooms.get(room).await?.is_some_and(|r| r.private);
     let concerns = command.concerns(user);
-    let members = command.needs_members(private).then_some(&concerns[..]);
-    let (view, _) = state.rooms.at_head(room, &state.views, members).await?;
+    let (view, _) = state
+        .rooms
+        .at_head(room, &state.views, &concerns, |private| {
+            command.needs_members(private)
+        })
+        .await?;
     let given = Given {
         room: &view,
         message: message.as_ref(),

@@ -18,32 +18,6 @@ use crate::{
     views::Views,
 };
 
-/// What a room is, from its `chat.room.created` event.
-#[derive(Debug, Clone)]
-pub struct Room {
-    pub id: RoomId,
-    pub name: String,
-    pub topic: String,
-    pub private: bool,
-    pub members: Vec<UserId>,
-    pub creator: UserId,
-}
-
-impl Room {
-    /// The room as its creation made it (members as listed then).
-    pub fn as_view(&self) -> RoomView {
-        RoomView {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            topic: self.topic.clone(),
-            private: self.private,
-            members: self.members.clone(),
-            creator: self.creator.clone(),
-            last_seq: 0,
-        }
-    }
-}
-
 /// What `POST /api/rooms` asks for, validated.
 #[derive(Debug, Clone)]
 pub struct NewRoom {
@@ -56,7 +30,7 @@ pub struct NewRoom {
 
 pub struct Directory {
     log: Log,
-    known: RwLock<HashMap<RoomId, Arc<Room>>>,
+    known: RwLock<HashMap<RoomId, Arc<RoomView>>>,
 }
 
 impl Directory {
@@ -68,7 +42,7 @@ impl Directory {
     }
 
     /// The room, if it exists.
-    pub async fn get(&self, id: &RoomId) -> Result<Option<Arc<Room>>, LogError> {
+    pub async fn get(&self, id: &RoomId) -> Result<Option<Arc<RoomView>>, LogError> {
         if let Some(room) = self.cached(id) {
             return Ok(Some(room));
         }
@@ -82,23 +56,24 @@ impl Directory {
         Ok(self.remember(id, &first.body))
     }
 
-    /// The room as of its head, for [`crate::decide`]: with `members`, which of those users are
-    /// members, read from the history view once that view holds the room's last seq (never from
-    /// a view or a replica that lags); without, as its `chat.room.created` made it (enough for a
-    /// public room's posts). `not_found` when it does not exist. Returns the room and the head read (0 when
+    /// The room as of its head, for [`crate::decide`]: when `needs_members(private)`, which of
+    /// the `asked` users are members, read from the history view once that view holds the room's
+    /// last seq (never from a view or a replica that lags); else as its `chat.room.created` made
+    /// it (enough for a public room's posts). `not_found` when it does not exist. Returns the room and the head read (0 when
     /// none was).
     pub async fn at_head(
         &self,
         id: &RoomId,
         views: &Views,
-        members: Option<&[UserId]>,
-    ) -> Result<(RoomView, u64), ApiError> {
+        asked: &[UserId],
+        needs_members: impl FnOnce(bool) -> bool,
+    ) -> Result<(Arc<RoomView>, u64), ApiError> {
         let Some(room) = self.get(id).await? else {
             return Err(ApiError::not_found(&format!("room {id}")));
         };
-        let Some(members) = members else {
-            return Ok((room.as_view(), 0));
-        };
+        if !needs_members(room.private) {
+            return Ok((room, 0));
+        }
         let head = self.log.room_head(id).await?;
         let current: Option<RoomView> = views
             .ask_strict(
@@ -106,7 +81,7 @@ impl Directory {
                 history::ROOM,
                 &RoomRequest {
                     room: id.clone(),
-                    members: Some(members.to_vec()),
+                    members: Some(asked.to_vec()),
                 },
                 head,
             )
@@ -118,7 +93,7 @@ impl Directory {
                 "the history view does not hold the room yet",
             )
         })?;
-        Ok((current, head))
+        Ok((Arc::new(current), head))
     }
 
     /// The room if `user` may see it (a private room: is a member as of its head); `not_found`
@@ -128,12 +103,9 @@ impl Directory {
         id: &RoomId,
         user: &UserId,
         views: &Views,
-    ) -> Result<RoomView, ApiError> {
-        let room = self.get(id).await?;
-        let private = room.as_ref().is_some_and(|r| r.private);
-        let asked = [user.clone()];
+    ) -> Result<Arc<RoomView>, ApiError> {
         let (room, _) = self
-            .at_head(id, views, private.then_some(&asked[..]))
+            .at_head(id, views, std::slice::from_ref(user), |private| private)
             .await?;
         crate::decide::decide(
             user,
@@ -152,7 +124,7 @@ impl Directory {
         &self,
         creator: &UserId,
         new: NewRoom,
-    ) -> Result<(Arc<Room>, u64), ApiError> {
+    ) -> Result<(Arc<RoomView>, u64), ApiError> {
         let mut members = new.members;
         if new.private && !members.contains(creator) {
             members.insert(0, creator.clone());
@@ -177,12 +149,12 @@ impl Directory {
             }
             Err(e) => return Err(e.into()),
         };
-        let room = Arc::new(room_from(new.id.clone(), creator.clone(), created));
+        let room = Arc::new(created_view(new.id.clone(), creator.clone(), created));
         self.write().insert(new.id, room.clone());
         Ok((room, seq))
     }
 
-    fn cached(&self, id: &RoomId) -> Option<Arc<Room>> {
+    fn cached(&self, id: &RoomId) -> Option<Arc<RoomView>> {
         self.known
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -190,28 +162,30 @@ impl Directory {
             .cloned()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<RoomId, Arc<Room>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<RoomId, Arc<RoomView>>> {
         self.known.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn remember(&self, id: &RoomId, first_body: &[u8]) -> Option<Arc<Room>> {
+    fn remember(&self, id: &RoomId, first_body: &[u8]) -> Option<Arc<RoomView>> {
         let event = ChatEvent::decode(first_body).ok()?;
         let Payload::RoomCreated(created) = event.payload else {
             return None;
         };
-        let room = Arc::new(room_from(id.clone(), event.user, created));
+        let room = Arc::new(created_view(id.clone(), event.user, created));
         self.write().insert(id.clone(), room.clone());
         Some(room)
     }
 }
 
-fn room_from(id: RoomId, creator: UserId, created: RoomCreated) -> Room {
-    Room {
+/// The room as its creation made it (a private room's members as listed then).
+fn created_view(id: RoomId, creator: UserId, created: RoomCreated) -> RoomView {
+    RoomView {
         id,
         name: created.name,
         topic: created.topic,
         private: created.private,
         members: created.members,
         creator,
+        last_seq: 0,
     }
 }

@@ -41,7 +41,10 @@ impl Views {
         min_seq: Option<u64>,
     ) -> Result<Ans, ApiError> {
         let header = min_seq.map(|seq| (queries::MIN_SEQ_HEADER, seq));
-        self.request(view, query, request, header).await
+        let body = serde_json::to_vec(request).map_err(ApiError::internal)?;
+        self.request(view, query, body.into(), header)
+            .await
+            .map_err(Failure::into_error)
     }
 
     /// Answered only by a view that has applied stream sequence `seq`: for decisions (membership)
@@ -56,51 +59,44 @@ impl Views {
         seq: u64,
     ) -> Result<Ans, ApiError> {
         let header = Some((queries::REQUIRE_SEQ_HEADER, seq));
+        let body: bytes::Bytes = serde_json::to_vec(request)
+            .map_err(ApiError::internal)?
+            .into();
         let mut tries = 0;
         loop {
-            match self.request(view, query, request, header).await {
-                // No responder at all is final: nobody else would answer either.
-                Err(e)
-                    if e.code == Code::Unavailable
-                        && e.message.contains("caught up")
-                        && tries < 2 =>
-                {
-                    tries += 1
-                }
-                answer => return answer,
+            match self.request(view, query, body.clone(), header).await {
+                Err(Failure::Behind(_)) if tries < 2 => tries += 1,
+                answer => return answer.map_err(Failure::into_error),
             }
         }
     }
 
-    async fn request<Req: Serialize, Ans: DeserializeOwned>(
+    async fn request<Ans: DeserializeOwned>(
         &self,
         view: &str,
         query: &str,
-        request: &Req,
+        body: bytes::Bytes,
         header: Option<(&'static str, u64)>,
-    ) -> Result<Ans, ApiError> {
-        let body = serde_json::to_vec(request).map_err(ApiError::internal)?;
+    ) -> Result<Ans, Failure> {
         let subject = queries::subject(view, query);
         let mut headers = async_nats::HeaderMap::new();
         if let Some((name, seq)) = header {
             headers.insert(name, seq.to_string().as_str());
         }
-        let request = self
-            .client
-            .request_with_headers(subject, headers, body.into());
+        let request = self.client.request_with_headers(subject, headers, body);
         let asked = tokio::time::timeout(self.deadline + MIN_SEQ_PATIENCE, request)
             .await
-            .map_err(|_| unavailable(view))?;
+            .map_err(|_| Failure::Other(unavailable(view)))?;
         let message = match asked {
             Ok(m) => m,
             Err(e) => {
-                return Err(match e.kind() {
+                return Err(Failure::Other(match e.kind() {
                     RequestErrorKind::NoResponders | RequestErrorKind::TimedOut => {
                         unavailable(view)
                     }
                     _ if !crate::log::is_connected(&self.client) => unavailable(view),
                     _ => ApiError::internal(e),
-                });
+                }));
             }
         };
         if let Some(headers) = &message.headers
@@ -110,14 +106,32 @@ impl Views {
                 .get(async_nats::service::NATS_SERVICE_ERROR)
                 .map(|v| v.as_str().to_string())
                 .unwrap_or_default();
-            return Err(match code.as_str() {
-                "400" => ApiError::bad_request(text),
-                "404" => ApiError::new(Code::NotFound, text),
-                "503" => ApiError::new(Code::Unavailable, format!("{view} view: {text}")),
-                _ => ApiError::internal(format!("{view} view: {text}")),
+            return Err(match code.as_str().parse::<u16>() {
+                Ok(400) => Failure::Other(ApiError::bad_request(text)),
+                Ok(404) => Failure::Other(ApiError::new(Code::NotFound, text)),
+                Ok(queries::NOT_CAUGHT_UP) => Failure::Behind(ApiError::new(
+                    Code::Unavailable,
+                    format!("{view} view: {text}"),
+                )),
+                _ => Failure::Other(ApiError::internal(format!("{view} view: {text}"))),
             });
         }
-        serde_json::from_slice(&message.payload).map_err(ApiError::internal)
+        serde_json::from_slice(&message.payload).map_err(|e| Failure::Other(ApiError::internal(e)))
+    }
+}
+
+/// Why a question to a view got no answer.
+enum Failure {
+    /// The replica asked has not applied the seq required: another may have.
+    Behind(ApiError),
+    Other(ApiError),
+}
+
+impl Failure {
+    fn into_error(self) -> ApiError {
+        match self {
+            Failure::Behind(e) | Failure::Other(e) => e,
+        }
     }
 }
 

@@ -742,11 +742,11 @@ impl Connection {
     /// a first join of a public room appends `chat.member.joined`, stored before `joined` is
     /// answered (a mention sent after that notifies the new member).
     async fn become_member(&self, room: &RoomId) -> Result<(), ApiError> {
-        let asked = [self.user.clone()];
+        let asked = std::slice::from_ref(&self.user);
         let (view, _) = match self
             .state
             .rooms
-            .at_head(room, &self.state.views, Some(&asked))
+            .at_head(room, &self.state.views, asked, |_| true)
             .await
         {
             Ok(found) => found,
@@ -754,7 +754,7 @@ impl Connection {
             // already, the join is recorded again (the views fold a repeated membership once),
             // and joining never waits for a view that is down.
             Err(e) if e.code == Code::Unavailable => match self.state.rooms.get(room).await? {
-                Some(found) if !found.private => (found.as_view(), 0),
+                Some(found) if !found.private => (found, 0),
                 _ => return Err(e),
             },
             Err(e) => return Err(e),

@@ -177,7 +177,8 @@ async fn sixty_sockets_opened_at_once_keep_at_most_the_cap() {
         }
     }
     assert_eq!(open.len(), 20);
-    // A closed one frees its seat.
+    // A closed one frees its seat once the server has seen it go: nothing tells the client when,
+    // so it tries again until a socket opens.
     drop(open.pop());
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     loop {

@@ -484,8 +484,8 @@ pub fn room(view: &dyn Read, req: RoomRequest) -> Result<Option<RoomView>, Query
             let asked: std::collections::BTreeSet<UserId> = asked.into_iter().collect();
             room.members.retain(|m| asked.contains(m));
         }
-        // A private room is created with at most 1 000 members (~35 KiB), but additions and a
-        // public room's joins have no bound.
+        // Creation bounds a private room's members, but additions and a public room's joins
+        // have no bound.
         None if json_len(&room) > MAX_ANSWER_BYTES => {
             return Err(QueryError::BadRequest(format!(
                 "room {} has {} members, too many for one answer: name the users asked about \
@@ -515,8 +515,8 @@ fn listed(mut room: RoomView, asker: &UserId) -> ListedRoom {
 }
 
 /// The rooms `req.user` may see, by id, the first `req.limit` after `req.after`, as many as fit
-/// in [`MAX_ANSWER_BYTES`] (one at least: a listed room is at most ~170 KiB whatever is stored,
-/// name and topic from at most two events of 64 KiB, and 1 000 members of 35 bytes).
+/// in [`MAX_ANSWER_BYTES`] (one at least, which always fits: its name and topic come from stored
+/// events, bounded by the stream's `max_msg_size`, and its listed members are capped).
 pub fn rooms(view: &View, req: RoomsRequest) -> Result<RoomsAnswer, QueryError> {
     let limit = req.limit.unwrap_or(DEFAULT_ROOMS);
     if limit == 0 || limit > MAX_ROOMS {
@@ -590,8 +590,8 @@ pub fn current(view: &dyn Read, req: CurrentRequest) -> Result<CurrentAnswer, Qu
             edited: message.edited,
             text: message.text,
         };
-        // `"id":{...}` and a comma before it but the first. One at least: a text is at most
-        // 64 KiB (the stream's largest event holds it as JSON too).
+        // `"id":{...}` and a comma before it but the first. One at least: a text is bounded by the
+        // stream's largest event, which holds it as JSON too.
         let bytes =
             json_len(id) + 1 + json_len(&current) + usize::from(!answer.messages.is_empty());
         if !answer.messages.is_empty() && size + bytes > MAX_ANSWER_BYTES {
@@ -692,12 +692,8 @@ pub fn messages(view: &View, req: MessagesRequest) -> Result<MessagesAnswer, Que
             }
             let message = capped(message);
             let bytes = json_len(&message) + usize::from(!messages.is_empty());
-            // The first message goes in whatever its size, so that paging always moves on. It
-            // fits anyway: capped, a message is at most ~192 KiB whatever is stored (its text and
-            // mentions come from one posted event and its text from at most one edit, each at
-            // most 64 KiB, the stream's `max_msg_size`, holding them as JSON too; its reactions
-            // at most `MAX_REACTIONS_BYTES`); within the edge's limits (4 000 characters, 50
-            // mentions) it is at most ~90 KiB.
+            // The first message goes in whatever its size, so that paging always moves on; it
+            // fits anyway, capped (see `MessageView`).
             if !messages.is_empty() && size + bytes > MAX_ANSWER_BYTES {
                 has_more = true;
                 break 'blocks;

@@ -110,7 +110,8 @@ async fn the_abusive_rooms_and_messages_are_answered_through_nats_page_after_pag
         },
     ));
 
-    // Once the service answers (the queries wait for `head` themselves).
+    // Once the service answers (the queries wait for `head` themselves): its registration has no
+    // event to await, so it is asked until it responds.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while client
         .request(subject(history::VIEW, CHECKSUM), "{}".into())

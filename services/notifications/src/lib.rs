@@ -292,8 +292,8 @@ impl Projection for Notifications {
 }
 
 /// `req.user`'s notifications, newest first: the first `req.limit` older than `req.before`, as
-/// many as fit in [`MAX_ANSWER_BYTES`] (one at least: a notification is at most ~64 KiB, as the
-/// event it comes from, the stream's `max_msg_size`, holds its text as JSON too).
+/// many as fit in [`MAX_ANSWER_BYTES`] (one at least, which fits: the event it comes from, at most
+/// the stream's `max_msg_size`, holds its text as JSON too).
 pub fn list(view: &View, req: NotificationsRequest) -> Result<NotificationsAnswer, QueryError> {
     // A page of none would say "more" for ever.
     if req.limit == 0 {

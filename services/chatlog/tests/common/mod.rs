@@ -107,27 +107,34 @@ pub async fn bench(url: &str, nats_url: &str, args: &[&str]) -> chatlog_bench::O
         .outcome
 }
 
-/// A `chatlog edge` on `nats_url` with its send limits lifted, as the bench's workloads need
+/// The per-user limits lifted, as load from few users (the bench's workloads, the fault tests'
+/// producers) needs: `chatlog <what>` arguments.
+pub const LIMITS_LIFTED: &[&str] = &[
+    "--send-rate",
+    "1000000",
+    "--send-burst",
+    "1000000",
+    "--signal-rate",
+    "1000000",
+    "--signal-burst",
+    "1000000",
+    "--rooms-per-minute",
+    "1000000",
+    "--max-connections-per-user",
+    "100000",
+];
+
+/// `chatlog <what>` with [`LIMITS_LIFTED`].
+pub fn lifted(what: &str) -> Vec<&str> {
+    let mut args = vec![what];
+    args.extend_from_slice(LIMITS_LIFTED);
+    args
+}
+
+/// A `chatlog edge` on `nats_url` with its per-user limits lifted, as the bench's workloads need
 /// (its data under `data`): the process and its address as a URL.
 pub async fn edge_for_bench(nats_url: &str, data: &Path) -> (Proc, String) {
-    let (edge, client) = serve(command(
-        nats_url,
-        data,
-        &[
-            "edge",
-            "--send-rate",
-            "1000000",
-            "--send-burst",
-            "1000000",
-            "--signal-rate",
-            "1000000",
-            "--signal-burst",
-            "1000000",
-            "--rooms-per-minute",
-            "1000000",
-        ],
-    ))
-    .await;
+    let (edge, client) = serve(command(nats_url, data, &lifted("edge"))).await;
     (edge, format!("http://{}", client.addr))
 }
 
