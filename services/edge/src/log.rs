@@ -9,7 +9,6 @@ use async_nats::{
     connection::State,
     jetstream::{
         self,
-        consumer::{DeliverPolicy, pull::OrderedConfig},
         context::{PublishAckFuture, PublishError, PublishErrorKind},
         stream::DirectGetErrorKind,
     },
@@ -319,7 +318,8 @@ impl Log {
     }
 
     /// Like [`Log::read`], handing each message to `each` as it arrives; `each` answering false
-    /// stops the read. An ordered consumer (no acks, flow-controlled) streams the range.
+    /// stops the read. Batched direct gets read the range (no consumer to create and delete; any
+    /// replica answers): a replica that has not stored `to` yet is asked again until the deadline.
     pub async fn read_each<F, Fut>(
         &self,
         stream: Stream,
@@ -333,52 +333,103 @@ impl Log {
         F: FnMut(Stored) -> Fut,
         Fut: Future<Output = bool>,
     {
-        let from = from.max(1);
-        if from > to || limit == 0 {
+        let mut next = from.max(1);
+        if next > to || limit == 0 {
             return Ok(0);
         }
-        let handle = self.stream(stream).await?;
-        let consumer = self
-            .bounded(handle.create_consumer(OrderedConfig {
-                filter_subject: subject.to_string(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
-                },
-                ..Default::default()
-            }))
-            .await?
-            .map_err(|_| self.unavailable_or("creating a reader"))?;
-        let mut messages = self
-            .bounded(consumer.messages())
-            .await?
-            .map_err(|_| self.unavailable_or("reading"))?;
         let mut count = 0;
+        let mut behind_since: Option<Instant> = None;
         loop {
-            // Each message must come within the deadline: the range is known to exist.
-            let next = match tokio::time::timeout(self.0.deadline, messages.next()).await {
-                Err(_) => return Err(LogError::Unavailable),
-                Ok(None) => return Err(LogError::Unavailable),
-                Ok(Some(Err(_))) => return Err(self.unavailable_or("reading")),
-                Ok(Some(Ok(m))) => m,
-            };
-            let seq = next
-                .info()
-                .map_err(|e| LogError::Internal(e.to_string()))?
-                .stream_sequence;
-            if seq > to {
-                break;
+            let want = (limit - count).min(READ_BATCH);
+            let batch = self.direct_batch(stream, subject, next, want).await?;
+            let got = batch.len();
+            for m in batch {
+                if m.seq > to {
+                    return Ok(count);
+                }
+                let seq = m.seq;
+                count += 1;
+                next = seq + 1;
+                if !each(m).await || seq == to || count >= limit {
+                    return Ok(count);
+                }
             }
-            count += 1;
-            let go_on = each(Stored {
-                seq,
-                body: next.message.payload.clone(),
-            })
-            .await;
-            if !go_on || seq == to || count >= limit {
-                break;
+            if got == 0 {
+                // `to` is stored (the caller read it as the head), so this replica is behind.
+                let since = *behind_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.0.deadline {
+                    return Err(LogError::Unavailable);
+                }
+                tokio::time::sleep(BEHIND_PAUSE).await;
+            } else {
+                behind_since = None;
             }
         }
-        Ok(count)
+    }
+
+    /// One batched direct get (ADR-31): up to `batch` messages on `subject` from seq `from`, at
+    /// most [`READ_BATCH_BYTES`] of them, ended by the server's end-of-batch message. None found
+    /// is an empty batch.
+    async fn direct_batch(
+        &self,
+        stream: Stream,
+        subject: &str,
+        from: u64,
+        batch: usize,
+    ) -> Result<Vec<Stored>, LogError> {
+        if !self.connected() {
+            return Err(LogError::Unavailable);
+        }
+        let client = &self.0.client;
+        let inbox = client.new_inbox();
+        let mut answers = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|_| self.unavailable_or("reading"))?;
+        let request = serde_json::json!({
+            "seq": from,
+            "next_by_subj": subject,
+            "batch": batch,
+            "max_bytes": READ_BATCH_BYTES,
+        });
+        client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", stream.name()),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .map_err(|_| self.unavailable_or("reading"))?;
+        let until = Instant::now() + self.0.deadline;
+        let mut out = Vec::new();
+        loop {
+            let message = match timeout_at(until, answers.next()).await {
+                Err(_) | Ok(None) => return Err(LogError::Unavailable),
+                Ok(Some(m)) => m,
+            };
+            match message.status.map(|s| s.as_u16()) {
+                None | Some(200) => {}
+                // End of batch; or nothing at or after `from`.
+                Some(204) | Some(404) => return Ok(out),
+                Some(503) => return Err(LogError::Unavailable),
+                Some(other) => {
+                    return Err(LogError::Internal(format!(
+                        "direct get answered {other} {}",
+                        message.description.unwrap_or_default()
+                    )));
+                }
+            }
+            let seq = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+                .ok_or_else(|| LogError::Internal("a direct get without its sequence".into()))?;
+            out.push(Stored {
+                seq,
+                body: message.payload,
+            });
+        }
     }
 
     /// Whether NATS is reachable and every stream exists.
@@ -426,6 +477,14 @@ pub fn is_connected(client: &Client) -> bool {
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Messages per batched direct get, and the bytes the server may send for one (it stops after
+/// the message that crosses them): a read of a long range is several requests, none large.
+const READ_BATCH: usize = 256;
+const READ_BATCH_BYTES: usize = 1 << 20;
+
+/// How long a read waits before asking a replica that is behind again.
+const BEHIND_PAUSE: Duration = Duration::from_millis(20);
 
 fn direct_get_error(e: async_nats::jetstream::stream::DirectGetError) -> LogError {
     match e.kind() {
