@@ -82,6 +82,20 @@ pub struct Reaction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
     pub connection: String,
+    /// A heartbeat's: every room the connection is in, beside its subject's (one heartbeat per
+    /// connection and period, however many rooms it joined).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<RoomId>,
+}
+
+impl Presence {
+    /// The data of an `online` or `offline`: the connection alone.
+    pub fn of(connection: impl Into<String>) -> Self {
+        Self {
+            connection: connection.into(),
+            rooms: Vec::new(),
+        }
+    }
 }
 
 /// Events with nothing beside `user` (`chat.typing.started` / `stopped`).

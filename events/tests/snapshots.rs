@@ -62,15 +62,9 @@ fn samples() -> Vec<ChatEvent> {
             message_id: id(0xfe),
             emoji: "👍".into(),
         })),
-        room(Payload::PresenceOnline(Presence {
-            connection: "c1".into(),
-        })),
-        room(Payload::PresenceHeartbeat(Presence {
-            connection: "c1".into(),
-        })),
-        room(Payload::PresenceOffline(Presence {
-            connection: "c1".into(),
-        })),
+        room(Payload::PresenceOnline(Presence::of("c1"))),
+        room(Payload::PresenceHeartbeat(Presence::of("c1"))),
+        room(Payload::PresenceOffline(Presence::of("c1"))),
         room(Payload::TypingStarted(Empty {})),
         room(Payload::TypingStopped(Empty {})),
         user(Payload::ReadMarked(ReadMarked {

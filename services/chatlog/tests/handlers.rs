@@ -604,9 +604,7 @@ async fn presence_times_out_a_silent_connection_while_others_keep_heartbeating()
 
     let room = lobby.clone();
     let presence = move |user: &str, connection: &str, heartbeat: bool| {
-        let p = chatlog_events::event::Presence {
-            connection: connection.into(),
-        };
+        let p = chatlog_events::event::Presence::of(connection);
         let payload = if heartbeat {
             Payload::PresenceHeartbeat(p)
         } else {

@@ -94,9 +94,7 @@ async fn a_silent_connection_goes_offline_after_the_timeout() {
         &chatlog_events::RoomId::parse("lobby").unwrap(),
         chatlog_events::UserId::parse("ada").unwrap(),
         "edge",
-        chatlog_events::Payload::PresenceOnline(chatlog_events::event::Presence {
-            connection: "doomed".into(),
-        }),
+        chatlog_events::Payload::PresenceOnline(chatlog_events::event::Presence::of("doomed")),
     );
     let enc = online.encode().unwrap();
     js.publish_with_headers(enc.subject, enc.headers, enc.body)
@@ -252,4 +250,56 @@ async fn a_peer_that_goes_silent_is_dropped_and_goes_offline() {
         silent.elapsed()
     );
     drop(ada);
+}
+
+#[tokio::test]
+async fn a_connection_in_three_rooms_heartbeats_once_a_period_and_stays_online_in_each() {
+    use futures::StreamExt;
+    let app = spawn_app().await;
+    let token = app.token("bob").await;
+    for room in ["attic", "kitchen"] {
+        let created = app.post("/api/rooms", &token, json!({"id": room})).await;
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    let mut live = app
+        .state
+        .log
+        .client()
+        .subscribe("live.presence.*")
+        .await
+        .unwrap();
+    let mut bob = app.ws_with_token(&token).await;
+    for room in ["lobby", "kitchen", "attic"] {
+        bob.join(room, None).await;
+    }
+    // Heartbeats spanning more than the offline timeout: one per period, on the first room's
+    // subject, naming all three (the edge heartbeats every 300 ms in the tests).
+    let mut heartbeats = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < OFFLINE_AFTER + Duration::from_millis(500) {
+        let m = tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await
+            .expect("presence events")
+            .unwrap();
+        let event: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        if event["type"] == "chat.presence.heartbeat" {
+            heartbeats.push((m.subject.to_string(), event["data"]["rooms"].clone()));
+        }
+    }
+    let periods = started.elapsed().as_millis() / 300;
+    assert!(
+        !heartbeats.is_empty() && heartbeats.len() as u128 <= periods + 1,
+        "{} heartbeats in {periods} periods",
+        heartbeats.len()
+    );
+    for (subject, rooms) in &heartbeats {
+        assert_eq!(subject, "live.presence.attic");
+        assert_eq!(rooms, &json!(["attic", "kitchen", "lobby"]));
+    }
+    for room in ["lobby", "kitchen", "attic"] {
+        let presence = app
+            .get(&format!("/api/rooms/{room}/presence"), &token)
+            .await;
+        assert_eq!(presence.body["online"], json!(["bob"]), "{room}");
+    }
 }

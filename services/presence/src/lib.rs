@@ -2,7 +2,7 @@
 //! `CHAT_PRESENCE`.
 //!
 //! A user is online in a room while one of its connections is: `chat.presence.online` or
-//! `heartbeat` adds the connection, `offline` removes it. A user with two tabs stays online until
+//! `heartbeat` adds the connection (a heartbeat to every room it names), `offline` removes it. A user with two tabs stays online until
 //! both are gone. Typing starts with `chat.typing.started` and ends with `stopped`.
 //!
 //! Time only passes in [`Presence::tick`], run by the host with the wall clock once the view has
@@ -110,14 +110,18 @@ impl Projection for Presence {
         };
         match &event.payload {
             Payload::PresenceOnline(p) | Payload::PresenceHeartbeat(p) => {
-                let key = connection_key(&room, &event.user, &p.connection);
-                // Events of one subject are in order, but be safe: never go back in time.
-                let newer = view
-                    .get(&key)
-                    .and_then(|v| serde_json::from_slice::<Seen>(&v).ok())
-                    .is_none_or(|old| old.time <= event.time);
-                if newer {
-                    changes.put_json(key, &seen);
+                // A heartbeat names every room of its connection; its subject's room is one.
+                let others = p.rooms.iter().filter(|r| **r != room);
+                for room in std::iter::once(&room).chain(others) {
+                    let key = connection_key(room, &event.user, &p.connection);
+                    // Events of one subject are in order, but be safe: never go back in time.
+                    let newer = view
+                        .get(&key)
+                        .and_then(|v| serde_json::from_slice::<Seen>(&v).ok())
+                        .is_none_or(|old| old.time <= event.time);
+                    if newer {
+                        changes.put_json(key, &seen);
+                    }
                 }
             }
             Payload::PresenceOffline(p) => {
@@ -163,7 +167,7 @@ impl Projection for Presence {
                     &room,
                     user,
                     "presence",
-                    Payload::PresenceOffline(PresenceData { connection }),
+                    Payload::PresenceOffline(PresenceData::of(connection)),
                 )
                 .with_id(EventId::derived(&seen.event, "offline: no heartbeat")),
                 Some(b't') if seen.time < typing_before => {

@@ -24,36 +24,15 @@ fn ev(n: u32, user: &str, secs: i64, payload: Payload) -> ChatEvent {
 }
 
 fn online(n: u32, user: &str, conn: &str, secs: i64) -> ChatEvent {
-    ev(
-        n,
-        user,
-        secs,
-        Payload::PresenceOnline(P {
-            connection: conn.into(),
-        }),
-    )
+    ev(n, user, secs, Payload::PresenceOnline(P::of(conn)))
 }
 
 fn heartbeat(n: u32, user: &str, conn: &str, secs: i64) -> ChatEvent {
-    ev(
-        n,
-        user,
-        secs,
-        Payload::PresenceHeartbeat(P {
-            connection: conn.into(),
-        }),
-    )
+    ev(n, user, secs, Payload::PresenceHeartbeat(P::of(conn)))
 }
 
 fn offline(n: u32, user: &str, conn: &str, secs: i64) -> ChatEvent {
-    ev(
-        n,
-        user,
-        secs,
-        Payload::PresenceOffline(P {
-            connection: conn.into(),
-        }),
-    )
+    ev(n, user, secs, Payload::PresenceOffline(P::of(conn)))
 }
 
 fn typing(n: u32, user: &str, secs: i64, on: bool) -> ChatEvent {
@@ -167,6 +146,47 @@ fn a_connection_without_heartbeat_times_out_and_one_with_heartbeats_does_not() {
     let then = then.when(due);
     assert_eq!(then.online(), ["bob"]);
     assert!(Presence::default().tick(&then.view, at(40)).is_empty());
+}
+
+#[test]
+fn one_heartbeat_keeps_its_connection_online_in_every_room_it_names() {
+    let (kitchen, attic) = (
+        RoomId::parse("kitchen").unwrap(),
+        RoomId::parse("attic").unwrap(),
+    );
+    let in_room = |room: &RoomId, n: u32, secs: i64, payload: Payload| {
+        ChatEvent::in_room(room, UserId::parse("ada").unwrap(), "edge", payload)
+            .with_id(EventId::parse(&format!("0190f7a2-5b1c-7000-8000-{n:012x}")).unwrap())
+            .with_time(at(secs))
+    };
+    let then = given(vec![
+        online(1, "ada", "c1", 0),
+        in_room(&kitchen, 2, 0, Payload::PresenceOnline(P::of("c1"))),
+        in_room(&attic, 3, 0, Payload::PresenceOnline(P::of("c1"))),
+        // Appended on the lobby's subject (the first of its rooms), naming the other two.
+        in_room(
+            &lobby(),
+            4,
+            30,
+            Payload::PresenceHeartbeat(P {
+                connection: "c1".into(),
+                rooms: vec![attic.clone(), kitchen.clone(), lobby()],
+            }),
+        ),
+    ]);
+    assert!(
+        Presence::default().tick(&then.view, at(50)).is_empty(),
+        "20 s after the heartbeat nobody is due"
+    );
+    for room in [&kitchen, &attic, &lobby()] {
+        let online = room_presence(&then.view, room).unwrap().online;
+        assert_eq!(online.len(), 1, "{room}");
+    }
+    // Without one, each room times the connection out by itself.
+    let due = Presence::default().tick(&then.view, at(70));
+    let mut rooms: Vec<_> = due.iter().filter_map(|e| e.room()).collect();
+    rooms.sort();
+    assert_eq!(rooms, [attic.clone(), kitchen.clone(), lobby()]);
 }
 
 #[test]
