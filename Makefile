@@ -6,7 +6,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 DATA := data
 HTTP ?= 127.0.0.1:8080
-# Each component logs in as its own NATS user (infra/nats-auth.conf; development passwords).
+# Each component logs in as its own NATS user (infra/nats-auth.conf; development passwords);
+# `chatlog setup` as admin, the only user that may create and update the streams.
+ADMIN_NATS_URL ?= nats://admin:admin-dev-password@127.0.0.1:4222
 NATS_URL ?= nats://edge:edge-dev-password@127.0.0.1:4222
 HANDLERS_NATS_URL ?= nats://handlers:handlers-dev-password@127.0.0.1:4222
 # The pinned server version; infra/nats-server.sh installs it when PATH has none recent enough.
@@ -29,7 +31,8 @@ nats-server:
 build-release:
 	$(CARGO) build --release --bin chatlog
 
-## up: start nats-server (nats.conf) and `chatlog up` in the background; web and API on $(HTTP)
+## up: start nats-server (nats.conf), set the streams up (`chatlog setup` as admin), start
+## `chatlog up` in the background; web and API on $(HTTP)
 up: build-release
 	@mkdir -p $(DATA)
 	@nats="$$(infra/nats-server.sh)"; \
@@ -39,6 +42,7 @@ up: build-release
 	  env $(NATS_GC) "$$nats" -c nats.conf >$(DATA)/nats.log 2>&1 & echo $$! >$(DATA)/nats.pid; \
 	  echo "nats-server $$("$$nats" --version) started (pid $$(cat $(DATA)/nats.pid), log $(DATA)/nats.log)"; \
 	fi
+	@NATS_URL=$(ADMIN_NATS_URL) target/release/chatlog setup || { tail -n 5 $(DATA)/nats.log; exit 1; }
 	@if [ -f $(DATA)/chatlog.pid ] && kill -0 "$$(cat $(DATA)/chatlog.pid)" 2>/dev/null; then \
 	  echo "chatlog already running (pid $$(cat $(DATA)/chatlog.pid))"; \
 	else \
@@ -111,6 +115,7 @@ cluster-up: build-release
 	for n in 1 2 3; do \
 	  env $(NATS_GC) "$$nats" -c infra/cluster/n$$n.conf >$(CLUSTER)/n$$n.log 2>&1 & echo $$! >$(CLUSTER)/n$$n.pid; \
 	done; echo "nats-server n1 n2 n3 started"
+	@NATS_URL="$(call creds,admin:admin-dev-password)" target/release/chatlog setup
 	@for e in 1 2; do \
 	  NATS_URL="$(call creds,edge:edge-dev-password)" CHATLOG_DATA_DIR=$(CLUSTER)/edge$$e \
 	  CHATLOG_JWT_SECRET=cluster-dev-secret-shared-by-every-edge \

@@ -12,6 +12,7 @@ export NATS_URL="nats://127.0.0.1:$port"
 ulimit -n "$(ulimit -Hn)"
 env GOGC=400 GOMEMLIMIT=1GiB "$nats" -a 127.0.0.1 -p $port -js -sd "$store/nats" >"$store/nats.log" 2>&1 &
 nats_pid=$!
+target/release/chatlog setup >/dev/null
 CHATLOG_DATA_DIR="$store/data" CHATLOG_VIEWS_DIR="$store/views" RUST_LOG=warn \
   target/release/chatlog up --http $http --max-connections-per-user 100000 \
   --signal-rate 100000 --signal-burst 100000 --rooms-per-minute 1000 --limits-exempt 127.0.0.1/32 >"$store/chatlog.log" 2>&1 &

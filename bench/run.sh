@@ -38,6 +38,7 @@ start_system() {
   # shellcheck disable=SC2086 # NATS_GC is a list of VAR=value words (see the Makefile)
   env ${NATS_GC:-GOGC=400 GOMEMLIMIT=1GiB} "$nats" -a 127.0.0.1 -p "$nats_port" -js -sd "$store/nats" >"$store/nats.log" 2>&1 &
   nats_pid=$!
+  target/release/chatlog setup >/dev/null
   CHATLOG_DATA_DIR="$store/data" CHATLOG_VIEWS_DIR="$store/views" RUST_LOG=warn \
     target/release/chatlog up --http "$http" --send-rate 1000000 --send-burst 1000000 \
     --signal-rate 1000000 --signal-burst 1000000 --rooms-per-minute 1000000 \

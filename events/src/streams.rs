@@ -223,6 +223,52 @@ pub async fn ensure(
     Ok(done)
 }
 
+/// What [`check`] found of one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// As this version configures it.
+    Current,
+    /// There, configured otherwise (an older `chatlog setup`, or an operator's change).
+    Differs,
+    Missing,
+}
+
+/// Reads every stream's configuration without changing anything: what the edge and the handlers
+/// do at start, since only `chatlog setup` (with admin credentials) creates and updates streams.
+pub async fn check(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<Vec<(Stream, Checked)>, EnsureError> {
+    use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
+    let mut found = Vec::new();
+    for stream in Stream::ALL {
+        let name = stream.name();
+        let fail = |e: Box<dyn std::error::Error + Send + Sync>| EnsureError {
+            action: "reading",
+            stream: name,
+            source: e,
+        };
+        let checked = match js.get_stream(name).await {
+            Ok(existing) => {
+                if differs(&config(stream, settings), &existing.cached_info().config) {
+                    Checked::Differs
+                } else {
+                    Checked::Current
+                }
+            }
+            Err(e)
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Checked::Missing
+            }
+            Err(e) => return Err(fail(e.into())),
+        };
+        found.push((stream, checked));
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

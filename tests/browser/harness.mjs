@@ -138,6 +138,8 @@ export async function startServers() {
     '--data-dir', data, '--views-dir', path.join(data, 'views'),
   ];
   const baseUrl = `http://127.0.0.1:${httpPort}`;
+  // The streams first, as `make up` does (`chatlog up` waits for them, it does not create them).
+  execFileSync(chatlogBin, ['setup', '--nats-url', natsUrl], { stdio: ['ignore', 'ignore', 'inherit'] });
   const servers = {
     baseUrl, natsUrl, httpPort, nats, chatlog: null,
     /** Starts chatlog (again: same port, data and views) and waits until it is ready. */

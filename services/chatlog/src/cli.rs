@@ -26,6 +26,10 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Create the streams, or update them to this version's configuration (with a NATS user
+    /// that may: admin). `make up`, `make cluster-up`, compose and the Kubernetes Job run it
+    /// before the edges and handlers, whose users may not.
+    Setup(SetupArgs),
     /// Run every component in one process: the edge and every handler (what `make up` runs).
     Up {
         #[command(flatten)]
@@ -71,6 +75,43 @@ pub struct NatsArgs {
         hide_env_values = true
     )]
     pub nats_url: String,
+}
+
+#[derive(Args)]
+pub struct SetupArgs {
+    /// NATS server to use, as a user that may create and update streams.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
+    pub nats_url: String,
+    /// Stream replicas; 0 (the default) picks 3 on a cluster of three servers or more, else 1.
+    #[arg(long, env = "CHATLOG_REPLICAS", default_value_t = 0)]
+    pub replicas: usize,
+    /// Largest WebSocket frame the edges accept, in bytes: the streams' largest message.
+    #[arg(long, env = "CHATLOG_MAX_FRAME", default_value_t = Limits::default().max_frame_bytes)]
+    pub max_frame: usize,
+    /// Seconds to wait for NATS to be reachable.
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
+}
+
+impl SetupArgs {
+    pub fn streams(&self) -> StreamSettings {
+        stream_settings(self.max_frame, self.replicas)
+    }
+}
+
+/// The streams' settings for edges that accept frames up to `max_frame` bytes.
+fn stream_settings(max_frame: usize, replicas: usize) -> StreamSettings {
+    StreamSettings {
+        // The stream must hold any event an accepted frame can become.
+        max_msg_size: i32::try_from(max_frame).unwrap_or(i32::MAX),
+        replicas,
+        ..StreamSettings::default()
+    }
 }
 
 #[derive(Args)]
@@ -177,7 +218,8 @@ pub struct EdgeArgs {
     /// Milliseconds between a connection's presence heartbeats (offline after 35 s without).
     #[arg(long, env = "CHATLOG_HEARTBEAT_MS", default_value_t = 15_000)]
     pub heartbeat_ms: u64,
-    /// Stream replicas; 0 (the default) picks 3 on a cluster of three servers or more, else 1.
+    /// The stream replicas `chatlog setup` was given (0: 3 on a cluster of three servers or
+    /// more, else 1); a stream configured otherwise is logged at start.
     #[arg(long, env = "CHATLOG_REPLICAS", default_value_t = 0)]
     pub replicas: usize,
 }
@@ -218,12 +260,7 @@ impl EdgeArgs {
             request_body: Duration::from_secs(self.request_body_secs.max(1)),
             ..Limits::default()
         };
-        let streams = StreamSettings {
-            // The stream must hold any event an accepted frame can become.
-            max_msg_size: i32::try_from(self.max_frame).unwrap_or(i32::MAX),
-            replicas: self.replicas,
-            ..StreamSettings::default()
-        };
+        let streams = stream_settings(self.max_frame, self.replicas);
         let config = Config {
             nats_url: self.nats_url,
             data_dir: self.data_dir,

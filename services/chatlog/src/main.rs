@@ -40,15 +40,16 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             let (mut config, http) = edge.into_config()?;
             let listener = bind(&http).await?;
             let (stop, stopped) = watch::channel(false);
-            // The streams first (with the edge's credentials: it may create them), then the
-            // handlers, each component with its own NATS user.
+            // The streams first (`chatlog setup` made them), then the handlers, each component
+            // with its own NATS user.
             let (edge_client, _) = chatlog_edge::connect(&config.nats_url, "chatlog-up").await?;
-            chatlog_edge::ensure_streams(
+            chatlog_edge::await_streams(
                 &edge_client,
                 &config.streams,
-                std::time::Duration::from_secs(60),
+                chatlog_edge::STREAMS_PATIENCE,
             )
-            .await?;
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
             let handlers_url = handlers
                 .handlers_nats_url
                 .clone()
@@ -95,6 +96,24 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 stop.send_replace(true);
             }
             result?;
+        }
+        cli::Command::Setup(args) => {
+            let (client, _) = chatlog_edge::connect(&args.nats_url, "chatlog-setup").await?;
+            let done = chatlog_edge::ensure_streams(
+                &client,
+                &args.streams(),
+                std::time::Duration::from_secs(args.wait),
+            )
+            .await
+            .context("setting up the streams (may this NATS user create streams?)")?;
+            for (stream, what) in done {
+                let what = match what {
+                    chatlog_events::streams::Ensured::Created => "created",
+                    chatlog_events::streams::Ensured::Updated => "updated",
+                    chatlog_events::streams::Ensured::Unchanged => "up to date",
+                };
+                println!("{} {what}", stream.name());
+            }
         }
         cli::Command::Edge(args) => {
             let (config, http) = args.into_config()?;

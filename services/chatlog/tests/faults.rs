@@ -229,6 +229,7 @@ async fn killing_the_stream_leader_of_a_cluster_loses_no_acknowledged_append() {
 }
 
 async fn start_chatlog(nats: &NatsServer, data: &std::path::Path, what: &str) -> (Proc, Client) {
+    common::setup(&nats.url());
     common::serve(common::command(&nats.url(), data, &common::lifted(what))).await
 }
 

@@ -52,6 +52,7 @@ fn the_kubernetes_layout_has_what_production_needs() {
         })
         .collect();
     for want in [
+        ("Job", "chatlog-setup"),
         ("Deployment", "chatlog-edge"),
         ("Service", "chatlog-edge"),
         ("Ingress", "chatlog"),
@@ -80,6 +81,89 @@ fn the_kubernetes_layout_has_what_production_needs() {
     let values = &documents(&root().join("infra/k8s/nats-values.yaml"))[0];
     assert_eq!(values["config"]["cluster"]["replicas"], 3);
     assert_eq!(values["config"]["jetstream"]["enabled"], true);
+}
+
+#[test]
+fn compose_sets_the_streams_up_as_admin_before_any_component_starts() {
+    let mut compose = documents(&root().join("infra/compose.yaml")).remove(0);
+    // `<<: *chatlog` as Compose reads it.
+    compose.apply_merge().unwrap();
+    for (_, service) in compose["services"].as_mapping_mut().unwrap() {
+        service.apply_merge().unwrap();
+    }
+    let compose = &compose;
+    let services = compose["services"].as_mapping().unwrap();
+    let setup = &compose["services"]["setup"];
+    assert_eq!(setup["command"][0], "setup");
+    assert!(
+        setup["environment"]["NATS_URL"]
+            .as_str()
+            .unwrap()
+            .starts_with("nats://admin:")
+    );
+    let mut components = 0;
+    for (name, service) in services {
+        let Some(command) = service["command"][0].as_str() else {
+            continue;
+        };
+        if command == "edge" || command == "handler" {
+            components += 1;
+            assert_eq!(
+                service["depends_on"]["setup"]["condition"], "service_completed_successfully",
+                "{name:?}"
+            );
+            let url = service["environment"]["NATS_URL"].as_str().unwrap();
+            assert!(!url.contains("admin:"), "{name:?} runs as admin");
+        }
+    }
+    assert!(components >= 8, "{components} components");
+}
+
+/// The quoted strings of the first `<key> = [ ... ]` after `from` in a nats-server config.
+fn conf_list(conf: &str, from: usize, key: &str) -> Vec<String> {
+    let start = from + conf[from..].find(&format!("{key} = [")).unwrap();
+    let end = start + conf[start..].find(']').unwrap();
+    conf[start..end]
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_helm_values_grant_what_nats_auth_conf_grants() {
+    let conf = std::fs::read_to_string(root().join("infra/nats-auth.conf")).unwrap();
+    let values = &documents(&root().join("infra/k8s/nats-values.yaml"))[0];
+    let users = values["config"]["merge"]["authorization"]["users"]
+        .as_sequence()
+        .unwrap();
+    for (block, user) in [("EDGE = {", "edge"), ("HANDLERS = {", "handlers")] {
+        let at = conf.find(block).unwrap();
+        let helm = users.iter().find(|u| u["user"] == user).unwrap();
+        for (key, list) in [("allow", "allow"), ("deny", "deny")] {
+            let want = conf_list(&conf, at, key);
+            let have: Vec<String> = helm["permissions"]["publish"][list]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(have, want, "{user} publish {list}");
+        }
+        let subscribe = conf[at..].find("subscribe = {").unwrap() + at;
+        let have: Vec<String> = helm["permissions"]["subscribe"]["allow"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            have,
+            conf_list(&conf, subscribe, "allow"),
+            "{user} subscribe"
+        );
+    }
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! NATS least privilege: with the users of `infra/nats-auth.conf` (what `nats.conf` includes),
-//! `chatlog up` works end to end on the edge's and the handlers' credentials, and neither can
-//! delete or purge a stream, publish outside its subjects, or forge the live copies.
+//! `chatlog setup` on admin's credentials and then `chatlog up` on the edge's and the handlers'
+//! work end to end, and neither component can create, change, delete or purge a stream, create
+//! or change a consumer it does not need, publish outside its subjects, or forge the live copies.
 
 mod common;
 
 use std::{path::PathBuf, time::Duration};
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, consumer::pull, stream};
 use chatlog_test_support::NatsServer;
 use futures::StreamExt;
 use serde_json::json;
@@ -35,6 +36,14 @@ async fn connect(nats: &NatsServer, (user, password): (&str, &str)) -> async_nat
 async fn chatlog_up_works_with_least_privilege_credentials() {
     let nats = server().await;
     let data = tempfile::tempdir().unwrap();
+    // The edge's user may not create the streams; admin's may.
+    let mut denied = common::command(&nats.url_as(EDGE.0, EDGE.1), data.path(), &["setup"]);
+    denied
+        .args(["--wait", "0"])
+        .stderr(std::process::Stdio::piped());
+    let out = denied.output().unwrap();
+    assert!(!out.status.success(), "the edge's user set the streams up");
+    common::setup(&nats.url_as(ADMIN.0, ADMIN.1));
     let mut up = common::command(&nats.url_as(EDGE.0, EDGE.1), data.path(), &["up"]);
     up.env(
         "CHATLOG_HANDLERS_NATS_URL",
@@ -120,6 +129,17 @@ async fn components_cannot_delete_purge_or_stray() {
     chatlog_events::streams::ensure(&admin_js, &Default::default())
         .await
         .unwrap();
+    admin_js
+        .get_stream("CHAT_ROOMS")
+        .await
+        .unwrap()
+        .create_consumer(pull::Config {
+            durable_name: Some("audit".into()),
+            description: Some("admin's".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let mut watch = admin.subscribe("stray.>").await.unwrap();
     let mut live = admin.subscribe("live.room.lobby").await.unwrap();
     admin.flush().await.unwrap();
@@ -140,6 +160,63 @@ async fn components_cannot_delete_purge_or_stray() {
                 Err(_) => false,
             };
             assert!(!purged, "{} purged {stream}", creds.0);
+        }
+        // Streams are `chatlog setup`'s: no new one, no change to one (a leaked credential
+        // cannot cut a room's history to its last message).
+        let stray = stream::Config {
+            name: "STRAY".into(),
+            subjects: vec!["stray.>".into()],
+            ..Default::default()
+        };
+        assert!(
+            js.create_stream(stray).await.is_err(),
+            "{} created a stream",
+            creds.0
+        );
+        let mut cut = admin_js
+            .get_stream("CHAT_ROOMS")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        cut.max_messages_per_subject = 1;
+        assert!(
+            js.update_stream(&cut).await.is_err(),
+            "{} changed CHAT_ROOMS",
+            creds.0
+        );
+        // Consumers: none at all for the edge (it reads with direct gets); the handlers only on
+        // the streams they project.
+        let rooms = js.get_stream_no_info("CHAT_ROOMS").await.unwrap();
+        let accounts = js.get_stream_no_info("CHAT_ACCOUNTS").await.unwrap();
+        let durable = pull::Config {
+            durable_name: Some("spy".into()),
+            ..Default::default()
+        };
+        assert!(
+            accounts
+                .create_consumer(pull::OrderedConfig::default())
+                .await
+                .is_err(),
+            "{} read CHAT_ACCOUNTS with a consumer",
+            creds.0
+        );
+        if creds == EDGE {
+            assert!(rooms.create_consumer(durable).await.is_err());
+            assert!(
+                rooms
+                    .create_consumer(pull::OrderedConfig::default())
+                    .await
+                    .is_err()
+            );
+            let changed = pull::Config {
+                durable_name: Some("audit".into()),
+                description: Some("the edge's".into()),
+                ..Default::default()
+            };
+            assert!(rooms.update_consumer(changed).await.is_err());
+            assert!(rooms.delete_consumer("audit").await.is_err());
         }
         client
             .publish("stray.subject", "nope".into())
@@ -167,6 +244,32 @@ async fn components_cannot_delete_purge_or_stray() {
     );
     let stream = admin_js.get_stream("CHAT_ROOMS").await.unwrap();
     assert_eq!(stream.cached_info().state.messages, 0);
+    assert_eq!(stream.cached_info().config.max_messages_per_subject, -1);
+    assert!(admin_js.get_stream("STRAY").await.is_err());
+    let audit = stream
+        .get_consumer::<pull::Config>("audit")
+        .await
+        .unwrap()
+        .cached_info()
+        .clone();
+    assert_eq!(audit.config.description.as_deref(), Some("admin's"));
+
+    // The handlers can still read what they project, from any position.
+    let handlers = jetstream::new(connect(&nats, HANDLERS).await);
+    for name in ["CHAT_ROOMS", "CHAT_PRESENCE", "CHAT_USERS"] {
+        handlers
+            .get_stream(name)
+            .await
+            .unwrap()
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("the handlers could not read {name}: {e}"));
+    }
 
     // The edge can still do its own job.
     let edge = connect(&nats, EDGE).await;

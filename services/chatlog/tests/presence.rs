@@ -25,6 +25,7 @@ fn chatlog(nats: &NatsServer, data: &Path, args: &[&str]) -> Command {
 
 /// Starts `chatlog <what>` and waits until it is ready.
 async fn start(nats: &NatsServer, data: &Path, what: &str) -> (Proc, Client) {
+    common::setup(&nats.url());
     common::serve(chatlog(nats, data, &[what])).await
 }
 

@@ -158,6 +158,7 @@ async fn one_client_that_never_reads_among_1000_is_closed_and_the_edge_memory_st
     );
     let nats = NatsServer::start().await;
     let data = tempfile::tempdir().unwrap();
+    common::setup(&nats.url());
     let (mut edge, client) = common::serve(common::command(
         &nats.url(),
         data.path(),

@@ -191,6 +191,9 @@ pub async fn connect(
 
 pub use chatlog_events::nats::connect_options;
 
+/// How long the edge waits at start for NATS and the streams before it gives up.
+pub const STREAMS_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Stream replicas for `client`'s deployment: 3 on a cluster of three servers or more, else 1.
 pub fn auto_replicas(client: &async_nats::Client) -> usize {
     if client.server_info().connect_urls.len() >= 3 {
@@ -200,28 +203,23 @@ pub fn auto_replicas(client: &async_nats::Client) -> usize {
     }
 }
 
-/// Creates or updates the streams, retrying while NATS is not reachable yet. Replicas 0 means
-/// [`auto_replicas`].
+/// Creates or updates the streams, retrying while NATS is not reachable yet: `chatlog setup`,
+/// with credentials that may (admin). Replicas 0 means [`auto_replicas`].
 pub async fn ensure_streams(
     client: &async_nats::Client,
     settings: &streams::StreamSettings,
     patience: Duration,
-) -> Result<(), streams::EnsureError> {
+) -> Result<Vec<(streams::Stream, streams::Ensured)>, streams::EnsureError> {
     let js = async_nats::jetstream::new(client.clone());
     let until = tokio::time::Instant::now() + patience;
     loop {
-        let mut settings = settings.clone();
-        if settings.replicas == 0 {
-            // The server's INFO (and so the cluster's size) is known once connected.
-            let _ = js.query_account().await;
-            settings.replicas = auto_replicas(client);
-        }
+        let settings = resolved(&js, client, settings).await;
         match streams::ensure(&js, &settings).await {
             Ok(done) => {
-                for (stream, what) in done {
-                    tracing::info!(stream = stream.name(), outcome = ?what, "stream ensured");
+                for (stream, what) in &done {
+                    tracing::debug!(stream = stream.name(), outcome = ?what, "stream ensured");
                 }
-                return Ok(());
+                return Ok(done);
             }
             Err(e) if tokio::time::Instant::now() < until => {
                 tracing::warn!(error = %e, "streams not ready, retrying");
@@ -230,6 +228,80 @@ pub async fn ensure_streams(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The streams missing after `patience`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stream {0} does not exist: run `chatlog setup` with credentials that may create streams (make up does)"
+)]
+pub struct StreamsMissing(pub &'static str);
+
+/// Waits until every stream exists, without creating or changing any: the edge's and the
+/// handlers' NATS users may not (least privilege; `chatlog setup` does it). A stream configured
+/// otherwise than this version would is logged, not fatal.
+pub async fn await_streams(
+    client: &async_nats::Client,
+    settings: &streams::StreamSettings,
+    patience: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let js = async_nats::jetstream::new(client.clone());
+    let until = tokio::time::Instant::now() + patience;
+    let mut said = false;
+    loop {
+        let settings = resolved(&js, client, settings).await;
+        let missing = match streams::check(&js, &settings).await {
+            Ok(found) => {
+                let missing = found
+                    .iter()
+                    .find(|(_, c)| *c == streams::Checked::Missing)
+                    .map(|(s, _)| s.name());
+                if missing.is_none() {
+                    for (stream, _) in found
+                        .iter()
+                        .filter(|(_, c)| *c == streams::Checked::Differs)
+                    {
+                        tracing::warn!(
+                            stream = stream.name(),
+                            "stream configured otherwise than this version expects: run `chatlog setup`"
+                        );
+                    }
+                    return Ok(());
+                }
+                missing
+            }
+            Err(e) if tokio::time::Instant::now() < until => {
+                tracing::warn!(error = %e, "streams not readable yet, retrying");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(stream) = missing {
+            if tokio::time::Instant::now() >= until {
+                return Err(StreamsMissing(stream).into());
+            }
+            if !said {
+                tracing::warn!(stream, "waiting for the streams: run `chatlog setup`");
+                said = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `settings` with replicas 0 replaced by [`auto_replicas`].
+async fn resolved(
+    js: &async_nats::jetstream::Context,
+    client: &async_nats::Client,
+    settings: &streams::StreamSettings,
+) -> streams::StreamSettings {
+    let mut settings = settings.clone();
+    if settings.replicas == 0 {
+        // The server's INFO (and so the cluster's size) is known once connected.
+        let _ = js.query_account().await;
+        settings.replicas = auto_replicas(client);
+    }
+    settings
 }
 
 /// Builds the edge's state on a NATS connection.
@@ -352,14 +424,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// The whole edge: connect, ensure the streams and default rooms, serve until `shutdown`.
+/// The whole edge: connect, wait for the streams, ensure the default rooms, serve until
+/// `shutdown`.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (client, reconnects) = connect(&config.nats_url, "chatlog-edge").await?;
-    ensure_streams(&client, &config.streams, Duration::from_secs(60)).await?;
+    await_streams(&client, &config.streams, STREAMS_PATIENCE).await?;
     let state = state(config, client, reconnects).await?;
     ensure_default_rooms(&state)
         .await

@@ -50,6 +50,17 @@ pub fn command(nats_url: &str, data: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// `chatlog setup` on `nats_url`: creates the streams, as `make up` does before the components
+/// start (their NATS users may not).
+pub fn setup(nats_url: &str) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatlog"));
+    cmd.args(["setup", "--nats-url", nats_url])
+        .env_remove("NATS_URL")
+        .stdin(Stdio::null());
+    let out = stdout_of(cmd);
+    assert!(out.contains("CHAT_ROOMS"), "{out}");
+}
+
 /// Runs `cmd` to its end, asserts it succeeded (showing its stderr if not), answers its stdout.
 pub fn stdout_of(mut cmd: Command) -> String {
     let out = cmd
@@ -134,6 +145,7 @@ pub fn lifted(what: &str) -> Vec<&str> {
 /// A `chatlog edge` on `nats_url` with its per-user limits lifted, as the bench's workloads need
 /// (its data under `data`): the process and its address as a URL.
 pub async fn edge_for_bench(nats_url: &str, data: &Path) -> (Proc, String) {
+    setup(nats_url);
     let (edge, client) = serve(command(nats_url, data, &lifted("edge"))).await;
     (edge, format!("http://{}", client.addr))
 }
