@@ -5,7 +5,7 @@
 # (from 127.0.0.2). Prints each run's line, the edge's CPU and RSS, and what the flood got.
 # Needs target/release/chatlog and python3 with aiohttp.
 set -uo pipefail
-cd /work/main
+cd "$(dirname "$0")/.."
 nats="$(infra/nats-server.sh)"; port=4291; http=127.0.0.1:8091
 store=$(mktemp -d /tmp/fr.XXXX)
 export NATS_URL="nats://127.0.0.1:$port"
