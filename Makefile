@@ -47,7 +47,7 @@ up: build-release
 	  echo "chatlog already running (pid $$(cat $(DATA)/chatlog.pid))"; \
 	else \
 	  NATS_URL=$(NATS_URL) CHATLOG_HANDLERS_NATS_URL=$(HANDLERS_NATS_URL) \
-	  CHATLOG_HTTP=$(HTTP) CHATLOG_DATA_DIR=$(DATA) CHATLOG_ALLOW_GUESTS=true \
+	  CHATLOG_HTTP=$(HTTP) CHATLOG_DATA_DIR=$(DATA) CHATLOG_ALLOW_GUESTS=true CHATLOG_DEV=true \
 	    target/release/chatlog up >$(DATA)/chatlog.log 2>&1 & echo $$! >$(DATA)/chatlog.pid; \
 	  echo "chatlog started (pid $$(cat $(DATA)/chatlog.pid), log $(DATA)/chatlog.log)"; \
 	fi
@@ -118,13 +118,13 @@ cluster-up: build-release
 	@NATS_URL="$(call creds,admin:admin-dev-password)" target/release/chatlog setup
 	@for e in 1 2; do \
 	  NATS_URL="$(call creds,edge:edge-dev-password)" CHATLOG_DATA_DIR=$(CLUSTER)/edge$$e \
-	  CHATLOG_JWT_SECRET=cluster-dev-secret-shared-by-every-edge \
+	  CHATLOG_JWT_SECRET=cluster-dev-secret-shared-by-every-edge CHATLOG_DEV=true \
 	    target/release/chatlog edge --http 127.0.0.1:808$$e >$(CLUSTER)/edge$$e.log 2>&1 & \
 	  echo $$! >$(CLUSTER)/edge$$e.pid; \
 	done; echo "edges on :8081 and :8082 started"
 	@python3 infra/wait-ready.py http://127.0.0.1:8081/readyz 90
 	@for h in history presence notifications; do for r in a b; do \
-	  NATS_URL="$(call creds,handlers:handlers-dev-password)" CHATLOG_VIEWS_DIR=$(CLUSTER)/views \
+	  NATS_URL="$(call creds,handlers:handlers-dev-password)" CHATLOG_VIEWS_DIR=$(CLUSTER)/views CHATLOG_DEV=true \
 	    target/release/chatlog handler $$h --replica $$r >$(CLUSTER)/$$h-$$r.log 2>&1 & \
 	  echo $$! >$(CLUSTER)/$$h-$$r.pid; \
 	done; done; echo "handlers history, presence, notifications (replicas a, b) started"

@@ -42,6 +42,10 @@ pub enum Command {
     /// Run one handler (for scaling out: replicas share the queries in a queue group).
     Handler {
         name: HandlerName,
+        /// Accept the development credentials of this repository (`make up` and `make
+        /// cluster-up` pass it); without it a placeholder or development password is refused.
+        #[arg(long, env = "CHATLOG_DEV", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        dev: bool,
         #[command(flatten)]
         nats: NatsArgs,
         #[command(flatten)]
@@ -130,6 +134,10 @@ pub struct EdgeArgs {
     /// Where local state (the generated token secret) is kept.
     #[arg(long, env = "CHATLOG_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// Accept the development credentials of this repository (`make up` and `make cluster-up`
+    /// pass it); without it a placeholder or development secret or password is refused.
+    #[arg(long, env = "CHATLOG_DEV", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub dev: bool,
     /// HS256 token secret (at least 32 characters); generated under the data dir when unset.
     #[arg(long, env = "CHATLOG_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -232,6 +240,12 @@ impl EdgeArgs {
                 secret.len() >= 32,
                 "the token secret must be at least 32 characters"
             );
+            if !self.dev {
+                refuse_placeholder("the token secret (CHATLOG_JWT_SECRET)", secret)?;
+            }
+        }
+        if !self.dev {
+            refuse_placeholder_passwords(&self.nats_url)?;
         }
         let default_rooms = self
             .default_rooms
@@ -294,4 +308,67 @@ fn cidrs(what: &str, list: &[String]) -> anyhow::Result<Vec<chatlog_edge::limits
                 .map_err(|e: String| anyhow::anyhow!("{what} {c:?}: {e}"))
         })
         .collect()
+}
+
+/// Secrets that ship in this repository (`infra/`, the Makefile): known to everyone who can read
+/// it, so accepted only with `--dev`.
+const PLACEHOLDER_MARKS: [&str; 3] = [
+    "change-me",
+    "-dev-password",
+    "dev-secret-shared-by-every-edge",
+];
+
+/// Refuses `value` when it is one of the repository's placeholder or development secrets.
+pub fn refuse_placeholder(what: &str, value: &str) -> anyhow::Result<()> {
+    if let Some(mark) = PLACEHOLDER_MARKS.iter().find(|m| value.contains(*m)) {
+        anyhow::bail!(
+            "{what} contains {mark:?}: it is a placeholder or development value from the \
+             repository, which anyone can read; set a random one (e.g. `openssl rand -hex 32`), \
+             or pass --dev (CHATLOG_DEV=true) on a development machine"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses NATS URLs (comma-separated) whose password is a placeholder or development one.
+pub fn refuse_placeholder_passwords(urls: &str) -> anyhow::Result<()> {
+    for url in urls.split(',') {
+        let Some((before_host, _)) = url.rsplit_once('@') else {
+            continue;
+        };
+        let credentials = before_host.rsplit("//").next().unwrap_or(before_host);
+        if let Some((_, password)) = credentials.split_once(':') {
+            refuse_placeholder("a NATS password", password)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repository_s_placeholder_secrets_are_refused_and_random_ones_accepted() {
+        for refused in [
+            "change-me-to-a-long-random-token-secret-of-64-characters-or-more",
+            "compose-dev-secret-shared-by-every-edge-0123",
+            "cluster-dev-secret-shared-by-every-edge",
+        ] {
+            assert!(refuse_placeholder("secret", refused).is_err(), "{refused}");
+        }
+        assert!(refuse_placeholder("secret", "9f2c1e7a5b3d48e6a0c4f1b2d3e4f5a6").is_ok());
+        for refused in [
+            "nats://edge:edge-dev-password@127.0.0.1:4222",
+            "nats://a:b@n1:4222,nats://edge:change-me-edge@nats.chatlog.svc:4222",
+        ] {
+            assert!(refuse_placeholder_passwords(refused).is_err(), "{refused}");
+        }
+        for accepted in [
+            "nats://127.0.0.1:4222",
+            "nats://edge:Xq81hT0pLr@n1:4222,nats://edge:Xq81hT0pLr@n2:4222",
+        ] {
+            assert!(refuse_placeholder_passwords(accepted).is_ok(), "{accepted}");
+        }
+    }
 }

@@ -37,6 +37,11 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     telemetry::init();
     match cli.command {
         cli::Command::Up { edge, handlers } => {
+            if !edge.dev
+                && let Some(url) = &handlers.handlers_nats_url
+            {
+                cli::refuse_placeholder_passwords(url)?;
+            }
             let (mut config, http) = edge.into_config()?;
             let listener = bind(&http).await?;
             let (stop, stopped) = watch::channel(false);
@@ -125,9 +130,13 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }
         cli::Command::Handler {
             name,
+            dev,
             nats,
             handler,
         } => {
+            if !dev {
+                cli::refuse_placeholder_passwords(&nats.nats_url)?;
+            }
             let (client, _) = chatlog_edge::connect(&nats.nats_url, name.as_str()).await?;
             let stats = Arc::new(HostStats::default());
             let shared = chatlog_runtime::SharedReaders::default();

@@ -76,7 +76,22 @@ fn the_kubernetes_layout_has_what_production_needs() {
         if doc["metadata"]["name"] == "chatlog-edge" {
             assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
             assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+            assert!(container["startupProbe"].is_mapping(), "a startup probe");
+            assert!(
+                doc["spec"]["replicas"].is_null(),
+                "the autoscaler owns the edges' count"
+            );
         }
+    }
+    let ingress = docs.iter().find(|d| d["kind"] == "Ingress").unwrap();
+    assert!(ingress["spec"]["tls"][0]["secretName"].is_string(), "TLS");
+    // The image's build context leaves out what must not ship (the local token secret).
+    let ignored = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    for path in ["target/", "data/", ".tools/"] {
+        assert!(
+            ignored.lines().any(|l| l == path),
+            "{path} in .dockerignore"
+        );
     }
     let values = &documents(&root().join("infra/k8s/nats-values.yaml"))[0];
     assert_eq!(values["config"]["cluster"]["replicas"], 3);

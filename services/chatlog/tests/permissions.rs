@@ -45,6 +45,8 @@ async fn chatlog_up_works_with_least_privilege_credentials() {
     assert!(!out.status.success(), "the edge's user set the streams up");
     common::setup(&nats.url_as(ADMIN.0, ADMIN.1));
     let mut up = common::command(&nats.url_as(EDGE.0, EDGE.1), data.path(), &["up"]);
+    // The repository's development passwords: accepted with --dev only.
+    up.env("CHATLOG_DEV", "true");
     up.env(
         "CHATLOG_HANDLERS_NATS_URL",
         nats.url_as(HANDLERS.0, HANDLERS.1),

@@ -194,9 +194,13 @@ pub use chatlog_events::nats::connect_options;
 /// How long the edge waits at start for NATS and the streams before it gives up.
 pub const STREAMS_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Stream replicas for `client`'s deployment: 3 on a cluster of three servers or more, else 1.
+/// Stream replicas for `client`'s deployment: 3 on a cluster, else 1. A server in a cluster
+/// names it in its INFO even when it advertises no peers (`no_advertise`, as the official Helm
+/// chart runs it), so the cluster's size is not what decides: JetStream clusters have three
+/// servers or more. `chatlog setup --replicas N` says so explicitly.
 pub fn auto_replicas(client: &async_nats::Client) -> usize {
-    if client.server_info().connect_urls.len() >= 3 {
+    let info = client.server_info();
+    if info.cluster.as_deref().is_some_and(|c| !c.is_empty()) || info.connect_urls.len() >= 3 {
         3
     } else {
         1

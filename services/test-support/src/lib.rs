@@ -205,6 +205,12 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Starts `size` nodes routed to each other and waits until JetStream answers on each.
     pub async fn start(size: usize) -> Self {
+        Self::start_with(size, "").await
+    }
+
+    /// Like [`NatsCluster::start`], with `extra` inside each node's `cluster { }` block (e.g.
+    /// `no_advertise: true`, as the official Helm chart runs it).
+    pub async fn start_with(size: usize, extra: &str) -> Self {
         let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let urls = routes
             .iter()
@@ -215,7 +221,7 @@ impl NatsCluster {
             .iter()
             .map(|route| {
                 let cluster = format!(
-                    "cluster {{\n  name: test\n  listen: 127.0.0.1:{route}\n  routes: [{urls}]\n}}\n"
+                    "cluster {{\n  name: test\n  listen: 127.0.0.1:{route}\n  routes: [{urls}]\n  {extra}\n}}\n"
                 );
                 NatsServer::unstarted(free_port(), &cluster, None)
             })
