@@ -83,15 +83,10 @@ pub struct NatsArgs {
 
 #[derive(Args)]
 pub struct SetupArgs {
-    /// NATS server to use, as a user that may create and update streams.
-    #[arg(
-        long,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        hide_env_values = true
-    )]
-    pub nats_url: String,
-    /// Stream replicas; 0 (the default) picks 3 on a cluster of three servers or more, else 1.
+    /// As a NATS user that may create and update streams (admin).
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Stream replicas; 0 (the default) picks 3 when the server is in a cluster, else 1.
     #[arg(long, env = "CHATLOG_REPLICAS", default_value_t = 0)]
     pub replicas: usize,
     /// Largest WebSocket frame the edges accept, in bytes: the streams' largest message.
@@ -226,8 +221,8 @@ pub struct EdgeArgs {
     /// Milliseconds between a connection's presence heartbeats (offline after 35 s without).
     #[arg(long, env = "CHATLOG_HEARTBEAT_MS", default_value_t = 15_000)]
     pub heartbeat_ms: u64,
-    /// The stream replicas `chatlog setup` was given (0: 3 on a cluster of three servers or
-    /// more, else 1); a stream configured otherwise is logged at start.
+    /// The stream replicas `chatlog setup` was given (0: 3 when the server is in a cluster,
+    /// else 1); a stream configured otherwise is logged at start.
     #[arg(long, env = "CHATLOG_REPLICAS", default_value_t = 0)]
     pub replicas: usize,
 }

@@ -103,7 +103,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             result?;
         }
         cli::Command::Setup(args) => {
-            let (client, _) = chatlog_edge::connect(&args.nats_url, "chatlog-setup").await?;
+            let (client, _) = chatlog_edge::connect(&args.nats.nats_url, "chatlog-setup").await?;
             let done = chatlog_edge::ensure_streams(
                 &client,
                 &args.streams(),
