@@ -180,7 +180,6 @@ pub async fn ensure(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> Result<Vec<(Stream, Ensured)>, EnsureError> {
-    use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
     let mut done = Vec::new();
     for stream in Stream::ALL {
         let name = stream.name();
@@ -207,10 +206,7 @@ pub async fn ensure(
                     Ensured::Unchanged
                 }
             }
-            Err(e)
-                if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
-                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-            {
+            Err(e) if not_found(&e) => {
                 js.create_stream(want)
                     .await
                     .map_err(|e| fail("creating")(e.into()))?;
@@ -221,6 +217,12 @@ pub async fn ensure(
         done.push((stream, outcome));
     }
     Ok(done)
+}
+
+/// Whether reading a stream failed because it does not exist.
+fn not_found(e: &jetstream::context::GetStreamError) -> bool {
+    use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
+    matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// What [`check`] found of one stream.
@@ -239,7 +241,6 @@ pub async fn check(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> Result<Vec<(Stream, Checked)>, EnsureError> {
-    use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
     let mut found = Vec::new();
     for stream in Stream::ALL {
         let name = stream.name();
@@ -256,12 +257,7 @@ pub async fn check(
                     Checked::Current
                 }
             }
-            Err(e)
-                if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
-                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                Checked::Missing
-            }
+            Err(e) if not_found(&e) => Checked::Missing,
             Err(e) => return Err(fail(e.into())),
         };
         found.push((stream, checked));

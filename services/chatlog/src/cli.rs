@@ -42,10 +42,8 @@ pub enum Command {
     /// Run one handler (for scaling out: replicas share the queries in a queue group).
     Handler {
         name: HandlerName,
-        /// Accept the development credentials of this repository (`make up` and `make
-        /// cluster-up` pass it); without it a placeholder or development password is refused.
-        #[arg(long, env = "CHATLOG_DEV", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-        dev: bool,
+        #[command(flatten)]
+        dev: DevArgs,
         #[command(flatten)]
         nats: NatsArgs,
         #[command(flatten)]
@@ -79,6 +77,24 @@ pub struct NatsArgs {
         hide_env_values = true
     )]
     pub nats_url: String,
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct DevArgs {
+    /// Accept the development credentials of this repository (`make up`, `make cluster-up` and
+    /// compose pass it); without it a placeholder or development secret or password is refused.
+    #[arg(long, env = "CHATLOG_DEV", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub dev: bool,
+}
+
+impl DevArgs {
+    /// Refuses NATS URLs with the repository's passwords, unless `--dev`.
+    pub fn check_nats_url(self, urls: &str) -> anyhow::Result<()> {
+        if self.dev {
+            return Ok(());
+        }
+        refuse_placeholder_passwords(urls)
+    }
 }
 
 #[derive(Args)]
@@ -129,10 +145,8 @@ pub struct EdgeArgs {
     /// Where local state (the generated token secret) is kept.
     #[arg(long, env = "CHATLOG_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// Accept the development credentials of this repository (`make up` and `make cluster-up`
-    /// pass it); without it a placeholder or development secret or password is refused.
-    #[arg(long, env = "CHATLOG_DEV", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub dev: bool,
+    #[command(flatten)]
+    pub dev: DevArgs,
     /// HS256 token secret (at least 32 characters); generated under the data dir when unset.
     #[arg(long, env = "CHATLOG_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -235,13 +249,11 @@ impl EdgeArgs {
                 secret.len() >= 32,
                 "the token secret must be at least 32 characters"
             );
-            if !self.dev {
+            if !self.dev.dev {
                 refuse_placeholder("the token secret (CHATLOG_JWT_SECRET)", secret)?;
             }
         }
-        if !self.dev {
-            refuse_placeholder_passwords(&self.nats_url)?;
-        }
+        self.dev.check_nats_url(&self.nats_url)?;
         let default_rooms = self
             .default_rooms
             .iter()
@@ -314,7 +326,7 @@ const PLACEHOLDER_MARKS: [&str; 3] = [
 ];
 
 /// Refuses `value` when it is one of the repository's placeholder or development secrets.
-pub fn refuse_placeholder(what: &str, value: &str) -> anyhow::Result<()> {
+fn refuse_placeholder(what: &str, value: &str) -> anyhow::Result<()> {
     if let Some(mark) = PLACEHOLDER_MARKS.iter().find(|m| value.contains(*m)) {
         anyhow::bail!(
             "{what} contains {mark:?}: it is a placeholder or development value from the \
@@ -326,7 +338,7 @@ pub fn refuse_placeholder(what: &str, value: &str) -> anyhow::Result<()> {
 }
 
 /// Refuses NATS URLs (comma-separated) whose password is a placeholder or development one.
-pub fn refuse_placeholder_passwords(urls: &str) -> anyhow::Result<()> {
+fn refuse_placeholder_passwords(urls: &str) -> anyhow::Result<()> {
     for url in urls.split(',') {
         let Some((before_host, _)) = url.rsplit_once('@') else {
             continue;

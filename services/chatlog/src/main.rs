@@ -37,10 +37,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     telemetry::init();
     match cli.command {
         cli::Command::Up { edge, handlers } => {
-            if !edge.dev
-                && let Some(url) = &handlers.handlers_nats_url
-            {
-                cli::refuse_placeholder_passwords(url)?;
+            if let Some(url) = &handlers.handlers_nats_url {
+                edge.dev.check_nats_url(url)?;
             }
             let (mut config, http) = edge.into_config()?;
             let listener = bind(&http).await?;
@@ -134,9 +132,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             nats,
             handler,
         } => {
-            if !dev {
-                cli::refuse_placeholder_passwords(&nats.nats_url)?;
-            }
+            dev.check_nats_url(&nats.nats_url)?;
             let (client, _) = chatlog_edge::connect(&nats.nats_url, name.as_str()).await?;
             let stats = Arc::new(HostStats::default());
             let shared = chatlog_runtime::SharedReaders::default();

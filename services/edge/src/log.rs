@@ -337,11 +337,23 @@ impl Log {
         if next > to || limit == 0 {
             return Ok(0);
         }
+        if !self.connected() {
+            return Err(LogError::Unavailable);
+        }
+        // One inbox for the whole read: its batches are asked one after the other.
+        let client = &self.0.client;
+        let inbox = client.new_inbox();
+        let mut answers = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|_| self.unavailable_or("reading"))?;
         let mut count = 0;
         let mut behind_since: Option<Instant> = None;
         loop {
             let want = (limit - count).min(READ_BATCH);
-            let batch = self.direct_batch(stream, subject, next, want).await?;
+            let batch = self
+                .direct_batch(&mut answers, &inbox, stream, subject, next, want)
+                .await?;
             let got = batch.len();
             for m in batch {
                 if m.seq > to {
@@ -367,35 +379,29 @@ impl Log {
         }
     }
 
-    /// One batched direct get (ADR-31): up to `batch` messages on `subject` from seq `from`, at
-    /// most [`READ_BATCH_BYTES`] of them, ended by the server's end-of-batch message. None found
-    /// is an empty batch.
+    /// One batched direct get (ADR-31), answered to `inbox` (`answers`): up to `batch` messages
+    /// on `subject` from seq `from`, at most [`READ_BATCH_BYTES`] of them, ended by the server's
+    /// end-of-batch message. None found is an empty batch.
     async fn direct_batch(
         &self,
+        answers: &mut async_nats::Subscriber,
+        inbox: &str,
         stream: Stream,
         subject: &str,
         from: u64,
         batch: usize,
     ) -> Result<Vec<Stored>, LogError> {
-        if !self.connected() {
-            return Err(LogError::Unavailable);
-        }
-        let client = &self.0.client;
-        let inbox = client.new_inbox();
-        let mut answers = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|_| self.unavailable_or("reading"))?;
         let request = serde_json::json!({
             "seq": from,
             "next_by_subj": subject,
             "batch": batch,
             "max_bytes": READ_BATCH_BYTES,
         });
-        client
+        self.0
+            .client
             .publish_with_reply(
                 format!("$JS.API.DIRECT.GET.{}", stream.name()),
-                inbox,
+                inbox.to_string(),
                 Bytes::from(request.to_string()),
             )
             .await

@@ -2,8 +2,8 @@
 //! `CHAT_PRESENCE`.
 //!
 //! A user is online in a room while one of its connections is: `chat.presence.online` or
-//! `heartbeat` adds the connection (a heartbeat to every room it names), `offline` removes it. A user with two tabs stays online until
-//! both are gone. Typing starts with `chat.typing.started` and ends with `stopped`.
+//! `heartbeat` adds the connection (a heartbeat to every room it names), `offline` removes it.
+//! A user with two tabs stays online until both are gone. Typing starts with `chat.typing.started` and ends with `stopped`.
 //!
 //! Time only passes in [`Presence::tick`], run by the host with the wall clock once the view has
 //! caught up: a connection with no heartbeat for `offline_after` (its edge died) gets a
