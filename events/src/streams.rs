@@ -1,4 +1,5 @@
-//! The four JetStream streams of the log (PROTOCOL §1) and their configuration.
+//! The four JetStream streams of the log (PROTOCOL §1) and their configuration, and the handlers'
+//! marks bucket.
 //!
 //! [`configs`] says what each stream must look like; [`ensure`] creates the missing ones and
 //! updates those whose configuration differs. Only the subject prefixes here and in
@@ -141,6 +142,23 @@ pub fn config(stream: Stream, settings: &StreamSettings) -> Config {
     config
 }
 
+/// The KV bucket of the handlers' "at most once" marks: how far each view has emitted its derived
+/// events (key: the view's name). Not part of the log: it lives in NATS, replicated like the
+/// streams, so that a handler whose disk is lost rebuilds its view and notifies nobody twice.
+pub const MARKS_BUCKET: &str = "CHATLOG_MARKS";
+
+/// The marks bucket's configuration: the latest value per key, replicated like the streams.
+pub fn marks_config(settings: &StreamSettings) -> jetstream::kv::Config {
+    jetstream::kv::Config {
+        bucket: MARKS_BUCKET.to_string(),
+        description: "chatlog handlers: how far each view emitted its derived events".into(),
+        history: 1,
+        storage: StorageType::File,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
 /// Whether `have` (as the server reports it) lacks something `want` asks for.
 fn differs(want: &Config, have: &Config) -> bool {
     want.subjects != have.subjects
@@ -175,11 +193,12 @@ pub struct EnsureError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// Creates every missing stream and updates those whose configuration differs.
+/// Creates every missing stream and updates those whose configuration differs; then the marks
+/// bucket. Returns what was done to each, by name.
 pub async fn ensure(
     js: &jetstream::Context,
     settings: &StreamSettings,
-) -> Result<Vec<(Stream, Ensured)>, EnsureError> {
+) -> Result<Vec<(&'static str, Ensured)>, EnsureError> {
     let mut done = Vec::new();
     for stream in Stream::ALL {
         let name = stream.name();
@@ -214,9 +233,42 @@ pub async fn ensure(
             }
             Err(e) => return Err(fail("reading")(e.into())),
         };
-        done.push((stream, outcome));
+        done.push((name, outcome));
     }
+    done.push((MARKS_BUCKET, ensure_marks(js, settings).await?));
     Ok(done)
+}
+
+/// Creates the marks bucket, or sets its replicas.
+async fn ensure_marks(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<Ensured, EnsureError> {
+    let fail = |action: &'static str| {
+        move |e: Box<dyn std::error::Error + Send + Sync>| EnsureError {
+            action,
+            stream: MARKS_BUCKET,
+            source: e,
+        }
+    };
+    let want = marks_config(settings);
+    let outcome = match js.get_stream(format!("KV_{MARKS_BUCKET}")).await {
+        Ok(existing) => {
+            let have = &existing.cached_info().config;
+            if have.num_replicas.max(1) == want.num_replicas.max(1)
+                && have.max_messages_per_subject == want.history
+            {
+                return Ok(Ensured::Unchanged);
+            }
+            Ensured::Updated
+        }
+        Err(e) if not_found(&e) => Ensured::Created,
+        Err(e) => return Err(fail("reading")(e.into())),
+    };
+    js.create_or_update_key_value(want)
+        .await
+        .map_err(|e| fail("creating or updating")(e.into()))?;
+    Ok(outcome)
 }
 
 /// Whether reading a stream failed because it does not exist.

@@ -48,6 +48,11 @@ pub enum Command {
         nats: NatsArgs,
         #[command(flatten)]
         handler: HandlerArgs,
+        /// Where to serve `/livez`, `/readyz` (200 once every view answers queries: caught up
+        /// to the stream's head as of the start) and `/metrics`, e.g. `0.0.0.0:9090` for
+        /// Kubernetes probes. No listener when unset.
+        #[arg(long, env = "CHATLOG_HANDLER_HTTP")]
+        http: Option<String>,
     },
     /// Inspect the log.
     Events {
@@ -298,6 +303,7 @@ impl EdgeArgs {
             limits,
             streams,
             extra_metrics: Default::default(),
+            extra_ready: Default::default(),
             allowed_origins: self.allowed_origins,
             trusted_proxies: cidrs("trusted proxy", &self.trusted_proxies)?,
             limits_exempt: cidrs("exempt address", &self.limits_exempt)?,

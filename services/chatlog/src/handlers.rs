@@ -96,6 +96,47 @@ impl HandlerArgs {
     }
 }
 
+/// What each view of a handler reports (metrics, readiness), by view name.
+#[derive(Clone)]
+pub struct ViewStats(pub Vec<(&'static str, Arc<HostStats>)>);
+
+impl ViewStats {
+    /// Fresh stats for the views of `handlers`.
+    pub fn of(handlers: &[HandlerName]) -> ViewStats {
+        ViewStats(
+            handlers
+                .iter()
+                .flat_map(|h| h.views())
+                .map(|&view| (view, Arc::new(HostStats::default())))
+                .collect(),
+        )
+    }
+
+    /// The stats of one view.
+    fn get(&self, view: &str) -> Arc<HostStats> {
+        self.0
+            .iter()
+            .find(|(v, _)| *v == view)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// The views not answering queries yet (still catching up to the head they saw at start).
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        self.0
+            .iter()
+            .filter(|(_, s)| !s.is_ready())
+            .map(|(v, _)| *v)
+            .collect()
+    }
+
+    /// Prometheus text, a line per view.
+    pub fn render_prometheus(&self) -> String {
+        let stats: Vec<_> = self.0.iter().map(|(v, s)| (*v, &**s)).collect();
+        HostStats::render_prometheus(&stats)
+    }
+}
+
 /// Runs one handler until `shutdown`, reporting into `stats`; its views read their streams
 /// through `shared` (one reader per stream for the handlers of a process).
 pub async fn run(
@@ -103,16 +144,18 @@ pub async fn run(
     client: async_nats::Client,
     args: &HandlerArgs,
     shared: &SharedReaders,
-    stats: Arc<HostStats>,
+    stats: &ViewStats,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     match name {
         HandlerName::History => {
             let config = args.running_config("history", shared);
+            let stats = stats.get("history");
             chatlog_runtime::run(chatlog_history::History, client, config, stats, shutdown).await?
         }
         HandlerName::Presence => {
             let config = args.running_config("presence", shared);
+            let stats = stats.get("presence");
             chatlog_runtime::run(args.presence(), client, config, stats, shutdown).await?
         }
         HandlerName::Notifications => {
@@ -125,14 +168,14 @@ pub async fn run(
                 chatlog_notifications::Mentions,
                 client.clone(),
                 args.running_config("mentions", shared),
-                Arc::new(HostStats::default()),
+                stats.get("mentions"),
                 until(stopped.clone()),
             );
             let inbox = chatlog_runtime::run(
                 chatlog_notifications::Notifications,
                 client,
                 args.running_config("notifications", shared),
-                stats,
+                stats.get("notifications"),
                 until(stopped),
             );
             let signal = async {
@@ -145,4 +188,45 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// A handler's own HTTP listener (`chatlog handler --http`): `/livez` while the process runs,
+/// `/readyz` once every view answers queries (caught up to the head it saw at start), `/metrics`.
+pub fn health_routes(stats: ViewStats) -> axum::Router {
+    use axum::{http::StatusCode, response::IntoResponse, routing::get};
+    let ready = stats.clone();
+    axum::Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let not_ready = ready.not_ready();
+                async move {
+                    if not_ready.is_empty() {
+                        (StatusCode::OK, "ready".to_string())
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("catching up: {}", not_ready.join(", ")),
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = stats.render_prometheus();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        )
 }

@@ -15,7 +15,6 @@ use anyhow::Context;
 /// far less time in it than the system allocator (which was the top of the rebuild profile).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use chatlog_runtime::HostStats;
 use clap::Parser;
 use tokio::sync::watch;
 
@@ -57,15 +56,18 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 .handlers_nats_url
                 .clone()
                 .unwrap_or_else(|| config.nats_url.clone());
-            let hosted: Vec<_> = handlers::HandlerName::ALL
-                .into_iter()
-                .map(|name| (name, Arc::new(HostStats::default())))
-                .collect();
+            let hosted = handlers::ViewStats::of(&handlers::HandlerName::ALL);
             let shown = hosted.clone();
-            config.extra_metrics.0.push(Arc::new(move || {
-                let stats: Vec<_> = shown.iter().map(|(n, s)| (n.as_str(), &**s)).collect();
-                HostStats::render_prometheus(&stats)
-            }));
+            config
+                .extra_metrics
+                .0
+                .push(Arc::new(move || shown.render_prometheus()));
+            // Ready when the views answer too: `make up` returns once a client's reads work.
+            let answering = hosted.clone();
+            config
+                .extra_ready
+                .0
+                .push(Arc::new(move || answering.not_ready().is_empty()));
             let mut tasks = tokio::task::JoinSet::new();
             tasks.spawn(handlers_thread(
                 handlers_url,
@@ -115,7 +117,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                     chatlog_events::streams::Ensured::Updated => "updated",
                     chatlog_events::streams::Ensured::Unchanged => "up to date",
                 };
-                println!("{} {what}", stream.name());
+                println!("{stream} {what}");
             }
         }
         cli::Command::Edge(args) => {
@@ -131,12 +133,22 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             dev,
             nats,
             handler,
+            http,
         } => {
             dev.check_nats_url(&nats.nats_url)?;
+            let stats = handlers::ViewStats::of(&[name]);
+            if let Some(addr) = http {
+                let listener = bind(&addr).await?;
+                let routes = handlers::health_routes(stats.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, routes).await {
+                        tracing::error!(error = %e, "the handler's HTTP listener failed");
+                    }
+                });
+            }
             let (client, _) = chatlog_edge::connect(&nats.nats_url, name.as_str()).await?;
-            let stats = Arc::new(HostStats::default());
             let shared = chatlog_runtime::SharedReaders::default();
-            handlers::run(name, client, &handler, &shared, stats, shutdown_signal()).await?;
+            handlers::run(name, client, &handler, &shared, &stats, shutdown_signal()).await?;
         }
         cli::Command::Events { command, nats } => {
             events::run(command, connect_once(&nats.nats_url).await?).await?;
@@ -172,7 +184,7 @@ async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
 fn handlers_thread(
     url: String,
     args: handlers::HandlerArgs,
-    hosted: Vec<(handlers::HandlerName, Arc<HostStats>)>,
+    hosted: handlers::ViewStats,
     stopped: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = anyhow::Result<()>> {
     let (done, result) = tokio::sync::oneshot::channel();
@@ -190,13 +202,14 @@ fn handlers_thread(
                     let mut tasks = tokio::task::JoinSet::new();
                     // History and mentions both read CHAT_ROOMS: once, for both.
                     let shared = chatlog_runtime::SharedReaders::default();
-                    for (name, stats) in hosted {
+                    for name in handlers::HandlerName::ALL {
+                        let stats = hosted.clone();
                         let client = client.clone();
                         let args = args.clone();
                         let shared = shared.clone();
                         let stopped = until_true(stopped.clone());
                         tasks.spawn(async move {
-                            handlers::run(name, client, &args, &shared, stats, stopped)
+                            handlers::run(name, client, &args, &shared, &stats, stopped)
                                 .await
                                 .with_context(|| format!("the {} handler", name.as_str()))
                         });

@@ -21,6 +21,7 @@ use chatlog_test_support::NatsServer;
 use futures::StreamExt;
 use serde_json::Value;
 
+use chatlog_test_support::client::Client;
 use common::Proc;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -152,10 +153,26 @@ async fn a_handler_killed_mid_stream_resumes_to_the_checksum_of_a_rebuild() {
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("live");
 
-    let mut first = handler(&nats, &live, None);
-    let seen = view_at(&client, "history", 1).await;
+    // A view catching up answers no query: its progress is in its metrics.
+    let (mut first, http) = handler_with_http(&nats, "history", &live).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let killed_at = loop {
+        let metrics = http.request("GET", "/metrics", None, None).await.text;
+        let checkpoint = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("chatlog_handler_checkpoint{handler=\"history\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if checkpoint > 0 {
+            break checkpoint;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
     first.kill9();
-    let killed_at = seen["checkpoint"].as_u64().unwrap();
     assert!(
         killed_at < last,
         "killed mid-stream ({killed_at} of {last})"
@@ -640,4 +657,186 @@ async fn presence_times_out_a_silent_connection_while_others_keep_heartbeating()
         during && sent < 4_000,
         "ghost went offline only after the heartbeats stopped ({sent} of 4 000 sent)"
     );
+}
+
+/// `chatlog handler <name>` with its views in `views` and its `/readyz` on a free port: the
+/// process, and an HTTP client of that port once it listens.
+async fn handler_with_http(nats: &NatsServer, name: &str, views: &Path) -> (Proc, Client) {
+    let addr = format!("127.0.0.1:{}", chatlog_test_support::free_port());
+    let mut cmd = chatlog(nats, &["handler", name, "--http", &addr, "--views-dir"]);
+    cmd.arg(views);
+    let proc = Proc(
+        cmd.stdout(Stdio::null())
+            .spawn()
+            .expect("starting chatlog handler"),
+    );
+    let http = Client {
+        addr: addr.parse().unwrap(),
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(http.addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no listener on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (proc, http)
+}
+
+/// Waits for `/readyz` to say 200; answers what it said before (the statuses seen).
+async fn until_ready(http: &Client) -> Vec<u16> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut seen = Vec::new();
+    loop {
+        let status = http.request("GET", "/readyz", None, None).await.status;
+        if status == 200 {
+            return seen;
+        }
+        assert_eq!(status, 503, "/readyz answers 200 or 503");
+        seen.push(status);
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_lost_its_disk_answers_nothing_until_it_has_caught_up() {
+    let (nats, client, js) = setup().await;
+    let last = fill(&js, 30_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let views = dir.path().join("views");
+    let page_request = serde_json::json!({"room": "lobby", "limit": 50}).to_string();
+    let page = || async {
+        let asked = client.request("views.history.messages", page_request.clone().into());
+        match tokio::time::timeout(Duration::from_secs(2), asked).await {
+            Ok(Ok(m)) => Some(String::from_utf8(m.payload.to_vec()).unwrap()),
+            _ => None,
+        }
+    };
+
+    let (mut first, http) = handler_with_http(&nats, "history", &views).await;
+    until_ready(&http).await;
+    assert_eq!(view_at(&client, "history", last).await["checkpoint"], last);
+    let at_head = page().await.expect("a ready replica answers");
+    assert!(at_head.contains("message 29999"), "{at_head}");
+    first.kill9();
+
+    // The pod comes back on a new node: its disk is gone.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let (_second, http) = handler_with_http(&nats, "history", &views).await;
+    let mut answered = 0;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while http.request("GET", "/readyz", None, None).await.status != 200 {
+        // No replica answers, or one answers the page as of the head: never an older page.
+        if let Some(answer) = page().await {
+            assert!(
+                answer == at_head,
+                "an answer from a view still rebuilding: {}…",
+                answer.chars().take(200).collect::<String>()
+            );
+            answered += 1;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+    }
+    assert_eq!(
+        answered, 0,
+        "nothing answers while the only replica rebuilds"
+    );
+    assert_eq!(page().await.as_deref(), Some(at_head.as_str()));
+}
+
+#[tokio::test]
+async fn a_notifications_handler_that_lost_its_disk_notifies_nobody_twice() {
+    let (nats, client, js) = setup().await;
+    let (lobby, ada, bob) = (
+        RoomId::parse("lobby").unwrap(),
+        UserId::parse("ada").unwrap(),
+        UserId::parse("bob").unwrap(),
+    );
+    let mention = |text: &str| {
+        ChatEvent::in_room(
+            &lobby,
+            ada.clone(),
+            "test",
+            Payload::MessagePosted(MessagePosted {
+                text: text.into(),
+                mentions: vec![bob.clone()],
+                reply_to: None,
+            }),
+        )
+    };
+    // Every publish on bob's subject, a duplicate too: the stream stores a re-emission within its
+    // duplicate window once, but the subject sees it (and after the window it would be stored).
+    let mut published = client.subscribe("chat.user.bob").await.unwrap();
+    append(&js, &created(&lobby, &ada)).await;
+    append(
+        &js,
+        &ChatEvent::in_room(
+            &lobby,
+            bob.clone(),
+            "test",
+            Payload::MemberJoined(chatlog_events::event::Membership {
+                member: bob.clone(),
+            }),
+        ),
+    )
+    .await;
+    let first = mention("hi @bob");
+    append(&js, &first).await;
+    fill(&js, 2_000).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let views = dir.path().join("views");
+    let (mut handler, http) = handler_with_http(&nats, "notifications", &views).await;
+    until_ready(&http).await;
+    let notified = tokio::time::timeout(PATIENCE, published.next())
+        .await
+        .expect("bob notified")
+        .unwrap();
+    assert_eq!(
+        notified
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.to_string()),
+        Some(EventId::derived(&first.id, "bob").to_string())
+    );
+    handler.kill9();
+    std::fs::remove_dir_all(dir.path()).unwrap();
+
+    let (_again, http) = handler_with_http(&nats, "notifications", &views).await;
+    until_ready(&http).await;
+    // Caught up past the first mention: had it been emitted again, that came before this one.
+    let second = mention("again @bob");
+    append(&js, &second).await;
+    let next = tokio::time::timeout(PATIENCE, published.next())
+        .await
+        .expect("bob notified of the second mention")
+        .unwrap();
+    assert_eq!(
+        next.headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.to_string()),
+        Some(EventId::derived(&second.id, "bob").to_string()),
+        "the first mention was notified again"
+    );
+    // The rebuilt view comes to list both, and only those.
+    let request = serde_json::json!({"user": "bob", "limit": 10}).to_string();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let answer = client
+            .request("views.notifications.list", request.clone().into())
+            .await
+            .unwrap();
+        let listed: Value = serde_json::from_slice(&answer.payload).unwrap();
+        let count = listed["notifications"].as_array().map_or(0, Vec::len);
+        assert!(count <= 2, "{listed}");
+        if count == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -151,7 +151,13 @@ async fn components_cannot_delete_purge_or_stray() {
         // A denied request is never answered: do not wait long for it.
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_millis(300));
-        for stream in ["CHAT_ROOMS", "CHAT_USERS", "CHAT_PRESENCE", "CHAT_ACCOUNTS"] {
+        for stream in [
+            "CHAT_ROOMS",
+            "CHAT_USERS",
+            "CHAT_PRESENCE",
+            "CHAT_ACCOUNTS",
+            "KV_CHATLOG_MARKS",
+        ] {
             assert!(
                 js.delete_stream(stream).await.is_err(),
                 "{} deleted {stream}",
@@ -205,6 +211,8 @@ async fn components_cannot_delete_purge_or_stray() {
             creds.0
         );
         if creds == EDGE {
+            // The handlers' emission marks are theirs alone.
+            assert!(js.get_key_value("CHATLOG_MARKS").await.is_err());
             assert!(rooms.create_consumer(durable).await.is_err());
             assert!(
                 rooms
@@ -272,6 +280,14 @@ async fn components_cannot_delete_purge_or_stray() {
             .await
             .unwrap_or_else(|e| panic!("the handlers could not read {name}: {e}"));
     }
+    // And keep their marks.
+    let marks = handlers.get_key_value("CHATLOG_MARKS").await.unwrap();
+    let revision = marks.put("probe", "7".into()).await.unwrap();
+    let entry = marks.entry("probe").await.unwrap().unwrap();
+    assert_eq!(
+        (entry.value.as_ref(), entry.revision),
+        (&b"7"[..], revision)
+    );
 
     // The edge can still do its own job.
     let edge = connect(&nats, EDGE).await;

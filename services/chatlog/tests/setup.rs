@@ -1,4 +1,5 @@
-//! The deployment's first steps: `chatlog setup` gives a cluster's streams three replicas even
+//! The deployment's first steps: `chatlog setup` gives a cluster's streams (and the handlers'
+//! marks bucket) three replicas even
 //! when its servers advertise no peers (as the official Helm chart runs them), an edge starting
 //! afterwards changes nothing, and a component refuses the repository's placeholder secrets.
 
@@ -21,7 +22,13 @@ async fn setup_on_a_cluster_without_advertised_peers_makes_r3_streams_that_an_ed
     let js = jetstream::new(client);
     let replicas = |js: jetstream::Context| async move {
         let mut out = Vec::new();
-        for name in ["CHAT_ROOMS", "CHAT_PRESENCE", "CHAT_USERS", "CHAT_ACCOUNTS"] {
+        for name in [
+            "CHAT_ROOMS",
+            "CHAT_PRESENCE",
+            "CHAT_USERS",
+            "CHAT_ACCOUNTS",
+            "KV_CHATLOG_MARKS",
+        ] {
             let info = js.get_stream(name).await.unwrap().cached_info().clone();
             out.push((name, info.config.num_replicas));
         }

@@ -95,14 +95,16 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.log.ready().await {
-        (StatusCode::OK, "ready").into_response()
-    } else {
+    if !state.log.ready().await {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "nats unreachable or streams missing",
         )
             .into_response()
+    } else if !state.config.extra_ready.0.iter().all(|ready| ready()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "views catching up").into_response()
+    } else {
+        (StatusCode::OK, "ready").into_response()
     }
 }
 

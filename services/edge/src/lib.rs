@@ -57,6 +57,8 @@ pub struct Config {
     pub streams: streams::StreamSettings,
     /// More Prometheus text for `/metrics` (the handlers running in the same process).
     pub extra_metrics: metrics::Sources,
+    /// More conditions of `/readyz` (the handlers running in the same process).
+    pub extra_ready: metrics::ReadyChecks,
     /// Origins (`scheme://host[:port]`) a browser may open WebSockets from, beside the edge's
     /// own origin and localhost.
     pub allowed_origins: Vec<String>,
@@ -80,6 +82,7 @@ impl Default for Config {
             limits: Limits::default(),
             streams: streams::StreamSettings::default(),
             extra_metrics: metrics::Sources::default(),
+            extra_ready: metrics::ReadyChecks::default(),
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             limits_exempt: Vec::new(),
@@ -213,7 +216,7 @@ pub async fn ensure_streams(
     client: &async_nats::Client,
     settings: &streams::StreamSettings,
     patience: Duration,
-) -> Result<Vec<(streams::Stream, streams::Ensured)>, streams::EnsureError> {
+) -> Result<Vec<(&'static str, streams::Ensured)>, streams::EnsureError> {
     let js = async_nats::jetstream::new(client.clone());
     let until = tokio::time::Instant::now() + patience;
     loop {
@@ -221,7 +224,7 @@ pub async fn ensure_streams(
         match streams::ensure(&js, &settings).await {
             Ok(done) => {
                 for (stream, what) in &done {
-                    tracing::debug!(stream = stream.name(), outcome = ?what, "stream ensured");
+                    tracing::debug!(stream = *stream, outcome = ?what, "stream ensured");
                 }
                 return Ok(done);
             }

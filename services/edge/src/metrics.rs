@@ -20,6 +20,16 @@ impl std::fmt::Debug for Sources {
     }
 }
 
+/// More conditions of `/readyz` (the handlers running in the same process answer queries).
+#[derive(Clone, Default)]
+pub struct ReadyChecks(pub Vec<Arc<dyn Fn() -> bool + Send + Sync>>);
+
+impl std::fmt::Debug for ReadyChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadyChecks({})", self.0.len())
+    }
+}
+
 /// Upper bounds (µs) of the append latency histogram's buckets; `+Inf` follows.
 const APPEND_BUCKETS_US: [u64; 16] = [
     100, 250, 500, 1_000, 2_000, 3_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,

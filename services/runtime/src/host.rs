@@ -14,7 +14,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -36,6 +36,7 @@ use futures::StreamExt;
 
 use crate::{
     Projection, QueryError,
+    marks::{Emitter, MARKS_PATIENCE},
     view::{Overlay, Pending, View, ViewError},
 };
 
@@ -88,6 +89,8 @@ pub struct HostStats {
     pub reads: AtomicU64,
     /// Events that could not be decoded and were skipped.
     pub skipped: AtomicU64,
+    /// Caught up to the stream's head as of the start, and answering queries.
+    pub ready: AtomicBool,
 }
 
 impl Default for HostStats {
@@ -99,11 +102,17 @@ impl Default for HostStats {
             applied: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
         }
     }
 }
 
 impl HostStats {
+    /// Whether the view answers queries: it has caught up to the head it saw at start.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
     fn set_checkpoint(&self, checkpoint: u64) {
         self.checkpoint.store(checkpoint, Relaxed);
         self.committed.send_replace(checkpoint);
@@ -115,7 +124,7 @@ impl HostStats {
     /// reject).
     pub fn render_prometheus(hosted: &[(&str, &HostStats)]) -> String {
         type Value = fn(&HostStats) -> u64;
-        let metrics: [(&str, &str, &str, Value); 5] = [
+        let metrics: [(&str, &str, &str, Value); 6] = [
             (
                 "checkpoint",
                 "gauge",
@@ -139,6 +148,12 @@ impl HostStats {
                 "counter",
                 "Undecodable events skipped.",
                 |s| s.skipped.load(Relaxed),
+            ),
+            (
+                "ready",
+                "gauge",
+                "1 once the view answers queries (caught up to the head it saw at start).",
+                |s| u64::from(s.is_ready()),
             ),
         ];
         let mut out = String::new();
@@ -176,7 +191,9 @@ pub enum HostError {
 }
 
 /// Runs `projection` until `shutdown`: keeps its view at `config.view_dir` up to date and answers
-/// its queries on `views.<name>.*` in a queue group shared by its replicas.
+/// its queries on `views.<name>.*` in a queue group shared by its replicas, once it has caught up
+/// to the stream's head as of its start (a replica rebuilding from an empty disk answers nothing
+/// rather than something stale; `stats.ready` says when it answers).
 pub async fn run<P: Projection>(
     projection: P,
     client: Client,
@@ -184,21 +201,39 @@ pub async fn run<P: Projection>(
     stats: Arc<HostStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HostError> {
+    tokio::pin!(shutdown);
     let projection = Arc::new(projection);
-    let view = Arc::new(View::open(
-        &config.view_dir,
-        projection.name(),
-        projection.version(),
-    )?);
+    let name = projection.name();
+    let view = Arc::new(View::open(&config.view_dir, name, projection.version())?);
     stats.set_checkpoint(view.checkpoint()?);
-    let service = serve_queries(projection.clone(), view.clone(), &client, stats.clone()).await?;
+    let js = jetstream::new(client.clone());
+    let started = async {
+        let emitter = Emitter::open(&js, name, &config.view_dir, MARKS_PATIENCE).await?;
+        let head = head_at_start(&js, projection.stream()).await;
+        Ok::<_, HostError>((emitter, head))
+    };
+    let (mut emitter, head) = tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        started = started => started?,
+    };
     tracing::info!(
-        view = projection.name(),
+        view = name,
         checkpoint = view.checkpoint()?,
+        head,
         "handler started"
     );
-    let js = jetstream::new(client);
-    let mut emitter = Emitter::beside(&config.view_dir);
+    // Queries once the view has committed the head it saw now.
+    let serving = tokio::spawn({
+        let (projection, view, stats) = (projection.clone(), view.clone(), stats.clone());
+        async move {
+            let mut committed = stats.committed.subscribe();
+            let _ = committed.wait_for(|c| *c >= head).await;
+            let service = serve_queries(projection, view, &client, stats.clone()).await?;
+            stats.ready.store(true, Relaxed);
+            tracing::info!(view = name, head, "caught up: answering queries");
+            Ok::<_, HostError>(service)
+        }
+    });
     let result = consume(
         &*projection,
         &view,
@@ -212,8 +247,31 @@ pub async fn run<P: Projection>(
     )
     .await;
     view.flush()?;
-    let _ = service.stop().await;
+    stats.ready.store(false, Relaxed);
+    if serving.is_finished() {
+        if let Ok(Ok(service)) = serving.await {
+            let _ = service.stop().await;
+        }
+    } else {
+        serving.abort();
+    }
     result.map(|_| ())
+}
+
+/// The stream's last sequence now, asked until NATS answers.
+async fn head_at_start(js: &jetstream::Context, stream: chatlog_events::Stream) -> u64 {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if let Some(head) = stream_head(js, stream).await {
+            return head;
+        }
+        tracing::warn!(
+            stream = stream.name(),
+            "cannot read the stream's head, retrying"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Wipes the view at `config.view_dir` and applies the stream up to its last sequence now,
@@ -429,10 +487,17 @@ async fn consume<P: Projection + ?Sized>(
 const STALL_CHECK: Duration = Duration::from_secs(2);
 
 /// The stream's last sequence, if it can be read now.
+/// 0 when the stream holds nothing: its messages may all have aged out (presence), and a reader
+/// from any position is then as far as it can get.
 async fn stream_head(js: &jetstream::Context, stream: chatlog_events::Stream) -> Option<u64> {
     let read = async {
         let mut s = js.get_stream(stream.name()).await.ok()?;
-        s.info().await.ok().map(|i| i.state.last_sequence)
+        let state = &s.info().await.ok()?.state;
+        Some(if state.messages == 0 {
+            0
+        } else {
+            state.last_sequence
+        })
     };
     tokio::time::timeout(Duration::from_secs(1), read)
         .await
@@ -675,50 +740,6 @@ async fn open_reader(
     consumer.messages().await.map_err(|e| e.to_string())
 }
 
-/// Where derived events stand: emitted for every source event up to `through`. Kept beside the
-/// view (`<view>.emitted`), not in it, so that a wiped or rebuilt view does not emit them again
-/// (their deterministic ids only protect within the stream's duplicate window).
-pub struct Emitter {
-    through: u64,
-    path: Option<PathBuf>,
-}
-
-impl Emitter {
-    /// The emitter of the view at `view_dir`, reading what it emitted before.
-    pub fn beside(view_dir: &std::path::Path) -> Emitter {
-        let path = view_dir.with_extension("emitted");
-        let through = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        Emitter {
-            through,
-            path: Some(path),
-        }
-    }
-
-    /// An emitter that emits nothing: a rebuild reconstructs the view, the derived events of
-    /// the past are in the log already.
-    pub fn silent() -> Emitter {
-        Emitter {
-            through: u64::MAX,
-            path: None,
-        }
-    }
-
-    fn emitted_through(&mut self, seq: u64) -> Result<(), HostError> {
-        if seq > self.through {
-            self.through = seq;
-            if let Some(path) = &self.path {
-                let tmp = path.with_extension("emitted.tmp");
-                std::fs::write(&tmp, seq.to_string()).map_err(ViewError::from)?;
-                std::fs::rename(&tmp, path).map_err(ViewError::from)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Appends the derived events (acknowledged, retried with their deterministic ids), then writes
 /// the pending changes with the checkpoint. A crash in between re-emits the same ids: stored once.
 async fn commit(
@@ -737,7 +758,7 @@ async fn commit(
         for event in emit.drain(..) {
             append_until_stored(js, &event).await?;
         }
-        emitter.emitted_through(checkpoint)?;
+        emitter.emitted_through(checkpoint).await?;
     }
     view.commit(pending, checkpoint)?;
     stats.set_checkpoint(checkpoint);

@@ -10,6 +10,7 @@
 //! rebuild (exactly-once effect over at-least-once delivery).
 
 pub mod host;
+pub mod marks;
 pub mod testing;
 pub mod view;
 

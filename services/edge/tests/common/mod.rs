@@ -77,11 +77,16 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let hosted: Vec<std::sync::Arc<chatlog_runtime::HostStats>> = (0..4)
+        .map(|_| std::sync::Arc::new(chatlog_runtime::HostStats::default()))
+        .collect();
+    let mut each = hosted.iter().cloned();
+    let mut stats = || each.next().expect("a stats per view");
     tokio::spawn(chatlog_runtime::run(
         chatlog_history::History,
         client.clone(),
         host("history"),
-        Default::default(),
+        stats(),
         until(handlers_stopped.clone()),
     ));
     tokio::spawn(chatlog_runtime::run(
@@ -91,23 +96,29 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         },
         client.clone(),
         host("presence"),
-        Default::default(),
+        stats(),
         until(handlers_stopped.clone()),
     ));
     tokio::spawn(chatlog_runtime::run(
         chatlog_notifications::Mentions,
         client.clone(),
         host("mentions"),
-        Default::default(),
+        stats(),
         until(handlers_stopped.clone()),
     ));
     tokio::spawn(chatlog_runtime::run(
         chatlog_notifications::Notifications,
         client,
         host("notifications"),
-        Default::default(),
+        stats(),
         until(handlers_stopped),
     ));
+    // As `chatlog up`'s /readyz: every view answers queries.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !hosted.iter().all(|s| s.is_ready()) {
+        assert!(tokio::time::Instant::now() < deadline, "views not ready");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
