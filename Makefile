@@ -72,6 +72,7 @@ down:
 ## test: install what the tests need, then run every test (each starts its own nats-server):
 ## the Rust tests (unit, integration, fault suite) and the web client in headless Chromium
 test:
+	@infra/k8s-validate.sh --install
 	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" && export NATS_SERVER_BIN && \
 	  echo "using $$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version))" && \
 	  $(CARGO) test --workspace --all-targets
