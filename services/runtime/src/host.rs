@@ -229,6 +229,11 @@ pub async fn run<P: Projection>(
             let mut committed = stats.committed.subscribe();
             let _ = committed.wait_for(|c| *c >= head).await;
             let service = serve_queries(projection, view, &client, stats.clone()).await?;
+            // Ready means answering: the server has the service's subscriptions.
+            client
+                .flush()
+                .await
+                .map_err(|e| HostError::Nats(e.to_string()))?;
             stats.ready.store(true, Relaxed);
             tracing::info!(view = name, head, "caught up: answering queries");
             Ok::<_, HostError>(service)
