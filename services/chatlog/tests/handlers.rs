@@ -725,24 +725,19 @@ async fn a_handler_that_lost_its_disk_answers_nothing_until_it_has_caught_up() {
     // The pod comes back on a new node: its disk is gone.
     std::fs::remove_dir_all(dir.path()).unwrap();
     let (_second, http) = handler_with_http(&nats, "history", &views).await;
-    let mut answered = 0;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while http.request("GET", "/readyz", None, None).await.status != 200 {
-        // No replica answers, or one answers the page as of the head: never an older page.
+        // No replica answers, or one answers the page as of the head (it may have become ready
+        // since /readyz was asked): never an older page.
         if let Some(answer) = page().await {
             assert!(
                 answer == at_head,
                 "an answer from a view still rebuilding: {}…",
                 answer.chars().take(200).collect::<String>()
             );
-            answered += 1;
         }
         assert!(tokio::time::Instant::now() < deadline, "never ready");
     }
-    assert_eq!(
-        answered, 0,
-        "nothing answers while the only replica rebuilds"
-    );
     assert_eq!(page().await.as_deref(), Some(at_head.as_str()));
 }
 
