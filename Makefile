@@ -54,20 +54,10 @@ up: build-release
 	@python3 infra/wait-ready.py http://$(HTTP)/readyz 60 || { tail -n 20 $(DATA)/chatlog.log; exit 1; }
 	@echo "chatlog is up: http://$(HTTP)/ (make down to stop)"
 
-## down: stop exactly what `make up` started
+## down: stop exactly what `make up` started: chatlog first, then NATS (SIGTERM, then SIGKILL
+## with a line saying so for what is still there after the grace; no pid file left)
 down:
-	@for name in chatlog nats; do \
-	  pidfile=$(DATA)/$$name.pid; \
-	  if [ -f $$pidfile ]; then \
-	    pid=$$(cat $$pidfile); \
-	    if kill -0 $$pid 2>/dev/null; then \
-	      kill $$pid; \
-	      for _ in $$(seq 50); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
-	      echo "stopped $$name (pid $$pid)"; \
-	    fi; \
-	    rm -f $$pidfile; \
-	  fi; \
-	done
+	@infra/stop.sh $(DATA)/chatlog.pid -- $(DATA)/nats.pid
 
 ## test: install what the tests need, then run every test (each starts its own nats-server):
 ## the Rust tests (unit, integration, fault suite) and the web client in headless Chromium
@@ -132,15 +122,10 @@ cluster-up: build-release
 	@python3 infra/wait-ready.py http://127.0.0.1:8082/readyz 90
 	@echo "cluster up: http://127.0.0.1:8081/ and http://127.0.0.1:8082/ (make cluster-down to stop)"
 
-## cluster-down: stop exactly what cluster-up started
+## cluster-down: stop exactly what cluster-up started: the edges, then the handlers, then NATS
 cluster-down:
-	@for pidfile in $(CLUSTER)/*.pid; do \
-	  [ -f "$$pidfile" ] || continue; pid=$$(cat $$pidfile); \
-	  if kill -0 $$pid 2>/dev/null; then kill $$pid; \
-	    for _ in $$(seq 50); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
-	    echo "stopped $$(basename $$pidfile .pid) (pid $$pid)"; fi; \
-	  rm -f $$pidfile; \
-	done
+	@infra/stop.sh $(CLUSTER)/edge*.pid -- $(CLUSTER)/history-*.pid $(CLUSTER)/presence-*.pid \
+	  $(CLUSTER)/notifications-*.pid -- $(CLUSTER)/n*.pid -- $(CLUSTER)/*.pid
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -40,18 +40,21 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 edge.dev.check_nats_url(url)?;
             }
             let (mut config, http) = edge.into_config()?;
+            let signals = stop_on_signal()?;
             let listener = bind(&http).await?;
             let (stop, stopped) = watch::channel(false);
             // The streams first (`chatlog setup` made them), then the handlers, each component
             // with its own NATS user.
             let (edge_client, _) = chatlog_edge::connect(&config.nats_url, "chatlog-up").await?;
-            chatlog_edge::await_streams(
+            let streams = chatlog_edge::await_streams(
                 &edge_client,
                 &config.streams,
                 chatlog_edge::STREAMS_PATIENCE,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
+            );
+            tokio::select! {
+                () = until_true(signals.clone()) => return Ok(()),
+                found = streams => found.map_err(|e| anyhow::anyhow!(e))?,
+            }
             let handlers_url = handlers
                 .handlers_nats_url
                 .clone()
@@ -85,7 +88,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             let stop = std::sync::Arc::new(stop);
             let on_signal = stop.clone();
             tokio::spawn(async move {
-                shutdown_signal().await;
+                until_true(signals).await;
                 on_signal.send_replace(true);
             });
             // The first component to stop (on a signal, or failing) stops the others.
@@ -122,8 +125,9 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }
         cli::Command::Edge(args) => {
             let (config, http) = args.into_config()?;
+            let signals = stop_on_signal()?;
             let listener = bind(&http).await?;
-            chatlog_edge::run(config, listener, shutdown_signal())
+            chatlog_edge::run(config, listener, until_true(signals))
                 .await
                 .map_err(|e| anyhow::anyhow!(e))
                 .context("running the edge")?;
@@ -136,6 +140,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             http,
         } => {
             dev.check_nats_url(&nats.nats_url)?;
+            let signals = stop_on_signal()?;
             let stats = handlers::ViewStats::of(&[name]);
             if let Some(addr) = http {
                 let listener = bind(&addr).await?;
@@ -148,7 +153,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             }
             let (client, _) = chatlog_edge::connect(&nats.nats_url, name.as_str()).await?;
             let shared = chatlog_runtime::SharedReaders::default();
-            handlers::run(name, client, &handler, &shared, &stats, shutdown_signal()).await?;
+            handlers::run(name, client, &handler, &shared, &stats, until_true(signals)).await?;
         }
         cli::Command::Events { command, nats } => {
             events::run(command, connect_once(&nats.nats_url).await?).await?;
@@ -274,25 +279,39 @@ async fn until_true(mut flag: watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// How long a process may take to stop once asked. Every component stops well within it (each
+/// wait on NATS gives up when asked to stop); past it, the process exits anyway, saying so.
+const STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A flag set on Ctrl-C or SIGTERM, whose handlers are installed now, before anything can block
+/// (a signal that came before would have ended the process with no goodbye). After the first
+/// signal the process has [`STOP_BOUND`] to end; a second one ends it at once.
+fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (stop, stopping) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
+        tracing::info!(bound = ?STOP_BOUND, "shutting down");
+        stop.send_replace(true);
+        std::thread::spawn(|| {
+            std::thread::sleep(STOP_BOUND);
+            tracing::error!(
+                bound = ?STOP_BOUND,
+                "not stopped within the bound: exiting now (what was not committed is redone by the next start)"
+            );
+            std::process::exit(0);
+        });
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::warn!("asked to stop again: exiting now");
+        std::process::exit(0);
+    });
+    Ok(stopping)
 }

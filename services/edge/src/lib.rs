@@ -427,23 +427,48 @@ pub async fn serve(
     state.shutdown.send_replace(true);
     state.users.kick_all(hub::KickReason::Shutdown);
     drop(listener);
-    graceful.shutdown().await;
+    // Connections end once kicked; one still waiting on NATS (an append's retries, a catch-up's
+    // reads) is not waited for past the bound: its client retries, or resumes with `since`.
+    if tokio::time::timeout(DRAIN_PATIENCE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            patience = ?DRAIN_PATIENCE,
+            "connections still open after the drain: closed without waiting (their clients resume with since)"
+        );
+    }
     Ok(())
 }
 
+/// How long a stopping edge waits for its connections to end.
+pub const DRAIN_PATIENCE: Duration = Duration::from_secs(5);
+
 /// The whole edge: connect, wait for the streams, ensure the default rooms, serve until
-/// `shutdown`.
+/// `shutdown`. Asked to stop while starting (NATS not there yet, say), it stops at once.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (client, reconnects) = connect(&config.nats_url, "chatlog-edge").await?;
-    await_streams(&client, &config.streams, STREAMS_PATIENCE).await?;
-    let state = state(config, client, reconnects).await?;
-    ensure_default_rooms(&state)
-        .await
-        .map_err(|e| e.to_string())?;
+    use futures::FutureExt as _;
+    let shutdown = shutdown.boxed().shared();
+    let started = async {
+        let (client, reconnects) = connect(&config.nats_url, "chatlog-edge").await?;
+        await_streams(&client, &config.streams, STREAMS_PATIENCE).await?;
+        let state = state(config, client, reconnects).await?;
+        ensure_default_rooms(&state)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(state)
+    };
+    let state = tokio::select! {
+        () = shutdown.clone() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+        state = started => state?,
+    };
     serve(state, listener, shutdown).await?;
     Ok(())
 }

@@ -188,12 +188,54 @@ pub enum HostError {
     View(#[from] ViewError),
     #[error("nats: {0}")]
     Nats(String),
+    /// Asked to stop while waiting on NATS: what was not done is left for the next start.
+    #[error("stopped before it was done")]
+    Stopped,
+}
+
+/// Set once the host is asked to stop. Everything that waits on NATS (a derived event's append,
+/// the emission mark, the bucket at start) gives up when it is, so a handler stops within a
+/// bounded time whatever NATS is doing; the checkpoint and the emission mark make it safe for
+/// the next start to redo what was left.
+#[derive(Clone)]
+pub struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    /// A flag never set (a rebuild runs to its end).
+    pub fn never() -> Stopping {
+        Stopping(tokio::sync::watch::channel(false).1)
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once set (never, for [`Stopping::never`]).
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// `work`, unless the flag is set first: then [`HostError::Stopped`].
+    pub async fn unless<T>(
+        &self,
+        work: impl Future<Output = Result<T, HostError>>,
+    ) -> Result<T, HostError> {
+        tokio::select! {
+            biased;
+            () = self.wait() => Err(HostError::Stopped),
+            done = work => done,
+        }
+    }
 }
 
 /// Runs `projection` until `shutdown`: keeps its view at `config.view_dir` up to date and answers
 /// its queries on `views.<name>.*` in a queue group shared by its replicas, once it has caught up
 /// to the stream's head as of its start (a replica rebuilding from an empty disk answers nothing
-/// rather than something stale; `stats.ready` says when it answers).
+/// rather than something stale; `stats.ready` says when it answers). Returns soon after
+/// `shutdown`, whatever NATS is doing (see [`Stopping`]).
 pub async fn run<P: Projection>(
     projection: P,
     client: Client,
@@ -201,21 +243,46 @@ pub async fn run<P: Projection>(
     stats: Arc<HostStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HostError> {
-    tokio::pin!(shutdown);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        stop.send_replace(true);
+        std::future::pending::<std::convert::Infallible>().await
+    };
+    let name = projection.name();
+    let work = host(projection, client, config, stats, Stopping(stopping));
+    let result = tokio::select! {
+        done = work => done,
+        never = signal => match never {},
+    };
+    match result {
+        Err(HostError::Stopped) => {
+            tracing::info!(view = name, "stopped with work left for the next start");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+async fn host<P: Projection>(
+    projection: P,
+    client: Client,
+    config: HostConfig,
+    stats: Arc<HostStats>,
+    stopping: Stopping,
+) -> Result<(), HostError> {
     let projection = Arc::new(projection);
     let name = projection.name();
     let view = Arc::new(View::open(&config.view_dir, name, projection.version())?);
     stats.set_checkpoint(view.checkpoint()?);
     let js = jetstream::new(client.clone());
-    let started = async {
-        let emitter = Emitter::open(&js, name, &config.view_dir, MARKS_PATIENCE).await?;
-        let head = head_at_start(&js, projection.stream()).await;
-        Ok::<_, HostError>((emitter, head))
-    };
-    let (mut emitter, head) = tokio::select! {
-        _ = &mut shutdown => return Ok(()),
-        started = started => started?,
-    };
+    let (mut emitter, head) = stopping
+        .unless(async {
+            let emitter = Emitter::open(&js, name, &config.view_dir, MARKS_PATIENCE).await?;
+            let head = head_at_start(&js, projection.stream()).await;
+            Ok((emitter, head))
+        })
+        .await?;
     tracing::info!(
         view = name,
         checkpoint = view.checkpoint()?,
@@ -247,7 +314,7 @@ pub async fn run<P: Projection>(
         &stats,
         None,
         &mut emitter,
-        shutdown,
+        &stopping,
         |_, _| {},
     )
     .await;
@@ -255,7 +322,8 @@ pub async fn run<P: Projection>(
     stats.ready.store(false, Relaxed);
     if serving.is_finished() {
         if let Ok(Ok(service)) = serving.await {
-            let _ = service.stop().await;
+            // Bounded: with NATS gone, a stop that cannot be sent is not waited for.
+            let _ = tokio::time::timeout(Duration::from_secs(1), service.stop()).await;
         }
     } else {
         serving.abort();
@@ -310,7 +378,7 @@ pub async fn rebuild<P: Projection>(
         &stats,
         Some(last),
         &mut Emitter::silent(),
-        std::future::pending(),
+        &Stopping::never(),
         progress,
     )
     .await?;
@@ -322,7 +390,7 @@ pub async fn rebuild<P: Projection>(
     })
 }
 
-/// Applies the stream from the view's checkpoint + 1, until `stop_at` (when given) or `shutdown`.
+/// Applies the stream from the view's checkpoint + 1, until `stop_at` (when given) or `stopping`.
 /// Returns the last committed checkpoint.
 #[allow(clippy::too_many_arguments)]
 async fn consume<P: Projection + ?Sized>(
@@ -333,10 +401,9 @@ async fn consume<P: Projection + ?Sized>(
     stats: &HostStats,
     stop_at: Option<u64>,
     emitter: &mut Emitter,
-    shutdown: impl Future<Output = ()>,
+    stopping: &Stopping,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, HostError> {
-    tokio::pin!(shutdown);
     let name = projection.name();
     let mut pause = Duration::from_millis(100);
     loop {
@@ -355,7 +422,7 @@ async fn consume<P: Projection + ?Sized>(
             Err(e) => {
                 tracing::warn!(view = name, error = %e, "cannot read the stream, retrying");
                 tokio::select! {
-                    _ = &mut shutdown => return Ok(checkpoint),
+                    () = stopping.wait() => return Ok(checkpoint),
                     _ = tokio::time::sleep(pause) => {}
                 }
                 pause = (pause * 2).min(Duration::from_secs(5));
@@ -382,9 +449,24 @@ async fn consume<P: Projection + ?Sized>(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let restart = 'read: loop {
             let next = tokio::select! {
-                _ = &mut shutdown => {
-                    commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
-                    return Ok(last);
+                () = stopping.wait() => {
+                    // What can be finished without NATS is: the view's changes, unless derived
+                    // events of theirs are still to be emitted (then the next start redoes them).
+                    let left = (pending.events, emit.len());
+                    return match commit(view, js, &mut pending, &mut emit, last, stats, emitter, stopping).await {
+                        Ok(()) => Ok(last),
+                        Err(HostError::Stopped) => {
+                            tracing::warn!(
+                                view = name,
+                                checkpoint = view.checkpoint()?,
+                                events = left.0,
+                                derived = left.1,
+                                "stopping with events applied but not committed (derived events not all emitted): the next start applies them again"
+                            );
+                            Err(HostError::Stopped)
+                        }
+                        Err(e) => Err(e),
+                    };
                 }
                 _ = ticks.tick(), if stop_at.is_none() => {
                     // Only a caught-up view knows what is overdue, and `tick` reads what is
@@ -392,9 +474,9 @@ async fn consume<P: Projection + ?Sized>(
                     // nothing to be pending instead, a steady trickle of events kept presence from
                     // ever timing anyone out.)
                     if stats.lag.load(Relaxed) == 0 {
-                        commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
+                        commit(view, js, &mut pending, &mut emit, last, stats, emitter, stopping).await?;
                         for event in projection.tick(view, chrono::Utc::now()) {
-                            append_until_stored(js, &event).await?;
+                            append_until_stored(js, &event, stopping).await?;
                         }
                     }
                     continue;
@@ -404,7 +486,17 @@ async fn consume<P: Projection + ?Sized>(
             let chunk = match next {
                 Err(_) => {
                     // Quiet, or what is pending has waited long enough: commit it.
-                    commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
+                    commit(
+                        view,
+                        js,
+                        &mut pending,
+                        &mut emit,
+                        last,
+                        stats,
+                        emitter,
+                        stopping,
+                    )
+                    .await?;
                     // A reader can stall silently (its consumer lost with a restarted server):
                     // when quiet for a while, compare with the stream's head and start over if
                     // it is ahead.
@@ -467,7 +559,17 @@ async fn consume<P: Projection + ?Sized>(
                 stats.lag.store(lag, Relaxed);
                 let done = stop_at.is_some_and(|stop| seq >= stop);
                 if pending.events >= config.batch || done {
-                    commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
+                    commit(
+                        view,
+                        js,
+                        &mut pending,
+                        &mut emit,
+                        last,
+                        stats,
+                        emitter,
+                        stopping,
+                    )
+                    .await?;
                     progress(seq, stop_at.unwrap_or(seq + lag));
                 }
                 if done {
@@ -475,10 +577,30 @@ async fn consume<P: Projection + ?Sized>(
                 }
             }
             if !pending.is_empty() && first_pending.elapsed() >= config.max_delay {
-                commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
+                commit(
+                    view,
+                    js,
+                    &mut pending,
+                    &mut emit,
+                    last,
+                    stats,
+                    emitter,
+                    stopping,
+                )
+                .await?;
             }
         };
-        commit(view, js, &mut pending, &mut emit, last, stats, emitter).await?;
+        commit(
+            view,
+            js,
+            &mut pending,
+            &mut emit,
+            last,
+            stats,
+            emitter,
+            stopping,
+        )
+        .await?;
         tracing::info!(
             view = name,
             why = restart,
@@ -747,6 +869,7 @@ async fn open_reader(
 
 /// Appends the derived events (acknowledged, retried with their deterministic ids), then writes
 /// the pending changes with the checkpoint. A crash in between re-emits the same ids: stored once.
+#[allow(clippy::too_many_arguments)]
 async fn commit(
     view: &View,
     js: &jetstream::Context,
@@ -755,22 +878,30 @@ async fn commit(
     checkpoint: u64,
     stats: &HostStats,
     emitter: &mut Emitter,
+    stopping: &Stopping,
 ) -> Result<(), HostError> {
     if pending.is_empty() && emit.is_empty() {
         return Ok(());
     }
     if !emit.is_empty() {
-        for event in emit.drain(..) {
-            append_until_stored(js, &event).await?;
+        for event in emit.iter() {
+            append_until_stored(js, event, stopping).await?;
         }
-        emitter.emitted_through(checkpoint).await?;
+        emit.clear();
+        emitter.emitted_through(checkpoint, stopping).await?;
     }
     view.commit(pending, checkpoint)?;
     stats.set_checkpoint(checkpoint);
     Ok(())
 }
 
-async fn append_until_stored(js: &jetstream::Context, event: &ChatEvent) -> Result<(), HostError> {
+/// Appends `event` until JetStream acknowledges it, retrying (the same id: stored once) until
+/// `stopping` is set: then [`HostError::Stopped`], mid-attempt too.
+async fn append_until_stored(
+    js: &jetstream::Context,
+    event: &ChatEvent,
+    stopping: &Stopping,
+) -> Result<(), HostError> {
     let encoded = event.encode().map_err(|e| HostError::Nats(e.to_string()))?;
     let mut pause = Duration::from_millis(50);
     loop {
@@ -783,14 +914,18 @@ async fn append_until_stored(js: &jetstream::Context, event: &ChatEvent) -> Resu
             .await?
             .await
         };
-        match attempt.await {
+        let error = match stopping.unless(async { Ok(attempt.await) }).await? {
             Ok(_) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, id = %event.id, "emitting a derived event failed, retrying");
+            Err(e) => e,
+        };
+        tracing::warn!(error = %error, id = %event.id, "emitting a derived event failed, retrying");
+        stopping
+            .unless(async {
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-        }
+                Ok(())
+            })
+            .await?;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -17,7 +17,7 @@ pub mod view;
 use chatlog_events::{ChatEvent, Stream};
 use serde::{Serialize, de::DeserializeOwned};
 
-pub use host::{HostConfig, HostError, HostStats, SharedReaders, rebuild, run};
+pub use host::{HostConfig, HostError, HostStats, SharedReaders, Stopping, rebuild, run};
 pub use view::{Read, View, ViewError, get_to_grow};
 
 /// A view of the log, kept by the runtime.

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use chatlog_events::streams::MARKS_BUCKET;
 
-use crate::HostError;
+use crate::{HostError, host::Stopping};
 
 /// Emitted for every source event up to `through`.
 pub struct Emitter {
@@ -77,7 +77,7 @@ impl Emitter {
             mark: Some(mark),
         };
         if legacy > stored {
-            emitter.emitted_through(legacy).await?;
+            emitter.emitted_through(legacy, &Stopping::never()).await?;
         }
         Ok(emitter)
     }
@@ -93,7 +93,11 @@ impl Emitter {
 
     /// Records that everything up to `seq` was emitted (acknowledged by the stream). Moves the
     /// mark forward only: when another replica moved it further, that stands.
-    pub(crate) async fn emitted_through(&mut self, seq: u64) -> Result<(), HostError> {
+    pub(crate) async fn emitted_through(
+        &mut self,
+        seq: u64,
+        stopping: &Stopping,
+    ) -> Result<(), HostError> {
         if seq <= self.through {
             return Ok(());
         }
@@ -104,18 +108,21 @@ impl Emitter {
         let mut pause = Duration::from_millis(50);
         loop {
             let value = Bytes::from(seq.to_string());
-            let written = match mark.revision {
-                Some(revision) => mark
-                    .store
-                    .update(&mark.key, value, revision)
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => mark
-                    .store
-                    .create(&mark.key, value)
-                    .await
-                    .map_err(|e| e.to_string()),
+            let attempt = async {
+                Ok(match mark.revision {
+                    Some(revision) => mark
+                        .store
+                        .update(&mark.key, value, revision)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => mark
+                        .store
+                        .create(&mark.key, value)
+                        .await
+                        .map_err(|e| e.to_string()),
+                })
             };
+            let written = stopping.unless(attempt).await?;
             let error = match written {
                 Ok(revision) => {
                     mark.revision = Some(revision);
@@ -125,7 +132,7 @@ impl Emitter {
             };
             // Another replica wrote it since (a revision this one has not seen), or NATS failed:
             // read it again.
-            match mark.read().await {
+            match stopping.unless(async { Ok(mark.read().await) }).await? {
                 Ok(theirs) if theirs >= seq => {
                     self.through = theirs;
                     return Ok(());
@@ -133,7 +140,12 @@ impl Emitter {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(key = mark.key, error = %error, read = %e, "writing the emission mark failed, retrying");
-                    tokio::time::sleep(pause).await;
+                    stopping
+                        .unless(async {
+                            tokio::time::sleep(pause).await;
+                            Ok(())
+                        })
+                        .await?;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
             }

@@ -79,6 +79,11 @@ impl NatsServer {
         self.store.path()
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9`: the server gets no chance to flush or say goodbye.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
