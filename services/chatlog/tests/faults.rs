@@ -356,3 +356,172 @@ async fn thirty_seconds_without_nats_then_everything_recovers_alone() {
         "nothing acknowledged was lost"
     );
 }
+
+/// The start of `body`, for a failure's message.
+fn short(body: &serde_json::Value) -> String {
+    body.to_string().chars().take(300).collect()
+}
+
+/// One round of every read path a client has, on `app` after `posted` messages mentioning bob:
+/// `Ok` when each answered 200 with what was written, `Err` naming the paths that answered 503
+/// (each with `Retry-After`) or not everything yet (notifications, which are derived). Any other
+/// answer fails the test: never a 500.
+async fn read_everything(app: &Client, ada: &str, bob: &str, posted: usize) -> Result<(), String> {
+    let mut unavailable = Vec::new();
+    let mut behind = None;
+    let mut check =
+        |path: &str, answer: chatlog_test_support::client::Answer| -> Option<serde_json::Value> {
+            match answer.status {
+                200 => Some(answer.body),
+                503 => {
+                    assert!(
+                        answer.retry_after.is_some(),
+                        "{path}: 503 without Retry-After"
+                    );
+                    unavailable.push(path.to_string());
+                    None
+                }
+                other => panic!("{path} answered {other}: {}", answer.text),
+            }
+        };
+    let page = "/api/rooms/lobby/messages?limit=100";
+    if let Some(body) = check(page, app.get(page, ada).await) {
+        let texts = body["messages"].as_array().map_or(0, |m| {
+            m.iter()
+                .filter(|m| m["text"].as_str().is_some_and(|t| t.starts_with("read me")))
+                .count()
+        });
+        assert_eq!(texts, posted, "{page}: {}", short(&body));
+    }
+    let events = "/api/rooms/lobby/events?since=0";
+    if let Some(body) = check(events, app.get(events, ada).await) {
+        let texts = body.as_array().map_or(0, |e| {
+            e.iter()
+                .filter(|e| {
+                    e["event"]["data"]["text"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("read me"))
+                })
+                .count()
+        });
+        assert_eq!(texts, posted, "{events}: {}", short(&body));
+    }
+    if let Some(body) = check("/api/rooms", app.get("/api/rooms", ada).await) {
+        assert!(body.to_string().contains("lobby"), "/api/rooms: {body}");
+    }
+    let presence = "/api/rooms/lobby/presence";
+    if let Some(body) = check(presence, app.get(presence, ada).await) {
+        assert!(body.is_object(), "{presence}: {body}");
+    }
+    let inbox = "/api/notifications?limit=100";
+    if let Some(body) = check(inbox, app.get(inbox, bob).await) {
+        // Notifications are derived (eventually there): fewer is "not yet", more is wrong.
+        let listed = body["notifications"].as_array().map_or(0, Vec::len);
+        assert!(listed <= posted, "{inbox}: {}", short(&body));
+        if listed < posted {
+            behind = Some(format!("{inbox} ({listed} of {posted} yet)"));
+        }
+    }
+    let unread = "/api/unread";
+    if let Some(body) = check(unread, app.get(unread, bob).await) {
+        assert!(body.is_object(), "{unread}: {body}");
+    }
+    unavailable.extend(behind);
+    if unavailable.is_empty() {
+        Ok(())
+    } else {
+        Err(unavailable.join(", "))
+    }
+}
+
+#[tokio::test]
+async fn every_read_answers_through_the_loss_of_a_node() {
+    let mut cluster = NatsCluster::start(3).await;
+    common::setup(&cluster.urls());
+    let data = tempfile::tempdir().unwrap();
+    let (_up, app) = common::serve(common::command(
+        &cluster.urls(),
+        data.path(),
+        &common::lifted("up"),
+    ))
+    .await;
+    let (ada, bob) = (app.token("ada").await, app.token("bob").await);
+    let mut bob_ws = app.ws_with_token(&bob).await;
+    bob_ws.join("lobby", None).await;
+    let posted = 30;
+    for n in 0..posted {
+        let answer = app
+            .post(
+                "/api/rooms/lobby/messages",
+                &ada,
+                json!({"text": format!("read me {n} @bob")}),
+            )
+            .await;
+        assert_eq!(answer.status, 201, "{}", answer.text);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_everything(&app, &ada, &bob, posted).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not every read answered before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The node that leads the room log goes, and with it the connections on it.
+    let (client, _) = chatlog_edge::connect(&cluster.urls(), "test")
+        .await
+        .unwrap();
+    let leader = jetstream::new(client)
+        .get_stream(Stream::Rooms.name())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("a leader");
+    cluster
+        .node_named(&leader)
+        .expect("the leader's node")
+        .kill();
+    let killed = Instant::now();
+
+    // Reads answer 200 or 503 with Retry-After meanwhile, and all answer 200 again in seconds.
+    let mut refused = Vec::new();
+    let recovered = loop {
+        match read_everything(&app, &ada, &bob, posted).await {
+            Ok(()) => break killed.elapsed(),
+            Err(paths) => refused.push(paths),
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "reads still refused 20 s after the node's loss: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for _ in 0..5 {
+        read_everything(&app, &ada, &bob, posted)
+            .await
+            .unwrap_or_else(|paths| panic!("refused again after recovering: {paths}"));
+    }
+    // A client that reconnects now resumes from the start with everything.
+    let mut again = app.ws_with_token(&ada).await;
+    again.join("lobby", Some(0)).await;
+    let mut caught_up = 0;
+    while caught_up < posted {
+        let (_, event) = again.next_message().await;
+        if event["data"]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("read me"))
+        {
+            caught_up += 1;
+        }
+    }
+    println!(
+        "every read answered again {recovered:?} after the leader's node was killed; rounds with a 503 before: {}",
+        refused.len()
+    );
+}

@@ -97,7 +97,12 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let retry_after = self.retry_after.map(|wait| {
+        // Whatever is unavailable (the log, a view) is so for moments: an election, a reconnect,
+        // a view catching up. Say when to try again.
+        let retry_after = self.retry_after.or_else(|| {
+            (self.code == Code::Unavailable).then_some(std::time::Duration::from_secs(1))
+        });
+        let retry_after = retry_after.map(|wait| {
             // Whole seconds, rounded up: a client that waits that long finds a token.
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             secs.max(1).to_string()

@@ -252,7 +252,7 @@ impl Log {
         let handle = self
             .bounded(self.0.js.get_stream(stream.name()))
             .await?
-            .map_err(|_| self.unavailable_or("reading a stream's state"))?;
+            .map_err(|e| unavailable("reading a stream's state", e))?;
         Ok(handle.cached_info().state.last_sequence)
     }
 
@@ -346,7 +346,7 @@ impl Log {
         let mut answers = client
             .subscribe(inbox.clone())
             .await
-            .map_err(|_| self.unavailable_or("reading"))?;
+            .map_err(|e| unavailable("reading", e))?;
         let mut count = 0;
         let mut behind_since: Option<Instant> = None;
         loop {
@@ -405,7 +405,7 @@ impl Log {
                 Bytes::from(request.to_string()),
             )
             .await
-            .map_err(|_| self.unavailable_or("reading"))?;
+            .map_err(|e| unavailable("reading", e))?;
         let until = Instant::now() + self.0.deadline;
         let mut out = Vec::new();
         loop {
@@ -417,7 +417,12 @@ impl Log {
                 None | Some(200) => {}
                 // End of batch; or nothing at or after `from`.
                 Some(204) | Some(404) => return Ok(out),
-                Some(503) => return Err(LogError::Unavailable),
+                Some(408) | Some(500..=599) => {
+                    return Err(unavailable(
+                        "a batched direct get",
+                        message.description.unwrap_or_default(),
+                    ));
+                }
                 Some(other) => {
                     return Err(LogError::Internal(format!(
                         "direct get answered {other} {}",
@@ -458,7 +463,7 @@ impl Log {
         }
         self.bounded(self.0.js.get_stream_no_info(stream.name()))
             .await?
-            .map_err(|_| self.unavailable_or("opening a stream"))
+            .map_err(|e| unavailable("opening a stream", e))
     }
 
     /// Runs `fut` within the deadline; running out of time is `Unavailable`.
@@ -467,14 +472,13 @@ impl Log {
             .await
             .map_err(|_| LogError::Unavailable)
     }
+}
 
-    fn unavailable_or(&self, what: &str) -> LogError {
-        if self.connected() {
-            LogError::Internal(format!("{what} failed"))
-        } else {
-            LogError::Unavailable
-        }
-    }
+/// A request JetStream did not answer as asked: during an election, a node's loss or a
+/// reconnect that is a moment's unavailability (503 with `Retry-After`), not a server error.
+fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
+    tracing::warn!(error = %e, "{what} failed: answering unavailable");
+    LogError::Unavailable
 }
 
 /// Whether `client` is connected right now.
@@ -492,9 +496,11 @@ const READ_BATCH_BYTES: usize = 1 << 20;
 /// How long a read waits before asking a replica that is behind again.
 const BEHIND_PAUSE: Duration = Duration::from_millis(20);
 
+/// A subject this edge built that the server refuses is a bug; anything else (a timeout, no
+/// responder, a 503 while the stream has no leader) is the cluster being unavailable a moment.
 fn direct_get_error(e: async_nats::jetstream::stream::DirectGetError) -> LogError {
     match e.kind() {
-        DirectGetErrorKind::TimedOut | DirectGetErrorKind::Request => LogError::Unavailable,
-        _ => LogError::Internal(e.to_string()),
+        DirectGetErrorKind::InvalidSubject => LogError::Internal(e.to_string()),
+        _ => unavailable("a direct get", e),
     }
 }

@@ -27,6 +27,8 @@ pub struct Answer {
     pub status: u16,
     pub body: Value,
     pub text: String,
+    /// The `Retry-After` header's value, if any.
+    pub retry_after: Option<String>,
 }
 
 /// The secret the test clients claim guest `user` with.
@@ -76,7 +78,17 @@ impl Client {
             rest.to_string()
         };
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Answer { status, body, text }
+        let retry_after = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("retry-after")
+                .then(|| value.trim().to_string())
+        });
+        Answer {
+            status,
+            body,
+            text,
+            retry_after,
+        }
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Answer {
