@@ -89,11 +89,12 @@ browser-deps:
 bench: build-release nats-server
 	@bench/run.sh
 
-## test-faults: the fault suite alone (kill -9 of NATS, of a cluster leader, of an edge; an outage;
-## a client that never reads)
+## test-faults: the fault suite alone (kill -9 of NATS, of a cluster leader, of an edge; a node
+## lost under reads; an outage; a reconnect storm; SIGTERM in any state; a client that never reads)
 test-faults:
 	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" && export NATS_SERVER_BIN && \
-	  $(CARGO) test -p chatlog --test faults --test handlers --test presence --test slow_consumer -- --nocapture
+	  $(CARGO) test -p chatlog --test faults --test storm --test shutdown --test handlers --test presence \
+	  --test slow_consumer -- --nocapture
 
 CLUSTER := $(DATA)/cluster
 CLUSTER_URLS = nats://127.0.0.1:4231,nats://127.0.0.1:4232,nats://127.0.0.1:4233
