@@ -291,3 +291,167 @@ async fn a_reconnect_storm_after_an_edge_restart_loses_and_repeats_nothing() {
             .join(", ")
     );
 }
+
+/// `chatlog handler <name> --replica <replica>` with `/readyz` on a free port, once ready.
+async fn replica(nats: &NatsServer, data: &Path, name: &str, replica: &str) -> Proc {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = common::command(
+        &nats.url(),
+        data,
+        &["handler", name, "--replica", replica, "--http", &addr],
+    );
+    let proc = Proc(cmd.spawn().expect("starting a handler"));
+    let http = Client {
+        addr: addr.parse().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(http.addr).await.is_ok()
+            && http.request("GET", "/readyz", None, None).await.status == 200
+        {
+            return proc;
+        }
+        assert!(Instant::now() < deadline, "{name}-{replica} never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_handler_replica_lost_during_a_storm_leaves_the_other_answering_every_query() {
+    const CLIENTS: usize = 100;
+    let nats = NatsServer::start().await;
+    common::setup(&nats.url());
+    let data = tempfile::tempdir().unwrap();
+    let views = data.path().join("views");
+    let mut replicas = Vec::new();
+    for name in ["history", "presence", "notifications"] {
+        for r in ["a", "b"] {
+            replicas.push((format!("{name}-{r}"), replica(&nats, &views, name, r).await));
+        }
+    }
+    let (_edge, reads) = common::serve(common::command(
+        &nats.url(),
+        &data.path().join("reads"),
+        &common::lifted("edge"),
+    ))
+    .await;
+    let owner = reads.token("owner").await;
+    let rooms: Vec<String> = (0..ROOMS).map(|n| format!("storm{n}")).collect();
+    for room in &rooms {
+        let made = reads
+            .post("/api/rooms", &owner, json!({"id": room, "name": room}))
+            .await;
+        assert_eq!(made.status, 201, "{}", made.text);
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut storm = edge_on(&nats, &data.path().join("storm"), &addr).await;
+    let storm_client = Client {
+        addr: addr.parse().unwrap(),
+    };
+    let (joined, generation, resumed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let until = Arc::new(std::sync::Mutex::new(vec![0u64; ROOMS]));
+    let mut clients = Vec::new();
+    for n in 0..CLIENTS {
+        let token = storm_client.token(&format!("s{n}")).await;
+        clients.push(tokio::spawn(client(
+            storm_client.ws_url(&token),
+            rooms[n % ROOMS].clone(),
+            joined.clone(),
+            generation.clone(),
+            resumed.clone(),
+            done.clone(),
+            until.clone(),
+            n,
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while joined.load(Ordering::Acquire) < CLIENTS {
+        assert!(Instant::now() < deadline, "not every client joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Writes and every kind of read, without pause, through the other edge.
+    let reading = Arc::new(AtomicBool::new(true));
+    let load = tokio::spawn({
+        let (reading, rooms, owner) = (reading.clone(), rooms.clone(), owner.clone());
+        async move {
+            let (mut heads, mut answered, mut refused) = (vec![0u64; ROOMS], 0, Vec::new());
+            let mut n = 0;
+            while reading.load(Ordering::Acquire) {
+                let room = &rooms[n % ROOMS];
+                let posted = reads
+                    .post(
+                        &format!("/api/rooms/{room}/messages"),
+                        &owner,
+                        json!({"text": format!("storm {n} @s{n}")}),
+                    )
+                    .await;
+                assert_eq!(posted.status, 201, "{}", posted.text);
+                heads[n % ROOMS] = posted.body["seq"].as_u64().unwrap();
+                for path in [
+                    format!("/api/rooms/{room}/messages?limit=20"),
+                    "/api/rooms".to_string(),
+                    format!("/api/rooms/{room}/presence"),
+                    "/api/notifications".to_string(),
+                    "/api/unread".to_string(),
+                ] {
+                    let answer = reads.get(&path, &owner).await;
+                    if answer.status == 200 {
+                        answered += 1;
+                    } else {
+                        refused.push(format!("{path}: {} {}", answer.status, answer.text));
+                    }
+                }
+                n += 1;
+            }
+            (heads, answered, refused)
+        }
+    });
+
+    // The storm edge and one replica of every handler die together.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    storm.kill9();
+    for (name, proc) in replicas.iter_mut().filter(|(n, _)| n.ends_with("-a")) {
+        proc.kill9();
+        assert!(proc.0.try_wait().unwrap().is_some(), "{name} killed");
+    }
+    generation.fetch_add(1, Ordering::AcqRel);
+    let restarted = Instant::now();
+    let _storm = edge_on(&nats, &data.path().join("storm"), &addr).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while resumed.load(Ordering::Acquire) < CLIENTS {
+        assert!(Instant::now() < deadline, "not every client resumed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = restarted.elapsed();
+    // Reads go on for a while on the surviving replicas alone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    reading.store(false, Ordering::Release);
+    let (heads, answered, refused) = load.await.unwrap();
+    assert!(refused.is_empty(), "reads refused: {refused:#?}");
+    *until.lock().unwrap() = heads;
+    done.store(true, Ordering::Release);
+    for seen in clients {
+        let seen = tokio::time::timeout(Duration::from_secs(60), seen)
+            .await
+            .expect("every client reaches its room's last message")
+            .unwrap();
+        let stored: Vec<u64> = storm_client
+            .events(&seen.room, seen.first_head, &owner)
+            .await
+            .iter()
+            .filter_map(|e| e["seq"].as_u64())
+            .filter(|seq| seen.seqs.last().is_some_and(|last| seq <= last))
+            .collect();
+        assert_eq!(seen.seqs, stored, "{}: no gap, no duplicate", seen.room);
+    }
+    println!(
+        "{answered} reads answered 200, none refused, with one replica of every handler killed; \
+         {CLIENTS} clients resumed {took:?} after their edge's restart began"
+    );
+}

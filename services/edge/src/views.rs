@@ -41,10 +41,16 @@ impl Views {
         min_seq: Option<u64>,
     ) -> Result<Ans, ApiError> {
         let header = min_seq.map(|seq| (queries::MIN_SEQ_HEADER, seq));
-        let body = serde_json::to_vec(request).map_err(ApiError::internal)?;
-        self.request(view, query, body.into(), header)
-            .await
-            .map_err(Failure::into_error)
+        let body: bytes::Bytes = serde_json::to_vec(request)
+            .map_err(ApiError::internal)?
+            .into();
+        let mut lost = false;
+        loop {
+            match self.request(view, query, body.clone(), header).await {
+                Err(Failure::Lost(_)) if !lost => lost = true,
+                answer => return answer.map_err(Failure::into_error),
+            }
+        }
     }
 
     /// Answered only by a view that has applied stream sequence `seq`: for decisions (membership)
@@ -62,10 +68,11 @@ impl Views {
         let body: bytes::Bytes = serde_json::to_vec(request)
             .map_err(ApiError::internal)?
             .into();
-        let mut tries = 0;
+        let (mut tries, mut lost) = (0, false);
         loop {
             match self.request(view, query, body.clone(), header).await {
                 Err(Failure::Behind(_)) if tries < 2 => tries += 1,
+                Err(Failure::Lost(_)) if !lost => lost = true,
                 answer => return answer.map_err(Failure::into_error),
             }
         }
@@ -86,17 +93,18 @@ impl Views {
         let request = self.client.request_with_headers(subject, headers, body);
         let asked = tokio::time::timeout(self.deadline + MIN_SEQ_PATIENCE, request)
             .await
-            .map_err(|_| Failure::Other(unavailable(view)))?;
+            .map_err(|_| Failure::Lost(unavailable(view)))?;
         let message = match asked {
             Ok(m) => m,
             Err(e) => {
-                return Err(Failure::Other(match e.kind() {
-                    RequestErrorKind::NoResponders | RequestErrorKind::TimedOut => {
-                        unavailable(view)
+                return Err(match e.kind() {
+                    RequestErrorKind::TimedOut => Failure::Lost(unavailable(view)),
+                    RequestErrorKind::NoResponders => Failure::Other(unavailable(view)),
+                    _ if !crate::log::is_connected(&self.client) => {
+                        Failure::Other(unavailable(view))
                     }
-                    _ if !crate::log::is_connected(&self.client) => unavailable(view),
-                    _ => ApiError::internal(e),
-                }));
+                    _ => Failure::Other(ApiError::internal(e)),
+                });
             }
         };
         if let Some(headers) = &message.headers
@@ -124,13 +132,16 @@ impl Views {
 enum Failure {
     /// The replica asked has not applied the seq required: another may have.
     Behind(ApiError),
+    /// No answer in time: the replica that had the question may have died with it. Asked once
+    /// more, the queue group gives it to a live one.
+    Lost(ApiError),
     Other(ApiError),
 }
 
 impl Failure {
     fn into_error(self) -> ApiError {
         match self {
-            Failure::Behind(e) | Failure::Other(e) => e,
+            Failure::Behind(e) | Failure::Lost(e) | Failure::Other(e) => e,
         }
     }
 }
