@@ -61,7 +61,7 @@ impl Target {
         self.addr.port()
     }
 
-    fn ws_url(&self, token: &str) -> String {
+    pub fn ws_url(&self, token: &str) -> String {
         format!("ws://{}/ws?token={token}", self.authority)
     }
 }
@@ -91,6 +91,11 @@ impl Http {
     /// `GET path`; answers the status and the body.
     pub async fn get(&mut self, path: &str) -> anyhow::Result<(u16, String)> {
         self.request("GET", path, None, "").await
+    }
+
+    /// `GET path` with a token.
+    pub async fn get_as(&mut self, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
+        self.request("GET", path, Some(token), "").await
     }
 
     async fn request(

@@ -8,6 +8,9 @@
 //!   beside raw async-nats JetStream publishing of the same event to a scratch stream.
 //! - [`idle`]: N idle joined connections and the edge's resident memory per connection.
 //! - [`replay`]: rebuilding the history view from N events, beside a raw read of the stream.
+//! - [`storm`]: an edge of its own with N clients restarted (SIGTERM, SIGKILL) while messages
+//!   come in through the edge under test: how long until every client resumed, peaks of CPU and
+//!   memory, JetStream API requests, and every event missed or repeated.
 //!
 //! [`run`] runs one and answers a [`Report`] (a table when displayed, JSON when serialized);
 //! [`write_results`] files it under `bench/results/` with an SVG latency chart; [`cli`] does
@@ -21,6 +24,7 @@ pub mod pace;
 pub mod replay;
 pub mod report;
 pub mod stats;
+pub mod storm;
 pub mod sys;
 
 use std::{path::PathBuf, sync::Arc};
@@ -103,6 +107,8 @@ pub enum Workload {
     Idle(IdleArgs),
     /// Rebuilding the history view from N events, beside a raw read of the same stream.
     Replay(replay::ReplayArgs),
+    /// An edge of N clients restarted under them: resumption time, peaks, API calls, losses.
+    Storm(storm::StormArgs),
 }
 
 /// What every workload gets.
@@ -136,6 +142,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         Workload::Append(w) => Outcome::Append(append::run(&common, w).await?),
         Workload::Idle(w) => Outcome::Idle(idle::run(&common, w).await?),
         Workload::Replay(w) => Outcome::Replay(replay::run(&common, w).await?),
+        Workload::Storm(w) => Outcome::Storm(storm::run(&common, w).await?),
     };
     Ok(Report {
         pids: common.pids,

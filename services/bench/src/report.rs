@@ -36,6 +36,7 @@ pub enum Outcome {
     Append(AppendReport),
     Idle(IdleReport),
     Replay(crate::replay::ReplayReport),
+    Storm(crate::storm::StormReport),
 }
 
 impl Report {
@@ -45,6 +46,7 @@ impl Report {
             Outcome::Append(_) => "append",
             Outcome::Idle(_) => "idle",
             Outcome::Replay(_) => "replay",
+            Outcome::Storm(_) => "storm",
         }
     }
 
@@ -82,7 +84,7 @@ impl Report {
                 v
             }
             Outcome::Idle(i) => vec![("connect + join".to_string(), &i.connect_latency)],
-            Outcome::Replay(_) => Vec::new(),
+            Outcome::Replay(_) | Outcome::Storm(_) => Vec::new(),
         }
     }
 
@@ -128,6 +130,18 @@ impl Report {
                 "replay {} events: rebuild {:.0}/s, raw read {:.0}/s, ratio {:.2}",
                 r.stream_messages, r.rebuild_per_s, r.raw_per_s, r.ratio
             ),
+            Outcome::Storm(r) => format!(
+                "storm {} clients in {} rooms: resumed in {}; missed {}, twice {}",
+                r.clients,
+                r.rooms,
+                r.restarts
+                    .iter()
+                    .map(|x| format!("{:.2} s ({:?})", x.resumed_seconds, x.how))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.missed,
+                r.duplicates
+            ),
         }
     }
 }
@@ -148,6 +162,7 @@ impl fmt::Display for Report {
             Outcome::Append(r) => append_table(f, r),
             Outcome::Idle(r) => idle_table(f, r),
             Outcome::Replay(r) => replay_table(f, r),
+            Outcome::Storm(r) => storm_table(f, r),
         }
     }
 }
@@ -408,6 +423,52 @@ fn replay_table(f: &mut fmt::Formatter<'_>, r: &crate::replay::ReplayReport) -> 
         f,
         "{} events; rebuild / raw = {:.2}; checksum {}",
         r.stream_messages, r.ratio, r.checksum
+    )
+}
+
+fn storm_table(f: &mut fmt::Formatter<'_>, r: &crate::storm::StormReport) -> fmt::Result {
+    writeln!(
+        f,
+        "{} clients in {} rooms on a storm edge of the bench's own (setup {:.1} s); {} messages \
+         through the edge under test meanwhile",
+        r.clients, r.rooms, r.setup_seconds, r.messages
+    )?;
+    writeln!(f)?;
+    writeln!(
+        f,
+        "{:<10} {:>16} {:>16} {:>12}",
+        "restart", "all resumed s", "edge ready s", "connects"
+    )?;
+    for x in &r.restarts {
+        writeln!(
+            f,
+            "{:<10} {:>16.2} {:>16.2} {:>12}",
+            format!("{:?}", x.how).to_lowercase(),
+            x.resumed_seconds,
+            x.edge_start_seconds,
+            x.connects
+        )?;
+    }
+    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    writeln!(f)?;
+    writeln!(
+        f,
+        "peaks: storm edge {} cores, {} MiB; nats {} cores, {} MiB",
+        show(r.edge_peak_cores),
+        show(r.edge_peak_rss_mib),
+        show(r.nats_peak_cores),
+        show(r.nats_peak_rss_mib)
+    )?;
+    writeln!(
+        f,
+        "JetStream API requests over the storms: {} ({} errors)",
+        r.js_api_requests.map_or("-".into(), |n| n.to_string()),
+        r.js_api_errors.map_or("-".into(), |n| n.to_string())
+    )?;
+    writeln!(
+        f,
+        "events missed: {}, received twice: {}",
+        r.missed, r.duplicates
     )
 }
 
