@@ -467,6 +467,12 @@ fn storm_table(f: &mut fmt::Formatter<'_>, r: &crate::storm::StormReport) -> fmt
     )?;
     writeln!(
         f,
+        "storm edge: {} catch-ups, {} direct get requests",
+        r.edge_catch_ups.map_or("-".into(), |n| n.to_string()),
+        r.edge_direct_gets.map_or("-".into(), |n| n.to_string())
+    )?;
+    writeln!(
+        f,
         "events missed: {}, received twice: {}",
         r.missed, r.duplicates
     )

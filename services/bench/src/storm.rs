@@ -81,9 +81,14 @@ pub struct StormReport {
     pub edge_peak_rss_mib: Option<f64>,
     pub nats_peak_cores: Option<f64>,
     pub nats_peak_rss_mib: Option<f64>,
-    /// JetStream API requests (and errors) over the storms, from the account's counters.
+    /// JetStream API requests (and errors) over the storms, from the account's counters (direct
+    /// gets are not counted there).
     pub js_api_requests: Option<u64>,
     pub js_api_errors: Option<u64>,
+    /// Direct get requests and catch-ups of the storm edge over the storms (its metrics, summed
+    /// over its lives).
+    pub edge_direct_gets: Option<u64>,
+    pub edge_catch_ups: Option<u64>,
     pub setup_seconds: f64,
 }
 
@@ -283,6 +288,27 @@ impl StormEdge {
     }
 }
 
+impl StormEdge {
+    /// (direct gets, catch-ups) from the edge's metrics.
+    async fn reads(&self) -> Option<(u64, u64)> {
+        let target = Target::resolve(&format!("http://{}", self.addr))
+            .await
+            .ok()?;
+        let (status, text) = Http::new(Arc::new(target)).get("/metrics").await.ok()?;
+        if status != 200 {
+            return None;
+        }
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        Some((
+            value("chatlog_edge_direct_gets_total")?,
+            value("chatlog_edge_catch_ups_total")?,
+        ))
+    }
+}
+
 impl Drop for StormEdge {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -449,8 +475,22 @@ pub async fn run(common: &Common, args: StormArgs) -> anyhow::Result<StormReport
     });
 
     let mut restarts = Vec::new();
+    // The storm edge's reads, summed over its lives (a restarted edge counts from 0).
+    let mut reads = edge.reads().await.map(|(g, c)| (0u64, 0u64, g, c));
+    let add_reads = |now: Option<(u64, u64)>, reads: &mut Option<(u64, u64, u64, u64)>| {
+        *reads = match (*reads, now) {
+            (Some((g, c, base_g, base_c)), Some((ng, nc))) => Some((
+                g + ng.saturating_sub(base_g),
+                c + nc.saturating_sub(base_c),
+                0,
+                0,
+            )),
+            _ => None,
+        };
+    };
     for how in &args.restarts {
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+        add_reads(edge.reads().await, &mut reads);
         let connects_before = shared.connects.load(Ordering::Relaxed);
         let round = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let began = Instant::now();
@@ -477,6 +517,8 @@ pub async fn run(common: &Common, args: StormArgs) -> anyhow::Result<StormReport
     }
     producing.store(false, Ordering::Release);
     let (heads, messages, token) = sender.await.context("the producer")??;
+    // The clients' last catch-ups are done once they have resumed; what they read since is live.
+    add_reads(edge.reads().await, &mut reads);
     running.store(false, Ordering::Release);
     let peaks = peaks.await.unwrap_or_default();
     let api_after = js_api(&js).await;
@@ -529,6 +571,8 @@ pub async fn run(common: &Common, args: StormArgs) -> anyhow::Result<StormReport
         js_api_errors: api_before
             .zip(api_after)
             .map(|(a, b)| b.1.saturating_sub(a.1)),
+        edge_direct_gets: reads.map(|r| r.0),
+        edge_catch_ups: reads.map(|r| r.1),
         setup_seconds,
     })
 }

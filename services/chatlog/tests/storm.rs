@@ -85,9 +85,17 @@ async fn a_reconnect_storm_after_an_edge_restart_loses_and_repeats_nothing() {
     );
     assert!(report.messages > 0, "messages came in during the storms");
     assert_eq!((report.missed, report.duplicates), (0, 0), "{report:?}");
+    // Clients that missed something caught up (one whose room had nothing new needs no
+    // catch-up), read with direct gets (the edge's metrics say so).
+    let catch_ups = report.edge_catch_ups.expect("the storm edge's metrics");
+    assert!(catch_ups > 0, "no catch-up counted");
+    assert!(
+        report.edge_direct_gets.is_some_and(|g| g >= catch_ups),
+        "{report:?}"
+    );
     println!(
         "storm of {} clients in {} rooms, {} messages: {:?}; peaks edge {:?} cores {:?} MiB, \
-         nats {:?} cores {:?} MiB; JetStream API requests {:?}",
+         nats {:?} cores {:?} MiB; JetStream API requests {:?}; storm edge catch-ups {:?}, direct gets {:?}",
         report.clients,
         report.rooms,
         report.messages,
@@ -100,7 +108,9 @@ async fn a_reconnect_storm_after_an_edge_restart_loses_and_repeats_nothing() {
         report.edge_peak_rss_mib,
         report.nats_peak_cores,
         report.nats_peak_rss_mib,
-        report.js_api_requests
+        report.js_api_requests,
+        report.edge_catch_ups,
+        report.edge_direct_gets
     );
 }
 

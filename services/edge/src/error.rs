@@ -61,6 +61,7 @@ impl ApiError {
 
     /// Over a limit: try again after `wait`.
     pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        crate::metrics::counters::add(&crate::metrics::counters::RATE_LIMITED, 1);
         Self {
             retry_after: Some(wait),
             ..Self::new(Code::RateLimited, message)

@@ -297,6 +297,10 @@ impl Feed {
                     kind: Kind::Removed,
                 };
                 if sub.tx.try_send(delivery).is_err() {
+                    crate::metrics::counters::add(
+                        &crate::metrics::counters::SLOW_CONSUMER_KICKS,
+                        1,
+                    );
                     sub.kick.kick(KickReason::SlowConsumer);
                 }
                 false
@@ -319,6 +323,8 @@ pub fn deliver_all(
     frame: &Utf8Bytes,
     kind: Kind,
 ) {
+    use crate::metrics::counters::{DELIVERIES, SLOW_CONSUMER_KICKS, add};
+    let mut delivered = 0;
     subscribers.retain(|sub| {
         let delivery = Delivery {
             join: sub.join,
@@ -327,15 +333,20 @@ pub fn deliver_all(
             kind,
         };
         match sub.tx.try_send(delivery) {
-            Ok(()) => true,
+            Ok(()) => {
+                delivered += 1;
+                true
+            }
             Err(TrySendError::Full(_)) => {
                 tracing::info!(feed = %what, join = sub.join, "slow consumer dropped");
+                add(&SLOW_CONSUMER_KICKS, 1);
                 sub.kick.kick(KickReason::SlowConsumer);
                 false
             }
             Err(TrySendError::Closed(_)) => false,
         }
     });
+    add(&DELIVERIES, delivered);
 }
 
 /// The feed's task: subscribe, learn the head, then forward live events, filling any gap.

@@ -288,6 +288,7 @@ impl Log {
             >,
         >,
     ) -> Result<Option<Stored>, LogError> {
+        crate::metrics::counters::add(&crate::metrics::counters::DIRECT_GETS, 1);
         match self.bounded(get).await? {
             Ok(m) => Ok(Some(Stored {
                 seq: m.sequence,
@@ -397,6 +398,7 @@ impl Log {
             "batch": batch,
             "max_bytes": READ_BATCH_BYTES,
         });
+        crate::metrics::counters::add(&crate::metrics::counters::DIRECT_GETS, 1);
         self.0
             .client
             .publish_with_reply(

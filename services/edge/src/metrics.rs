@@ -30,6 +30,46 @@ impl std::fmt::Debug for ReadyChecks {
     }
 }
 
+/// Counters kept where the work happens (the hub, the log, the limits), process-wide: an edge
+/// is a process, and passing its `Metrics` down to every feed and read would cost more than an
+/// atomic add.
+pub mod counters {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+    /// Room frames handed to connections' queues (events and presence).
+    pub static DELIVERIES: AtomicU64 = AtomicU64::new(0);
+    /// Connections closed for not reading (their queue was full).
+    pub static SLOW_CONSUMER_KICKS: AtomicU64 = AtomicU64::new(0);
+    /// Requests and frames refused with `rate_limited`.
+    pub static RATE_LIMITED: AtomicU64 = AtomicU64::new(0);
+    /// Catch-ups (a join with `since`) running now, and started.
+    pub static CATCH_UPS_IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+    pub static CATCH_UPS: AtomicU64 = AtomicU64::new(0);
+    /// Direct get requests sent to JetStream (a batch counts once).
+    pub static DIRECT_GETS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// Counts a catch-up in flight for as long as it lives (an aborted one too).
+    pub struct CatchUp(());
+
+    impl CatchUp {
+        pub fn start() -> CatchUp {
+            CATCH_UPS.fetch_add(1, Relaxed);
+            CATCH_UPS_IN_FLIGHT.fetch_add(1, Relaxed);
+            CatchUp(())
+        }
+    }
+
+    impl Drop for CatchUp {
+        fn drop(&mut self) {
+            CATCH_UPS_IN_FLIGHT.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
 /// Upper bounds (µs) of the append latency histogram's buckets; `+Inf` follows.
 const APPEND_BUCKETS_US: [u64; 16] = [
     100, 250, 500, 1_000, 2_000, 3_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
@@ -89,6 +129,50 @@ impl Metrics {
             rooms_live,
             u8::from(nats_connected),
         );
+        use counters::*;
+        for (name, kind, help, value) in [
+            (
+                "deliveries_total",
+                "counter",
+                "Room frames (events, presence) handed to connections.",
+                DELIVERIES.load(Relaxed) as i64,
+            ),
+            (
+                "slow_consumer_kicks_total",
+                "counter",
+                "Connections closed for not reading their frames.",
+                SLOW_CONSUMER_KICKS.load(Relaxed) as i64,
+            ),
+            (
+                "rate_limited_total",
+                "counter",
+                "Requests and frames refused with rate_limited.",
+                RATE_LIMITED.load(Relaxed) as i64,
+            ),
+            (
+                "catch_ups_in_flight",
+                "gauge",
+                "Joins with since whose catch-up is running.",
+                CATCH_UPS_IN_FLIGHT.load(Relaxed),
+            ),
+            (
+                "catch_ups_total",
+                "counter",
+                "Joins with since whose catch-up started.",
+                CATCH_UPS.load(Relaxed) as i64,
+            ),
+            (
+                "direct_gets_total",
+                "counter",
+                "Direct get requests sent to JetStream (a batch counts once).",
+                DIRECT_GETS.load(Relaxed) as i64,
+            ),
+        ] {
+            let _ = write!(
+                text,
+                "# HELP chatlog_edge_{name} {help}\n# TYPE chatlog_edge_{name} {kind}\nchatlog_edge_{name} {value}\n"
+            );
+        }
         self.render_append_latency(&mut text);
         text
     }
@@ -144,5 +228,36 @@ mod tests {
         assert_eq!(line("+Inf").as_deref(), Some("4"));
         assert!(text.contains("chatlog_edge_append_seconds_count 4\n"));
         assert!(text.contains("chatlog_edge_appends_total 4\n"));
+    }
+
+    #[test]
+    fn a_catch_up_is_in_flight_while_it_lives() {
+        let in_flight = || {
+            Metrics::default()
+                .render(0, true)
+                .lines()
+                .find_map(|l| l.strip_prefix("chatlog_edge_catch_ups_in_flight "))
+                .and_then(|v| v.parse::<i64>().ok())
+                .expect("the gauge is rendered")
+        };
+        // Other tests of this process may run catch-ups: compare with what it was.
+        let before = counters::CATCH_UPS_IN_FLIGHT.load(Relaxed);
+        let catch_up = counters::CatchUp::start();
+        assert!(in_flight() >= 1 && counters::CATCH_UPS_IN_FLIGHT.load(Relaxed) == before + 1);
+        drop(catch_up);
+        assert_eq!(counters::CATCH_UPS_IN_FLIGHT.load(Relaxed), before);
+        let text = Metrics::default().render(0, true);
+        for name in [
+            "deliveries_total",
+            "slow_consumer_kicks_total",
+            "rate_limited_total",
+            "catch_ups_total",
+            "direct_gets_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE chatlog_edge_{name} counter\n")),
+                "{name}"
+            );
+        }
     }
 }

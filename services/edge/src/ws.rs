@@ -886,6 +886,7 @@ impl Connection {
         let ctl = self.ctl_tx.clone();
         let room = room.clone();
         tokio::spawn(async move {
+            let _in_flight = crate::metrics::counters::CatchUp::start();
             let subject = subjects::room(&room);
             let (tx, mut rx) = tokio::sync::mpsc::channel(CATCH_UP_CHUNK);
             // The sender lives in the read alone: the chunks end when the read does.
