@@ -63,6 +63,7 @@ down:
 ## the Rust tests (unit, integration, fault suite) and the web client in headless Chromium
 test:
 	@infra/k8s-validate.sh --install
+	@infra/monitoring/promtool.sh --install
 	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" && export NATS_SERVER_BIN && \
 	  echo "using $$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version))" && \
 	  $(CARGO) test --workspace --all-targets

@@ -297,10 +297,6 @@ impl Feed {
                     kind: Kind::Removed,
                 };
                 if sub.tx.try_send(delivery).is_err() {
-                    crate::metrics::counters::add(
-                        &crate::metrics::counters::SLOW_CONSUMER_KICKS,
-                        1,
-                    );
                     sub.kick.kick(KickReason::SlowConsumer);
                 }
                 false
@@ -323,7 +319,7 @@ pub fn deliver_all(
     frame: &Utf8Bytes,
     kind: Kind,
 ) {
-    use crate::metrics::counters::{DELIVERIES, SLOW_CONSUMER_KICKS, add};
+    use crate::metrics::counters::{DELIVERIES, add};
     let mut delivered = 0;
     subscribers.retain(|sub| {
         let delivery = Delivery {
@@ -339,7 +335,6 @@ pub fn deliver_all(
             }
             Err(TrySendError::Full(_)) => {
                 tracing::info!(feed = %what, join = sub.join, "slow consumer dropped");
-                add(&SLOW_CONSUMER_KICKS, 1);
                 sub.kick.kick(KickReason::SlowConsumer);
                 false
             }

@@ -38,7 +38,8 @@ pub mod counters {
 
     /// Room frames handed to connections' queues (events and presence).
     pub static DELIVERIES: AtomicU64 = AtomicU64::new(0);
-    /// Connections closed for not reading (their queue was full).
+    /// Connections closed for not reading (their queue full, a write that did not finish, their
+    /// catch-up buffer full): once per connection.
     pub static SLOW_CONSUMER_KICKS: AtomicU64 = AtomicU64::new(0);
     /// Requests and frames refused with `rate_limited`.
     pub static RATE_LIMITED: AtomicU64 = AtomicU64::new(0);

@@ -362,6 +362,11 @@ impl Connection {
             }
         };
         if let Stop::Close(code, reason) = stop {
+            // Whichever way it was found slow (its queue full, a write that did not finish, its
+            // catch-up buffer full): once per connection.
+            if code == close::SLOW_CONSUMER {
+                crate::metrics::counters::add(&crate::metrics::counters::SLOW_CONSUMER_KICKS, 1);
+            }
             let frame = CloseFrame {
                 code,
                 reason: Utf8Bytes::from_static(reason),
