@@ -4,6 +4,9 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
+# Where cargo puts the binaries: $CARGO_TARGET_DIR when set, as many developers have it.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+CHATLOG := $(TARGET_DIR)/release/chatlog
 DATA := data
 HTTP ?= 127.0.0.1:8080
 # Each component logs in as its own NATS user (infra/nats-auth.conf; development passwords);
@@ -42,13 +45,13 @@ up: build-release
 	  env $(NATS_GC) "$$nats" -c nats.conf >$(DATA)/nats.log 2>&1 & echo $$! >$(DATA)/nats.pid; \
 	  echo "nats-server $$("$$nats" --version) started (pid $$(cat $(DATA)/nats.pid), log $(DATA)/nats.log)"; \
 	fi
-	@NATS_URL=$(ADMIN_NATS_URL) target/release/chatlog setup || { tail -n 5 $(DATA)/nats.log; exit 1; }
+	@NATS_URL=$(ADMIN_NATS_URL) $(CHATLOG) setup || { tail -n 5 $(DATA)/nats.log; exit 1; }
 	@if [ -f $(DATA)/chatlog.pid ] && kill -0 "$$(cat $(DATA)/chatlog.pid)" 2>/dev/null; then \
 	  echo "chatlog already running (pid $$(cat $(DATA)/chatlog.pid))"; \
 	else \
 	  NATS_URL=$(NATS_URL) CHATLOG_HANDLERS_NATS_URL=$(HANDLERS_NATS_URL) \
 	  CHATLOG_HTTP=$(HTTP) CHATLOG_DATA_DIR=$(DATA) CHATLOG_ALLOW_GUESTS=true CHATLOG_DEV=true \
-	    target/release/chatlog up >$(DATA)/chatlog.log 2>&1 & echo $$! >$(DATA)/chatlog.pid; \
+	    $(CHATLOG) up >$(DATA)/chatlog.log 2>&1 & echo $$! >$(DATA)/chatlog.pid; \
 	  echo "chatlog started (pid $$(cat $(DATA)/chatlog.pid), log $(DATA)/chatlog.log)"; \
 	fi
 	@python3 infra/wait-ready.py http://$(HTTP)/readyz 60 || { tail -n 20 $(DATA)/chatlog.log; exit 1; }
@@ -72,7 +75,7 @@ test:
 ## test-browser: the web client in headless Chromium (installs chromium and playwright-core)
 test-browser: browser-deps
 	@$(CARGO) build --bin chatlog
-	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" CHATLOG_BIN=$(CURDIR)/target/debug/chatlog \
+	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" CHATLOG_BIN=$(TARGET_DIR)/debug/chatlog \
 	  node tests/browser/test.mjs
 
 browser-deps:
@@ -108,17 +111,17 @@ cluster-up: build-release
 	for n in 1 2 3; do \
 	  env $(NATS_GC) "$$nats" -c infra/cluster/n$$n.conf >$(CLUSTER)/n$$n.log 2>&1 & echo $$! >$(CLUSTER)/n$$n.pid; \
 	done; echo "nats-server n1 n2 n3 started"
-	@NATS_URL="$(call creds,admin:admin-dev-password)" target/release/chatlog setup
+	@NATS_URL="$(call creds,admin:admin-dev-password)" $(CHATLOG) setup
 	@for e in 1 2; do \
 	  NATS_URL="$(call creds,edge:edge-dev-password)" CHATLOG_DATA_DIR=$(CLUSTER)/edge$$e \
 	  CHATLOG_JWT_SECRET=cluster-dev-secret-shared-by-every-edge CHATLOG_DEV=true \
-	    target/release/chatlog edge --http 127.0.0.1:808$$e >$(CLUSTER)/edge$$e.log 2>&1 & \
+	    $(CHATLOG) edge --http 127.0.0.1:808$$e >$(CLUSTER)/edge$$e.log 2>&1 & \
 	  echo $$! >$(CLUSTER)/edge$$e.pid; \
 	done; echo "edges on :8081 and :8082 started"
 	@python3 infra/wait-ready.py http://127.0.0.1:8081/readyz 90
 	@for h in history presence notifications; do for r in a b; do \
 	  NATS_URL="$(call creds,handlers:handlers-dev-password)" CHATLOG_VIEWS_DIR=$(CLUSTER)/views CHATLOG_DEV=true \
-	    target/release/chatlog handler $$h --replica $$r >$(CLUSTER)/$$h-$$r.log 2>&1 & \
+	    $(CHATLOG) handler $$h --replica $$r >$(CLUSTER)/$$h-$$r.log 2>&1 & \
 	  echo $$! >$(CLUSTER)/$$h-$$r.pid; \
 	done; done; echo "handlers history, presence, notifications (replicas a, b) started"
 	@python3 infra/wait-ready.py http://127.0.0.1:8082/readyz 90

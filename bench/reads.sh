@@ -2,12 +2,12 @@
 # What a room read costs: a fresh single-node system on its own ports, a room of 2 000 messages,
 # then bench/reads.py (`/events` pages read by 16 clients at once for 10 s; 20 WebSocket joins
 # with since=0, each a catch-up of the whole room) and the JetStream API requests the server
-# counted meanwhile. `bench/reads.sh [path/to/chatlog]` (default target/release/chatlog) compares
+# counted meanwhile. `bench/reads.sh [path/to/chatlog]` (default target/release/chatlog, or under $CARGO_TARGET_DIR) compares
 # builds; CLUSTER=1 runs it on three routed JetStream servers (streams with 3 replicas) instead.
 # Needs python3 with aiohttp.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bin="${1:-target/release/chatlog}"
+bin="${1:-${CARGO_TARGET_DIR:-target}/release/chatlog}"
 nats="$(infra/nats-server.sh)"; port=4292; mon=8292; http=127.0.0.1:8092
 store=$(mktemp -d /tmp/reads.XXXX)
 nats_pids=()

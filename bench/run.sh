@@ -4,6 +4,7 @@
 # The replay gets a fresh system of its own. BENCH_QUICK=1 runs shorter phases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bin="${CHATLOG:-${CARGO_TARGET_DIR:-target}/release/chatlog}"
 nats="$(infra/nats-server.sh)"
 scratch="$(mktemp -d /tmp/chatlog-bench.XXXXXX)"
 nats_port=4290
@@ -38,9 +39,9 @@ start_system() {
   # shellcheck disable=SC2086 # NATS_GC is a list of VAR=value words (see the Makefile)
   env ${NATS_GC:-GOGC=400 GOMEMLIMIT=1GiB} "$nats" -a 127.0.0.1 -p "$nats_port" -js -sd "$store/nats" >"$store/nats.log" 2>&1 &
   nats_pid=$!
-  target/release/chatlog setup >/dev/null
+  "$bin" setup >/dev/null
   CHATLOG_DATA_DIR="$store/data" CHATLOG_VIEWS_DIR="$store/views" RUST_LOG=warn \
-    target/release/chatlog up --http "$http" --send-rate 1000000 --send-burst 1000000 \
+    "$bin" up --http "$http" --send-rate 1000000 --send-burst 1000000 \
     --signal-rate 1000000 --signal-burst 1000000 --rooms-per-minute 1000000 \
     --limits-exempt 127.0.0.0/8 \
     --max-connections-per-user 100000 >"$store/chatlog.log" 2>&1 &
@@ -53,7 +54,7 @@ duration=10; events=1000000; idle=19000
 if [ -n "${BENCH_QUICK:-}" ]; then duration=4; events=100000; idle=2000; fi
 # Each workload starts with the disk flushed (a workload leaves hundreds of MB of dirty pages,
 # whose writeback would land in the next one) and the views caught up (the bench waits for that).
-bench() { sync; target/release/chatlog bench --url "http://$http" --edge-pid "$up_pid" "$@"; echo; }
+bench() { sync; "$bin" bench --url "http://$http" --edge-pid "$up_pid" "$@"; echo; }
 
 # The replay on a system of its own: the issue's figure is a rebuild from one million events, so
 # the stream holds those alone. It leaves NATS with a ~1 GB heap of the blocks it read (GC mark

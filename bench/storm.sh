@@ -5,10 +5,10 @@
 # SIGKILL, while messages keep coming. It prints how long until every client had resumed, the
 # storm edge's and nats-server's peak CPU and memory, the JetStream API requests counted, and
 # every event missed or received twice. `bench/storm.sh [path/to/chatlog]` (default
-# target/release/chatlog; `make build-release` first).
+# target/release/chatlog, or under $CARGO_TARGET_DIR; `make build-release` first).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bin="${1:-target/release/chatlog}"
+bin="${1:-${CARGO_TARGET_DIR:-target}/release/chatlog}"
 nats="$(infra/nats-server.sh)"; port=4295; http=127.0.0.1:8095
 store=$(mktemp -d /tmp/storm.XXXX)
 env GOGC=400 GOMEMLIMIT=1GiB "$nats" -a 127.0.0.1 -p $port -js -sd "$store/nats" >"$store/nats.log" 2>&1 &
