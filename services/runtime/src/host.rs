@@ -306,18 +306,14 @@ async fn host<P: Projection>(
             Ok::<_, HostError>(service)
         }
     });
-    let result = consume(
-        &*projection,
-        &view,
-        &js,
-        &config,
-        &stats,
-        None,
-        &mut emitter,
-        &stopping,
-        |_, _| {},
-    )
-    .await;
+    let mut ctx = Ctx {
+        view: &view,
+        js: &js,
+        stats: &stats,
+        emitter: &mut emitter,
+        stopping: &stopping,
+    };
+    let result = consume(&*projection, &mut ctx, &config, None, |_, _| {}).await;
     view.flush()?;
     stats.ready.store(false, Relaxed);
     if serving.is_finished() {
@@ -370,18 +366,14 @@ pub async fn rebuild<P: Projection>(
         .state
         .last_sequence;
     let stats = HostStats::default();
-    let checkpoint = consume(
-        projection,
-        &view,
-        &js,
-        config,
-        &stats,
-        Some(last),
-        &mut Emitter::silent(),
-        &Stopping::never(),
-        progress,
-    )
-    .await?;
+    let mut ctx = Ctx {
+        view: &view,
+        js: &js,
+        stats: &stats,
+        emitter: &mut Emitter::silent(),
+        stopping: &Stopping::never(),
+    };
+    let checkpoint = consume(projection, &mut ctx, config, Some(last), progress).await?;
     view.flush()?;
     Ok(ChecksumAnswer {
         checksum: format!("{:016x}", view.checksum()?),
@@ -392,28 +384,23 @@ pub async fn rebuild<P: Projection>(
 
 /// Applies the stream from the view's checkpoint + 1, until `stop_at` (when given) or `stopping`.
 /// Returns the last committed checkpoint.
-#[allow(clippy::too_many_arguments)]
 async fn consume<P: Projection + ?Sized>(
     projection: &P,
-    view: &View,
-    js: &jetstream::Context,
+    ctx: &mut Ctx<'_>,
     config: &HostConfig,
-    stats: &HostStats,
     stop_at: Option<u64>,
-    emitter: &mut Emitter,
-    stopping: &Stopping,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, HostError> {
     let name = projection.name();
     let mut pause = Duration::from_millis(100);
     loop {
-        let checkpoint = view.checkpoint()?;
+        let checkpoint = ctx.view.checkpoint()?;
         if stop_at.is_some_and(|stop| checkpoint >= stop) {
             return Ok(checkpoint);
         }
         let opened = match &config.shared {
-            Some(shared) => Ok(shared.reader(js, projection.stream(), checkpoint + 1)),
-            None => open_reader(js, projection.stream(), checkpoint + 1)
+            Some(shared) => Ok(shared.reader(ctx.js, projection.stream(), checkpoint + 1)),
+            None => open_reader(ctx.js, projection.stream(), checkpoint + 1)
                 .await
                 .map(Reader::spawn),
         };
@@ -422,7 +409,7 @@ async fn consume<P: Projection + ?Sized>(
             Err(e) => {
                 tracing::warn!(view = name, error = %e, "cannot read the stream, retrying");
                 tokio::select! {
-                    () = stopping.wait() => return Ok(checkpoint),
+                    () = ctx.stopping.wait() => return Ok(checkpoint),
                     _ = tokio::time::sleep(pause) => {}
                 }
                 pause = (pause * 2).min(Duration::from_secs(5));
@@ -430,35 +417,32 @@ async fn consume<P: Projection + ?Sized>(
             }
         };
         pause = Duration::from_millis(100);
-        let mut pending = Pending::default();
-        let mut emit: Vec<ChatEvent> = Vec::new();
-        let mut last = checkpoint;
+        let mut batch = Batch::after(checkpoint);
         let mut quiet_since = tokio::time::Instant::now();
-        // When the oldest change still pending arrived (meaningful while something is pending).
-        let mut first_pending = tokio::time::Instant::now();
-        let commit_by = |pending: &Pending, first_pending: tokio::time::Instant| {
+        let commit_by = |batch: &Batch| {
             let quiet = tokio::time::Instant::now() + config.idle_commit;
-            if pending.is_empty() {
+            if batch.pending.is_empty() {
                 quiet
             } else {
-                quiet.min(first_pending + config.max_delay)
+                quiet.min(batch.since + config.max_delay)
             }
         };
         let mut checked = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval(config.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stopping = ctx.stopping;
         let restart = 'read: loop {
             let next = tokio::select! {
                 () = stopping.wait() => {
                     // What can be finished without NATS is: the view's changes, unless derived
                     // events of theirs are still to be emitted (then the next start redoes them).
-                    let left = (pending.events, emit.len());
-                    return match commit(view, js, &mut pending, &mut emit, last, stats, emitter, stopping).await {
-                        Ok(()) => Ok(last),
+                    let left = (batch.pending.events, batch.emit.len());
+                    return match batch.commit(ctx).await {
+                        Ok(()) => Ok(batch.last),
                         Err(HostError::Stopped) => {
                             tracing::warn!(
                                 view = name,
-                                checkpoint = view.checkpoint()?,
+                                checkpoint = ctx.view.checkpoint()?,
                                 events = left.0,
                                 derived = left.1,
                                 "stopping with events applied but not committed (derived events not all emitted): the next start applies them again"
@@ -473,38 +457,30 @@ async fn consume<P: Projection + ?Sized>(
                     // committed: what is pending (a heartbeat just applied) first. (Waiting for
                     // nothing to be pending instead, a steady trickle of events kept presence from
                     // ever timing anyone out.)
-                    if stats.lag.load(Relaxed) == 0 {
-                        commit(view, js, &mut pending, &mut emit, last, stats, emitter, stopping).await?;
-                        for event in projection.tick(view, chrono::Utc::now()) {
-                            append_until_stored(js, &event, stopping).await?;
+                    if ctx.stats.lag.load(Relaxed) == 0 {
+                        batch.commit(ctx).await?;
+                        for event in projection.tick(ctx.view, chrono::Utc::now()) {
+                            append_until_stored(ctx.js, &event, stopping).await?;
                         }
                     }
                     continue;
                 }
-                next = tokio::time::timeout_at(commit_by(&pending, first_pending), reader.rx.recv()) => next,
+                next = tokio::time::timeout_at(commit_by(&batch), reader.rx.recv()) => next,
             };
             let chunk = match next {
                 Err(_) => {
                     // Quiet, or what is pending has waited long enough: commit it.
-                    commit(
-                        view,
-                        js,
-                        &mut pending,
-                        &mut emit,
-                        last,
-                        stats,
-                        emitter,
-                        stopping,
-                    )
-                    .await?;
+                    batch.commit(ctx).await?;
                     // A reader can stall silently (its consumer lost with a restarted server):
                     // when quiet for a while, compare with the stream's head and start over if
                     // it is ahead.
                     if quiet_since.elapsed() >= STALL_CHECK && checked.elapsed() >= STALL_CHECK {
                         checked = tokio::time::Instant::now();
-                        if let Some(head) = stream_head(js, projection.stream()).await {
-                            stats.lag.store(head.saturating_sub(last), Relaxed);
-                            if head > last {
+                        if let Some(head) = stream_head(ctx.js, projection.stream()).await {
+                            ctx.stats
+                                .lag
+                                .store(head.saturating_sub(batch.last), Relaxed);
+                            if head > batch.last {
                                 break "stalled behind the stream";
                             }
                         }
@@ -514,7 +490,7 @@ async fn consume<P: Projection + ?Sized>(
                 Ok(None) => break "the reader ended",
                 Ok(Some(chunk)) => chunk,
             };
-            stats.reads.fetch_add(1, Relaxed);
+            ctx.stats.reads.fetch_add(1, Relaxed);
             quiet_since = tokio::time::Instant::now();
             for read in chunk.iter() {
                 let (seq, lag, decoded) = match read {
@@ -528,83 +504,29 @@ async fn consume<P: Projection + ?Sized>(
                         break 'read why;
                     }
                 };
-                if seq <= last {
+                if seq <= batch.last {
                     continue;
                 }
-                if pending.is_empty() {
-                    first_pending = quiet_since;
-                }
-                match decoded {
-                    Ok(event) => {
-                        let changes = {
-                            let overlay = Overlay {
-                                view,
-                                pending: &pending,
-                            };
-                            projection.apply(&overlay, seq, event)
-                        };
-                        if seq > emitter.through {
-                            emit.extend(changes.emit.iter().cloned());
-                        }
-                        pending.add(changes);
-                        stats.applied.fetch_add(1, Relaxed);
-                    }
-                    Err(e) => {
-                        tracing::warn!(view = name, seq, error = %e, "undecodable event skipped");
-                        stats.skipped.fetch_add(1, Relaxed);
-                        pending.events += 1;
-                    }
-                }
-                last = seq;
-                stats.lag.store(lag, Relaxed);
+                batch.apply(projection, ctx, seq, decoded, quiet_since);
+                ctx.stats.lag.store(lag, Relaxed);
                 let done = stop_at.is_some_and(|stop| seq >= stop);
-                if pending.events >= config.batch || done {
-                    commit(
-                        view,
-                        js,
-                        &mut pending,
-                        &mut emit,
-                        last,
-                        stats,
-                        emitter,
-                        stopping,
-                    )
-                    .await?;
+                if batch.pending.events >= config.batch || done {
+                    batch.commit(ctx).await?;
                     progress(seq, stop_at.unwrap_or(seq + lag));
                 }
                 if done {
-                    return Ok(last);
+                    return Ok(batch.last);
                 }
             }
-            if !pending.is_empty() && first_pending.elapsed() >= config.max_delay {
-                commit(
-                    view,
-                    js,
-                    &mut pending,
-                    &mut emit,
-                    last,
-                    stats,
-                    emitter,
-                    stopping,
-                )
-                .await?;
+            if !batch.pending.is_empty() && batch.since.elapsed() >= config.max_delay {
+                batch.commit(ctx).await?;
             }
         };
-        commit(
-            view,
-            js,
-            &mut pending,
-            &mut emit,
-            last,
-            stats,
-            emitter,
-            stopping,
-        )
-        .await?;
+        batch.commit(ctx).await?;
         tracing::info!(
             view = name,
             why = restart,
-            checkpoint = last,
+            checkpoint = batch.last,
             "restarting the reader"
         );
     }
@@ -867,32 +789,91 @@ async fn open_reader(
     consumer.messages().await.map_err(|e| e.to_string())
 }
 
-/// Appends the derived events (acknowledged, retried with their deterministic ids), then writes
-/// the pending changes with the checkpoint. A crash in between re-emits the same ids: stored once.
-#[allow(clippy::too_many_arguments)]
-async fn commit(
-    view: &View,
-    js: &jetstream::Context,
-    pending: &mut Pending,
-    emit: &mut Vec<ChatEvent>,
-    checkpoint: u64,
-    stats: &HostStats,
-    emitter: &mut Emitter,
-    stopping: &Stopping,
-) -> Result<(), HostError> {
-    if pending.is_empty() && emit.is_empty() {
-        return Ok(());
-    }
-    if !emit.is_empty() {
-        for event in emit.iter() {
-            append_until_stored(js, event, stopping).await?;
+/// What a view is kept with while it consumes: its store, the stream, its stats, where its
+/// derived events stand, and the flag that says stop.
+struct Ctx<'a> {
+    view: &'a View,
+    js: &'a jetstream::Context,
+    stats: &'a HostStats,
+    emitter: &'a mut Emitter,
+    stopping: &'a Stopping,
+}
+
+/// The events a view has applied since its last commit: their changes, the derived events they
+/// emit, and the seq they reach.
+struct Batch {
+    pending: Pending,
+    emit: Vec<ChatEvent>,
+    last: u64,
+    /// When its first change came (meaningful while something is pending).
+    since: tokio::time::Instant,
+}
+
+impl Batch {
+    fn after(checkpoint: u64) -> Batch {
+        Batch {
+            pending: Pending::default(),
+            emit: Vec::new(),
+            last: checkpoint,
+            since: tokio::time::Instant::now(),
         }
-        emit.clear();
-        emitter.emitted_through(checkpoint, stopping).await?;
     }
-    view.commit(pending, checkpoint)?;
-    stats.set_checkpoint(checkpoint);
-    Ok(())
+
+    /// Applies the event at `seq` (or, undecodable, counts it and passes over it) on top of what
+    /// is pending.
+    fn apply<P: Projection + ?Sized>(
+        &mut self,
+        projection: &P,
+        ctx: &Ctx<'_>,
+        seq: u64,
+        decoded: &Result<ChatEvent, chatlog_events::event::DecodeError>,
+        now: tokio::time::Instant,
+    ) {
+        if self.pending.is_empty() {
+            self.since = now;
+        }
+        match decoded {
+            Ok(event) => {
+                let changes = {
+                    let overlay = Overlay {
+                        view: ctx.view,
+                        pending: &self.pending,
+                    };
+                    projection.apply(&overlay, seq, event)
+                };
+                if seq > ctx.emitter.through {
+                    self.emit.extend(changes.emit.iter().cloned());
+                }
+                self.pending.add(changes);
+                ctx.stats.applied.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(view = projection.name(), seq, error = %e, "undecodable event skipped");
+                ctx.stats.skipped.fetch_add(1, Relaxed);
+                self.pending.events += 1;
+            }
+        }
+        self.last = seq;
+    }
+
+    /// Appends the derived events (acknowledged, retried with their deterministic ids), then
+    /// writes the pending changes with the checkpoint. A crash in between re-emits the same ids:
+    /// stored once.
+    async fn commit(&mut self, ctx: &mut Ctx<'_>) -> Result<(), HostError> {
+        if self.pending.is_empty() && self.emit.is_empty() {
+            return Ok(());
+        }
+        if !self.emit.is_empty() {
+            for event in &self.emit {
+                append_until_stored(ctx.js, event, ctx.stopping).await?;
+            }
+            self.emit.clear();
+            ctx.emitter.emitted_through(self.last, ctx.stopping).await?;
+        }
+        ctx.view.commit(&mut self.pending, self.last)?;
+        ctx.stats.set_checkpoint(self.last);
+        Ok(())
+    }
 }
 
 /// Appends `event` until JetStream acknowledges it, retrying (the same id: stored once) until
