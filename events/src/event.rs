@@ -151,14 +151,42 @@ macro_rules! payloads {
             $($variant($data),)*
         }
 
+        /// A CloudEvent `type` of the protocol, without its data: what code that only routes a
+        /// stored body needs ([`EventType::of`] reads it without decoding the body).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum EventType {
+            $($variant,)*
+        }
+
+        impl EventType {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventType::$variant => $ty,)*
+                }
+            }
+
+            /// The type named `ty`, if this crate knows it.
+            pub fn parse(ty: &str) -> Option<EventType> {
+                match ty {
+                    $($ty => Some(EventType::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
         impl Payload {
             /// Every CloudEvent `type` this crate knows.
             pub const TYPES: &'static [&'static str] = &[$($ty,)*];
 
             /// The CloudEvent `type`.
             pub fn event_type(&self) -> &'static str {
+                self.kind().as_str()
+            }
+
+            /// The type, without the data.
+            pub fn kind(&self) -> EventType {
                 match self {
-                    $(Payload::$variant(_) => $ty,)*
+                    $(Payload::$variant(_) => EventType::$variant,)*
                 }
             }
 
@@ -219,6 +247,32 @@ payloads! {
     NotificationRead(NotificationRead) = "chat.notification.read" in Users,
     AccountRegistered(AccountRegistered) = "chat.account.registered" in Accounts,
     GuestClaimed(GuestClaimed) = "chat.guest.claimed" in Accounts,
+}
+
+impl EventType {
+    /// The `type` of a stored body, without decoding it (`None`: not an event this crate knows,
+    /// or not JSON). What the encoder writes has it right after `specversion`, `id` and `source`
+    /// (JSON strings, in which an unescaped `,"type":"` cannot occur), so it is found there;
+    /// a body written otherwise is parsed for it.
+    pub fn of(body: &[u8]) -> Option<EventType> {
+        const OURS: &[u8] = br#"{"specversion":"1.0","id":""#;
+        const KEY: &[u8] = br#","type":""#;
+        if body.starts_with(OURS)
+            && let Some(at) = body.windows(KEY.len()).position(|w| w == KEY)
+        {
+            let rest = &body[at + KEY.len()..];
+            let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+            if rest[end] == b'"' {
+                return EventType::parse(std::str::from_utf8(&rest[..end]).ok()?);
+            }
+        }
+        #[derive(Deserialize)]
+        struct TypeOnly<'a> {
+            #[serde(rename = "type", borrow)]
+            ty: std::borrow::Cow<'a, str>,
+        }
+        EventType::parse(&serde_json::from_slice::<TypeOnly>(body).ok()?.ty)
+    }
 }
 
 fn to_map<T: Serialize>(data: &T) -> Result<Map<String, Value>, serde_json::Error> {
@@ -626,5 +680,27 @@ mod tests {
         ));
         let no_user = br#"{"specversion":"1.0","id":"0190f7a2-0000-7000-8000-000000000001","source":"/chatlog/edge","type":"chat.typing.started","subject":"lobby","time":"2026-01-01T00:00:00Z","datacontenttype":"application/json","data":{}}"#;
         assert!(ChatEvent::decode(no_user).is_err());
+    }
+    #[test]
+    fn the_type_of_a_body_is_read_without_decoding_it() {
+        let event = ChatEvent::in_room(
+            &RoomId::parse("lobby").unwrap(),
+            UserId::parse("ada").unwrap(),
+            "/chatlog/edge",
+            Payload::MemberLeft(Membership {
+                member: UserId::parse("bob").unwrap(),
+            }),
+        );
+        let body = event.encode().unwrap().body;
+        assert_eq!(EventType::of(&body), Some(EventType::MemberLeft));
+        // Written by someone else, fields in another order, a "type" nested in data first.
+        let other = br#"{"data":{"type":"x","user":"ada"},"type":"chat.typing.started","specversion":"1.0","id":"0190f7a2-0000-7000-8000-000000000001","source":"s","subject":"lobby"}"#;
+        assert_eq!(EventType::of(other), Some(EventType::TypingStarted));
+        let unknown = br#"{"specversion":"1.0","id":"0190f7a2-0000-7000-8000-000000000001","source":"s","type":"chat.future.thing"}"#;
+        assert_eq!(EventType::of(unknown), None);
+        assert_eq!(EventType::of(b"not json"), None);
+        for ty in Payload::TYPES {
+            assert_eq!(EventType::parse(ty).map(EventType::as_str), Some(*ty));
+        }
     }
 }

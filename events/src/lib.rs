@@ -15,6 +15,6 @@ pub mod redaction;
 pub mod streams;
 pub mod subjects;
 
-pub use event::{ChatEvent, DecodeError, Encoded, Payload};
+pub use event::{ChatEvent, DecodeError, Encoded, EventType, Payload};
 pub use ids::{EventId, IdError, RoomId, UserId};
 pub use streams::Stream;

@@ -489,10 +489,9 @@ async fn run_presence(feed: Arc<Feed>, log: Log, views: Views) {
     }
 }
 
-/// The member a `chat.member.left` event removes (checked cheaply before decoding).
+/// The member a `chat.member.left` event removes (its type read before anything is decoded).
 fn removed_member(body: &[u8]) -> Option<chatlog_events::UserId> {
-    const LEFT: &[u8] = b"chat.member.left";
-    if !body.windows(LEFT.len()).any(|w| w == LEFT) {
+    if chatlog_events::EventType::of(body) != Some(chatlog_events::EventType::MemberLeft) {
         return None;
     }
     match chatlog_events::ChatEvent::decode(body).ok()?.payload {
@@ -503,14 +502,8 @@ fn removed_member(body: &[u8]) -> Option<chatlog_events::UserId> {
 
 /// Whether a stored presence event can change who is online or typing (heartbeats cannot).
 fn changes_presence(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct TypeOnly<'a> {
-        #[serde(rename = "type", borrow)]
-        ty: &'a str,
-    }
-    serde_json::from_slice::<TypeOnly>(body)
-        .map(|t| t.ty != "chat.presence.heartbeat")
-        .unwrap_or(false)
+    chatlog_events::EventType::of(body)
+        .is_some_and(|t| t != chatlog_events::EventType::PresenceHeartbeat)
 }
 
 fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {

@@ -111,12 +111,7 @@ async fn run(feeds: std::sync::Weak<UserFeeds>, log: Log) {
 }
 
 fn is_notification(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct TypeOnly<'a> {
-        #[serde(rename = "type", borrow)]
-        ty: &'a str,
-    }
-    serde_json::from_slice::<TypeOnly>(body).is_ok_and(|t| t.ty == "chat.notification.created")
+    chatlog_events::EventType::of(body) == Some(chatlog_events::EventType::NotificationCreated)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
