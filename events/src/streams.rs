@@ -1,5 +1,5 @@
-//! The four JetStream streams of the log (PROTOCOL §1) and their configuration, and the handlers'
-//! marks bucket.
+//! The four JetStream streams of the log (docs/protocol.md §2) and their configuration, and the
+//! handlers' marks bucket.
 //!
 //! [`configs`] says what each stream must look like; [`ensure`] creates the missing ones and
 //! updates those whose configuration differs. Only the subject prefixes here and in

@@ -1,4 +1,4 @@
-//! The command line (PROTOCOL §5). Every option also reads an environment variable.
+//! The command line (README.md, "Configuration"). Every option also reads an environment variable.
 
 use std::{path::PathBuf, time::Duration};
 

@@ -1,5 +1,5 @@
-//! Errors a client sees. [`ApiError`] carries one of the protocol's error codes (PROTOCOL §2) and
-//! a message meant for the client; HTTP maps the code to a status, WebSocket puts it in an
+//! Errors a client sees. [`ApiError`] carries one of the protocol's error codes (docs/protocol.md
+//! §3) and a message meant for the client; HTTP maps the code to a status, WebSocket puts it in an
 //! `error` frame. Internal causes are logged, never shown.
 
 use axum::{

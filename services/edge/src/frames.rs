@@ -1,5 +1,5 @@
-//! WebSocket frames (PROTOCOL §2). A text frame becomes a typed [`ClientFrame`] here, in one
-//! place, and every server frame is built here. Ids in frames stay strings until the handler
+//! WebSocket frames (docs/protocol.md §3). A text frame becomes a typed [`ClientFrame`] here, in
+//! one place, and every server frame is built here. Ids in frames stay strings until the handler
 //! validates them, so a bad id gets a precise `bad_request` rather than a generic parse error.
 
 use axum::extract::ws::Utf8Bytes;

@@ -1,5 +1,5 @@
-//! The HTTP API (PROTOCOL §3) as far as the edge serves it by itself: health, guest login, the
-//! room directory, posting messages and reading a room's stored events.
+//! The HTTP API (docs/protocol.md §4) as far as the edge serves it by itself: health, guest login,
+//! the room directory, posting messages and reading a room's stored events.
 
 use axum::{
     Json,

@@ -51,7 +51,7 @@ pub struct Limits {
     pub request_body: Duration,
     /// Longest a request waits for NATS before answering `unavailable`.
     pub nats_deadline: Duration,
-    /// How often a connection says it is still there, per joined room (PROTOCOL: 15 s).
+    /// How often a connection says it is still there, per joined room (docs/protocol.md §3: 15 s).
     pub heartbeat: Duration,
     /// How often the edge pings each WebSocket; a peer silent for two periods is dropped.
     pub ping: Duration,

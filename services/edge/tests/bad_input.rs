@@ -1,4 +1,5 @@
-//! Bad input gets a clear error, appends nothing and leaves the connection open (PROTOCOL §2, §4).
+//! Bad input gets a clear error, appends nothing and leaves the connection open (docs/protocol.md
+//! §3, §6).
 
 mod common;
 

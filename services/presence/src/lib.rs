@@ -35,9 +35,9 @@ pub struct Seen {
 /// The presence projection, with its timeouts.
 #[derive(Debug, Clone, Copy)]
 pub struct Presence {
-    /// A connection with no heartbeat for this long is offline (PROTOCOL: 35 s).
+    /// A connection with no heartbeat for this long is offline (docs/protocol.md §3: 35 s).
     pub offline_after: Duration,
-    /// Typing ends by itself after this long without a refresh (PROTOCOL: 6 s).
+    /// Typing ends by itself after this long without a refresh (docs/protocol.md §3: 6 s).
     pub typing_for: Duration,
 }
 

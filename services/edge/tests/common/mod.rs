@@ -16,7 +16,8 @@ use tokio::sync::oneshot;
 #[allow(unused_imports)]
 pub use chatlog_test_support::client::{Client, Ended, PATIENCE, Ws};
 
-/// Presence timeouts, shortened (PROTOCOL: 35 s and 6 s); the edge heartbeats every 300 ms.
+/// Presence timeouts, shortened (docs/protocol.md §3: 35 s and 6 s); the edge heartbeats every
+/// 300 ms.
 pub const OFFLINE_AFTER: Duration = Duration::from_secs(2);
 pub const TYPING_FOR: Duration = Duration::from_secs(1);
 
