@@ -184,8 +184,8 @@ async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
 /// Runs the handlers of `chatlog up` on a thread and runtime of their own, at a lower priority,
 /// until `stopped` (or the first of them fails). On the edge's runtime, a view's batch commit
 /// (sled, up to tens of milliseconds of CPU) held a worker the edge's connections were waiting
-/// for: p99 delivery latency at 40 000 deliveries/s was 28 ms beside the handlers and 8 ms
-/// without them. Views may lag a little under overload; live delivery does not.
+/// for, and live delivery's p99 tripled. Views may lag a little under overload; live delivery
+/// does not.
 fn handlers_thread(
     url: String,
     args: handlers::HandlerArgs,
@@ -235,14 +235,10 @@ fn handlers_thread(
 
 /// `SCHED_IDLE` for the calling thread (Linux keeps a policy per thread; threads it starts, such
 /// as sled's flusher, inherit it), nice 19 where that is refused: when the machine is short of CPU
-/// the edge's workers go first. A thread of this policy still has a weight in the fair scheduler
-/// (Linux gives it a small share, it is not starved), and a waking worker preempts it at once,
-/// where a nice 19 thread keeps its CPU until its slice ends. Measured with appends saturating
-/// the 2-core machine for 20 s: the history view still applied ~20 000 events/s (25 000 at nice
-/// 19), and the edge appended 3-9 % more. It is not free for latency, though: on the bench's VM
-/// (PREEMPT_NONE, HZ=250) two `SCHED_IDLE` busy loops beside `chatlog edge` took its ack p99 at
-/// 25 000 appends/s from ~4 ms to 11-18 ms, and the views catching up do the same to `chatlog up`
-/// (bench/README.md, seventh round).
+/// the edge's workers go first. Such a thread still gets a small share (it is not starved), and a
+/// waking worker preempts it at once, where a nice 19 thread keeps its CPU until its slice ends.
+/// It is not free for latency on a kernel without preemption: views catching up still raise the
+/// edge's ack p99 (bench/README.md, seventh round).
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain system calls on the calling thread (0 and its own id); `param` outlives the
@@ -260,12 +256,10 @@ fn lower_thread_priority() {
 
 /// Transparent huge pages off for this process (`PR_SET_THP_DISABLE`; the kernel checks it at
 /// each page fault, so it covers what was mapped before). mimalloc asks for huge pages on its
-/// arenas, and sled allocates each 512 KiB log buffer afresh, zeroed: each one faulted in a new
-/// 2 MiB page for the kernel to clear, ~10 % of the views' thread at 10 000 appends/s. Off, on
-/// fresh systems in three pairs: the views' thread 0.195-0.210 of a core against 0.217-0.242 at
-/// 10 000 appends/s, and ack p99 2.25 / 2.81 / 2.32 ms against 2.56 / 3.42 / 3.10 (at 25 000:
-/// 7.66 / 11.10 / 7.93 against 13.63 / 13.11 / 8.38; bench/README.md, eighth round). Where the
-/// call fails (not Linux, an old kernel) nothing else changes.
+/// arenas, and sled allocates each 512 KiB log buffer afresh: each one faulted in a new 2 MiB page
+/// for the kernel to clear, which cost the views' thread CPU and the acks their p99
+/// (bench/README.md, eighth round). Where the call fails (not Linux, an old kernel) nothing else
+/// changes.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: a plain system call about the calling process, with integer arguments only.

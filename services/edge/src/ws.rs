@@ -120,8 +120,8 @@ pub async fn upgrade(
     let seat = (user_seat, address_seat);
     let max = state.config.limits.max_frame_bytes;
     // Small buffers: chat frames are small, tungstenite zero-fills its read buffer on every read
-    // (with the 128 KiB default that memset was ~30 % of the edge's CPU under fan-out), and both
-    // buffers stay allocated for the life of the connection (an idle connection's memory).
+    // (with the 128 KiB default, a large share of the edge's CPU under fan-out), and both buffers
+    // stay allocated for the life of the connection (an idle connection's memory).
     // Frames written in one turn still leave in one write up to 4 KiB.
     ws.max_message_size(max)
         .max_frame_size(max)

@@ -569,23 +569,18 @@ enum Delivered {
 }
 
 /// Reads and decodes on a task of its own, a chunk of what is ready at a time, so that decoding
-/// (JSON, a seventh of a rebuild) runs beside applying and committing on a multi-thread runtime
-/// (a rebuild of 1 M events: 95 000 → 128 000 events/s). Bounded: it reads ahead by a few chunks
-/// at most. Stops when dropped.
+/// runs beside applying and committing on a multi-thread runtime. Bounded: it reads ahead by a
+/// few chunks at most. Stops when dropped.
 ///
 /// At the head of a steady stream it reads in chunks, not event by event: after a chunk that did
 /// not fill up, with less than a chunk left to read behind it (the stream's pending count as of
-/// its last event), it waits [`Reader::LINGER`] before reading on. An event after a quiet spell is
-/// read at once; events that keep coming wait up to 5 ms and are applied together. Fan-out
-/// 100 × 20 at 2 000 messages/s read the history view ~1 000 times a second before, ~160 with
-/// it, and the views' thread went from 0.11–0.12 to 0.09–0.10 of a core (bench/README, eighth
-/// round). A view behind the stream (a rebuild, a catch-up, views starved by a saturated edge)
-/// never waits: what is ready there is often less than a chunk, and waiting after each took a
-/// rebuild from ~130 000 to 19 000 events/s.
+/// its last event), it waits [`Reader::LINGER`] before reading on, so a view wakes a few hundred
+/// times a second rather than per event. A view behind the stream never waits: what is ready
+/// there is often less than a chunk, and waiting after each would slow a rebuild several times.
+/// (Figures: bench/README.md, eighth round.)
 ///
 /// The commit stays on the applying task: sled's `apply_batch` takes a process-wide write lock
-/// that every `get` waits for, so committing one batch on another thread while the next is
-/// applied gained nothing when tried.
+/// that every `get` waits for, so committing on another thread gains nothing.
 struct Reader {
     rx: tokio::sync::mpsc::Receiver<Chunk>,
     /// The reading task, when the reader is the view's own.
