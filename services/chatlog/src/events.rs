@@ -14,8 +14,6 @@ use clap::{Subcommand, ValueEnum};
 use futures::StreamExt;
 use serde_json::value::RawValue;
 
-use crate::handlers::HandlerName;
-
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum StreamArg {
     Rooms,
@@ -263,12 +261,9 @@ async fn stats(js: &jetstream::Context, client: &async_nats::Client) -> anyhow::
         "{:<14} {:<24} {:>10} {:>8} {:>10} {:>8}",
         "view", "instance", "checkpoint", "lag", "applied", "skipped"
     );
-    for view in HandlerName::ALL.iter().flat_map(|h| h.views()) {
-        let stream = match *view {
-            "presence" => Stream::Presence,
-            "notifications" => Stream::Users,
-            _ => Stream::Rooms,
-        };
+    for view in chatlog_views::View::ALL {
+        let stream = view.stream();
+        let view = view.name();
         let stream_last = last_seqs.get(&stream).copied().unwrap_or(0);
         let replicas = gather(client, &format!("$SRV.STATS.{view}")).await?;
         if replicas.is_empty() {

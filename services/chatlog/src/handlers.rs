@@ -2,7 +2,8 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use chatlog_runtime::{HostConfig, HostStats, Projection, SharedReaders};
+use chatlog_runtime::{HostConfig, HostStats, SharedReaders};
+use chatlog_views::View;
 use clap::{Args, ValueEnum};
 
 /// The handlers chatlog has.
@@ -25,18 +26,18 @@ impl HandlerName {
 
     pub fn as_str(self) -> &'static str {
         match self {
-            HandlerName::History => chatlog_history::History.name(),
+            HandlerName::History => "history",
             HandlerName::Presence => "presence",
             HandlerName::Notifications => "notifications",
         }
     }
 
     /// The views the handler keeps (each a projection with its own directory and service).
-    pub fn views(self) -> &'static [&'static str] {
+    pub fn views(self) -> &'static [View] {
         match self {
-            HandlerName::History => &["history"],
-            HandlerName::Presence => &["presence"],
-            HandlerName::Notifications => &["mentions", "notifications"],
+            HandlerName::History => &[View::History],
+            HandlerName::Presence => &[View::Presence],
+            HandlerName::Notifications => &[View::Mentions, View::Notifications],
         }
     }
 }
@@ -107,7 +108,7 @@ impl ViewStats {
             handlers
                 .iter()
                 .flat_map(|h| h.views())
-                .map(|&view| (view, Arc::new(HostStats::default())))
+                .map(|view| (view.name(), Arc::new(HostStats::default())))
                 .collect(),
         )
     }
@@ -138,7 +139,8 @@ impl ViewStats {
 }
 
 /// Runs one handler until `shutdown`, reporting into `stats`; its views read their streams
-/// through `shared` (one reader per stream for the handlers of a process).
+/// through `shared` (one reader per stream for the handlers of a process). Its views stop
+/// together: on `shutdown`, or when one of them fails.
 pub async fn run(
     name: HandlerName,
     client: async_nats::Client,
@@ -147,46 +149,37 @@ pub async fn run(
     stats: &ViewStats,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    match name {
-        HandlerName::History => {
-            let config = args.running_config("history", shared);
-            let stats = stats.get("history");
-            chatlog_runtime::run(chatlog_history::History, client, config, stats, shutdown).await?
-        }
-        HandlerName::Presence => {
-            let config = args.running_config("presence", shared);
-            let stats = stats.get("presence");
-            chatlog_runtime::run(args.presence(), client, config, stats, shutdown).await?
-        }
-        HandlerName::Notifications => {
-            // Two projections, one handler: they stop together.
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-                let _ = rx.wait_for(|v| *v).await;
-            };
-            let mentions = chatlog_runtime::run(
-                chatlog_notifications::Mentions,
-                client.clone(),
-                args.running_config("mentions", shared),
-                stats.get("mentions"),
-                until(stopped.clone()),
-            );
-            let inbox = chatlog_runtime::run(
-                chatlog_notifications::Notifications,
-                client,
-                args.running_config("notifications", shared),
-                stats.get("notifications"),
-                until(stopped),
-            );
-            let signal = async {
-                shutdown.await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = &stop;
+    let views = name.views().iter().map(|&view| {
+        let mut stopped = stopped.clone();
+        let running = view.run(
+            args.presence(),
+            client.clone(),
+            args.running_config(view.name(), shared),
+            stats.get(view.name()),
+            async move {
+                let _ = stopped.wait_for(|v| *v).await;
+            },
+        );
+        async move {
+            let result = running.await;
+            if result.is_err() {
                 stop.send_replace(true);
-            };
-            let (a, b, ()) = tokio::join!(mentions, inbox, signal);
-            a?;
-            b?;
+            }
+            result.map_err(|e| anyhow::anyhow!(e).context(format!("the {} view", view.name())))
         }
-    }
+    });
+    let all = futures::future::join_all(views);
+    tokio::pin!(all, shutdown);
+    let results = tokio::select! {
+        results = &mut all => results,
+        () = &mut shutdown => {
+            stop.send_replace(true);
+            all.await
+        }
+    };
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     Ok(())
 }
 

@@ -30,7 +30,7 @@ pub async fn run(command: ViewsCommand, client: async_nats::Client) -> anyhow::R
             handler,
             batch,
         } => {
-            for view in name.views() {
+            for &view in name.views() {
                 rebuild_one(&client, &handler, view, batch).await?;
             }
         }
@@ -41,10 +41,11 @@ pub async fn run(command: ViewsCommand, client: async_nats::Client) -> anyhow::R
 async fn rebuild_one(
     client: &async_nats::Client,
     handler: &HandlerArgs,
-    view: &str,
+    view: chatlog_views::View,
     batch: usize,
 ) -> anyhow::Result<()> {
-    let mut config = HostConfig::new(handler.view_dir(view));
+    let view_name = view.name();
+    let mut config = HostConfig::new(handler.view_dir(view_name));
     config.batch = batch.max(1);
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -53,7 +54,7 @@ async fn rebuild_one(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    bar.set_message(format!("rebuilding {view}"));
+    bar.set_message(format!("rebuilding {view_name}"));
     let started = Instant::now();
     let mut applied = 0u64;
     let mut first: Option<u64> = None;
@@ -63,29 +64,14 @@ async fn rebuild_one(
         bar.set_length(last.saturating_sub(start) + 1);
         bar.set_position(applied);
     };
-    let client = client.clone();
-    let answer = match view {
-        "history" => {
-            chatlog_runtime::rebuild(&chatlog_history::History, client, &config, progress).await
-        }
-        "presence" => {
-            chatlog_runtime::rebuild(&handler.presence(), client, &config, progress).await
-        }
-        "mentions" => {
-            let p = chatlog_notifications::Mentions;
-            chatlog_runtime::rebuild(&p, client, &config, progress).await
-        }
-        "notifications" => {
-            let p = chatlog_notifications::Notifications;
-            chatlog_runtime::rebuild(&p, client, &config, progress).await
-        }
-        other => anyhow::bail!("no view {other}"),
-    }
-    .with_context(|| format!("rebuilding the {view} view"))?;
+    let answer = view
+        .rebuild(handler.presence(), client.clone(), &config, progress)
+        .await
+        .with_context(|| format!("rebuilding the {view_name} view"))?;
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "rebuilt {view} to seq {} in {:.2}s ({:.0} stream messages/s)",
+        "rebuilt {view_name} to seq {} in {:.2}s ({:.0} stream messages/s)",
         answer.checkpoint,
         elapsed,
         answer.checkpoint as f64 / elapsed.max(1e-9),

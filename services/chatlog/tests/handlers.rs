@@ -386,16 +386,16 @@ async fn views_of_one_stream_share_one_reader_and_a_view_starting_behind_restart
     };
     // History first, up to the head; then mentions from the first event: the shared reader must
     // start over for it (history passes over what it has applied).
-    let history = tokio::spawn(chatlog_runtime::run(
-        chatlog_history::History,
+    let history = tokio::spawn(chatlog_views::View::History.run(
+        Default::default(),
         client.clone(),
         config("history"),
         std::sync::Arc::new(HostStats::default()),
         until(stopped.clone()),
     ));
     let at_head = view_at(&client, "history", last).await;
-    let mentions = tokio::spawn(chatlog_runtime::run(
-        chatlog_notifications::Mentions,
+    let mentions = tokio::spawn(chatlog_views::View::Mentions.run(
+        Default::default(),
         client.clone(),
         config("mentions"),
         std::sync::Arc::new(HostStats::default()),

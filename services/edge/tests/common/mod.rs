@@ -78,42 +78,22 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let hosted: Vec<std::sync::Arc<chatlog_runtime::HostStats>> = (0..4)
-        .map(|_| std::sync::Arc::new(chatlog_runtime::HostStats::default()))
-        .collect();
-    let mut each = hosted.iter().cloned();
-    let mut stats = || each.next().expect("a stats per view");
-    tokio::spawn(chatlog_runtime::run(
-        chatlog_history::History,
-        client.clone(),
-        host("history"),
-        stats(),
-        until(handlers_stopped.clone()),
-    ));
-    tokio::spawn(chatlog_runtime::run(
-        chatlog_presence::Presence {
-            offline_after: OFFLINE_AFTER,
-            typing_for: TYPING_FOR,
-        },
-        client.clone(),
-        host("presence"),
-        stats(),
-        until(handlers_stopped.clone()),
-    ));
-    tokio::spawn(chatlog_runtime::run(
-        chatlog_notifications::Mentions,
-        client.clone(),
-        host("mentions"),
-        stats(),
-        until(handlers_stopped.clone()),
-    ));
-    tokio::spawn(chatlog_runtime::run(
-        chatlog_notifications::Notifications,
-        client,
-        host("notifications"),
-        stats(),
-        until(handlers_stopped),
-    ));
+    let presence = chatlog_presence::Presence {
+        offline_after: OFFLINE_AFTER,
+        typing_for: TYPING_FOR,
+    };
+    let mut hosted = Vec::new();
+    for view in chatlog_views::View::ALL {
+        let stats = std::sync::Arc::new(chatlog_runtime::HostStats::default());
+        hosted.push(stats.clone());
+        tokio::spawn(view.run(
+            presence,
+            client.clone(),
+            host(view.name()),
+            stats,
+            until(handlers_stopped.clone()),
+        ));
+    }
     // As `chatlog up`'s /readyz: every view answers queries.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !hosted.iter().all(|s| s.is_ready()) {
