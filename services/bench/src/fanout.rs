@@ -236,75 +236,26 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
             eprintln!("{}", warm.one_line());
             phases.push(warm);
         }
-        let mut rate = args.rate;
-        let mut best: Option<(f64, f64, f64)> = None;
-        let mut kept_up: Option<(f64, f64, f64)> = None;
-        let mut ceiling_stopped = format!("reached --max-steps {}", args.max_steps);
-        // The first step over the latency limit (or that fell behind).
-        let mut first_over: Option<String> = None;
-        for step in 1..=args.max_steps {
-            let warm = args.step_duration.min(1.0).min(args.step_duration / 2.0);
-            let mut p = fleet
-                .phase(&format!("step {step}"), rate, args.step_duration, warm)
-                .await;
-            let mut why = p.saturated(args.max_p99_ms);
-            let mut behind = p.fell_behind();
-            // The first step over the latency limit that kept up otherwise runs once more at the
-            // same rate, and counts as over only if it is over again: one stall (a collection in
-            // nats-server) in a step's 4 measured seconds was enough to end the step-up, and the
-            // saturation figure swung by 2x between runs of the same build.
-            if why.is_some() && behind.is_none() && first_over.is_none() {
-                p.ok = false;
+        let mut search = crate::stepup::StepUp::new(args.rate, args.step_factor, args.max_steps);
+        let warm = args.step_duration.min(1.0).min(args.step_duration / 2.0);
+        while let Some((label, rate)) = search.next() {
+            let mut p = fleet.phase(&label, rate, args.step_duration, warm).await;
+            p.ok = search.record(crate::stepup::StepOutcome {
+                deliveries_per_s: p.deliveries_per_s,
+                send_rate: p.send_rate,
+                p99_ms: p.latency.p99_ms,
+                over: p.saturated(args.max_p99_ms),
+                behind: p.fell_behind(),
+            });
+            if search.again() {
                 eprintln!("{} (once more)", p.one_line());
-                // It kept up, whatever its latency: a candidate for the ceiling.
-                p.offer_to(&mut kept_up);
-                phases.push(p);
-                p = fleet
-                    .phase(
-                        &format!("step {step} again"),
-                        rate,
-                        args.step_duration,
-                        warm,
-                    )
-                    .await;
-                why = p.saturated(args.max_p99_ms);
-                behind = p.fell_behind();
-            }
-            p.ok = why.is_none();
-            eprintln!("{}", p.one_line());
-            // Saturation: the best step before the first one over the limit.
-            if p.ok && first_over.is_none() {
-                p.offer_to(&mut best);
-            }
-            if behind.is_none() {
-                p.offer_to(&mut kept_up);
+            } else {
+                eprintln!("{}", p.one_line());
             }
             phases.push(p);
-            if let Some(why) = &why
-                && first_over.is_none()
-            {
-                first_over = Some(format!("step {step} at {rate:.0} msg/s: {why}"));
-            }
-            // Past the latency limit, on to the throughput ceiling: until it falls behind.
-            if let Some(behind) = behind {
-                ceiling_stopped = format!("step {step} at {rate:.0} msg/s: {behind}");
-                break;
-            }
-            rate *= args.step_factor;
         }
-        let stopped = first_over.unwrap_or_else(|| ceiling_stopped.clone());
-        ceiling = kept_up.map(|(deliveries_per_s, send_rate, p99_ms)| Saturation {
-            deliveries_per_s,
-            send_rate,
-            p99_ms,
-            stopped_because: ceiling_stopped,
-        });
-        saturation = best.map(|(deliveries_per_s, send_rate, p99_ms)| Saturation {
-            deliveries_per_s,
-            send_rate,
-            p99_ms,
-            stopped_because: stopped.clone(),
-        });
+        let stopped;
+        (saturation, ceiling, stopped) = search.finish();
         if saturation.is_none() {
             eprintln!("no step passed: {stopped}");
         }
@@ -339,13 +290,6 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
 }
 
 impl PhaseReport {
-    /// This step as `best` (deliveries/s, send rate, p99 ms) if it delivered more than `best`.
-    fn offer_to(&self, best: &mut Option<(f64, f64, f64)>) {
-        if best.is_none_or(|(d, _, _)| self.deliveries_per_s > d) {
-            *best = Some((self.deliveries_per_s, self.send_rate, self.latency.p99_ms));
-        }
-    }
-
     /// Why this step did not keep up at all, if it did not: something lost, doubled, closed or
     /// refused, the generator short of its rate, or deliveries missing at the end of the drain.
     fn fell_behind(&self) -> Option<String> {

@@ -24,6 +24,7 @@ pub mod pace;
 pub mod replay;
 pub mod report;
 pub mod stats;
+pub mod stepup;
 pub mod storm;
 pub mod sys;
 
