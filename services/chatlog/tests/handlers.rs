@@ -662,42 +662,21 @@ async fn presence_times_out_a_silent_connection_while_others_keep_heartbeating()
 /// `chatlog handler <name>` with its views in `views` and its `/readyz` on a free port: the
 /// process, and an HTTP client of that port once it listens.
 async fn handler_with_http(nats: &NatsServer, name: &str, views: &Path) -> (Proc, Client) {
-    let addr = format!("127.0.0.1:{}", chatlog_test_support::free_port());
-    let mut cmd = chatlog(nats, &["handler", name, "--http", &addr, "--views-dir"]);
-    cmd.arg(views);
-    let proc = Proc(
-        cmd.stdout(Stdio::null())
-            .spawn()
-            .expect("starting chatlog handler"),
-    );
-    let http = Client {
-        addr: addr.parse().unwrap(),
-    };
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::net::TcpStream::connect(http.addr).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no listener on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut cmd = chatlog(nats, &["handler", name, "--views-dir"]);
+    cmd.arg(views).stdout(Stdio::null());
+    let (proc, http) = common::spawn_http(cmd);
+    common::listening(&http).await;
     (proc, http)
 }
 
-/// Waits for `/readyz` to say 200; answers what it said before (the statuses seen).
-async fn until_ready(http: &Client) -> Vec<u16> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut seen = Vec::new();
-    loop {
+/// Waits for `/readyz` to say 200; before, it may only say 503.
+async fn until_ready(http: &Client) {
+    chatlog_test_support::eventually("the handler ready", PATIENCE, async || {
         let status = http.request("GET", "/readyz", None, None).await.status;
-        if status == 200 {
-            return seen;
-        }
-        assert_eq!(status, 503, "/readyz answers 200 or 503");
-        seen.push(status);
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        assert!(matches!(status, 200 | 503), "/readyz answered {status}");
+        (status == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

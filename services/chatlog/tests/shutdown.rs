@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chatlog_test_support::{NatsServer, client::Client, free_port};
+use chatlog_test_support::{NatsServer, client::Client};
 use common::Proc;
 
 /// How long a component may take to stop (the processes' own last resort is 15 s).
@@ -50,30 +50,10 @@ fn ends_within(child: &mut Child, bound: Duration, what: &str) -> ExitStatus {
 
 /// `chatlog <args> --http <free port>`, once it listens (its signal handlers are installed
 /// before it binds).
-async fn listening(mut cmd: Command) -> (Proc, Client) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let proc = Proc(
-        cmd.args(["--http", &addr])
-            .spawn()
-            .expect("starting chatlog"),
-    );
-    let client = Client {
-        addr: addr.parse().unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(client.addr).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn listening(cmd: Command) -> (Proc, Client) {
+    let (proc, client) = common::spawn_http(cmd);
+    common::listening(&client).await;
     (proc, client)
-}
-
-async fn until_ready(http: &Client, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.request("GET", "/readyz", None, None).await.status != 200 {
-        assert!(Instant::now() < deadline, "{what} never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -100,7 +80,7 @@ async fn every_component_stops_on_sigterm_within_the_bound_while_nats_is_down() 
     for name in ["history", "presence", "notifications"] {
         let cmd = common::command(&nats.url(), &data.path().join(name), &["handler", name]);
         let (handler, http) = listening(cmd).await;
-        until_ready(&http, name).await;
+        common::ready(&http).await;
         running.push((format!("chatlog handler {name}"), handler));
     }
 
@@ -138,7 +118,7 @@ async fn a_presence_handler_retrying_a_derived_event_stops_on_sigterm() {
         .env("RUST_LOG", "warn,chatlog_runtime=info")
         .stderr(Stdio::piped());
     let (mut handler, http) = listening(presence).await;
-    until_ready(&http, "presence").await;
+    common::ready(&http).await;
     let stderr = handler.0.stderr.take().expect("piped stderr");
     let (lines, logged) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -221,7 +201,7 @@ async fn cluster_down_stops_edges_then_handlers_then_nats_and_leaves_nothing() {
             &["handler", handler, "--replica", replica],
         );
         let (proc, http) = listening(cmd).await;
-        until_ready(&http, handler).await;
+        common::ready(&http).await;
         started.push((format!("{handler}-{replica}"), proc));
     }
     for (name, proc) in &started {

@@ -31,19 +31,11 @@ async fn edge_on(nats: &NatsServer, data: &Path, addr: &str) -> Proc {
             .spawn()
             .expect("starting an edge"),
     );
-    let client = Client {
+    common::ready(&Client {
         addr: addr.parse().unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if tokio::net::TcpStream::connect(client.addr).await.is_ok()
-            && client.request("GET", "/readyz", None, None).await.status == 200
-        {
-            return proc;
-        }
-        assert!(Instant::now() < deadline, "the edge on {addr} never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    proc
 }
 
 #[tokio::test]
@@ -116,26 +108,10 @@ async fn a_reconnect_storm_after_an_edge_restart_loses_and_repeats_nothing() {
 
 /// `chatlog handler <name> --replica <replica>` with `/readyz` on a free port, once ready.
 async fn replica(nats: &NatsServer, data: &Path, name: &str, replica: &str) -> Proc {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = common::command(
-        &nats.url(),
-        data,
-        &["handler", name, "--replica", replica, "--http", &addr],
-    );
-    let proc = Proc(cmd.spawn().expect("starting a handler"));
-    let http = Client {
-        addr: addr.parse().unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if tokio::net::TcpStream::connect(http.addr).await.is_ok()
-            && http.request("GET", "/readyz", None, None).await.status == 200
-        {
-            return proc;
-        }
-        assert!(Instant::now() < deadline, "{name}-{replica} never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let cmd = common::command(&nats.url(), data, &["handler", name, "--replica", replica]);
+    let (proc, http) = common::spawn_http(cmd);
+    common::ready(&http).await;
+    proc
 }
 
 #[tokio::test]

@@ -7,8 +7,31 @@
 //!
 //! The binary is `$NATS_SERVER_BIN`, else the one `make` installed under `.tools/`, else
 //! `nats-server` on `PATH`; a missing binary panics with a message saying how to get one.
+//!
+//! [`eventually`] is the polling loop of tests that have no event to await.
 
 pub mod client;
+
+/// Asks `attempt` again every 10 ms until it answers `Some`, for at most `within`, and answers
+/// that; panics saying `what` otherwise. For what a test cannot await (a process's port, a
+/// view's state over NATS); where an event can be awaited, await it.
+pub async fn eventually<T>(
+    what: impl std::fmt::Display,
+    within: Duration,
+    mut attempt: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(done) = attempt().await {
+            return done;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 use std::{
     net::TcpListener,

@@ -6,11 +6,11 @@
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chatlog_events::{ChatEvent, Payload, RoomId, UserId, event::MessagePosted};
-use chatlog_test_support::{client::Client, free_port};
+use chatlog_test_support::{client::Client, eventually, free_port};
 
 /// A running `chatlog` process.
 pub struct Proc(pub Child);
@@ -75,8 +75,8 @@ pub fn stdout_of(mut cmd: Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Starts `cmd` (an `up` or `edge`) on a free port and waits until it answers /readyz.
-pub async fn serve(mut cmd: Command) -> (Proc, Client) {
+/// `cmd --http <a free port>` started: the process, and a client of that port.
+pub fn spawn_http(mut cmd: Command) -> (Proc, Client) {
     let addr = format!("127.0.0.1:{}", free_port());
     let proc = Proc(
         cmd.args(["--http", &addr])
@@ -86,16 +86,37 @@ pub async fn serve(mut cmd: Command) -> (Proc, Client) {
     let client = Client {
         addr: addr.parse().unwrap(),
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if tokio::net::TcpStream::connect(client.addr).await.is_ok()
-            && client.request("GET", "/readyz", None, None).await.status == 200
-        {
-            return (proc, client);
-        }
-        assert!(Instant::now() < deadline, "chatlog not ready on {addr}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    (proc, client)
+}
+
+/// Waits until something listens on `client`'s address (a process started with `--http`
+/// installs its signal handlers before it binds).
+pub async fn listening(client: &Client) {
+    let what = format!("a listener on {}", client.addr);
+    eventually(what, Duration::from_secs(30), async || {
+        tokio::net::TcpStream::connect(client.addr)
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
+}
+
+/// Waits until `client`'s `/readyz` answers 200.
+pub async fn ready(client: &Client) {
+    listening(client).await;
+    let what = format!("chatlog ready on {}", client.addr);
+    eventually(what, Duration::from_secs(30), async || {
+        (client.request("GET", "/readyz", None, None).await.status == 200).then_some(())
+    })
+    .await;
+}
+
+/// Starts `cmd` (an `up` or `edge`) on a free port and waits until it answers /readyz.
+pub async fn serve(cmd: Command) -> (Proc, Client) {
+    let (proc, client) = spawn_http(cmd);
+    ready(&client).await;
+    (proc, client)
 }
 
 /// `chatlog bench --url <url> --nats-url <nats_url> --no-save <args>` as a library: parsed as the
