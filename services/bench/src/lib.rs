@@ -37,6 +37,23 @@ pub use fanout::{FanoutArgs, FanoutReport};
 pub use idle::{IdleArgs, IdleReport};
 pub use report::{Outcome, Report, chart, write_results};
 
+/// `chatlog up` / `chatlog edge` arguments that lift the per-user limits, as load from few users
+/// (the bench's workloads, the fault tests' producers) needs.
+pub const LIMITS_LIFTED: &[&str] = &[
+    "--send-rate",
+    "1000000",
+    "--send-burst",
+    "1000000",
+    "--signal-rate",
+    "1000000",
+    "--signal-burst",
+    "1000000",
+    "--rooms-per-minute",
+    "1000000",
+    "--max-connections-per-user",
+    "100000",
+];
+
 /// `chatlog bench [options] <workload> [workload options]`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {

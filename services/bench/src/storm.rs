@@ -232,17 +232,8 @@ impl StormEdge {
     async fn start(&mut self) -> anyhow::Result<()> {
         let child = Command::new(&self.chatlog)
             .args(["edge", "--http", &self.addr])
+            .args(crate::LIMITS_LIFTED)
             .args([
-                "--send-rate",
-                "1000000",
-                "--send-burst",
-                "1000000",
-                "--signal-rate",
-                "1000000",
-                "--signal-burst",
-                "1000000",
-                "--max-connections-per-user",
-                "100000",
                 "--max-connections-per-address",
                 "1000000",
                 "--limits-exempt",

@@ -54,6 +54,15 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
+/// The value after `flag` in `command` (of the service `name`).
+fn flag_value<'a>(command: &'a [String], flag: &str, name: &str) -> &'a String {
+    command
+        .iter()
+        .position(|a| a == flag)
+        .and_then(|i| command.get(i + 1))
+        .unwrap_or_else(|| panic!("{name}: no {flag}"))
+}
+
 fn strings(value: &Value) -> Vec<String> {
     value
         .as_sequence()
@@ -777,11 +786,7 @@ fn compose_keeps_no_secret_and_its_state_in_named_volumes() {
         let command = strings(&service["command"]);
         if image.starts_with("nats:") {
             servers += 1;
-            let store = command
-                .iter()
-                .position(|a| a == "--sd")
-                .and_then(|i| command.get(i + 1))
-                .unwrap_or_else(|| panic!("{name}: no --sd"));
+            let store = flag_value(&command, "--sd", name);
             let volume = mounted_at(service, store).unwrap_or_else(|| panic!("{name}: {store}"));
             assert_named_volume(&compose, &volume, name);
             assert!(
@@ -792,11 +797,7 @@ fn compose_keeps_no_secret_and_its_state_in_named_volumes() {
         }
         if command.first().map(String::as_str) == Some("handler") {
             handlers += 1;
-            let views = command
-                .iter()
-                .position(|a| a == "--views-dir")
-                .and_then(|i| command.get(i + 1))
-                .unwrap_or_else(|| panic!("{name}: no --views-dir"));
+            let views = flag_value(&command, "--views-dir", name);
             let volume = mounted_at(service, views).unwrap_or_else(|| panic!("{name}: {views}"));
             assert_named_volume(&compose, &volume, name);
             // Replicas sharing the volume need their own directories in it.

@@ -218,6 +218,15 @@ impl Stopping {
         }
     }
 
+    /// Sleeps `pause`, unless the flag is set first: then [`HostError::Stopped`].
+    pub async fn sleep(&self, pause: Duration) -> Result<(), HostError> {
+        self.unless(async {
+            tokio::time::sleep(pause).await;
+            Ok(())
+        })
+        .await
+    }
+
     /// `work`, unless the flag is set first: then [`HostError::Stopped`].
     pub async fn unless<T>(
         &self,
@@ -895,12 +904,7 @@ async fn append_until_stored(
             Err(e) => e,
         };
         tracing::warn!(error = %error, id = %event.id, "emitting a derived event failed, retrying");
-        stopping
-            .unless(async {
-                tokio::time::sleep(pause).await;
-                Ok(())
-            })
-            .await?;
+        stopping.sleep(pause).await?;
         pause = (pause * 2).min(Duration::from_secs(2));
     }
 }

@@ -140,12 +140,7 @@ impl Emitter {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(key = mark.key, error = %error, read = %e, "writing the emission mark failed, retrying");
-                    stopping
-                        .unless(async {
-                            tokio::time::sleep(pause).await;
-                            Ok(())
-                        })
-                        .await?;
+                    stopping.sleep(pause).await?;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
             }

@@ -139,22 +139,8 @@ pub async fn bench(url: &str, nats_url: &str, args: &[&str]) -> chatlog_bench::O
         .outcome
 }
 
-/// The per-user limits lifted, as load from few users (the bench's workloads, the fault tests'
-/// producers) needs: `chatlog <what>` arguments.
-pub const LIMITS_LIFTED: &[&str] = &[
-    "--send-rate",
-    "1000000",
-    "--send-burst",
-    "1000000",
-    "--signal-rate",
-    "1000000",
-    "--signal-burst",
-    "1000000",
-    "--rooms-per-minute",
-    "1000000",
-    "--max-connections-per-user",
-    "100000",
-];
+/// The per-user limits lifted (the bench's list): `chatlog <what>` arguments.
+pub use chatlog_bench::LIMITS_LIFTED;
 
 /// `chatlog <what>` with [`LIMITS_LIFTED`].
 pub fn lifted(what: &str) -> Vec<&str> {
