@@ -385,14 +385,10 @@ async fn the_edge_survives_a_nats_server_restart() {
 }
 
 async fn wait_ready(app: &common::TestApp) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while app.request("GET", "/readyz", None, None).await.status != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "edge not ready again"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    chatlog_test_support::eventually("the edge ready again", PATIENCE, async || {
+        (app.request("GET", "/readyz", None, None).await.status == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -328,14 +328,12 @@ async fn a_non_member_gets_not_found_on_every_path_of_a_private_room() {
             break;
         }
     }
-    let deadline = std::time::Instant::now() + common::PATIENCE;
-    while app.get("/api/rooms/secret/messages", &eve).await.status != 404 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "eve still sees the room"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    chatlog_test_support::eventually(
+        "eve no longer sees the room",
+        common::PATIENCE,
+        async || (app.get("/api/rooms/secret/messages", &eve).await.status == 404).then_some(()),
+    )
+    .await;
 }
 
 #[tokio::test]

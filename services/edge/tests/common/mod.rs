@@ -95,11 +95,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         ));
     }
     // As `chatlog up`'s /readyz: every view answers queries.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !hosted.iter().all(|s| s.is_ready()) {
-        assert!(tokio::time::Instant::now() < deadline, "views not ready");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    chatlog_test_support::eventually("every view ready", PATIENCE, async || {
+        hosted.iter().all(|s| s.is_ready()).then_some(())
+    })
+    .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -187,22 +186,18 @@ impl TestApp {
 
     /// Waits until the history view has applied the room log up to `seq`.
     pub async fn history_caught_up(&self, seq: u64) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
         let client = self.state.log.client();
-        loop {
+        let what = format!("the history view at seq {seq}");
+        chatlog_test_support::eventually(what, PATIENCE, async || {
             let answer = client
                 .request("views.history.checksum", "{}".into())
                 .await
                 .ok()
                 .and_then(|m| serde_json::from_slice::<Value>(&m.payload).ok());
-            if answer.is_some_and(|a| a["checkpoint"].as_u64().unwrap_or(0) >= seq) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "history never reached seq {seq}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            answer
+                .is_some_and(|a| a["checkpoint"].as_u64().unwrap_or(0) >= seq)
+                .then_some(())
+        })
+        .await;
     }
 }
