@@ -21,7 +21,7 @@ use chatlog_test_support::NatsServer;
 use futures::StreamExt;
 use serde_json::Value;
 
-use chatlog_test_support::client::Client;
+use chatlog_test_support::{client::Client, eventually};
 use common::Proc;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -155,23 +155,15 @@ async fn a_handler_killed_mid_stream_resumes_to_the_checksum_of_a_rebuild() {
 
     // A view catching up answers no query: its progress is in its metrics.
     let (mut first, http) = handler_with_http(&nats, "history", &live).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let killed_at = loop {
+    let killed_at = eventually("the view's first commit", PATIENCE, async || {
         let metrics = http.request("GET", "/metrics", None, None).await.text;
-        let checkpoint = metrics
+        metrics
             .lines()
             .find_map(|l| l.strip_prefix("chatlog_handler_checkpoint{handler=\"history\"} "))
             .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        if checkpoint > 0 {
-            break checkpoint;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no progress: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
+            .filter(|&checkpoint| checkpoint > 0)
+    })
+    .await;
     first.kill9();
     assert!(
         killed_at < last,
@@ -798,8 +790,7 @@ async fn a_notifications_handler_that_lost_its_disk_notifies_nobody_twice() {
     );
     // The rebuilt view comes to list both, and only those.
     let request = serde_json::json!({"user": "bob", "limit": 10}).to_string();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually("both notifications listed", PATIENCE, async || {
         let answer = client
             .request("views.notifications.list", request.clone().into())
             .await
@@ -807,10 +798,7 @@ async fn a_notifications_handler_that_lost_its_disk_notifies_nobody_twice() {
         let listed: Value = serde_json::from_slice(&answer.payload).unwrap();
         let count = listed["notifications"].as_array().map_or(0, Vec::len);
         assert!(count <= 2, "{listed}");
-        if count == 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{listed}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        (count == 2).then_some(())
+    })
+    .await;
 }

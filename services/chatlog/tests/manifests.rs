@@ -469,17 +469,9 @@ fn the_nats_routes_authenticate_and_nats_box_logs_in_as_admin() {
          authorization { user: route, password: $ROUTE_PASSWORD } }\n",
     )
     .unwrap();
-    let out = Command::new(chatlog_test_support::binary())
-        .args(["-t", "-c"])
-        .arg(&conf)
-        .env("ROUTE_URLS", &urls)
-        .env("ROUTE_PASSWORD", password)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_config_ok(
+        &conf,
+        &[("ROUTE_URLS", &urls), ("ROUTE_PASSWORD", password)],
     );
     let nats_box = &values["natsBox"]["container"]["env"];
     assert_eq!(nats_box["NATS_USER"], "admin");
@@ -846,16 +838,7 @@ fn compose_secrets_are_random_kept_and_valid() {
         .expect("n1 -c");
     let (mount, file) = config.rsplit_once('/').unwrap();
     let conf = secrets_path(&compose, dir.path(), n1, mount).join(file);
-    let out = Command::new(chatlog_test_support::binary())
-        .args(["-t", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_config_ok(&conf, &[]);
     let text = read(&conf) + &read(&conf.with_file_name("auth.conf"));
     for password in &dev {
         assert!(
@@ -934,21 +917,25 @@ fn the_helm_values_grant_what_nats_auth_conf_grants() {
 fn every_nats_config_is_valid() {
     let mut confs = vec![root().join("nats.conf")];
     files(&root().join("infra/cluster"), "conf", &mut confs);
-    let binary = chatlog_test_support::binary();
     for conf in confs {
-        // nats-server resolves includes and store dirs from where it runs: the repository root.
-        let out = Command::new(&binary)
-            .arg("-t")
-            .arg("-c")
-            .arg(&conf)
-            .current_dir(root())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            conf.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_config_ok(&conf, &[]);
     }
+}
+
+/// `nats-server -t -c conf` passes, run from the repository root (where includes and store dirs
+/// resolve) with `env` set.
+fn assert_config_ok(conf: &Path, env: &[(&str, &str)]) {
+    let out = Command::new(chatlog_test_support::binary())
+        .args(["-t", "-c"])
+        .arg(conf)
+        .envs(env.iter().copied())
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        conf.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -11,13 +11,13 @@ use std::{
     process::Command,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use chatlog_bench::storm::{Shared, StopWith, client};
-use chatlog_test_support::{NatsServer, client::Client, free_port};
+use chatlog_test_support::{NatsServer, client::Client, eventually, free_port};
 use common::Proc;
 use serde_json::json;
 
@@ -156,16 +156,19 @@ async fn a_handler_replica_lost_during_a_storm_leaves_the_other_answering_every_
             shared.clone(),
         )));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while shared.joined.load(Ordering::Acquire) < CLIENTS {
-        assert!(Instant::now() < deadline, "not every client joined");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let minute = Duration::from_secs(60);
+    eventually("every client joined", minute, async || {
+        (shared.joined.load(Ordering::Acquire) == CLIENTS).then_some(())
+    })
+    .await;
 
-    // Writes and every kind of read, without pause, through the other edge.
+    // Writes and every kind of read, without pause, through the other edge; `rounds` counts the
+    // rounds done (a post and five reads).
     let reading = Arc::new(AtomicBool::new(true));
+    let rounds = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn({
         let (reading, rooms, owner) = (reading.clone(), rooms.clone(), owner.clone());
+        let rounds = rounds.clone();
         async move {
             let (mut heads, mut answered, mut refused) = (vec![0u64; ROOMS], 0, Vec::new());
             let mut n = 0;
@@ -195,13 +198,22 @@ async fn a_handler_replica_lost_during_a_storm_leaves_the_other_answering_every_
                     }
                 }
                 n += 1;
+                rounds.fetch_add(1, Ordering::Release);
             }
             (heads, answered, refused)
         }
     });
 
-    // The storm edge and one replica of every handler die together.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Some rounds on every replica, then the storm edge and one replica of every handler die
+    // together.
+    let rounds_done = async |n: usize| {
+        let what = format!("{n} rounds of reads");
+        eventually(what, minute, async || {
+            (rounds.load(Ordering::Acquire) >= n).then_some(())
+        })
+        .await;
+    };
+    rounds_done(20).await;
     storm.kill9();
     for (name, proc) in replicas.iter_mut().filter(|(n, _)| n.ends_with("-a")) {
         proc.kill9();
@@ -210,14 +222,13 @@ async fn a_handler_replica_lost_during_a_storm_leaves_the_other_answering_every_
     shared.generation.fetch_add(1, Ordering::AcqRel);
     let restarted = Instant::now();
     let _storm = edge_on(&nats, &data.path().join("storm"), &addr).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while shared.resumed.load(Ordering::Acquire) < CLIENTS {
-        assert!(Instant::now() < deadline, "not every client resumed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("every client resumed", minute, async || {
+        (shared.resumed.load(Ordering::Acquire) == CLIENTS).then_some(())
+    })
+    .await;
     let took = restarted.elapsed();
-    // Reads go on for a while on the surviving replicas alone.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // More rounds on the surviving replicas alone.
+    rounds_done(rounds.load(Ordering::Acquire) + 40).await;
     reading.store(false, Ordering::Release);
     let (heads, answered, refused) = load.await.unwrap();
     assert!(refused.is_empty(), "reads refused: {refused:#?}");

@@ -479,7 +479,9 @@ impl Log {
 /// A request JetStream did not answer as asked: during an election, a node's loss or a
 /// reconnect that is a moment's unavailability (503 with `Retry-After`), not a server error.
 fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
-    tracing::warn!(error = %e, "{what} failed: answering unavailable");
+    // Debug, not warn: during an election every read lands here, and the edge's NATS state is
+    // logged once where it changes.
+    tracing::debug!(error = %e, "{what} failed: answering unavailable");
     LogError::Unavailable
 }
 
