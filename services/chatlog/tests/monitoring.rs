@@ -10,7 +10,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use chatlog_test_support::{NatsServer, client::Client, free_port};
@@ -586,29 +585,11 @@ async fn handler_with_http(
     name: &str,
     views: &std::path::Path,
 ) -> (common::Proc, Client) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = common::command(&nats.url(), views, &["handler", name, "--http", &addr]);
-    let proc = common::Proc(
-        cmd.stdout(Stdio::null())
-            .spawn()
-            .expect("starting chatlog handler"),
-    );
-    let http = Client {
-        addr: addr.parse().unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if tokio::net::TcpStream::connect(http.addr).await.is_ok()
-            && http.request("GET", "/readyz", None, None).await.status == 200
-        {
-            return (proc, http);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "chatlog handler {name} not ready on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut cmd = common::command(&nats.url(), views, &["handler", name]);
+    cmd.stdout(Stdio::null());
+    let (proc, http) = common::spawn_http(cmd);
+    common::ready(&http).await;
+    (proc, http)
 }
 
 /// (c) Every chatlog metric the dashboard and the rules name is served by a real `chatlog up`
