@@ -16,12 +16,10 @@ NATS_URL ?= nats://edge:edge-dev-password@127.0.0.1:4222
 HANDLERS_NATS_URL ?= nats://handlers:handlers-dev-password@127.0.0.1:4222
 # The pinned server version; infra/nats-server.sh installs it when PATH has none recent enough.
 export NATS_SERVER_VERSION ?= 2.14.6
-# The Go runtime settings of the nats-servers that `up`, `cluster-up` and `bench` start. JetStream
-# allocates ~4 KB per append (~100 MB/s at 25 000 appends/s) and, with the default GOGC=100,
-# collects about every second; a mark phase (up to 45 ms on 2 busy cores) holds up the acks of
-# its moment, and the worst 100 ms of ack latency at half of saturation lined up with them
-# (bench/README.md, seventh round). GOGC=400 collects ~4 times less often; GOMEMLIMIT bounds how
-# far that lets the heap grow (a soft limit: the collector runs sooner near it).
+# The Go runtime settings of the nats-servers that `up`, `cluster-up` and `bench` start: JetStream
+# allocates on every append, and each collection holds up the acks of its moment, so GOGC=400
+# collects less often; GOMEMLIMIT bounds how far that lets the heap grow (bench/README.md has
+# the figures).
 export NATS_GC ?= GOGC=400 GOMEMLIMIT=1GiB
 
 .PHONY: all up down bench test test-browser browser-deps test-faults lint fmt nats-server build-release clean-data cluster-up cluster-down

@@ -233,12 +233,9 @@ fn handlers_thread(
     }
 }
 
-/// `SCHED_IDLE` for the calling thread (Linux keeps a policy per thread; threads it starts, such
-/// as sled's flusher, inherit it), nice 19 where that is refused: when the machine is short of CPU
-/// the edge's workers go first. Such a thread still gets a small share (it is not starved), and a
-/// waking worker preempts it at once, where a nice 19 thread keeps its CPU until its slice ends.
-/// It is not free for latency on a kernel without preemption: views catching up still raise the
-/// edge's ack p99 (bench/README.md, seventh round).
+/// `SCHED_IDLE` for the calling thread and the threads it starts (nice 19 where that is refused):
+/// when the machine is short of CPU the edge's workers go first, and a waking worker preempts a
+/// view's thread at once.
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain system calls on the calling thread (0 and its own id); `param` outlives the
@@ -254,12 +251,9 @@ fn lower_thread_priority() {
     }
 }
 
-/// Transparent huge pages off for this process (`PR_SET_THP_DISABLE`; the kernel checks it at
-/// each page fault, so it covers what was mapped before). mimalloc asks for huge pages on its
-/// arenas, and sled allocates each 512 KiB log buffer afresh: each one faulted in a new 2 MiB page
-/// for the kernel to clear, which cost the views' thread CPU and the acks their p99
-/// (bench/README.md, eighth round). Where the call fails (not Linux, an old kernel) nothing else
-/// changes.
+/// Transparent huge pages off for this process (`PR_SET_THP_DISABLE`): sled allocates each log
+/// buffer afresh, and a huge page per buffer is memory the kernel must clear on the views' time.
+/// Where the call fails (not Linux, an old kernel) nothing else changes.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: a plain system call about the calling process, with integer arguments only.

@@ -1,8 +1,8 @@
 //! A connection's inbox: a bounded queue with one receiver, that holds no memory while empty.
 //!
 //! Every connection has two (room deliveries, and answers of its spawned work). tokio's mpsc
-//! allocates a block of 32 slots and its channel state up front: 2.3 KiB per connection for the
-//! deliveries alone, most of an idle connection's memory. This queue is a `VecDeque` behind the
+//! allocates a block of slots and its channel state up front, most of an idle connection's
+//! memory. This queue is a `VecDeque` behind the
 //! connection's own mutex (no lock is shared between connections), grown as items come and
 //! released when drained.
 

@@ -69,8 +69,7 @@ impl Drop for UserFeeds {
 }
 
 /// One subscription to every user's live events for the whole edge, rather than one per user:
-/// a NATS subscription costs the edge ~8 KiB (its channel and task), which was a third of an idle
-/// connection. The price is that every edge sees every user's events (notifications, read
+/// a subscription per user (its channel and task) would be a large share of an idle connection. The price is that every edge sees every user's events (notifications, read
 /// markers) and drops those of users it does not hold, a small stream next to the rooms'.
 async fn run(feeds: std::sync::Weak<UserFeeds>, log: Log) {
     let mut backoff = Duration::from_millis(100);

@@ -586,7 +586,6 @@ enum Delivered {
 /// its last event), it waits [`Reader::LINGER`] before reading on, so a view wakes a few hundred
 /// times a second rather than per event. A view behind the stream never waits: what is ready
 /// there is often less than a chunk, and waiting after each would slow a rebuild several times.
-/// (Figures: bench/README.md, eighth round.)
 ///
 /// The commit stays on the applying task: sled's `apply_batch` takes a process-wide write lock
 /// that every `get` waits for, so committing on another thread gains nothing.
