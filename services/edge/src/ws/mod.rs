@@ -1,4 +1,4 @@
-//! One WebSocket connection: `GET /ws?token=` (docs/protocol.md §5).
+//! One WebSocket connection: `GET /ws?token=` (docs/protocol.md §3).
 //!
 //! Laid out as mini-redis is:
 //! - this file: the upgrade (origin, token, seats) and the close codes;
