@@ -1,15 +1,12 @@
-//! What the generator needs to talk to an edge: the target address, a tiny keep-alive HTTP/1.1
-//! client (guest tokens, room creation), WebSocket connections with `TCP_NODELAY`, and a scanner
-//! that reads only what the bench needs out of a server frame (no `serde_json::Value`).
+//! What the generator needs to talk to an edge: the target, with an HTTP client for the few JSON
+//! calls (guest tokens, room creation, metrics), WebSocket connections with `TCP_NODELAY`, and a
+//! scanner that reads only what the bench needs out of a server frame (no `serde_json::Value`).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, anyhow, bail};
-use futures::{SinkExt, StreamExt};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::TcpStream,
-};
+use futures::{SinkExt, StreamExt, TryStreamExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{Message, protocol::WebSocketConfig},
@@ -18,13 +15,15 @@ use tokio_tungstenite::{
 /// A WebSocket client connection.
 pub type Ws = WebSocketStream<TcpStream>;
 
-/// The edge under test: `http://host:port`.
+/// The edge under test: `http://host:port`, and an HTTP client for the few JSON calls the bench
+/// makes, whose clones share one pool of kept-alive connections.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// `host:port` as given (for `Host:` and the WebSocket URL).
     pub authority: String,
     /// Where to connect.
     pub addr: SocketAddr,
+    http: reqwest::Client,
 }
 
 impl Target {
@@ -38,22 +37,28 @@ impl Target {
             })?;
         let authority = rest.split('/').next().unwrap_or_default();
         anyhow::ensure!(!authority.is_empty(), "--url {url:?} names no host");
-        let with_port = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
+        let (host, with_port) = match authority.rsplit_once(':') {
+            Some((host, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                (host, authority.to_string())
+            }
+            _ => (authority, format!("{authority}:80")),
         };
         let addr = tokio::net::lookup_host(with_port.as_str())
             .await
             .with_context(|| format!("resolving {with_port}"))?
             .next()
             .ok_or_else(|| anyhow!("{with_port} resolves to nothing"))?;
+        // HTTP goes to the address resolved here, as the WebSocket connections do.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve(host, addr)
+            .build()
+            .context("building the HTTP client")?;
         Ok(Self {
             authority: with_port,
             addr,
+            http,
         })
     }
 
@@ -64,175 +69,84 @@ impl Target {
     pub fn ws_url(&self, token: &str) -> String {
         format!("ws://{}/ws?token={token}", self.authority)
     }
-}
 
-/// A keep-alive HTTP/1.1 connection for the few JSON calls the bench makes. Responses must carry
-/// `Content-Length` (axum's JSON answers do).
-pub struct Http {
-    target: Arc<Target>,
-    conn: Option<BufReader<TcpStream>>,
-}
-
-impl Http {
-    pub fn new(target: Arc<Target>) -> Self {
-        Self { target, conn: None }
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.authority)
     }
 
     /// `POST path` with a JSON body; answers the status and the body.
     pub async fn post(
-        &mut self,
+        &self,
         path: &str,
         token: Option<&str>,
         body: &str,
     ) -> anyhow::Result<(u16, String)> {
-        self.request("POST", path, token, body).await
+        let request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        send(request, token).await
     }
 
     /// `GET path`; answers the status and the body.
-    pub async fn get(&mut self, path: &str) -> anyhow::Result<(u16, String)> {
-        self.request("GET", path, None, "").await
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        send(self.http.get(self.url(path)), None).await
     }
 
     /// `GET path` with a token.
-    pub async fn get_as(&mut self, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
-        self.request("GET", path, Some(token), "").await
-    }
-
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: &str,
-    ) -> anyhow::Result<(u16, String)> {
-        for _ in 0..2 {
-            let reused = self.conn.is_some();
-            if !reused {
-                let tcp = TcpStream::connect(self.target.addr)
-                    .await
-                    .with_context(|| format!("connecting to {}", self.target.addr))?;
-                tcp.set_nodelay(true)?;
-                self.conn = Some(BufReader::new(tcp));
-            }
-            match self.exchange(method, path, token, body).await {
-                Ok(answer) => return Ok(answer),
-                // A kept-alive connection the server closed meanwhile: once more on a new one.
-                Err(_) if reused => self.conn = None,
-                Err(e) => {
-                    self.conn = None;
-                    return Err(e);
-                }
-            }
-        }
-        bail!("{method} {path}: the server keeps closing the connection")
-    }
-
-    async fn exchange(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: &str,
-    ) -> anyhow::Result<(u16, String)> {
-        let conn = self.conn.as_mut().ok_or_else(|| anyhow!("not connected"))?;
-        let auth = token
-            .map(|t| format!("authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\n\r\n{body}",
-            self.target.authority,
-            body.len()
-        );
-        conn.get_mut().write_all(request.as_bytes()).await?;
-        let mut line = String::new();
-        conn.read_line(&mut line).await?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("bad HTTP status line {line:?}"))?;
-        let mut length = None;
-        let mut close = false;
-        loop {
-            line.clear();
-            if conn.read_line(&mut line).await? == 0 {
-                bail!("connection closed in the headers");
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let value = value.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.parse::<usize>().ok();
-                } else if name.eq_ignore_ascii_case("connection") {
-                    close = value.eq_ignore_ascii_case("close");
-                } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                    bail!("chunked answers are not supported by the bench's HTTP client");
-                }
-            }
-        }
-        let mut body = vec![0; length.unwrap_or(0)];
-        conn.read_exact(&mut body).await?;
-        if close {
-            self.conn = None;
-        }
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    pub async fn get_as(&self, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
+        send(self.http.get(self.url(path)), Some(token)).await
     }
 }
 
-/// Guest tokens for `users`, in order, fetched over `parallel` kept-alive connections.
+async fn send(
+    mut request: reqwest::RequestBuilder,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// Guest tokens for `users`, in order, fetched `parallel` at a time (over as many kept-alive
+/// connections).
 pub async fn guest_tokens(
-    target: &Arc<Target>,
+    target: &Target,
     users: &[String],
     parallel: usize,
 ) -> anyhow::Result<Vec<String>> {
-    let parallel = parallel.clamp(1, users.len().max(1));
-    let chunk = users.len().div_ceil(parallel).max(1);
-    let mut tasks = Vec::new();
-    for part in users.chunks(chunk) {
-        let part = part.to_vec();
-        let mut http = Http::new(target.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut tokens = Vec::with_capacity(part.len());
-            for user in part {
-                // A secret derived from the name: a bench run again on the same log logs the
-                // same guests in again rather than finding their names held.
-                let secret = format!("bench-secret-for-{user}");
-                let body = serde_json::json!({ "user": user, "secret": secret }).to_string();
-                let (status, answer) = http.post("/api/auth/guest", None, &body).await?;
-                if status != 200 {
-                    bail!("guest login of {user:?}: HTTP {status} {answer}");
-                }
-                #[derive(serde::Deserialize)]
-                struct Token {
-                    token: String,
-                }
-                let token: Token = serde_json::from_str(&answer)
-                    .with_context(|| format!("guest login answer {answer:?}"))?;
-                tokens.push(token.token);
+    futures::stream::iter(users)
+        .map(|user| async move {
+            // A secret derived from the name: a bench run again on the same log logs the
+            // same guests in again rather than finding their names held.
+            let secret = format!("bench-secret-for-{user}");
+            let body = serde_json::json!({ "user": user, "secret": secret }).to_string();
+            let (status, answer) = target.post("/api/auth/guest", None, &body).await?;
+            if status != 200 {
+                bail!("guest login of {user:?}: HTTP {status} {answer}");
             }
-            Ok(tokens)
-        }));
-    }
-    let mut all = Vec::with_capacity(users.len());
-    for task in tasks {
-        all.extend(task.await??);
-    }
-    Ok(all)
+            #[derive(serde::Deserialize)]
+            struct Token {
+                token: String,
+            }
+            let token: Token = serde_json::from_str(&answer)
+                .with_context(|| format!("guest login answer {answer:?}"))?;
+            Ok(token.token)
+        })
+        .buffered(parallel.max(1))
+        .try_collect()
+        .await
 }
 
 /// Creates the public rooms that do not exist yet (409: it exists, which is fine).
-pub async fn create_rooms(
-    target: &Arc<Target>,
-    token: &str,
-    rooms: &[String],
-) -> anyhow::Result<()> {
-    let mut http = Http::new(target.clone());
+pub async fn create_rooms(target: &Target, token: &str, rooms: &[String]) -> anyhow::Result<()> {
     for room in rooms {
         let body = serde_json::json!({ "id": room, "name": room }).to_string();
-        let (status, answer) = http.post("/api/rooms", Some(token), &body).await?;
+        let (status, answer) = target.post("/api/rooms", Some(token), &body).await?;
         match status {
             201 | 409 => {}
             _ => bail!("creating room {room:?}: HTTP {status} {answer}"),

@@ -627,7 +627,7 @@ struct Fleet {
     ack: Arc<Recorder>,
     pids: Pids,
     /// For the edge's own append latency (`GET /metrics`).
-    http: client::Http,
+    target: Arc<client::Target>,
 }
 
 impl Fleet {
@@ -715,7 +715,7 @@ impl Fleet {
             lag,
             ack,
             pids: common.pids,
-            http: client::Http::new(common.target.clone()),
+            target,
         })
     }
 
@@ -823,7 +823,7 @@ impl Fleet {
 
     /// The edge's append latency histogram now (empty when `/metrics` does not answer it).
     async fn edge_appends(&mut self) -> EdgeHistogram {
-        match self.http.get("/metrics").await {
+        match self.target.get("/metrics").await {
             Ok((200, text)) => EdgeHistogram::parse(&text),
             _ => EdgeHistogram::default(),
         }

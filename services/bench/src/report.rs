@@ -2,12 +2,16 @@
 //! [`write_results`], which files both the JSON and an SVG latency chart.
 
 use std::{
-    fmt::{self, Write as _},
+    fmt,
     path::{Path, PathBuf},
 };
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use plotters::{
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 use serde::Serialize;
 
 use crate::{append::AppendReport, fanout::FanoutReport, idle::IdleReport, stats::Latency};
@@ -548,165 +552,142 @@ pub fn write_results(report: &Report, dir: &Path) -> anyhow::Result<(PathBuf, Pa
     let mut text = serde_json::to_string_pretty(report)?;
     text.push('\n');
     std::fs::write(&json, text).with_context(|| format!("writing {}", json.display()))?;
-    std::fs::write(&svg, chart(report)).with_context(|| format!("writing {}", svg.display()))?;
+    std::fs::write(&svg, chart(report)?).with_context(|| format!("writing {}", svg.display()))?;
     Ok((json, svg))
 }
 
-const COLORS: [&str; 8] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+const COLORS: [RGBColor; 8] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x17, 0xbe, 0xcf),
+];
+const GREY: RGBColor = RGBColor(0x44, 0x44, 0x44);
+
+/// The percentiles the x axis marks, at their 1/(1-p) (see [`chart`]).
+const PERCENTILES: [(f64, &str); 7] = [
+    (1.0, "0%"),
+    (2.0, "50%"),
+    (10.0, "90%"),
+    (100.0, "99%"),
+    (1e3, "99.9%"),
+    (1e4, "99.99%"),
+    (1e5, "max"),
 ];
 
 /// The latency-by-percentile chart (HdrHistogram style): x is the percentile on a log scale of
 /// 1/(1-p) (50, 90, 99, 99.9, …), y the latency in ms on a log scale.
-pub fn chart(report: &Report) -> String {
-    let (w, h) = (900.0, 520.0);
-    let (left, right, top, bottom) = (70.0, 260.0, 60.0, 50.0);
-    let (pw, ph) = (w - left - right, h - top - bottom);
-    let curves = report.curves();
-    let x_of = |p: f64| -> f64 {
-        // 0 at p=0, 1 at 90 %, 2 at 99 %, …; 100 % drawn at 5 (99.999 %).
-        let p = p.min(99.999);
-        (1.0 / (1.0 - p / 100.0)).log10()
-    };
-    let x_max = 5.0;
+pub fn chart(report: &Report) -> anyhow::Result<String> {
+    draw_chart(
+        &format!("chatlog bench {}", report.workload()),
+        &format!(
+            "{} — {}",
+            report.headline(),
+            report.started_at.format("%Y-%m-%d %H:%M UTC")
+        ),
+        &report.curves(),
+    )
+}
+
+fn draw_chart(
+    title: &str,
+    subtitle: &str,
+    curves: &[(String, &Latency)],
+) -> anyhow::Result<String> {
+    // 100 % is drawn at 99.999 %.
+    let x_of = |p: f64| (1.0 / (1.0 - p.min(99.999) / 100.0)).min(1e5);
     let values = curves
         .iter()
         .flat_map(|(_, l)| l.curve.iter().map(|pt| pt[1]))
         .filter(|v| *v > 0.0);
     let (lo, hi) = values.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let (y_lo, y_hi) = if hi > 0.0 {
-        (
-            lo.log10().floor(),
-            hi.log10().ceil().max(lo.log10().floor() + 1.0),
-        )
+        let lo = lo.log10().floor();
+        (lo, hi.log10().ceil().max(lo + 1.0))
     } else {
         (-1.0, 1.0)
     };
-    let sx = |x: f64| left + pw * x / x_max;
-    let sy = |ms: f64| {
-        let v = ms.max(10f64.powf(y_lo)).log10();
-        top + ph * (1.0 - (v - y_lo) / (y_hi - y_lo))
-    };
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="24" font-size="16" font-weight="bold">{}</text>"#,
-        esc(&format!("chatlog bench {}", report.workload()))
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{left}" y="44" fill="#444">{}</text>"##,
-        esc(&format!(
-            "{} — {}",
-            report.headline(),
-            report.started_at.format("%Y-%m-%d %H:%M UTC")
-        ))
-    );
-    // Grid: decades (and 2, 5) on y, percentiles on x.
-    let mut decade = y_lo;
-    while decade <= y_hi {
-        for m in [1.0, 2.0, 5.0] {
-            let v = m * 10f64.powf(decade);
-            if v.log10() > y_hi + 1e-9 {
-                break;
-            }
-            let y = sy(v);
-            let major = m == 1.0;
-            let _ = writeln!(
-                s,
-                r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" />"##,
-                left + pw,
-                if major { "#ccc" } else { "#eee" }
+    // Ticks at 1, 2 and 5 of every decade.
+    let y_ticks: Vec<f64> = (y_lo as i32..=y_hi as i32)
+        .flat_map(|d| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(d)))
+        .filter(|v| v.log10() <= y_hi + 1e-9)
+        .collect();
+    let (y_min, y_max) = (10f64.powf(y_lo), 10f64.powf(y_hi));
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
+        root.fill(&WHITE)?;
+        root.draw(&Text::new(
+            title,
+            (70, 10),
+            font(16.0).style(FontStyle::Bold),
+        ))?;
+        root.draw(&Text::new(subtitle, (70, 32), font(12.0).color(&GREY)))?;
+        let (plot, legend) = root.split_horizontally(640);
+        let mut chart = ChartBuilder::on(&plot)
+            .margin_top(60)
+            .margin_left(4)
+            .x_label_area_size(50)
+            .y_label_area_size(76)
+            .build_cartesian_2d(
+                (1.0..1e5)
+                    .log_scale()
+                    .with_key_points(PERCENTILES.map(|(x, _)| x).to_vec()),
+                (y_min..y_max).log_scale().with_key_points(y_ticks),
+            )?;
+        let x_label = |x: &f64| {
+            let at = PERCENTILES
+                .iter()
+                .find(|(px, _)| (px / x - 1.0).abs() < 1e-9);
+            at.map_or_else(String::new, |(_, label)| label.to_string())
+        };
+        let y_label = |ms: &f64| fmt_ms(*ms);
+        chart
+            .configure_mesh()
+            .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
+            .axis_style(RGBColor(0x88, 0x88, 0x88))
+            .label_style(font(12.0).color(&GREY))
+            .axis_desc_style(font(12.0).color(&GREY))
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&y_label)
+            .x_desc("percentile")
+            .y_desc("latency (ms, log)")
+            .draw()?;
+        let left = Pos::new(HPos::Left, VPos::Center);
+        for (i, (name, lat)) in curves.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let points = lat.curve.iter().map(|pt| (x_of(pt[0]), pt[1].max(y_min)));
+            chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?;
+            // The legend beside the plot: the curve's name, and its p50, p99 and max.
+            let y = 70 + 34 * i as i32;
+            legend.draw(&PathElement::new([(16, y), (34, y)], color.stroke_width(3)))?;
+            legend.draw(&Text::new(
+                name.as_str(),
+                (40, y),
+                font(12.0).color(&BLACK).pos(left),
+            ))?;
+            let figures = format!(
+                "p50 {} · p99 {} · max {} ms",
+                short(lat.p50_ms),
+                short(lat.p99_ms),
+                short(lat.max_ms)
             );
-            let _ = writeln!(
-                s,
-                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#444">{}</text>"##,
-                left - 6.0,
-                y + 4.0,
-                fmt_ms(v)
-            );
+            let style = font(11.0).color(&RGBColor(0x55, 0x55, 0x55)).pos(left);
+            legend.draw(&Text::new(figures, (40, y + 14), style))?;
         }
-        decade += 1.0;
+        root.present()?;
     }
-    for (x, label) in [
-        (0.0, "0%"),
-        ((1.0f64 / 0.5).log10(), "50%"),
-        (1.0, "90%"),
-        (2.0, "99%"),
-        (3.0, "99.9%"),
-        (4.0, "99.99%"),
-        (5.0, "max"),
-    ] {
-        let px = sx(x);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{px:.1}" y1="{top}" x2="{px:.1}" y2="{:.1}" stroke="#eee" />"##,
-            top + ph
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{px:.1}" y="{:.1}" text-anchor="middle" fill="#444">{label}</text>"##,
-            top + ph + 18.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#444">percentile</text>"##,
-        left + pw / 2.0,
-        h - 10.0
-    );
-    let _ = writeln!(
-        s,
-        r##"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle" fill="#444">latency (ms, log)</text>"##,
-        top + ph / 2.0
-    );
-    for (i, (name, lat)) in curves.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let points: Vec<String> = lat
-            .curve
-            .iter()
-            .map(|pt| format!("{:.1},{:.1}", sx(x_of(pt[0])), sy(pt[1])))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            points.join(" ")
-        );
-        let ly = top + 10.0 + 34.0 * i as f64;
-        let lx = left + pw + 16.0;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/>"#,
-            lx + 18.0
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
-            lx + 24.0,
-            ly + 4.0,
-            esc(name)
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{:.1}" y="{:.1}" fill="#555" font-size="11">p50 {} · p99 {} · max {} ms</text>"##,
-            lx + 24.0,
-            ly + 18.0,
-            short(lat.p50_ms),
-            short(lat.p99_ms),
-            short(lat.max_ms)
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+    Ok(svg)
+}
+
+/// A sans-serif font of `px` pixels (plotters' SVG backend writes its size divided by 1.24).
+fn font(px: f64) -> FontDesc<'static> {
+    ("sans-serif", px * 1.24).into_font()
 }
 
 /// A number with `digits` decimals, or `-`.
@@ -734,8 +715,52 @@ fn short(v: f64) -> String {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_draws_each_curve_with_its_legend_and_the_axes() {
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        for us in 1..=10_000 {
+            h.record(us).unwrap();
+        }
+        let fast = Latency::of(&h);
+        let slow = Latency {
+            curve: fast.curve.iter().map(|&[p, ms]| [p, ms * 10.0]).collect(),
+            ..fast.clone()
+        };
+        let curves = [
+            ("edge ack".to_string(), &fast),
+            ("raw <ack>".to_string(), &slow),
+        ];
+        let svg = draw_chart("chatlog bench append", "append 1×1 — now", &curves).unwrap();
+        assert!(svg.starts_with("<svg"), "{svg}");
+        // plotters writes each text on a line of its own.
+        for text in [
+            "chatlog bench append",
+            "append 1×1 — now",
+            "percentile",
+            "latency (ms, log)",
+            "50%",
+            "99.9%",
+            "max",
+            "1 ms",
+            "edge ack",
+            "raw &lt;ack&gt;",
+            "p50 5.00 · p99 9.90 · max 10.0 ms",
+        ] {
+            assert!(
+                svg.contains(&format!(">\n{text}\n</text>")),
+                "no {text} in {svg}"
+            );
+        }
+        for color in ["#1F77B4", "#D62728"] {
+            let curve = format!(r#"stroke="{color}" stroke-width="2""#);
+            assert_eq!(svg.matches(&curve).count(), 1, "{svg}");
+        }
+        // Workloads without latencies (replay, storm) still get their axes.
+        let empty = draw_chart("chatlog bench replay", "replay", &[]).unwrap();
+        assert!(empty.contains(">\npercentile\n</text>"), "{empty}");
+    }
 }

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     Common,
-    client::{self, Frame, Http, Target},
+    client::{self, Frame, Target},
     sys,
 };
 
@@ -251,8 +251,7 @@ impl StormEdge {
         let target = Target::resolve(&format!("http://{}", self.addr)).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let mut http = Http::new(Arc::new(target.clone()));
-            if let Ok((200, _)) = http.get("/readyz").await {
+            if let Ok((200, _)) = target.get("/readyz").await {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -285,7 +284,7 @@ impl StormEdge {
         let target = Target::resolve(&format!("http://{}", self.addr))
             .await
             .ok()?;
-        let (status, text) = Http::new(Arc::new(target)).get("/metrics").await.ok()?;
+        let (status, text) = target.get("/metrics").await.ok()?;
         if status != 200 {
             return None;
         }
@@ -439,7 +438,6 @@ pub async fn run(common: &Common, args: StormArgs) -> anyhow::Result<StormReport
         let (producing, rooms, target) = (producing.clone(), rooms.clone(), common.target.clone());
         let every = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
         async move {
-            let mut http = Http::new(target);
             let mut heads: HashMap<String, u64> = HashMap::new();
             let mut ticks = tokio::time::interval(every);
             let mut n: u64 = 0;
@@ -447,7 +445,7 @@ pub async fn run(common: &Common, args: StormArgs) -> anyhow::Result<StormReport
                 ticks.tick().await;
                 let room = &rooms[n as usize % rooms.len()];
                 let body = serde_json::json!({ "text": format!("storm {n}") }).to_string();
-                let (status, answer) = http
+                let (status, answer) = target
                     .post(&format!("/api/rooms/{room}/messages"), Some(&token), &body)
                     .await?;
                 if status != 201 {
@@ -529,11 +527,10 @@ pub async fn run(common: &Common, args: StormArgs) -> anyhow::Result<StormReport
             .or_default()
             .push(seen);
     }
-    let mut http = Http::new(common.target.clone());
     let mut missed = 0u64;
     for (room, seen) in &seen_by_room {
         let since = seen.iter().map(|s| s.first_head).min().unwrap_or(0);
-        let stored = stored_seqs(&mut http, room, since, &token).await?;
+        let stored = stored_seqs(&common.target, room, since, &token).await?;
         for s in seen {
             let last = s.seqs.last().copied().unwrap_or(s.first_head);
             let want = stored
@@ -570,7 +567,7 @@ pub async fn run(common: &Common, args: StormArgs) -> anyhow::Result<StormReport
 
 /// The seqs stored in `room` after `since`, every page of them.
 async fn stored_seqs(
-    http: &mut Http,
+    target: &Target,
     room: &str,
     mut since: u64,
     token: &str,
@@ -582,7 +579,7 @@ async fn stored_seqs(
     let mut out = Vec::new();
     loop {
         let path = format!("/api/rooms/{room}/events?since={since}&limit=1000");
-        let (status, body) = http.get_as(&path, token).await?;
+        let (status, body) = target.get_as(&path, token).await?;
         if status != 200 {
             bail!("{path}: HTTP {status} {body}");
         }
