@@ -9,6 +9,8 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 CHATLOG := $(TARGET_DIR)/release/chatlog
 DATA := data
 HTTP ?= 127.0.0.1:8080
+# The line protocol, for `nc` and `telnet` (`off` for none).
+LINE ?= 127.0.0.1:5000
 # Each component logs in as its own NATS user (infra/nats-auth.conf; development passwords);
 # `chatlog setup` as admin, the only user that may create and update the streams.
 ADMIN_NATS_URL ?= nats://admin:admin-dev-password@127.0.0.1:4222
@@ -48,12 +50,12 @@ up: build-release
 	  echo "chatlog already running (pid $$(cat $(DATA)/chatlog.pid))"; \
 	else \
 	  NATS_URL=$(NATS_URL) CHATLOG_HANDLERS_NATS_URL=$(HANDLERS_NATS_URL) \
-	  CHATLOG_HTTP=$(HTTP) CHATLOG_DATA_DIR=$(DATA) CHATLOG_ALLOW_GUESTS=true CHATLOG_DEV=true \
+	  CHATLOG_HTTP=$(HTTP) CHATLOG_LINE=$(LINE) CHATLOG_DATA_DIR=$(DATA) CHATLOG_ALLOW_GUESTS=true CHATLOG_DEV=true \
 	    $(CHATLOG) up >$(DATA)/chatlog.log 2>&1 & echo $$! >$(DATA)/chatlog.pid; \
 	  echo "chatlog started (pid $$(cat $(DATA)/chatlog.pid), log $(DATA)/chatlog.log)"; \
 	fi
 	@python3 infra/wait-ready.py http://$(HTTP)/readyz 60 || { tail -n 20 $(DATA)/chatlog.log; exit 1; }
-	@echo "chatlog is up: http://$(HTTP)/ (make down to stop)"
+	@echo "chatlog is up: http://$(HTTP)/, and nc $(subst :, ,$(LINE)) (make down to stop)"
 
 ## down: stop exactly what `make up` started: chatlog first, then NATS (SIGTERM, then SIGKILL
 ## with a line saying so for what is still there after the grace; no pid file left)

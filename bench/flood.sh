@@ -15,7 +15,7 @@ env GOGC=400 GOMEMLIMIT=1GiB "$nats" -a 127.0.0.1 -p $port -js -sd "$store/nats"
 nats_pid=$!
 "$bin" setup >/dev/null
 CHATLOG_DATA_DIR="$store/data" CHATLOG_VIEWS_DIR="$store/views" RUST_LOG=warn \
-  "$bin" up --http $http --max-connections-per-user 100000 \
+  "$bin" up --http $http --line off --max-connections-per-user 100000 \
   --signal-rate 100000 --signal-burst 100000 --rooms-per-minute 1000 --limits-exempt 127.0.0.1/32 >"$store/chatlog.log" 2>&1 &
 up_pid=$!
 python3 infra/wait-ready.py "http://$http/readyz" 60

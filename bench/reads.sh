@@ -28,7 +28,7 @@ fi
 # Builds before `chatlog setup` created the streams themselves.
 if "$bin" setup --help >/dev/null 2>&1; then "$bin" setup >/dev/null; fi
 CHATLOG_DATA_DIR="$store/data" CHATLOG_VIEWS_DIR="$store/views" RUST_LOG=warn \
-  "$bin" up --http $http --send-rate 1000000 --send-burst 1000000 \
+  "$bin" up --http $http --line off --send-rate 1000000 --send-burst 1000000 \
   --limits-exempt 127.0.0.0/8 >"$store/chatlog.log" 2>&1 &
 up_pid=$!
 python3 infra/wait-ready.py "http://$http/readyz" 60

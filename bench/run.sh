@@ -41,7 +41,7 @@ start_system() {
   nats_pid=$!
   "$bin" setup >/dev/null
   CHATLOG_DATA_DIR="$store/data" CHATLOG_VIEWS_DIR="$store/views" RUST_LOG=warn \
-    "$bin" up --http "$http" --send-rate 1000000 --send-burst 1000000 \
+    "$bin" up --http "$http" --line off --send-rate 1000000 --send-burst 1000000 \
     --signal-rate 1000000 --signal-burst 1000000 --rooms-per-minute 1000000 \
     --limits-exempt 127.0.0.0/8 \
     --max-connections-per-user 100000 >"$store/chatlog.log" 2>&1 &

@@ -16,7 +16,7 @@ nats_pid=$!
 export NATS_URL="nats://127.0.0.1:$port"
 "$bin" setup >/dev/null
 CHATLOG_DATA_DIR="$store/data" CHATLOG_VIEWS_DIR="$store/views" RUST_LOG=warn \
-  "$bin" up --http $http --send-rate 1000000 --send-burst 1000000 --rooms-per-minute 1000000 \
+  "$bin" up --http $http --line off --send-rate 1000000 --send-burst 1000000 --rooms-per-minute 1000000 \
   --limits-exempt 127.0.0.0/8 >"$store/chatlog.log" 2>&1 &
 up_pid=$!
 python3 infra/wait-ready.py "http://$http/readyz" 60

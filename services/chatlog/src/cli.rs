@@ -147,6 +147,10 @@ pub struct EdgeArgs {
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "CHATLOG_HTTP", default_value = "127.0.0.1:8080")]
     pub http: String,
+    /// Address to serve the line protocol on (`nc 127.0.0.1 5000`), or `off`. `chatlog up`
+    /// serves it on 127.0.0.1:5000 unless told otherwise; `chatlog edge` only when given one.
+    #[arg(long, env = "CHATLOG_LINE")]
+    pub line: Option<String>,
     /// Where local state (the generated token secret) is kept.
     #[arg(long, env = "CHATLOG_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -247,8 +251,9 @@ pub struct EdgeArgs {
 }
 
 impl EdgeArgs {
-    /// The edge's config and the address to bind.
-    pub fn into_config(self) -> anyhow::Result<(Config, String)> {
+    /// The edge's configuration and its HTTP address; the line protocol on `default_line` when
+    /// `--line` is not given.
+    pub fn into_config(self, default_line: Option<&str>) -> anyhow::Result<(Config, String)> {
         if let Some(secret) = &self.jwt_secret {
             anyhow::ensure!(
                 secret.len() >= 32,
@@ -307,6 +312,10 @@ impl EdgeArgs {
             allowed_origins: self.allowed_origins,
             trusted_proxies: cidrs("trusted proxy", &self.trusted_proxies)?,
             limits_exempt: cidrs("exempt address", &self.limits_exempt)?,
+            line: match self.line.as_deref().or(default_line) {
+                None | Some("" | "off") => None,
+                Some(addr) => Some(addr.to_string()),
+            },
         };
         Ok((config, self.http))
     }

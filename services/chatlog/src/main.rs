@@ -18,6 +18,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use tokio::sync::watch;
 
+/// Where `chatlog up` serves the line protocol unless told otherwise.
+const DEFAULT_LINE: &str = "127.0.0.1:5000";
+
 fn main() -> anyhow::Result<()> {
     no_transparent_huge_pages();
     let cli = cli::Cli::parse();
@@ -39,7 +42,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             if let Some(url) = &handlers.handlers_nats_url {
                 edge.dev.check_nats_url(url)?;
             }
-            let (mut config, http) = edge.into_config()?;
+            let (mut config, http) = edge.into_config(Some(DEFAULT_LINE))?;
             let signals = stop_on_signal()?;
             let listener = bind(&http).await?;
             let (stop, stopped) = watch::channel(false);
@@ -124,7 +127,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             }
         }
         cli::Command::Edge(args) => {
-            let (config, http) = args.into_config()?;
+            let (config, http) = args.into_config(None)?;
             let signals = stop_on_signal()?;
             let listener = bind(&http).await?;
             chatlog_edge::run(config, listener, until_true(signals))

@@ -16,6 +16,10 @@ pub enum ClientFrame {
         room: String,
         #[serde(default)]
         since: Option<u64>,
+        /// Without `since`: start with the room's last `last` messages (at most
+        /// [`MAX_LAST`]) rather than at the head.
+        #[serde(default)]
+        last: Option<u32>,
         #[serde(default)]
         id: Option<String>,
     },
@@ -66,8 +70,22 @@ pub enum ClientFrame {
         #[serde(default)]
         id: Option<String>,
     },
+    /// The rooms the user may see (the line protocol's `ROOMS`).
+    Rooms {
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// Who is online and typing in a room the user may see (the line protocol's `WHO`).
+    Who {
+        room: String,
+        #[serde(default)]
+        id: Option<String>,
+    },
     Ping,
 }
+
+/// The most messages a join may start with (`last`).
+pub const MAX_LAST: u32 = 200;
 
 /// A frame that could not be parsed, with the client's `id` when one could be read, so the
 /// `error` frame can name the request it answers.
@@ -163,6 +181,14 @@ pub fn event_frame(room: &str, seq: u64, body: &[u8]) -> Option<Utf8Bytes> {
 
 /// `{"type":"presence","room":R,"online":[...],"typing":[...]}`.
 pub fn presence_frame(room: &str, presence: &chatlog_events::queries::PresenceAnswer) -> Utf8Bytes {
+    presence_like("presence", room, presence)
+}
+
+fn presence_like(
+    kind: &'static str,
+    room: &str,
+    presence: &chatlog_events::queries::PresenceAnswer,
+) -> Utf8Bytes {
     #[derive(Serialize)]
     struct PresenceFrame<'a> {
         r#type: &'static str,
@@ -171,12 +197,31 @@ pub fn presence_frame(room: &str, presence: &chatlog_events::queries::PresenceAn
         typing: &'a [chatlog_events::UserId],
     }
     let frame = PresenceFrame {
-        r#type: "presence",
+        r#type: kind,
         room,
         online: &presence.online,
         typing: &presence.typing,
     };
     Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default())
+}
+
+/// `{"type":"rooms","rooms":[...]}`: the answer to `rooms`, each room as `GET /api/rooms` lists it.
+pub fn rooms_frame(rooms: &[impl Serialize]) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct RoomsFrame<'a, R> {
+        r#type: &'static str,
+        rooms: &'a [R],
+    }
+    let frame = RoomsFrame {
+        r#type: "rooms",
+        rooms,
+    };
+    Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default())
+}
+
+/// `{"type":"who","room":R,"online":[...],"typing":[...]}`: the answer to `who`.
+pub fn who_frame(room: &str, presence: &chatlog_events::queries::PresenceAnswer) -> Utf8Bytes {
+    presence_like("who", room, presence)
 }
 
 /// `{"type":"notification","event":{...}}` with the stored CloudEvent embedded as it is.
@@ -207,6 +252,7 @@ mod tests {
             ClientFrame::Join {
                 room: "lobby".into(),
                 since: Some(3),
+                last: None,
                 id: None,
             }
         );

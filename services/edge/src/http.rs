@@ -216,8 +216,19 @@ pub async fn list_rooms(
             chatlog_events::queries::MAX_ROOMS
         )));
     }
+    Ok(Json(rooms_of(&state, &user, after, limit).await?))
+}
+
+/// Up to `limit` rooms `user` may see, by id after `after`, read once the view holds every room
+/// event stored when asked (a room just created is listed).
+pub async fn rooms_of(
+    state: &AppState,
+    user: &UserId,
+    after: Option<RoomId>,
+    limit: usize,
+) -> Result<Vec<RoomListing>, ApiError> {
     let head = state.log.stream_head(Stream::Rooms).await?;
-    // The view cuts a page by bytes too; the HTTP page ends short only at the end, so ask on.
+    // The view cuts a page by bytes too; the page ends short only at the end, so ask on.
     let mut listed: Vec<RoomListing> = Vec::new();
     let mut after = after;
     loop {
@@ -236,7 +247,7 @@ pub async fn list_rooms(
             break;
         }
     }
-    Ok(Json(listed))
+    Ok(listed)
 }
 
 #[derive(Deserialize)]
@@ -468,13 +479,22 @@ pub async fn room_presence(
     Path(room): Path<String>,
 ) -> Result<Json<PresenceAnswer>, ApiError> {
     let room = parse_room(&room)?;
-    state.rooms.visible(&room, &user, &state.views).await?;
+    Ok(Json(presence_of(&state, &user, room).await?))
+}
+
+/// Who is online and typing in `room`, for a `user` who may see it.
+pub async fn presence_of(
+    state: &AppState,
+    user: &UserId,
+    room: RoomId,
+) -> Result<PresenceAnswer, ApiError> {
+    state.rooms.visible(&room, user, &state.views).await?;
     // Read-your-writes: once the view holds the room's last presence event (a join's `online`).
     let head = state
         .log
         .last_seq(Stream::Presence, &subjects::presence(&room))
         .await?;
-    let answer = state
+    state
         .views
         .ask_at(
             presence::VIEW,
@@ -482,8 +502,7 @@ pub async fn room_presence(
             &PresenceRequest { room },
             Some(head),
         )
-        .await?;
-    Ok(Json(answer))
+        .await
 }
 
 #[derive(Deserialize)]

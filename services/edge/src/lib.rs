@@ -17,6 +17,7 @@ pub mod http;
 pub mod hub;
 pub mod inbox;
 pub mod limits;
+pub mod line;
 pub mod log;
 pub mod messages;
 pub mod metrics;
@@ -67,6 +68,8 @@ pub struct Config {
     /// Client addresses exempt from the per-address limits (load generators on a trusted
     /// network); per-user limits still apply to them.
     pub limits_exempt: Vec<limits::Cidr>,
+    /// Where to serve the line protocol ([`line`]), if anywhere.
+    pub line: Option<String>,
 }
 
 impl Default for Config {
@@ -86,6 +89,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             limits_exempt: Vec::new(),
+            line: None,
         }
     }
 }
@@ -453,6 +457,14 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     use futures::FutureExt as _;
     let shutdown = shutdown.boxed().shared();
+    let line = match &config.line {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("binding the line protocol's address {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let started = async {
         let (client, reconnects) = connect(&config.nats_url, "chatlog-edge").await?;
         await_streams(&client, &config.streams, STREAMS_PATIENCE).await?;
@@ -469,6 +481,9 @@ pub async fn run(
         }
         state = started => state?,
     };
+    if let Some(line) = line {
+        tokio::spawn(line::serve(state.clone(), line, shutdown.clone()));
+    }
     serve(state, listener, shutdown).await?;
     Ok(())
 }

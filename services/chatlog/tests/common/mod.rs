@@ -38,6 +38,8 @@ pub fn command(nats_url: &str, data: &Path, args: &[&str]) -> Command {
         .env("CHATLOG_DATA_DIR", data)
         .env("CHATLOG_VIEWS_DIR", data.join("views"))
         .env("CHATLOG_JWT_SECRET", "a-shared-secret-for-every-edge-0123")
+        // `chatlog up` would serve the line protocol on 127.0.0.1:5000: tests run side by side.
+        .env("CHATLOG_LINE", "127.0.0.1:0")
         // Every test client is on the loopback: the per-address limits would count them as one.
         .env("CHATLOG_LIMITS_EXEMPT", "127.0.0.0/8")
         // CHATLOG_TEST_RUST_LOG=info shows the processes' logs when a test needs looking into.

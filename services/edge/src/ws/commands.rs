@@ -13,7 +13,7 @@ use futures::stream::FuturesUnordered;
 use tokio::task::AbortHandle;
 
 use super::{
-    connection::{Connection, Ctl, Sink, Stop},
+    connection::{Connection, Ctl, Outbound, Stop},
     session::Typing,
 };
 use crate::{
@@ -36,24 +36,42 @@ pub(super) enum PresenceKind {
 }
 
 impl Connection {
-    pub(super) async fn on_text(&mut self, text: &str, sink: &mut Sink) -> Result<(), Stop> {
-        let frame = match ClientFrame::parse(text) {
-            Ok(frame) => frame,
+    pub(super) async fn on_text(
+        &mut self,
+        text: &str,
+        sink: &mut impl Outbound,
+    ) -> Result<(), Stop> {
+        match ClientFrame::parse(text) {
+            Ok(frame) => self.on_frame(frame, sink).await,
             Err(e) => {
-                return self
-                    .write(sink, frames::error_frame(e.id.as_deref(), &e.error))
-                    .await;
+                self.write(sink, frames::error_frame(e.id.as_deref(), &e.error))
+                    .await
             }
-        };
+        }
+    }
+
+    /// Does what `frame` asks, and writes its answer when it has one now.
+    pub(super) async fn on_frame(
+        &mut self,
+        frame: ClientFrame,
+        sink: &mut impl Outbound,
+    ) -> Result<(), Stop> {
         let (id, answer) = match frame {
             ClientFrame::Ping => (None, Ok(Some(ServerFrame::Pong.to_text()))),
-            ClientFrame::Join { room, since, id } => {
+            ClientFrame::Join {
+                room,
+                since,
+                last,
+                id,
+            } => {
                 let answer = match self.take_signal() {
-                    Ok(()) => self.join(&room, since, sink).await,
+                    Ok(()) => self.join(&room, since, last, sink).await,
                     Err(e) => Err(e),
                 };
                 (id, answer)
             }
+            ClientFrame::Rooms { id } => (id, self.rooms().await),
+            ClientFrame::Who { room, id } => (id, self.who(&room).await),
             ClientFrame::Leave { room, id } => {
                 (id, self.take_signal().and_then(|()| self.leave(&room)))
             }
@@ -126,9 +144,16 @@ impl Connection {
         &mut self,
         room: &str,
         since: Option<u64>,
-        sink: &mut Sink,
+        last: Option<u32>,
+        sink: &mut impl Outbound,
     ) -> Result<Option<Utf8Bytes>, ApiError> {
         let room = parse_room(room)?;
+        if last.is_some_and(|last| last > frames::MAX_LAST) {
+            return Err(ApiError::bad_request(format!(
+                "last must be at most {}",
+                frames::MAX_LAST
+            )));
+        }
         if let Some(left) = self.session.leave(&room) {
             // Joining again restarts the room's delivery from `since` (or from now).
             self.left(left);
@@ -156,6 +181,10 @@ impl Connection {
             self.state.hub.leave(&room, join);
             return Err(e);
         }
+        let since = match (since, last) {
+            (None, Some(last)) if last > 0 => Some(self.backlog(&room, last, head).await),
+            _ => since,
+        };
         let (state, ctl) = (&self.state, &self.ctl_tx);
         let catch_up = |since| Self::spawn_catch_up(state, ctl, &room, (join, since, head));
         self.session
@@ -170,6 +199,43 @@ impl Connection {
             .map_err(|_| ApiError::new(Code::Internal, "connection closing"))?;
         self.announce(&room, join);
         Ok(None)
+    }
+
+    /// Where a join that starts with the room's last `last` messages catches up from: just
+    /// before the oldest of them (its edits and reactions follow), or the head when the room has
+    /// none. Without a history view to ask, the join starts at the head rather than fail.
+    async fn backlog(&self, room: &RoomId, last: u32, head: u64) -> u64 {
+        use chatlog_events::queries::{MessagesAnswer, MessagesRequest, history};
+        let request = MessagesRequest {
+            room: room.clone(),
+            before: None,
+            limit: last as usize,
+        };
+        let views = &self.state.views;
+        match views
+            .ask_at::<_, MessagesAnswer>(history::VIEW, history::MESSAGES, &request, Some(head))
+            .await
+        {
+            Ok(page) => page.messages.first().map_or(head, |m| m.seq - 1),
+            Err(e) => {
+                tracing::debug!(room = %room, error = %e, "no backlog for a join: starting at the head");
+                head
+            }
+        }
+    }
+
+    /// `rooms`: the rooms the user may see, as `GET /api/rooms` lists them.
+    async fn rooms(&self) -> Result<Option<Utf8Bytes>, ApiError> {
+        let limit = chatlog_events::queries::DEFAULT_ROOMS;
+        let rooms = crate::http::rooms_of(&self.state, &self.user, None, limit).await?;
+        Ok(Some(frames::rooms_frame(&rooms)))
+    }
+
+    /// `who`: who is online and typing in a room the user may see.
+    async fn who(&self, room: &str) -> Result<Option<Utf8Bytes>, ApiError> {
+        let room = parse_room(room)?;
+        let answer = crate::http::presence_of(&self.state, &self.user, room.clone()).await?;
+        Ok(Some(frames::who_frame(room.as_str(), &answer)))
     }
 
     /// Decides a join on the room as of its head: refused for a non-member of a private room;

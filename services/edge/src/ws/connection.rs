@@ -12,13 +12,10 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
     Error,
-    extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket},
+    extract::ws::{CloseFrame, Message, Utf8Bytes},
 };
 use chatlog_events::UserId;
-use futures::{
-    FutureExt, SinkExt, StreamExt,
-    stream::{FuturesUnordered, SplitSink, SplitStream},
-};
+use futures::{FutureExt, SinkExt, StreamExt, stream::FuturesUnordered};
 use sync_wrapper::SyncWrapper;
 use tokio::task::AbortHandle;
 
@@ -63,7 +60,41 @@ pub(super) enum Stop {
 
 const SLOW: Stop = Stop::Close(close::SLOW_CONSUMER, "slow consumer: rejoin with since");
 
-pub(super) type Sink = SplitSink<WebSocket, Message>;
+/// Where a connection's frames go: a WebSocket's sink, or the line protocol's writer
+/// ([`crate::line`]), which renders each frame as lines.
+pub trait Outbound: futures::Sink<Message, Error = Error> + Unpin + Send {}
+impl<T: futures::Sink<Message, Error = Error> + Unpin + Send> Outbound for T {}
+
+/// Where a client's requests come from: a WebSocket's messages, or the line protocol's lines.
+pub trait Inbound: futures::Stream<Item = Result<Incoming, Error>> + Unpin + Send {}
+impl<T: futures::Stream<Item = Result<Incoming, Error>> + Unpin + Send> Inbound for T {}
+
+/// What a client sent.
+pub enum Incoming {
+    /// A JSON frame, parsed by [`crate::frames::ClientFrame::parse`] (WebSocket text).
+    Text(Utf8Bytes),
+    /// A frame parsed already (a line).
+    Frame(frames::ClientFrame),
+    /// Input that is no frame: answered with this error, and the connection stays.
+    Bad(ApiError),
+    /// A control message (ping, pong): the peer is there.
+    Heard,
+    /// The client is going.
+    Close,
+}
+
+impl From<Message> for Incoming {
+    fn from(message: Message) -> Self {
+        match message {
+            Message::Text(text) => Incoming::Text(text),
+            Message::Binary(_) => Incoming::Bad(ApiError::bad_request(
+                "binary frames are not supported, send json text",
+            )),
+            Message::Ping(_) | Message::Pong(_) => Incoming::Heard,
+            Message::Close(_) => Incoming::Close,
+        }
+    }
+}
 
 /// When a connection's first heartbeat is due: a point of the period drawn from its random id
 /// (at least a tenth of it). Connections that came together (an edge restarted, every client
@@ -134,10 +165,11 @@ impl Connection {
 }
 
 impl Connection {
-    async fn run_loop(
+    async fn run_loop<S: Outbound>(
         &mut self,
-        mut sink: Sink,
-        mut stream: SplitStream<WebSocket>,
+        mut sink: S,
+        mut stream: impl Inbound,
+        pings: bool,
         mut live_rx: inbox::Receiver<Delivery>,
         mut ctl_rx: inbox::Receiver<Box<Ctl>>,
     ) {
@@ -174,7 +206,9 @@ impl Connection {
                     }
                     if now >= next_ping {
                         next_ping = now + ping_every;
-                        step = if heard.elapsed() > ping_every * 2 {
+                        step = if !pings {
+                            Ok(())
+                        } else if heard.elapsed() > ping_every * 2 {
                             Err(Stop::Gone)
                         } else {
                             Box::pin(self.guard(sink.feed(Message::Ping(bytes::Bytes::new())))).await
@@ -187,13 +221,11 @@ impl Connection {
                 msg = stream.next(), if in_flight < MAX_APPENDS_IN_FLIGHT => {
                     heard = tokio::time::Instant::now();
                     match msg {
-                    None | Some(Ok(Message::Close(_))) => Err(Stop::Gone),
-                    Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text.as_str(), &mut sink)).await,
-                    Some(Ok(Message::Binary(_))) => {
-                        let e = ApiError::bad_request("binary frames are not supported, send json text");
-                        self.write(&mut sink, frames::error_frame(None, &e)).await
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    None | Some(Ok(Incoming::Close)) => Err(Stop::Gone),
+                    Some(Ok(Incoming::Text(text))) => Box::pin(self.on_text(text.as_str(), &mut sink)).await,
+                    Some(Ok(Incoming::Frame(frame))) => Box::pin(self.on_frame(frame, &mut sink)).await,
+                    Some(Ok(Incoming::Bad(e))) => self.write(&mut sink, frames::error_frame(None, &e)).await,
+                    Some(Ok(Incoming::Heard)) => Ok(()),
                     Some(Err(e)) => Err(read_error(e)),
                     }
                 }
@@ -226,18 +258,21 @@ impl Connection {
 }
 
 /// A connection's seats: its user's, and its address's unless the address is exempt.
-type Seat = (
+pub(crate) type Seat = (
     crate::limits::Seat<UserId>,
     Option<crate::limits::Seat<std::net::IpAddr>>,
 );
 
 /// Runs one upgraded connection until it closes, then leaves every room it joined.
-pub(super) async fn serve(
+///
+/// `pings`: whether a peer that answers nothing for two ping periods is gone (WebSocket: yes; a
+/// line client may lurk in silence, and TCP keepalive finds a dead one).
+pub(crate) async fn serve(
     state: AppState,
     user: UserId,
     seat: Seat,
-    sink: Sink,
-    stream: SplitStream<WebSocket>,
+    (sink, stream): (impl Outbound, impl Inbound),
+    pings: bool,
 ) {
     let (mut conn, live_rx, ctl_rx) = Connection::new(state, user);
     conn.state.metrics.connection_opened();
@@ -255,7 +290,7 @@ pub(super) async fn serve(
     if *conn.state.shutdown.borrow() {
         conn.kick.kick(KickReason::Shutdown);
     }
-    conn.run_loop(sink, stream, live_rx, ctl_rx).await;
+    conn.run_loop(sink, stream, pings, live_rx, ctl_rx).await;
     // Appends the client sent before it went are already with JetStream; a first attempt that
     // failed is still retried to its end (the client gets no ack, but nothing stops half way).
     if let Some(unfinished) = conn.appends.get_mut().take()
@@ -274,7 +309,11 @@ pub(super) async fn serve(
 impl Connection {
     /// Writes one frame (flushed at the end of the loop turn), giving up when the client is
     /// kicked or does not read for [`WRITE_TIMEOUT`].
-    pub(super) async fn write(&self, sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Stop> {
+    pub(super) async fn write(
+        &self,
+        sink: &mut impl Outbound,
+        frame: Utf8Bytes,
+    ) -> Result<(), Stop> {
         let message = Message::Text(frame);
         // The common case, room in the socket's buffer, needs no timer: try once without one. A
         // feed that did not complete did not take the message, so it is fed again, guarded.
@@ -285,7 +324,7 @@ impl Connection {
     }
 
     /// Flushes what was fed this turn, without a timer when the socket takes it at once.
-    async fn flush(&self, sink: &mut Sink) -> Result<(), Stop> {
+    async fn flush(&self, sink: &mut impl Outbound) -> Result<(), Stop> {
         if let Some(done) = sink.flush().now_or_never() {
             return done.map_err(|_| Stop::Gone);
         }
@@ -306,7 +345,7 @@ impl Connection {
         &mut self,
         first: Delivery,
         live_rx: &mut inbox::Receiver<Delivery>,
-        sink: &mut Sink,
+        sink: &mut impl Outbound,
     ) -> Result<(), Stop> {
         // Write what is already queued in one go: one flush for the batch.
         let mut next = Some(first);
@@ -322,7 +361,7 @@ impl Connection {
     /// Writes `first` and every other ack already done, for one flush: JetStream acks a
     /// client's window of sends together, and a write syscall per ack was a sixth of the edge's
     /// time under `append`.
-    async fn on_acks(&mut self, first: Utf8Bytes, sink: &mut Sink) -> Result<(), Stop> {
+    async fn on_acks(&mut self, first: Utf8Bytes, sink: &mut impl Outbound) -> Result<(), Stop> {
         let mut next = Some(first);
         let mut batch = 0;
         while let Some(frame) = next {
@@ -337,7 +376,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn deliver(&mut self, delivery: Delivery, sink: &mut Sink) -> Result<(), Stop> {
+    async fn deliver(&mut self, delivery: Delivery, sink: &mut impl Outbound) -> Result<(), Stop> {
         match self.session.deliver(delivery) {
             Step::Skip => Ok(()),
             Step::Write(frame) => self.write(sink, frame).await,
@@ -349,7 +388,7 @@ impl Connection {
         }
     }
 
-    async fn on_ctl(&mut self, ctl: Ctl, sink: &mut Sink) -> Result<(), Stop> {
+    async fn on_ctl(&mut self, ctl: Ctl, sink: &mut impl Outbound) -> Result<(), Stop> {
         match ctl {
             Ctl::Presence { join, frame } if self.session.is_current(join) => {
                 self.write(sink, frame).await

@@ -10,7 +10,7 @@
 //!   against the user's budgets, decided, and appended.
 
 mod commands;
-mod connection;
+pub(crate) mod connection;
 pub mod session;
 
 use std::time::Duration;
@@ -66,32 +66,10 @@ pub async fn upgrade(
         Ok(user) => user,
         Err(e) => return e.into_response(),
     };
-    let limits = &state.config.limits;
-    let max = limits.max_connections_per_user;
-    let Some(user_seat) = state.budgets.user_seats.reserve(&user, max) else {
-        let e = ApiError::rate_limited(
-            format!("at most {max} connections per user"),
-            Duration::from_secs(1),
-        );
-        return e.into_response();
+    let seat = match reserve_seats(&state, &user, client) {
+        Ok(seat) => seat,
+        Err(e) => return e.into_response(),
     };
-    let address_seat = match client.limited(&state) {
-        Some(ip) => {
-            let max = limits.max_connections_per_address;
-            match state.budgets.address_seats.reserve(&ip, max) {
-                Some(seat) => Some(seat),
-                None => {
-                    let e = ApiError::rate_limited(
-                        format!("at most {max} connections per address"),
-                        Duration::from_secs(1),
-                    );
-                    return e.into_response();
-                }
-            }
-        }
-        None => None,
-    };
-    let seat = (user_seat, address_seat);
     let max = state.config.limits.max_frame_bytes;
     // Small buffers: chat frames are small, tungstenite zero-fills its read buffer on every read
     // (with the 128 KiB default, a large share of the edge's CPU under fan-out), and both buffers
@@ -106,12 +84,46 @@ pub async fn upgrade(
             // its whole life, and the socket (368 bytes) moved into the split would stay as dead
             // weight in every connection's task, twice (serve and run_loop).
             let (sink, stream) = socket.split();
-            let fut = connection::serve(state, user, seat, sink, stream);
+            let stream = stream.map(|m| m.map(connection::Incoming::from));
+            let fut = connection::serve(state, user, seat, (sink, stream), true);
             if std::env::var_os("CHATLOG_SIZES").is_some() {
                 eprintln!("serve future: {} bytes", std::mem::size_of_val(&fut));
             }
             fut
         })
+}
+
+/// A connection's seats for `user` from `client`, reserved under the lock that counts them:
+/// `rate_limited` when the user or the address holds its maximum already.
+pub(crate) fn reserve_seats(
+    state: &AppState,
+    user: &chatlog_events::UserId,
+    client: crate::address::ClientAddr,
+) -> Result<connection::Seat, ApiError> {
+    let limits = &state.config.limits;
+    let max = limits.max_connections_per_user;
+    let Some(user_seat) = state.budgets.user_seats.reserve(user, max) else {
+        return Err(ApiError::rate_limited(
+            format!("at most {max} connections per user"),
+            Duration::from_secs(1),
+        ));
+    };
+    let address_seat = match client.limited(state) {
+        Some(ip) => {
+            let max = limits.max_connections_per_address;
+            match state.budgets.address_seats.reserve(&ip, max) {
+                Some(seat) => Some(seat),
+                None => {
+                    return Err(ApiError::rate_limited(
+                        format!("at most {max} connections per address"),
+                        Duration::from_secs(1),
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
+    Ok((user_seat, address_seat))
 }
 
 /// Browsers send `Origin`; other clients (websocat, bots) do not and are let through. A browser

@@ -24,6 +24,8 @@ pub const TYPING_FOR: Duration = Duration::from_secs(1);
 pub struct TestApp {
     pub nats: NatsServer,
     pub addr: SocketAddr,
+    /// Where the line protocol is served.
+    pub line: SocketAddr,
     pub client: Client,
     pub state: AppState,
     /// What the edge was started with, for another edge on the same log.
@@ -102,12 +104,21 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(chatlog_edge::serve(state.clone(), listener, async move {
+    let stopped = futures::FutureExt::shared(async move {
         let _ = stopped.await;
-    }));
+    });
+    let line_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let line = line_listener.local_addr().unwrap();
+    tokio::spawn(chatlog_edge::line::serve(
+        state.clone(),
+        line_listener,
+        stopped.clone(),
+    ));
+    tokio::spawn(chatlog_edge::serve(state.clone(), listener, stopped));
     TestApp {
         nats,
         addr,
+        line,
         client: Client { addr },
         state,
         config,
