@@ -21,7 +21,7 @@ use chatlog_test_support::NatsServer;
 use futures::StreamExt;
 use serde_json::Value;
 
-use chatlog_test_support::{client::Client, eventually};
+use chatlog_test_support::{client::Client, eventually, eventually_ok};
 use common::Proc;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -114,25 +114,19 @@ async fn setup() -> (NatsServer, async_nats::Client, jetstream::Context) {
 
 /// `views.<view>.checksum` once its checkpoint is at least `at_least`.
 async fn view_at(client: &async_nats::Client, view: &str, at_least: u64) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let what = format!("the {view} view at {at_least}");
+    eventually(what, PATIENCE, async || {
         let answer = tokio::time::timeout(
             Duration::from_secs(2),
             client.request(format!("views.{view}.checksum"), "{}".into()),
         )
         .await;
-        if let Ok(Ok(m)) = answer
-            && let Ok(a) = serde_json::from_slice::<Value>(&m.payload)
-            && a["checkpoint"].as_u64().unwrap_or(0) >= at_least
-        {
-            return a;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the {view} view did not reach {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        let Ok(Ok(m)) = answer else { return None };
+        serde_json::from_slice::<Value>(&m.payload)
+            .ok()
+            .filter(|a| a["checkpoint"].as_u64().unwrap_or(0) >= at_least)
+    })
+    .await
 }
 
 /// The checksums `chatlog views rebuild <handler>` prints, one per view, in order.
@@ -190,22 +184,15 @@ async fn two_replicas_answer_alike_and_share_the_queries() {
     let _b = handler(&nats, dir.path(), Some("b"));
     // Both caught up (each replica's own stats say so: an answer at the head only says that
     // the replica which gave it is there), then every answer, whichever gives it, is the same.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually_ok(format!("both replicas at {last}"), PATIENCE, async || {
         let stats = gather_stats(&client).await;
         let at_head = stats
             .iter()
             .filter(|s| s["endpoints"][0]["data"]["checkpoint"].as_u64() == Some(last))
             .count();
-        if at_head == 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "both replicas at {last}: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if at_head == 2 { Ok(()) } else { Err(stats) }
+    })
+    .await;
     let mut answers = Vec::new();
     for _ in 0..40 {
         answers.push(view_at(&client, "history", last).await["checksum"].clone());
@@ -663,7 +650,7 @@ async fn handler_with_http(nats: &NatsServer, name: &str, views: &Path) -> (Proc
 
 /// Waits for `/readyz` to say 200; before, it may only say 503.
 async fn until_ready(http: &Client) {
-    chatlog_test_support::eventually("the handler ready", PATIENCE, async || {
+    eventually("the handler ready", PATIENCE, async || {
         let status = http.request("GET", "/readyz", None, None).await.status;
         assert!(matches!(status, 200 | 503), "/readyz answered {status}");
         (status == 200).then_some(())
@@ -696,8 +683,10 @@ async fn a_handler_that_lost_its_disk_answers_nothing_until_it_has_caught_up() {
     // The pod comes back on a new node: its disk is gone.
     std::fs::remove_dir_all(dir.path()).unwrap();
     let (_second, http) = handler_with_http(&nats, "history", &views).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while http.request("GET", "/readyz", None, None).await.status != 200 {
+    eventually("ready again", PATIENCE, async || {
+        if http.request("GET", "/readyz", None, None).await.status == 200 {
+            return Some(());
+        }
         // No replica answers, or one answers the page as of the head (it may have become ready
         // since /readyz was asked): never an older page.
         if let Some(answer) = page().await {
@@ -707,8 +696,9 @@ async fn a_handler_that_lost_its_disk_answers_nothing_until_it_has_caught_up() {
                 answer.chars().take(200).collect::<String>()
             );
         }
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-    }
+        None
+    })
+    .await;
     assert_eq!(page().await.as_deref(), Some(at_head.as_str()));
 }
 

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chatlog_test_support::{NatsServer, client::Client};
+use chatlog_test_support::{NatsServer, client::Client, eventually};
 use common::Proc;
 
 /// How long a component may take to stop (the processes' own last resort is 15 s).
@@ -33,19 +33,14 @@ fn sigterm(child: &Child) {
 }
 
 /// Waits for `child` to end, at most `bound`.
-fn ends_within(child: &mut Child, bound: Duration, what: &str) -> ExitStatus {
+async fn ends_within(child: &mut Child, bound: Duration, what: &str) -> ExitStatus {
     let asked = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting for a child") {
-            println!("{what}: ended {:?} after SIGTERM", asked.elapsed());
-            return status;
-        }
-        assert!(
-            asked.elapsed() < bound,
-            "{what} still running {bound:?} after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = eventually(format!("{what} ending after SIGTERM"), bound, async || {
+        child.try_wait().expect("waiting for a child")
+    })
+    .await;
+    println!("{what}: ended {:?} after SIGTERM", asked.elapsed());
+    status
 }
 
 /// `chatlog <args> --http <free port>`, once it listens (its signal handlers are installed
@@ -98,7 +93,7 @@ async fn every_component_stops_on_sigterm_within_the_bound_while_nats_is_down() 
         sigterm(&proc.0);
     }
     for (what, proc) in &mut running {
-        let status = ends_within(&mut proc.0, BOUND, what);
+        let status = ends_within(&mut proc.0, BOUND, what).await;
         assert!(status.success(), "{what} ended with {status}");
     }
 }
@@ -151,7 +146,7 @@ async fn a_presence_handler_retrying_a_derived_event_stops_on_sigterm() {
     }
 
     sigterm(&handler.0);
-    let status = ends_within(&mut handler.0, BOUND, "the presence handler");
+    let status = ends_within(&mut handler.0, BOUND, "the presence handler").await;
     assert!(status.success(), "ended with {status}");
     let said: Vec<String> = logged.try_iter().collect();
     assert!(
@@ -237,7 +232,7 @@ async fn cluster_down_stops_edges_then_handlers_then_nats_and_leaves_nothing() {
     );
     assert!(!said.contains("SIGKILL"), "all stopped on SIGTERM: {said}");
     for (name, proc) in &mut started {
-        let status = ends_within(&mut proc.0, Duration::from_secs(1), name);
+        let status = ends_within(&mut proc.0, Duration::from_secs(1), name).await;
         assert!(status.success(), "{name} ended with {status}");
     }
     assert!(!alive(nats_pid), "nats-server stopped");
@@ -245,8 +240,8 @@ async fn cluster_down_stops_edges_then_handlers_then_nats_and_leaves_nothing() {
     assert!(left.is_empty(), "pid files left: {left:?}");
 }
 
-#[test]
-fn stop_escalates_to_sigkill_saying_so_and_leaves_strangers_alone() {
+#[tokio::test]
+async fn stop_escalates_to_sigkill_saying_so_and_leaves_strangers_alone() {
     let dir = tempfile::tempdir().unwrap();
     // Ignores SIGTERM (an ignored signal stays ignored across exec), named like one of ours.
     let mut stubborn = Command::new("bash")
@@ -255,14 +250,16 @@ fn stop_escalates_to_sigkill_saying_so_and_leaves_strangers_alone() {
         .unwrap();
     // A process that is not ours, whose pid a stale pid file happens to hold.
     let mut stranger = Command::new("sleep").arg("600").spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string(format!("/proc/{}/cmdline", stubborn.id()))
-        .unwrap_or_default()
-        .starts_with("chatlog-stubborn")
-    {
-        assert!(Instant::now() < deadline, "the stubborn process started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let cmdline = format!("/proc/{}/cmdline", stubborn.id());
+    eventually(
+        "the stubborn process started",
+        Duration::from_secs(5),
+        async || {
+            let named = std::fs::read_to_string(&cmdline).unwrap_or_default();
+            named.starts_with("chatlog-stubborn").then_some(())
+        },
+    )
+    .await;
     pid_file(dir.path(), "stubborn", stubborn.id());
     pid_file(dir.path(), "reused", stranger.id());
 
@@ -286,7 +283,8 @@ fn stop_escalates_to_sigkill_saying_so_and_leaves_strangers_alone() {
         &mut stubborn,
         Duration::from_secs(1),
         "the stubborn process",
-    );
+    )
+    .await;
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9), "{status}");
     assert!(alive(stranger.id()), "a process not ours was signalled");

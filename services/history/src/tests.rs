@@ -2,104 +2,20 @@
 
 use chatlog_events::{
     ChatEvent, EventId, Payload, RoomId, UserId,
-    event::{
-        Membership, MessageDeleted, MessageEdited, MessagePosted, Reaction, RoomCreated,
-        RoomUpdated,
-    },
+    event::{Membership, MessagePosted, RoomCreated, RoomUpdated},
     queries::{MessageView, MessagesRequest, RoomView},
 };
 use chatlog_runtime::{
     Projection, View,
     testing::{Memory, replay},
 };
-use chrono::{DateTime, Utc};
+use chatlog_test_support::fixtures::{
+    Fixture, added, at, created, created_private, deleted, edited, event, id, joined, left, lobby,
+    long_room, long_user, posted, reacted, removed, room, user,
+};
 use proptest::prelude::*;
 
 use super::*;
-
-fn lobby() -> RoomId {
-    RoomId::parse("lobby").unwrap()
-}
-
-fn user(name: &str) -> UserId {
-    UserId::parse(name).unwrap()
-}
-
-fn id(n: u32) -> EventId {
-    EventId::parse(&format!("0190f7a2-5b1c-7000-8000-{n:012x}")).unwrap()
-}
-
-fn at(n: u32) -> DateTime<Utc> {
-    DateTime::from_timestamp(1_800_000_000 + i64::from(n), 0).unwrap()
-}
-
-fn event(n: u32, by: &str, payload: Payload) -> ChatEvent {
-    ChatEvent::in_room(&lobby(), user(by), "edge", payload)
-        .with_id(id(n))
-        .with_time(at(n))
-}
-
-fn created(n: u32) -> ChatEvent {
-    event(
-        n,
-        "ada",
-        Payload::RoomCreated(RoomCreated {
-            name: "Lobby".into(),
-            topic: String::new(),
-            private: false,
-            members: vec![],
-        }),
-    )
-}
-
-fn posted(n: u32, by: &str, text: &str) -> ChatEvent {
-    event(
-        n,
-        by,
-        Payload::MessagePosted(MessagePosted {
-            text: text.into(),
-            mentions: vec![],
-            reply_to: None,
-        }),
-    )
-}
-
-fn edited(n: u32, by: &str, message: u32, text: &str) -> ChatEvent {
-    event(
-        n,
-        by,
-        Payload::MessageEdited(MessageEdited {
-            message_id: id(message),
-            text: text.into(),
-        }),
-    )
-}
-
-fn deleted(n: u32, by: &str, message: u32) -> ChatEvent {
-    event(
-        n,
-        by,
-        Payload::MessageDeleted(MessageDeleted {
-            message_id: id(message),
-        }),
-    )
-}
-
-fn reacted(n: u32, by: &str, message: u32, emoji: &str, added: bool) -> ChatEvent {
-    let r = Reaction {
-        message_id: id(message),
-        emoji: emoji.into(),
-    };
-    event(
-        n,
-        by,
-        if added {
-            Payload::ReactionAdded(r)
-        } else {
-            Payload::ReactionRemoved(r)
-        },
-    )
-}
 
 /// given(events) . when(event) . then(view): events get seq = their position, starting at 1.
 struct Given {
@@ -146,7 +62,7 @@ impl Given {
 
 #[test]
 fn it_keeps_a_posted_message() {
-    let then = given([created(1)]).when(posted(2, "ada", "hello"));
+    let then = given([created(1, "ada")]).when(posted(2, "ada", "hello"));
     let m = then.message(2).expect("message at seq 2");
     assert_eq!(
         (m.text.as_str(), m.user.as_str(), m.id),
@@ -159,7 +75,8 @@ fn it_keeps_a_posted_message() {
 
 #[test]
 fn it_folds_an_edit_into_the_message() {
-    let then = given([created(1), posted(2, "ada", "helo")]).when(edited(3, "ada", 2, "hello"));
+    let then =
+        given([created(1, "ada"), posted(2, "ada", "helo")]).when(edited(3, "ada", 2, "hello"));
     let m = then.message(2).unwrap();
     assert_eq!(m.text, "hello");
     assert!(m.edited);
@@ -168,14 +85,15 @@ fn it_folds_an_edit_into_the_message() {
 
 #[test]
 fn it_ignores_an_edit_by_someone_else() {
-    let then = given([created(1), posted(2, "ada", "mine")]).when(edited(3, "eve", 2, "hacked"));
+    let then =
+        given([created(1, "ada"), posted(2, "ada", "mine")]).when(edited(3, "eve", 2, "hacked"));
     assert_eq!(then.message(2).unwrap().text, "mine");
 }
 
 #[test]
 fn a_delete_leaves_a_tombstone_without_text() {
     let then = given([
-        created(1),
+        created(1, "ada"),
         posted(2, "ada", "oops"),
         reacted(3, "bob", 2, "👍", true),
     ])
@@ -188,19 +106,20 @@ fn a_delete_leaves_a_tombstone_without_text() {
 
 #[test]
 fn an_edit_of_a_deleted_message_changes_nothing() {
-    let then = given([created(1), posted(2, "ada", "x"), deleted(3, "ada", 2)]).when(edited(
-        4,
-        "ada",
-        2,
-        "back from the dead",
-    ));
+    let then = given([
+        created(1, "ada"),
+        posted(2, "ada", "x"),
+        deleted(3, "ada", 2),
+    ])
+    .when(edited(4, "ada", 2, "back from the dead"));
     let m = then.message(2).unwrap();
     assert!(m.deleted && m.text.is_empty() && !m.edited);
 }
 
 #[test]
 fn an_edit_that_arrives_before_its_message_is_ignored() {
-    let then = given([created(1), edited(2, "ada", 3, "early")]).when(posted(3, "ada", "original"));
+    let then =
+        given([created(1, "ada"), edited(2, "ada", 3, "early")]).when(posted(3, "ada", "original"));
     let m = then.message(3).unwrap();
     assert_eq!(m.text, "original");
     assert!(!m.edited);
@@ -209,7 +128,7 @@ fn an_edit_that_arrives_before_its_message_is_ignored() {
 #[test]
 fn a_reaction_added_twice_counts_once() {
     let then = given([
-        created(1),
+        created(1, "ada"),
         posted(2, "ada", "x"),
         reacted(3, "bob", 2, "👍", true),
     ])
@@ -220,7 +139,7 @@ fn a_reaction_added_twice_counts_once() {
 #[test]
 fn a_removed_reaction_disappears() {
     let then = given([
-        created(1),
+        created(1, "ada"),
         posted(2, "ada", "x"),
         reacted(3, "bob", 2, "👍", true),
         reacted(4, "eve", 2, "👍", true),
@@ -234,7 +153,7 @@ fn a_removed_reaction_disappears() {
 #[test]
 fn a_duplicate_event_id_is_applied_once() {
     let post = posted(2, "ada", "once");
-    let then = given([created(1), post.clone()]).when(post);
+    let then = given([created(1, "ada"), post.clone()]).when(post);
     assert!(then.message(2).is_some());
     assert!(
         then.message(3).is_none(),
@@ -256,7 +175,7 @@ fn a_duplicate_event_id_is_applied_once() {
 fn ids_past_a_full_index_group_are_found_and_applied_once() {
     // Every id here shares its first 6 bytes: one index group, full after GROUP_MAX entries.
     let past = u32::try_from(index::GROUP_MAX).unwrap() + 20;
-    let mut then = given([created(1)]);
+    let mut then = given([created(1, "ada")]);
     for n in 2..=past {
         then.apply(posted(n, "ada", &format!("m{n}")));
     }
@@ -293,46 +212,30 @@ fn ids_past_a_full_index_group_are_found_and_applied_once() {
 
 #[test]
 fn it_keeps_the_room_directory() {
-    let secret = ChatEvent::in_room(
-        &lobby(),
-        user("ada"),
-        "edge",
+    let secret = event(
+        1,
+        "ada",
         Payload::RoomCreated(RoomCreated {
             name: "Secret".into(),
             topic: "t".into(),
             private: true,
             members: vec![user("ada")],
         }),
-    )
-    .with_id(id(1));
-    let then = given([secret])
-        .when(event(
-            2,
-            "ada",
-            Payload::MemberJoined(Membership {
-                member: user("bob"),
-            }),
-        ))
-        .when(event(
-            3,
-            "ada",
-            Payload::RoomUpdated(RoomUpdated {
-                name: Some("Hush".into()),
-                topic: None,
-            }),
-        ));
+    );
+    let then = given([secret]).when(added(2, "ada", "bob")).when(event(
+        3,
+        "ada",
+        Payload::RoomUpdated(RoomUpdated {
+            name: Some("Hush".into()),
+            topic: None,
+        }),
+    ));
     let room = then.room().unwrap();
     assert_eq!(room.name, "Hush");
     assert_eq!(room.topic, "t");
     assert_eq!(room.members, vec![user("ada"), user("bob")]);
     assert!(room.visible_to(&user("bob")) && !room.visible_to(&user("eve")));
-    let then = then.when(event(
-        4,
-        "ada",
-        Payload::MemberLeft(Membership {
-            member: user("bob"),
-        }),
-    ));
+    let then = then.when(removed(4, "ada", "bob"));
     assert!(!then.room().unwrap().visible_to(&user("bob")));
     assert_eq!(then.room().unwrap().last_seq, 4);
 }
@@ -345,7 +248,7 @@ fn sled_view(dir: &tempfile::TempDir, name: &str) -> View {
 fn pages_have_the_right_boundaries() {
     let dir = tempfile::tempdir().unwrap();
     let view = sled_view(&dir, "v");
-    let mut events = vec![(1, created(1))];
+    let mut events = vec![(1, created(1, "ada"))];
     for n in 2..=11 {
         events.push((u64::from(n), posted(n, "ada", &format!("m{n}"))));
     }
@@ -403,7 +306,7 @@ fn pages_have_the_right_boundaries() {
         )
         .is_err()
     );
-    let other = RoomId::parse("lobby2").unwrap();
+    let other = room("lobby2");
     assert!(
         messages(
             &view,
@@ -424,7 +327,7 @@ fn history_strategy() -> impl Strategy<Value = Vec<(u64, ChatEvent)>> {
     let action = (0u8..6, 0usize..3, 0usize..8, 0usize..2);
     proptest::collection::vec(action, 1..60).prop_map(|actions| {
         let users = ["ada", "bob", "eve"];
-        let mut events = vec![created(1)];
+        let mut events = vec![created(1, "ada")];
         let mut n = 1;
         for (kind, who, target, emoji) in actions {
             n += 1;
@@ -486,17 +389,8 @@ fn unread_counts_others_messages_after_the_marker() {
     let dir = tempfile::tempdir().unwrap();
     let view = sled_view(&dir, "v");
     let events = vec![
-        (1, created(1)),
-        (
-            2,
-            event(
-                2,
-                "bob",
-                Payload::MemberJoined(Membership {
-                    member: user("bob"),
-                }),
-            ),
-        ),
+        (1, created(1, "ada")),
+        (2, joined(2, "bob")),
         (3, posted(3, "ada", "one")),
         (4, posted(4, "ada", "two")),
         (5, posted(5, "bob", "mine")),
@@ -534,20 +428,8 @@ fn messages_over_many_blocks_page_count_and_change_as_one_list() {
     use chatlog_events::queries::{MessageRequest, UnreadRequest};
     let dir = tempfile::tempdir().unwrap();
     let view = sled_view(&dir, "v");
-    let side = RoomId::parse("side").unwrap();
-    let mut events = vec![
-        (1, created(1)),
-        (
-            2,
-            event(
-                2,
-                "bob",
-                Payload::MemberJoined(Membership {
-                    member: user("bob"),
-                }),
-            ),
-        ),
-    ];
+    let side = room("side");
+    let mut events = vec![(1, created(1, "ada")), (2, joined(2, "bob"))];
     // 70 lobby messages (several blocks), another room's between them: sparse seqs.
     let mut lobby_seqs = Vec::new();
     let mut n = 3;
@@ -557,18 +439,7 @@ fn messages_over_many_blocks_page_count_and_change_as_one_list() {
         lobby_seqs.push(u64::from(n));
         n += 1;
         if i % 2 == 0 {
-            let aside = ChatEvent::in_room(
-                &side,
-                user("bob"),
-                "edge",
-                Payload::MessagePosted(MessagePosted {
-                    text: format!("s{i}"),
-                    mentions: vec![],
-                    reply_to: None,
-                }),
-            )
-            .with_id(id(n))
-            .with_time(at(n));
+            let aside = posted(n, "bob", &format!("s{i}")).in_room(&side);
             events.push((u64::from(n), aside));
             n += 1;
         }
@@ -646,40 +517,6 @@ fn messages_over_many_blocks_page_count_and_change_as_one_list() {
     }
 }
 
-fn joined(n: u32, by: &str, member: &str) -> ChatEvent {
-    event(
-        n,
-        by,
-        Payload::MemberJoined(Membership {
-            member: user(member),
-        }),
-    )
-}
-
-fn left(n: u32, by: &str, member: &str) -> ChatEvent {
-    event(
-        n,
-        by,
-        Payload::MemberLeft(Membership {
-            member: user(member),
-        }),
-    )
-}
-
-/// The lobby, private, created by ada with these members.
-fn created_private(n: u32, members: &[&str]) -> ChatEvent {
-    event(
-        n,
-        "ada",
-        Payload::RoomCreated(RoomCreated {
-            name: "Secret".into(),
-            topic: String::new(),
-            private: true,
-            members: members.iter().map(|m| user(m)).collect(),
-        }),
-    )
-}
-
 impl Given {
     fn members(&self) -> Vec<UserId> {
         self.room().expect("the room").members
@@ -688,8 +525,11 @@ impl Given {
 
 #[test]
 fn a_removed_member_re_adding_themselves_is_ignored() {
-    let then = given([created_private(1, &["ada", "bob"]), left(2, "ada", "bob")])
-        .when(joined(3, "bob", "bob"));
+    let then = given([
+        created_private(1, "ada", &["ada", "bob"]),
+        removed(2, "ada", "bob"),
+    ])
+    .when(joined(3, "bob"));
     assert_eq!(then.members(), vec![user("ada")]);
     assert!(!then.room().unwrap().visible_to(&user("bob")));
     assert_eq!(then.room().unwrap().last_seq, 3, "seen all the same");
@@ -701,44 +541,45 @@ fn a_removed_member_re_adding_themselves_is_ignored() {
 
 #[test]
 fn a_non_member_adding_someone_to_a_private_room_is_ignored() {
-    let then = given([created_private(1, &["ada"])]).when(joined(2, "eve", "mal"));
+    let then = given([created_private(1, "ada", &["ada"])]).when(added(2, "eve", "mal"));
     assert_eq!(then.members(), vec![user("ada")]);
-    let then = then.when(joined(3, "eve", "eve"));
+    let then = then.when(joined(3, "eve"));
     assert_eq!(then.members(), vec![user("ada")]);
 }
 
 #[test]
 fn a_non_creator_removing_someone_else_is_ignored() {
-    let then = given([created_private(1, &["ada", "bob", "eve"])]).when(left(2, "eve", "bob"));
+    let then =
+        given([created_private(1, "ada", &["ada", "bob", "eve"])]).when(removed(2, "eve", "bob"));
     assert_eq!(then.members(), vec![user("ada"), user("bob"), user("eve")]);
 }
 
 #[test]
 fn a_creator_who_left_removes_nobody() {
-    let then = given([created_private(1, &["ada", "bob"]), left(2, "ada", "ada")])
-        .when(left(3, "ada", "bob"));
+    let then = given([created_private(1, "ada", &["ada", "bob"]), left(2, "ada")])
+        .when(removed(3, "ada", "bob"));
     assert_eq!(then.members(), vec![user("bob")]);
     assert!(!then.room().unwrap().visible_to(&user("ada")));
 }
 
 #[test]
 fn a_member_leaving_themselves_is_out() {
-    let then = given([created_private(1, &["ada", "bob"])]).when(left(2, "bob", "bob"));
+    let then = given([created_private(1, "ada", &["ada", "bob"])]).when(left(2, "bob"));
     assert_eq!(then.members(), vec![user("ada")]);
     assert!(!then.room().unwrap().visible_to(&user("bob")));
 }
 
 #[test]
 fn the_creator_removes_a_member() {
-    let then = given([created_private(1, &["ada", "bob"])]).when(left(2, "ada", "bob"));
+    let then = given([created_private(1, "ada", &["ada", "bob"])]).when(removed(2, "ada", "bob"));
     assert_eq!(then.members(), vec![user("ada")]);
 }
 
 #[test]
 fn anyone_joins_a_public_room_themselves_and_only_themselves() {
-    let then = given([created(1)]).when(joined(2, "bob", "bob"));
+    let then = given([created(1, "ada")]).when(joined(2, "bob"));
     assert_eq!(then.members(), vec![user("bob")]);
-    let then = then.when(joined(3, "ada", "eve"));
+    let then = then.when(added(3, "ada", "eve"));
     assert_eq!(
         then.members(),
         vec![user("bob")],
@@ -748,7 +589,7 @@ fn anyone_joins_a_public_room_themselves_and_only_themselves() {
 
 #[test]
 fn membership_of_an_unknown_room_is_ignored() {
-    let then = given([]).when(joined(1, "bob", "bob"));
+    let then = given([]).when(joined(1, "bob"));
     assert!(then.room().is_none());
 }
 
@@ -757,20 +598,9 @@ fn current_answers_the_messages_of_the_room_as_they_are_now() {
     use chatlog_events::queries::{Current, CurrentAnswer, CurrentRequest, history::CURRENT};
     let dir = tempfile::tempdir().unwrap();
     let view = sled_view(&dir, "v");
-    let side = RoomId::parse("side").unwrap();
-    let aside = ChatEvent::in_room(
-        &side,
-        user("ada"),
-        "edge",
-        Payload::MessagePosted(MessagePosted {
-            text: "elsewhere".into(),
-            mentions: vec![],
-            reply_to: None,
-        }),
-    )
-    .with_id(id(6));
+    let aside = posted(6, "ada", "elsewhere").in_room("side");
     let events = [
-        created(1),
+        created(1, "ada"),
         posted(2, "ada", "plain"),
         posted(3, "ada", "helo"),
         posted(4, "ada", "oops"),
@@ -823,23 +653,12 @@ fn rooms_page_by_id_and_show_only_what_the_user_may_see() {
         .enumerate()
         .map(|(i, r)| {
             let n = i as u32 + 1;
-            let e = ChatEvent::in_room(
-                &RoomId::parse(format!("r{r:02}")).unwrap(),
-                user("ada"),
-                "edge",
-                Payload::RoomCreated(RoomCreated {
-                    name: format!("room {r}"),
-                    topic: String::new(),
-                    private: r % 2 == 1,
-                    members: if r % 2 == 1 {
-                        vec![user("ada")]
-                    } else {
-                        vec![]
-                    },
-                }),
-            )
-            .with_id(id(n));
-            (u64::from(n), e)
+            let e = if r % 2 == 1 {
+                created_private(n, "ada", &["ada"])
+            } else {
+                created(n, "ada")
+            };
+            (u64::from(n), e.in_room(format!("r{r:02}")))
         })
         .collect();
     replay(&History, &view, &events, 4);
@@ -940,25 +759,17 @@ fn worst_text(n: u32) -> String {
     std::iter::repeat_n(c, 4000).collect()
 }
 
-/// A user id of the most characters (32), different for each `n`.
-fn long_user(n: u32) -> UserId {
-    user(&format!("{n:0>32}"))
-}
-
-fn posted_worst(n: u32, room: &RoomId, text: String) -> ChatEvent {
-    ChatEvent::in_room(
-        room,
-        user("ada"),
-        "edge",
+/// Ada's message `n`, mentioning the edge's most: 50 users, of 32 characters.
+fn posted_worst(n: u32, text: String) -> ChatEvent {
+    event(
+        n,
+        "ada",
         Payload::MessagePosted(MessagePosted {
             text,
-            // The edge's most: 50, of 32 characters.
             mentions: (0..50).map(long_user).collect(),
             reply_to: None,
         }),
     )
-    .with_id(id(n))
-    .with_time(at(n))
 }
 
 #[test]
@@ -966,10 +777,10 @@ fn pages_of_the_largest_messages_fit_and_page_on_to_every_message_once() {
     let dir = tempfile::tempdir().unwrap();
     let view = sled_view(&dir, "v");
     // 200 messages of 4 000 characters: 1.6 MB of `"`, 3.2 MB of emoji, 4.8 MB of controls.
-    let mut events = vec![(1, created(1))];
+    let mut events = vec![(1, created(1, "ada"))];
     let mut expected = Vec::new();
     for n in 2..=201 {
-        events.push((u64::from(n), posted_worst(n, &lobby(), worst_text(n))));
+        events.push((u64::from(n), posted_worst(n, worst_text(n))));
         expected.push((u64::from(n), worst_text(n)));
     }
     // Some edited to another of the longest texts, some deleted.
@@ -1041,9 +852,9 @@ fn rewrite_stored(view: &View, seq: u64, change: impl FnOnce(&mut MessageView)) 
 fn a_message_answered_carries_capped_reactions_and_their_counts() {
     let dir = tempfile::tempdir().unwrap();
     let view = sled_view(&dir, "v");
-    let mut events = vec![(1, created(1))];
+    let mut events = vec![(1, created(1, "ada"))];
     for n in 2..=4 {
-        events.push((u64::from(n), posted_worst(n, &lobby(), worst_text(n))));
+        events.push((u64::from(n), posted_worst(n, worst_text(n))));
     }
     replay(&History, &view, &events, 10);
     // Given messages with every reaction anyone may add: 20 000 users' 👍, and 3 000 emoji of
@@ -1115,19 +926,14 @@ fn a_message_answered_carries_capped_reactions_and_their_counts() {
     assert!(stored.message.reaction_counts.is_empty());
 }
 
-/// A room id of the most characters (32), by `n`.
-fn long_room(n: u32) -> RoomId {
-    RoomId::parse(format!("{n:0>32}")).unwrap()
-}
-
+/// Ada's room of the longest name and topic: a 100-character name of `"` or emoji, a
+/// 1 000-character topic of controls (6 bytes each).
 fn create_room(n: u32, room: &RoomId, private: bool, members: Vec<UserId>) -> ChatEvent {
-    // A 100-character name of `"`, a 1 000-character topic of controls (6 bytes each).
     let name = if n % 2 == 0 { "\"" } else { "🎉" }.repeat(100);
     let topic = "\u{1}".repeat(1000);
-    ChatEvent::in_room(
-        room,
-        user("ada"),
-        "edge",
+    event(
+        n,
+        "ada",
         Payload::RoomCreated(RoomCreated {
             name,
             topic,
@@ -1135,8 +941,7 @@ fn create_room(n: u32, room: &RoomId, private: bool, members: Vec<UserId>) -> Ch
             members,
         }),
     )
-    .with_id(id(n))
-    .with_time(at(n))
+    .in_room(room)
 }
 
 #[test]
@@ -1167,18 +972,7 @@ fn the_room_directory_pages_by_bytes_and_lists_members_within_bounds() {
     // Room 10 grows to 1 500 members by additions; bob, added last, is past the first 1 000.
     let grown = long_room(10);
     n += 1;
-    events.push((
-        u64::from(n),
-        ChatEvent::in_room(
-            &grown,
-            user("bob"),
-            "edge",
-            Payload::MemberLeft(Membership {
-                member: user("bob"),
-            }),
-        )
-        .with_id(id(n)),
-    ));
+    events.push((u64::from(n), left(n, "bob").in_room(&grown)));
     for k in 0..501 {
         n += 1;
         let member = if k == 500 {
@@ -1186,13 +980,7 @@ fn the_room_directory_pages_by_bytes_and_lists_members_within_bounds() {
         } else {
             long_user(900_000 + k)
         };
-        let add = ChatEvent::in_room(
-            &grown,
-            user("ada"),
-            "edge",
-            Payload::MemberJoined(Membership { member }),
-        )
-        .with_id(id(n));
+        let add = added(n, "ada", member.as_str()).in_room(&grown);
         events.push((u64::from(n), add));
     }
     replay(&History, &view, &events, 100);
@@ -1316,45 +1104,13 @@ fn unread_counts_the_first_rooms_by_id_within_bounds() {
     let view = sled_view(&dir, "v");
     // bob joined 1 100 rooms of 32-character ids, with a message by ada in each.
     let mut events = Vec::new();
-    let mut n = 0;
     for r in 0..1100 {
-        let room = long_room(r);
-        n += 1;
-        let create = ChatEvent::in_room(
-            &room,
-            user("ada"),
-            "edge",
-            Payload::RoomCreated(RoomCreated {
-                name: "r".into(),
-                topic: String::new(),
-                private: false,
-                members: vec![],
-            }),
-        )
-        .with_id(id(n));
-        n += 1;
-        let join = ChatEvent::in_room(
-            &room,
-            user("bob"),
-            "edge",
-            Payload::MemberJoined(Membership {
-                member: user("bob"),
-            }),
-        )
-        .with_id(id(n));
-        n += 1;
-        let post = ChatEvent::in_room(
-            &room,
-            user("ada"),
-            "edge",
-            Payload::MessagePosted(MessagePosted {
-                text: "hi".into(),
-                mentions: vec![],
-                reply_to: None,
-            }),
-        )
-        .with_id(id(n));
-        events.extend([create, join, post]);
+        let (room, n) = (long_room(r), 3 * r);
+        events.extend([
+            created(n + 1, "ada").in_room(&room),
+            joined(n + 2, "bob").in_room(&room),
+            posted(n + 3, "ada", "hi").in_room(&room),
+        ]);
     }
     let events: Vec<_> = (1..).zip(events).collect();
     replay(&History, &view, &events, 500);
@@ -1378,7 +1134,7 @@ fn current_pages_the_largest_texts_and_refuses_an_asker_that_would_not() {
     let view = sled_view(&dir, "v");
     // 200 messages of 4 000 controls (24 KB each as JSON: 4.8 MB), some edited, some deleted.
     let control = "\u{1}".repeat(4000);
-    let mut events = vec![(1, created(1))];
+    let mut events = vec![(1, created(1, "ada"))];
     for n in 2..=201 {
         events.push((u64::from(n), posted(n, "ada", &control)));
     }

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use chatlog_events::{
-    ChatEvent, Payload, RoomId, UserId,
+    ChatEvent, Payload, RoomId,
     event::{MessagePosted, RoomCreated},
     queries::{
         CHECKSUM, MAX_ANSWER_BYTES, MIN_SEQ_HEADER, MessagesAnswer, MessagesRequest, RoomsAnswer,
@@ -18,12 +18,8 @@ use chatlog_events::{
 };
 use chatlog_history::History;
 use chatlog_runtime::{HostConfig, HostStats};
-use chatlog_test_support::NatsServer;
+use chatlog_test_support::{NatsServer, eventually, fixtures::user};
 use serde::{Serialize, de::DeserializeOwned};
-
-fn user(name: &str) -> UserId {
-    UserId::parse(name).unwrap()
-}
 
 /// Asks the view over NATS once it holds `seq`; the reply must come, and within the bound.
 /// Returns the answer and its size.
@@ -112,15 +108,11 @@ async fn the_abusive_rooms_and_messages_are_answered_through_nats_page_after_pag
 
     // Once the service answers (the queries wait for `head` themselves): its registration has no
     // event to await, so it is asked until it responds.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client
-        .request(subject(history::VIEW, CHECKSUM), "{}".into())
-        .await
-        .is_err()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "no view");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the view answering", Duration::from_secs(30), async || {
+        let asked = client.request(subject(history::VIEW, CHECKSUM), "{}".into());
+        asked.await.ok()
+    })
+    .await;
 
     // Every message, once, in order, paging back from the latest.
     let mut paged = Vec::new();

@@ -1,72 +1,17 @@
 //! Given / when / then for mentions and notifications.
 
 use chatlog_events::{
-    ChatEvent, EventId, Payload, RoomId, UserId,
-    event::{Membership, MessagePosted, NotificationRead, ReadMarked, RoomCreated},
+    ChatEvent, EventId, Payload,
+    event::{NotificationRead, ReadMarked},
     queries::NotificationView,
 };
 use chatlog_runtime::testing::Memory;
-use chrono::{DateTime, Utc};
+use chatlog_test_support::fixtures::{
+    Fixture, added, at, created, created_private, event, id, joined, left, lobby, long_room,
+    long_user, mentioning, removed, user,
+};
 
 use super::*;
-
-fn room(name: &str) -> RoomId {
-    RoomId::parse(name).unwrap()
-}
-
-fn user(name: &str) -> UserId {
-    UserId::parse(name).unwrap()
-}
-
-fn id(n: u32) -> EventId {
-    EventId::parse(&format!("0190f7a2-5b1c-7000-8000-{n:012x}")).unwrap()
-}
-
-fn at(n: u32) -> DateTime<Utc> {
-    DateTime::from_timestamp(1_800_000_000 + i64::from(n), 0).unwrap()
-}
-
-fn in_room(n: u32, r: &str, by: &str, payload: Payload) -> ChatEvent {
-    ChatEvent::in_room(&room(r), user(by), "edge", payload)
-        .with_id(id(n))
-        .with_time(at(n))
-}
-
-fn created(n: u32, r: &str, by: &str, private: bool, members: &[&str]) -> ChatEvent {
-    in_room(
-        n,
-        r,
-        by,
-        Payload::RoomCreated(RoomCreated {
-            name: r.into(),
-            topic: String::new(),
-            private,
-            members: members.iter().map(|m| user(m)).collect(),
-        }),
-    )
-}
-
-fn joined(n: u32, r: &str, who: &str) -> ChatEvent {
-    in_room(
-        n,
-        r,
-        who,
-        Payload::MemberJoined(Membership { member: user(who) }),
-    )
-}
-
-fn posted(n: u32, r: &str, by: &str, mentions: &[&str]) -> ChatEvent {
-    in_room(
-        n,
-        r,
-        by,
-        Payload::MessagePosted(MessagePosted {
-            text: format!("hi {}", mentions.join(" ")),
-            mentions: mentions.iter().map(|m| user(m)).collect(),
-            reply_to: None,
-        }),
-    )
-}
 
 fn run(events: Vec<ChatEvent>) -> Vec<ChatEvent> {
     let mut view = Memory::default();
@@ -84,9 +29,9 @@ fn recipients(emitted: &[ChatEvent]) -> Vec<String> {
 #[test]
 fn a_mention_of_a_member_notifies_them_and_never_the_author() {
     let emitted = run(vec![
-        created(1, "lobby", "ada", false, &[]),
-        joined(2, "lobby", "bob"),
-        posted(3, "lobby", "ada", &["bob", "ada"]),
+        created(1, "ada"),
+        joined(2, "bob"),
+        mentioning(3, "ada", &["bob", "ada"]),
     ]);
     assert_eq!(recipients(&emitted), ["bob"]);
     let n = &emitted[0];
@@ -106,18 +51,11 @@ fn a_mention_of_a_member_notifies_them_and_never_the_author() {
 #[test]
 fn a_mention_of_a_non_member_notifies_nobody() {
     let emitted = run(vec![
-        created(1, "lobby", "ada", false, &[]),
-        posted(2, "lobby", "ada", &["eve"]),
-        joined(3, "lobby", "eve"),
-        in_room(
-            4,
-            "lobby",
-            "eve",
-            Payload::MemberLeft(Membership {
-                member: user("eve"),
-            }),
-        ),
-        posted(5, "lobby", "ada", &["eve"]),
+        created(1, "ada"),
+        mentioning(2, "ada", &["eve"]),
+        joined(3, "eve"),
+        left(4, "eve"),
+        mentioning(5, "ada", &["eve"]),
     ]);
     assert!(emitted.is_empty(), "{emitted:?}");
 }
@@ -125,28 +63,22 @@ fn a_mention_of_a_non_member_notifies_nobody() {
 #[test]
 fn listed_members_of_a_private_room_are_notified() {
     let emitted = run(vec![
-        created(1, "secret", "ada", true, &["ada", "bob"]),
-        posted(2, "secret", "ada", &["bob", "eve"]),
+        created_private(1, "ada", &["ada", "bob"]).in_room("secret"),
+        mentioning(2, "ada", &["bob", "eve"]).in_room("secret"),
     ]);
     assert_eq!(recipients(&emitted), ["bob"]);
 }
 
 #[test]
 fn a_replayed_message_notifies_once() {
-    let post = posted(3, "lobby", "ada", &["bob"]);
+    let post = mentioning(3, "ada", &["bob"]);
     let emitted = run(vec![
-        created(1, "lobby", "ada", false, &[]),
-        joined(2, "lobby", "bob"),
+        created(1, "ada"),
+        joined(2, "bob"),
         post.clone(),
         post,
     ]);
     assert_eq!(recipients(&emitted), ["bob"]);
-}
-
-fn for_bob(n: u32, by: &str, payload: Payload) -> ChatEvent {
-    ChatEvent::for_user(&user("bob"), user(by), "edge", payload)
-        .with_id(id(n))
-        .with_time(at(n))
 }
 
 fn listed(view: &Memory) -> Vec<NotificationView> {
@@ -160,11 +92,11 @@ fn listed(view: &Memory) -> Vec<NotificationView> {
 #[test]
 fn notifications_are_kept_and_marked_read() {
     let mentions = run(vec![
-        created(1, "lobby", "ada", false, &[]),
-        joined(2, "lobby", "bob"),
-        posted(3, "lobby", "ada", &["bob"]),
-        posted(4, "lobby", "ada", &["bob"]),
-        posted(5, "lobby", "ada", &["bob"]),
+        created(1, "ada"),
+        joined(2, "bob"),
+        mentioning(3, "ada", &["bob"]),
+        mentioning(4, "ada", &["bob"]),
+        mentioning(5, "ada", &["bob"]),
     ]);
     let mut view = Memory::default();
     for (i, n) in mentions.iter().enumerate() {
@@ -176,41 +108,44 @@ fn notifications_are_kept_and_marked_read() {
     view.apply(
         &Notifications,
         20,
-        &for_bob(
+        &event(
             20,
             "bob",
             Payload::NotificationRead(NotificationRead {
                 ids: vec![first],
                 all: false,
             }),
-        ),
+        )
+        .for_user("bob"),
     );
     assert_eq!(listed(&view).iter().filter(|n| n.read).count(), 1);
     // Someone else cannot mark bob's notifications read.
     view.apply(
         &Notifications,
         21,
-        &for_bob(
+        &event(
             21,
             "eve",
             Payload::NotificationRead(NotificationRead {
                 ids: vec![],
                 all: true,
             }),
-        ),
+        )
+        .for_user("bob"),
     );
     assert_eq!(listed(&view).iter().filter(|n| n.read).count(), 1);
     view.apply(
         &Notifications,
         22,
-        &for_bob(
+        &event(
             22,
             "bob",
             Payload::NotificationRead(NotificationRead {
                 ids: vec![],
                 all: true,
             }),
-        ),
+        )
+        .for_user("bob"),
     );
     assert!(listed(&view).iter().all(|n| n.read));
     let unread: Vec<u64> = get_json(&view, b"u/bob").unwrap();
@@ -221,14 +156,12 @@ fn notifications_are_kept_and_marked_read() {
 fn a_read_marker_only_moves_forward() {
     let mut view = Memory::default();
     let mark = |n, seq| {
-        for_bob(
+        event(
             n,
             "bob",
-            Payload::ReadMarked(ReadMarked {
-                room: room("lobby"),
-                seq,
-            }),
+            Payload::ReadMarked(ReadMarked { room: lobby(), seq }),
         )
+        .for_user("bob")
     };
     view.apply(&Notifications, 1, &mark(1, 40));
     view.apply(&Notifications, 2, &mark(2, 30));
@@ -237,35 +170,13 @@ fn a_read_marker_only_moves_forward() {
     assert_eq!(view.get(b"r/bob/lobby"), Some(50u64.to_be_bytes().to_vec()));
 }
 
-fn added(n: u32, r: &str, by: &str, member: &str) -> ChatEvent {
-    in_room(
-        n,
-        r,
-        by,
-        Payload::MemberJoined(Membership {
-            member: user(member),
-        }),
-    )
-}
-
-fn removed(n: u32, r: &str, by: &str, member: &str) -> ChatEvent {
-    in_room(
-        n,
-        r,
-        by,
-        Payload::MemberLeft(Membership {
-            member: user(member),
-        }),
-    )
-}
-
 #[test]
 fn a_removed_member_re_adding_themselves_is_not_notified() {
     let emitted = run(vec![
-        created(1, "secret", "ada", true, &["ada", "bob"]),
-        removed(2, "secret", "ada", "bob"),
-        added(3, "secret", "bob", "bob"),
-        posted(4, "secret", "ada", &["bob"]),
+        created_private(1, "ada", &["ada", "bob"]).in_room("secret"),
+        removed(2, "ada", "bob").in_room("secret"),
+        added(3, "bob", "bob").in_room("secret"),
+        mentioning(4, "ada", &["bob"]).in_room("secret"),
     ]);
     assert!(emitted.is_empty(), "{emitted:?}");
 }
@@ -273,10 +184,10 @@ fn a_removed_member_re_adding_themselves_is_not_notified() {
 #[test]
 fn a_non_member_cannot_add_anyone_to_a_private_room() {
     let emitted = run(vec![
-        created(1, "secret", "ada", true, &["ada"]),
-        added(2, "secret", "eve", "mal"),
-        added(3, "secret", "eve", "eve"),
-        posted(4, "secret", "ada", &["mal", "eve"]),
+        created_private(1, "ada", &["ada"]).in_room("secret"),
+        added(2, "eve", "mal").in_room("secret"),
+        added(3, "eve", "eve").in_room("secret"),
+        mentioning(4, "ada", &["mal", "eve"]).in_room("secret"),
     ]);
     assert!(emitted.is_empty(), "{emitted:?}");
 }
@@ -284,9 +195,9 @@ fn a_non_member_cannot_add_anyone_to_a_private_room() {
 #[test]
 fn a_member_adds_someone_to_a_private_room() {
     let emitted = run(vec![
-        created(1, "secret", "ada", true, &["ada", "bob"]),
-        added(2, "secret", "bob", "eve"),
-        posted(3, "secret", "ada", &["eve"]),
+        created_private(1, "ada", &["ada", "bob"]).in_room("secret"),
+        added(2, "bob", "eve").in_room("secret"),
+        mentioning(3, "ada", &["eve"]).in_room("secret"),
     ]);
     assert_eq!(recipients(&emitted), ["eve"]);
 }
@@ -294,11 +205,11 @@ fn a_member_adds_someone_to_a_private_room() {
 #[test]
 fn only_the_creator_removes_someone_else() {
     let emitted = run(vec![
-        created(1, "secret", "ada", true, &["ada", "bob", "eve"]),
-        removed(2, "secret", "eve", "bob"),
-        posted(3, "secret", "ada", &["bob"]),
-        removed(4, "secret", "ada", "bob"),
-        posted(5, "secret", "ada", &["bob"]),
+        created_private(1, "ada", &["ada", "bob", "eve"]).in_room("secret"),
+        removed(2, "eve", "bob").in_room("secret"),
+        mentioning(3, "ada", &["bob"]).in_room("secret"),
+        removed(4, "ada", "bob").in_room("secret"),
+        mentioning(5, "ada", &["bob"]).in_room("secret"),
     ]);
     assert_eq!(
         recipients(&emitted),
@@ -311,11 +222,11 @@ fn only_the_creator_removes_someone_else() {
 #[test]
 fn in_a_public_room_one_joins_only_oneself() {
     let emitted = run(vec![
-        created(1, "lobby", "ada", false, &[]),
-        added(2, "lobby", "ada", "bob"),
-        posted(3, "lobby", "ada", &["bob"]),
-        joined(4, "lobby", "bob"),
-        posted(5, "lobby", "ada", &["bob"]),
+        created(1, "ada"),
+        added(2, "ada", "bob"),
+        mentioning(3, "ada", &["bob"]),
+        joined(4, "bob"),
+        mentioning(5, "ada", &["bob"]),
     ]);
     assert_eq!(recipients(&emitted), ["bob"]);
     assert_eq!(emitted[0].id, EventId::derived(&id(5), "bob"));
@@ -324,11 +235,11 @@ fn in_a_public_room_one_joins_only_oneself() {
 #[test]
 fn a_second_creation_of_a_room_changes_nothing() {
     let emitted = run(vec![
-        created(1, "secret", "ada", true, &["ada"]),
-        created(2, "secret", "eve", true, &["eve", "mal"]),
-        posted(3, "secret", "ada", &["mal"]),
-        added(4, "secret", "eve", "mal"),
-        posted(5, "secret", "ada", &["mal"]),
+        created_private(1, "ada", &["ada"]).in_room("secret"),
+        created_private(2, "eve", &["eve", "mal"]).in_room("secret"),
+        mentioning(3, "ada", &["mal"]).in_room("secret"),
+        added(4, "eve", "mal").in_room("secret"),
+        mentioning(5, "ada", &["mal"]).in_room("secret"),
     ]);
     assert!(emitted.is_empty(), "{emitted:?}");
 }
@@ -336,8 +247,8 @@ fn a_second_creation_of_a_room_changes_nothing() {
 #[test]
 fn membership_of_an_unknown_room_makes_no_member() {
     let emitted = run(vec![
-        joined(1, "nowhere", "bob"),
-        posted(2, "nowhere", "ada", &["bob"]),
+        joined(1, "bob").in_room("nowhere"),
+        mentioning(2, "ada", &["bob"]).in_room("nowhere"),
     ]);
     assert!(emitted.is_empty(), "{emitted:?}");
 }
@@ -373,27 +284,23 @@ fn ask<T: DeserializeOwned>(view: &View, query: &str, request: &impl Serialize) 
     serde_json::from_slice(&bytes).unwrap()
 }
 
-/// An id of the most characters (32), by `n`.
-fn long(n: u32) -> String {
-    format!("{n:0>32}")
-}
-
 /// The notification `n` for bob: a mention in a message of 4 000 characters of what JSON writes
 /// longest (`"`, a 4-byte emoji, a control character: 2, 4 and 6 bytes).
 fn notified(n: u32) -> ChatEvent {
     let c = ['"', '🎉', '\u{1}'][n as usize % 3];
-    for_bob(
+    event(
         n,
         "notifications",
         Payload::NotificationCreated(chatlog_events::event::NotificationCreated {
-            room: room(&long(n)),
+            room: long_room(n),
             seq: u64::from(n),
             message_id: id(100_000 + n),
-            by: user(&long(n)),
+            by: long_user(n),
             text: std::iter::repeat_n(c, 4000).collect(),
             reason: "mention".into(),
         }),
     )
+    .for_user("bob")
 }
 
 #[test]
@@ -402,14 +309,17 @@ fn pages_of_the_largest_notifications_fit_and_page_on_to_each_once() {
     let view = sled_view(&dir);
     // 500 notifications (6 MB of text as JSON), every third read.
     let mut events: Vec<ChatEvent> = (1..=500).map(notified).collect();
-    events.push(for_bob(
-        501,
-        "bob",
-        Payload::NotificationRead(NotificationRead {
-            ids: (1..=500).filter(|n| n % 3 == 0).map(id).collect(),
-            all: false,
-        }),
-    ));
+    events.push(
+        event(
+            501,
+            "bob",
+            Payload::NotificationRead(NotificationRead {
+                ids: (1..=500).filter(|n| n % 3 == 0).map(id).collect(),
+                all: false,
+            }),
+        )
+        .for_user("bob"),
+    );
     let events: Vec<(u64, ChatEvent)> = (1..).zip(events).collect();
     replay(&Notifications, &view, &events, 100);
 
@@ -510,21 +420,22 @@ fn markers_answer_the_first_rooms_by_id_within_bounds() {
     // Markers in 9 000 rooms of 32-character ids, at the largest seqs.
     let events: Vec<(u64, ChatEvent)> = (0..9000u32)
         .map(|r| {
-            let mark = for_bob(
+            let mark = event(
                 r + 1,
                 "bob",
                 Payload::ReadMarked(ReadMarked {
-                    room: room(&long(8999 - r)),
+                    room: long_room(8999 - r),
                     seq: u64::MAX - u64::from(r),
                 }),
-            );
+            )
+            .for_user("bob");
             (u64::from(r) + 1, mark)
         })
         .collect();
     replay(&Notifications, &view, &events, 1000);
     let markers: MarkersAnswer = ask(&view, MARKERS, &MarkersRequest { user: user("bob") });
     let expected: MarkersAnswer = (0..MAX_MARKERS as u32)
-        .map(|r| (room(&long(r)), u64::MAX - u64::from(8999 - r)))
+        .map(|r| (long_room(r), u64::MAX - u64::from(8999 - r)))
         .collect();
     assert_eq!(markers, expected);
 }

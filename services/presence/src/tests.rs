@@ -1,48 +1,12 @@
 //! Given / when / then for presence, with explicit event times (no clock, no sleeping).
 
-use chatlog_events::{
-    ChatEvent, EventId, Payload, RoomId, UserId,
-    event::{Empty, Presence as P},
-};
+use chatlog_events::{ChatEvent, Payload, event::Presence as P};
 use chatlog_runtime::{Projection, View, testing::replay};
-use chrono::{DateTime, Utc};
+use chatlog_test_support::fixtures::{
+    Fixture, at, event, heartbeat, lobby, offline, online, room, typing,
+};
 
 use super::*;
-
-fn lobby() -> RoomId {
-    RoomId::parse("lobby").unwrap()
-}
-
-fn at(secs: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
-}
-
-fn ev(n: u32, user: &str, secs: i64, payload: Payload) -> ChatEvent {
-    ChatEvent::in_room(&lobby(), UserId::parse(user).unwrap(), "edge", payload)
-        .with_id(EventId::parse(&format!("0190f7a2-5b1c-7000-8000-{n:012x}")).unwrap())
-        .with_time(at(secs))
-}
-
-fn online(n: u32, user: &str, conn: &str, secs: i64) -> ChatEvent {
-    ev(n, user, secs, Payload::PresenceOnline(P::of(conn)))
-}
-
-fn heartbeat(n: u32, user: &str, conn: &str, secs: i64) -> ChatEvent {
-    ev(n, user, secs, Payload::PresenceHeartbeat(P::of(conn)))
-}
-
-fn offline(n: u32, user: &str, conn: &str, secs: i64) -> ChatEvent {
-    ev(n, user, secs, Payload::PresenceOffline(P::of(conn)))
-}
-
-fn typing(n: u32, user: &str, secs: i64, on: bool) -> ChatEvent {
-    let p = if on {
-        Payload::TypingStarted(Empty {})
-    } else {
-        Payload::TypingStopped(Empty {})
-    };
-    ev(n, user, secs, p)
-}
 
 struct Then {
     _dir: tempfile::TempDir,
@@ -94,31 +58,31 @@ impl Then {
 
 #[test]
 fn a_user_comes_online_and_goes_offline() {
-    let then = given(vec![online(1, "ada", "c1", 0)]);
+    let then = given(vec![online(1, "ada", "c1").at(0)]);
     assert_eq!(then.online(), ["ada"]);
-    let then = then.when(vec![offline(2, "ada", "c1", 5)]);
+    let then = then.when(vec![offline(2, "ada", "c1").at(5)]);
     assert!(then.online().is_empty());
 }
 
 #[test]
 fn a_user_with_two_tabs_stays_online_until_both_are_gone() {
     let then = given(vec![
-        online(1, "ada", "tab1", 0),
-        online(2, "ada", "tab2", 1),
+        online(1, "ada", "tab1").at(0),
+        online(2, "ada", "tab2").at(1),
     ]);
     assert_eq!(then.online(), ["ada"], "listed once");
-    let then = then.when(vec![offline(3, "ada", "tab1", 2)]);
+    let then = then.when(vec![offline(3, "ada", "tab1").at(2)]);
     assert_eq!(then.online(), ["ada"]);
-    let then = then.when(vec![offline(4, "ada", "tab2", 3)]);
+    let then = then.when(vec![offline(4, "ada", "tab2").at(3)]);
     assert!(then.online().is_empty());
 }
 
 #[test]
 fn online_users_are_sorted() {
     let then = given(vec![
-        online(1, "bob", "c1", 0),
-        online(2, "ada", "c2", 0),
-        online(3, "ada-2", "c3", 0),
+        online(1, "bob", "c1").at(0),
+        online(2, "ada", "c2").at(0),
+        online(3, "ada-2", "c3").at(0),
     ]);
     assert_eq!(then.online(), ["ada", "ada-2", "bob"]);
 }
@@ -126,10 +90,10 @@ fn online_users_are_sorted() {
 #[test]
 fn a_connection_without_heartbeat_times_out_and_one_with_heartbeats_does_not() {
     let then = given(vec![
-        online(1, "ada", "c1", 0),
-        online(2, "bob", "c2", 0),
-        heartbeat(3, "bob", "c2", 15),
-        heartbeat(4, "bob", "c2", 30),
+        online(1, "ada", "c1").at(0),
+        online(2, "bob", "c2").at(0),
+        heartbeat(3, "bob", "c2").at(15),
+        heartbeat(4, "bob", "c2").at(30),
     ]);
     // At 36 s ada's last sign of life is 36 s old, bob's 6 s.
     let due = Presence::default().tick(&then.view, at(36));
@@ -150,29 +114,21 @@ fn a_connection_without_heartbeat_times_out_and_one_with_heartbeats_does_not() {
 
 #[test]
 fn one_heartbeat_keeps_its_connection_online_in_every_room_it_names() {
-    let (kitchen, attic) = (
-        RoomId::parse("kitchen").unwrap(),
-        RoomId::parse("attic").unwrap(),
-    );
-    let in_room = |room: &RoomId, n: u32, secs: i64, payload: Payload| {
-        ChatEvent::in_room(room, UserId::parse("ada").unwrap(), "edge", payload)
-            .with_id(EventId::parse(&format!("0190f7a2-5b1c-7000-8000-{n:012x}")).unwrap())
-            .with_time(at(secs))
-    };
+    let (kitchen, attic) = (room("kitchen"), room("attic"));
     let then = given(vec![
-        online(1, "ada", "c1", 0),
-        in_room(&kitchen, 2, 0, Payload::PresenceOnline(P::of("c1"))),
-        in_room(&attic, 3, 0, Payload::PresenceOnline(P::of("c1"))),
+        online(1, "ada", "c1").at(0),
+        online(2, "ada", "c1").in_room(&kitchen).at(0),
+        online(3, "ada", "c1").in_room(&attic).at(0),
         // Appended on the lobby's subject (the first of its rooms), naming the other two.
-        in_room(
-            &lobby(),
+        event(
             4,
-            30,
+            "ada",
             Payload::PresenceHeartbeat(P {
                 connection: "c1".into(),
                 rooms: vec![attic.clone(), kitchen.clone(), lobby()],
             }),
-        ),
+        )
+        .at(30),
     ]);
     assert!(
         Presence::default().tick(&then.view, at(50)).is_empty(),
@@ -191,11 +147,14 @@ fn one_heartbeat_keeps_its_connection_online_in_every_room_it_names() {
 
 #[test]
 fn typing_starts_stops_and_runs_out() {
-    let then = given(vec![online(1, "ada", "c1", 0), typing(2, "ada", 1, true)]);
+    let then = given(vec![
+        online(1, "ada", "c1").at(0),
+        typing(2, "ada", true).at(1),
+    ]);
     assert_eq!(then.typing(), ["ada"]);
-    let then = then.when(vec![typing(3, "ada", 2, false)]);
+    let then = then.when(vec![typing(3, "ada", false).at(2)]);
     assert!(then.typing().is_empty());
-    let then = then.when(vec![typing(4, "ada", 10, true)]);
+    let then = then.when(vec![typing(4, "ada", true).at(10)]);
     assert!(
         Presence::default().tick(&then.view, at(15)).is_empty(),
         "5 s: still typing"
@@ -208,14 +167,20 @@ fn typing_starts_stops_and_runs_out() {
 
 #[test]
 fn a_refreshed_typing_flag_lasts_from_the_refresh() {
-    let then = given(vec![typing(1, "ada", 0, true), typing(2, "ada", 4, true)]);
+    let then = given(vec![
+        typing(1, "ada", true).at(0),
+        typing(2, "ada", true).at(4),
+    ]);
     assert!(Presence::default().tick(&then.view, at(8)).is_empty());
     assert_eq!(Presence::default().tick(&then.view, at(11)).len(), 1);
 }
 
 #[test]
 fn going_offline_ends_typing() {
-    let then = given(vec![online(1, "ada", "c1", 0), typing(2, "ada", 1, true)])
-        .when(vec![offline(3, "ada", "c1", 2)]);
+    let then = given(vec![
+        online(1, "ada", "c1").at(0),
+        typing(2, "ada", true).at(1),
+    ])
+    .when(vec![offline(3, "ada", "c1").at(2)]);
     assert!(then.typing().is_empty());
 }

@@ -8,9 +8,12 @@
 //! The binary is `$NATS_SERVER_BIN`, else the one `make` installed under `.tools/`, else
 //! `nats-server` on `PATH`; a missing binary panics with a message saying how to get one.
 //!
-//! [`eventually`] is the polling loop of tests that have no event to await.
+//! [`eventually`] (and [`eventually_ok`], which says why not yet) is the polling loop of tests
+//! that have no event to await. [`fixtures`] builds deterministic events for the projections'
+//! given/when/then tests.
 
 pub mod client;
+pub mod fixtures;
 
 /// Asks `attempt` again every 10 ms until it answers `Some`, for at most `within`, and answers
 /// that; panics saying `what` otherwise. For what a test cannot await (a process's port, a
@@ -29,15 +32,39 @@ pub async fn eventually<T>(
             tokio::time::Instant::now() < deadline,
             "{what}: not within {within:?}"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(AGAIN_AFTER).await;
     }
 }
+
+/// Like [`eventually`], for an attempt that says why it is not done yet: `Err(why)`. The panic
+/// shows the last `why`.
+pub async fn eventually_ok<T, E: std::fmt::Debug>(
+    what: impl std::fmt::Display,
+    within: Duration,
+    mut attempt: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let why = match attempt().await {
+            Ok(done) => return done,
+            Err(why) => why,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}; the last attempt: {why:?}"
+        );
+        tokio::time::sleep(AGAIN_AFTER).await;
+    }
+}
+
+/// The pause between two attempts of [`eventually`].
+const AGAIN_AFTER: Duration = Duration::from_millis(10);
 
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// How long a server may take to become ready.
@@ -170,26 +197,21 @@ impl NatsServer {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
         let url = match &self.credentials {
             Some((user, password)) => self.url_as(user, password),
             None => self.url(),
         };
-        loop {
-            if let Some(child) = self.child.as_mut()
+        let child = &mut self.child;
+        let what = format!("nats-server on {url} ready");
+        eventually(what, READY_TIMEOUT, async || {
+            if let Some(child) = child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
                 panic!("nats-server exited while starting: {status}");
             }
-            if jetstream_ready(&url).await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server on {url} not ready after {READY_TIMEOUT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            jetstream_ready(&url).await.then_some(())
+        })
+        .await
     }
 }
 
