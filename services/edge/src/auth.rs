@@ -165,6 +165,36 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+/// The caller, from `Authorization: Bearer <token>` or else `?token=` (an `EventSource` cannot
+/// set headers): the event stream and the long poll.
+pub struct StreamUser(pub UserId);
+
+impl FromRequestParts<AppState> for StreamUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            return AuthUser::from_request_parts(parts, state)
+                .await
+                .map(|AuthUser(user)| StreamUser(user));
+        }
+        let token = parts
+            .uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing bearer token or ?token="))?;
+        authenticate(state, token).await.map(StreamUser)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use crate::{
     AppState,
     address::ClientAddr,
-    auth::AuthUser,
+    auth::{AuthUser, StreamUser},
     decide::{Command, Given, decide},
     error::{ApiError, Code},
     rooms::NewRoom,
@@ -421,6 +421,9 @@ pub struct EventsQuery {
     since: u64,
     #[serde(default)]
     limit: Option<usize>,
+    /// Seconds to wait for an event after `since` when there is none yet (a long poll).
+    #[serde(default)]
+    wait: u64,
 }
 
 const DEFAULT_EVENTS: usize = 100;
@@ -432,11 +435,12 @@ pub struct StoredEvent {
     event: Box<RawValue>,
 }
 
-/// `GET /api/rooms/{room}/events?since=S&limit=N`: the stored CloudEvents after S, oldest first,
-/// as they are now (a deleted message's redacted, an edited one's with its latest text).
+/// `GET /api/rooms/{room}/events?since=S&limit=N&wait=W`: the stored CloudEvents after S,
+/// oldest first, as they are now (a deleted message's redacted, an edited one's with its latest
+/// text). With none yet and `wait`, the answer waits up to W seconds for the next one.
 pub async fn room_events(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    StreamUser(user): StreamUser,
     Path(room): Path<String>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<StoredEvent>>, ApiError> {
@@ -449,27 +453,53 @@ pub async fn room_events(
             "limit must be 1 to {MAX_EVENTS}"
         )));
     }
-    let subject = subjects::room(&room);
+    if query.wait > crate::sse::MAX_WAIT_SECS {
+        return Err(ApiError::bad_request(format!(
+            "wait must be at most {} seconds",
+            crate::sse::MAX_WAIT_SECS
+        )));
+    }
+    let mut events = stored_after(&state, &room, query.since, limit).await?;
+    let within = std::time::Duration::from_secs(query.wait);
+    if events.is_empty()
+        && !within.is_zero()
+        && crate::sse::wait_for_event(&state, &user, &room, query.since, within).await?
+    {
+        events = stored_after(&state, &room, query.since, limit).await?;
+    }
+    Ok(Json(events))
+}
+
+/// Up to `limit` stored events of `room` after `since`, as they are served now (redacted).
+async fn stored_after(
+    state: &AppState,
+    room: &RoomId,
+    since: u64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, ApiError> {
+    let subject = subjects::room(room);
     let head = state.log.last_seq(Stream::Rooms, &subject).await?;
+    if head <= since {
+        return Ok(Vec::new());
+    }
     let mut stored = state
         .log
         .read(
             Stream::Rooms,
             &subject,
-            query.since.saturating_add(1),
+            since.saturating_add(1),
             head,
             limit,
         )
         .await?;
-    crate::served::as_now(&state.views, &room, head, &mut stored).await?;
-    let events = stored
+    crate::served::as_now(&state.views, room, head, &mut stored).await?;
+    Ok(stored
         .into_iter()
         .filter_map(|m| {
             let event = RawValue::from_string(String::from_utf8(m.body.to_vec()).ok()?).ok()?;
             Some(StoredEvent { seq: m.seq, event })
         })
-        .collect();
-    Ok(Json(events))
+        .collect())
 }
 
 /// `GET /api/rooms/{room}/presence`: who is online and typing, from the presence view.

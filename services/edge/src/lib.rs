@@ -23,6 +23,7 @@ pub mod messages;
 pub mod metrics;
 pub mod rooms;
 pub mod served;
+pub mod sse;
 pub mod users;
 pub mod views;
 pub mod web;
@@ -145,6 +146,7 @@ pub fn app(state: AppState) -> Router {
             get(http::room_messages).post(http::post_message),
         )
         .route("/api/rooms/{room}/events", get(http::room_events))
+        .route("/api/rooms/{room}/stream", get(sse::stream))
         .route("/api/rooms/{room}/presence", get(http::room_presence))
         .route("/api/rooms/{room}/members", post(http::add_member))
         .route(

@@ -32,7 +32,7 @@ use crate::{
     address::ClientAddr,
     error::{ApiError, Code},
     frames::ClientFrame,
-    ws::connection::Incoming,
+    ws::connection::{Incoming, Peer},
 };
 
 /// The longest line a client may send, in bytes, its `\n` included.
@@ -592,7 +592,7 @@ async fn connection(state: AppState, tcp: TcpStream, peer: SocketAddr) {
         return;
     }
     let stream = lines.map(move |read| incoming(read, &current));
-    crate::ws::connection::serve(state, user, seat, (sink, stream), false).await;
+    crate::ws::connection::serve(state, user, seat, (sink, stream), Peer::Line).await;
 }
 
 /// Reads lines until a `LOGIN` succeeds (answering every other line with an error), `QUIT`, or

@@ -77,6 +77,31 @@ impl Client {
         }
     }
 
+    /// `GET path` as an `EventSource` asks it (`Accept: text/event-stream`, and the extra
+    /// headers, such as `Last-Event-ID`): the status, and the stream of events when it is 200.
+    pub async fn event_stream(&self, path: &str, headers: &[(&str, &str)]) -> (u16, EventStream) {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("an HTTP client");
+        let mut request = http
+            .get(format!("http://{}{path}", self.addr))
+            .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = tokio::time::timeout(PATIENCE, request.send())
+            .await
+            .expect("an answer in time")
+            .expect("an http answer");
+        let status = response.status().as_u16();
+        let stream = EventStream {
+            response,
+            buffer: String::new(),
+        };
+        (status, stream)
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Answer {
         self.request("GET", path, Some(token), None).await
     }
@@ -348,6 +373,58 @@ impl Ws {
                     return (frames, Ended::Closed(frame.map(|f| u16::from(f.code))));
                 }
                 Some(Ok(_)) => frames += 1,
+            }
+        }
+    }
+}
+
+/// A server-sent event: its `id`, `event` and `data` fields.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SentEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// An open `text/event-stream` answer, read event by event.
+pub struct EventStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl EventStream {
+    /// The next event (comments skipped), or `None` when the stream ended; panics after
+    /// [`PATIENCE`] without one.
+    pub async fn next(&mut self) -> Option<SentEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SentEvent::default();
+                let mut fields = 0;
+                for line in block.lines() {
+                    let Some((name, value)) = line.split_once(':') else {
+                        continue;
+                    };
+                    let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+                    fields += 1;
+                    match name {
+                        "id" => event.id = Some(value),
+                        "event" => event.event = Some(value),
+                        "data" => event.data.push_str(&value),
+                        _ => fields -= 1, // a comment (empty name) or an unknown field
+                    }
+                }
+                if fields > 0 {
+                    return Some(event);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(PATIENCE, self.response.chunk())
+                .await
+                .expect("an event in time");
+            match chunk {
+                Ok(Some(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(None) | Err(_) => return None,
             }
         }
     }

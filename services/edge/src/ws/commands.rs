@@ -176,8 +176,19 @@ impl Connection {
         };
         let head = self.state.hub.join(&room, subscriber).await?;
         // Decided once subscribed, on the membership as of the room's head (which the feed has
-        // not passed): a removal after it reaches this socket through the feed.
-        if let Err(e) = self.become_member(&room).await {
+        // not passed): a removal after it reaches this socket through the feed. A reader that
+        // takes no part only needs to see the room.
+        let decided = if self.peer.takes_part() {
+            self.become_member(&room).await
+        } else {
+            let (state, user) = (&self.state, &self.user);
+            state
+                .rooms
+                .visible(&room, user, &state.views)
+                .await
+                .map(drop)
+        };
+        if let Err(e) = decided {
             self.state.hub.leave(&room, join);
             return Err(e);
         }
@@ -197,7 +208,9 @@ impl Connection {
         self.write(sink, joined.to_text())
             .await
             .map_err(|_| ApiError::new(Code::Internal, "connection closing"))?;
-        self.announce(&room, join);
+        if self.peer.takes_part() {
+            self.announce(&room, join);
+        }
         Ok(None)
     }
 
@@ -321,6 +334,9 @@ impl Connection {
     /// One heartbeat per period for all the rooms the connection is in: appended on the first
     /// room's subject, naming every room (a connection in 100 rooms is one append, not 100).
     pub(super) fn heartbeat(&self) {
+        if !self.peer.takes_part() {
+            return;
+        }
         let rooms = self.session.rooms();
         let Some(first) = rooms.first().cloned() else {
             return;

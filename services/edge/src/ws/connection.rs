@@ -69,6 +69,28 @@ impl<T: futures::Sink<Message, Error = Error> + Unpin + Send> Outbound for T {}
 pub trait Inbound: futures::Stream<Item = Result<Incoming, Error>> + Unpin + Send {}
 impl<T: futures::Stream<Item = Result<Incoming, Error>> + Unpin + Send> Inbound for T {}
 
+/// Which kind of client a connection serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Pinged every period; one silent for two periods is gone (a dead network sends no close).
+    WebSocket,
+    /// Not pinged: a line client may lurk in silence, and TCP keepalive finds a dead one.
+    Line,
+    /// A server-sent event stream: it only reads. A comment every [`KEEP_ALIVE`] keeps proxies
+    /// from closing it; its joins record no membership and no presence (a `GET` changes nothing).
+    EventStream,
+}
+
+/// How often an event stream gets a comment line when nothing else is sent.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+impl Peer {
+    /// Whether its joins record membership and presence.
+    pub fn takes_part(self) -> bool {
+        self != Peer::EventStream
+    }
+}
+
 /// What a client sent.
 pub enum Incoming {
     /// A JSON frame, parsed by [`crate::frames::ClientFrame::parse`] (WebSocket text).
@@ -135,6 +157,7 @@ pub(super) struct Connection {
     pub(super) connection: String,
     /// This connection's place in its user's notification feed.
     notify_join: u64,
+    pub(super) peer: Peer,
     /// Appends in flight, each answering its ack or error frame.
     /// Made at the first send: an empty `FuturesUnordered` still allocates ~200 bytes.
     pub(super) appends: SyncWrapper<Option<Appends>>,
@@ -144,6 +167,7 @@ impl Connection {
     fn new(
         state: AppState,
         user: UserId,
+        peer: Peer,
     ) -> (Self, inbox::Receiver<Delivery>, inbox::Receiver<Box<Ctl>>) {
         let limits = &state.config.limits;
         let (live_tx, live_rx) = inbox::inbox(limits.outbound_queue);
@@ -158,6 +182,7 @@ impl Connection {
             kick: Arc::new(Kick::default()),
             connection: uuid::Uuid::new_v4().simple().to_string(),
             notify_join: 0,
+            peer,
             appends: SyncWrapper::new(None),
         };
         (conn, live_rx, ctl_rx)
@@ -169,7 +194,6 @@ impl Connection {
         &mut self,
         mut sink: S,
         mut stream: impl Inbound,
-        pings: bool,
         mut live_rx: inbox::Receiver<Delivery>,
         mut ctl_rx: inbox::Receiver<Box<Ctl>>,
     ) {
@@ -177,7 +201,10 @@ impl Connection {
         // network sends no close), and its presence ends. One timer for both, set to whichever
         // is due first (a timer is 112 bytes of every connection).
         let every = self.state.config.limits.heartbeat;
-        let ping_every = self.state.config.limits.ping;
+        let ping_every = match self.peer {
+            Peer::EventStream => KEEP_ALIVE,
+            Peer::WebSocket | Peer::Line => self.state.config.limits.ping,
+        };
         let start = tokio::time::Instant::now();
         let first = first_heartbeat(&self.connection, every);
         let (mut next_heartbeat, mut next_ping) = (start + first, start + ping_every);
@@ -206,9 +233,9 @@ impl Connection {
                     }
                     if now >= next_ping {
                         next_ping = now + ping_every;
-                        step = if !pings {
+                        step = if self.peer == Peer::Line {
                             Ok(())
-                        } else if heard.elapsed() > ping_every * 2 {
+                        } else if self.peer == Peer::WebSocket && heard.elapsed() > ping_every * 2 {
                             Err(Stop::Gone)
                         } else {
                             Box::pin(self.guard(sink.feed(Message::Ping(bytes::Bytes::new())))).await
@@ -264,17 +291,14 @@ pub(crate) type Seat = (
 );
 
 /// Runs one upgraded connection until it closes, then leaves every room it joined.
-///
-/// `pings`: whether a peer that answers nothing for two ping periods is gone (WebSocket: yes; a
-/// line client may lurk in silence, and TCP keepalive finds a dead one).
 pub(crate) async fn serve(
     state: AppState,
     user: UserId,
     seat: Seat,
     (sink, stream): (impl Outbound, impl Inbound),
-    pings: bool,
+    peer: Peer,
 ) {
-    let (mut conn, live_rx, ctl_rx) = Connection::new(state, user);
+    let (mut conn, live_rx, ctl_rx) = Connection::new(state, user, peer);
     conn.state.metrics.connection_opened();
     conn.notify_join = conn.state.hub.next_join();
     conn.state.users.subscribe(
@@ -290,7 +314,7 @@ pub(crate) async fn serve(
     if *conn.state.shutdown.borrow() {
         conn.kick.kick(KickReason::Shutdown);
     }
-    conn.run_loop(sink, stream, pings, live_rx, ctl_rx).await;
+    conn.run_loop(sink, stream, live_rx, ctl_rx).await;
     // Appends the client sent before it went are already with JetStream; a first attempt that
     // failed is still retried to its end (the client gets no ack, but nothing stops half way).
     if let Some(unfinished) = conn.appends.get_mut().take()
@@ -425,6 +449,9 @@ impl Connection {
             reader.abort();
         }
         self.state.hub.leave(&left.room, left.join);
+        if !self.peer.takes_part() {
+            return;
+        }
         self.append_quietly(
             self.presence_event(&left.room, super::commands::PresenceKind::Offline),
         );

@@ -85,7 +85,13 @@ pub async fn upgrade(
             // weight in every connection's task, twice (serve and run_loop).
             let (sink, stream) = socket.split();
             let stream = stream.map(|m| m.map(connection::Incoming::from));
-            let fut = connection::serve(state, user, seat, (sink, stream), true);
+            let fut = connection::serve(
+                state,
+                user,
+                seat,
+                (sink, stream),
+                connection::Peer::WebSocket,
+            );
             if std::env::var_os("CHATLOG_SIZES").is_some() {
                 eprintln!("serve future: {} bytes", std::mem::size_of_val(&fut));
             }
