@@ -24,7 +24,7 @@ export NATS_SERVER_VERSION ?= 2.14.6
 # the figures).
 export NATS_GC ?= GOGC=400 GOMEMLIMIT=1GiB
 
-.PHONY: all up down bench test test-browser browser-deps test-faults lint fmt nats-server build-release clean-data cluster-up cluster-down
+.PHONY: all up down bench test test-web test-browser browser-deps test-faults lint fmt nats-server build-release clean-data cluster-up cluster-down
 
 all: test
 
@@ -63,7 +63,8 @@ down:
 	@infra/stop.sh $(DATA)/chatlog.pid -- $(DATA)/nats.pid
 
 ## test: install what the tests need, then run every test (each starts its own nats-server):
-## the Rust tests (unit, integration, fault suite) and the web client in headless Chromium
+## the Rust tests (unit, integration, fault suite), the web client's unit tests (Node) and the
+## web client in headless Chromium
 test:
 	@infra/k8s-validate.sh --install
 	@infra/monitoring/promtool.sh --install
@@ -72,8 +73,14 @@ test:
 	  $(CARGO) test --workspace --all-targets
 	@$(MAKE) --no-print-directory test-browser
 
-## test-browser: the web client in headless Chromium (installs chromium and playwright-core)
-test-browser: browser-deps
+## test-web: the web client's unit tests in Node (its history fold against the fixtures the
+## history view's projection runs too, events/fixtures/fold/)
+test-web: browser-deps
+	@node --test tests/web/
+
+## test-browser: the web client's unit tests, then the client in headless Chromium (installs
+## chromium and playwright-core)
+test-browser: test-web
 	@$(CARGO) build --bin chatlog
 	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" CHATLOG_BIN=$(TARGET_DIR)/debug/chatlog \
 	  node tests/browser/test.mjs

@@ -1,5 +1,6 @@
 //! The web client: static files embedded in the binary at build time (no Node step to run
-//! chatlog), served at `/`.
+//! chatlog), served at `/`: the page, its entry script `/app.js` (a module) and the modules it
+//! imports under `/js/` (one Ingress rule routes that prefix, infra/k8s/chatlog.yaml).
 
 use axum::{
     Router,
@@ -19,6 +20,56 @@ const FILES: &[(&str, &str, &str)] = &[
         "/app.js",
         "text/javascript; charset=utf-8",
         include_str!("../web/app.js"),
+    ),
+    (
+        "/js/protocol.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/protocol.js"),
+    ),
+    (
+        "/js/fold.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/fold.js"),
+    ),
+    (
+        "/js/state.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/state.js"),
+    ),
+    (
+        "/js/http.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/http.js"),
+    ),
+    (
+        "/js/render.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/render.js"),
+    ),
+    (
+        "/js/connection.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/connection.js"),
+    ),
+    (
+        "/js/rooms.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/rooms.js"),
+    ),
+    (
+        "/js/messages.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/messages.js"),
+    ),
+    (
+        "/js/notifications.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/notifications.js"),
+    ),
+    (
+        "/js/session.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/session.js"),
     ),
     (
         "/style.css",
