@@ -112,6 +112,13 @@ async fn send(
     Ok((status, response.text().await?))
 }
 
+/// The secret the bench claims guest `user` with: derived from the name, so that a bench run
+/// again on the same log logs the same guests in again (over HTTP or the line protocol) rather
+/// than finding their names held.
+pub fn guest_secret(user: &str) -> String {
+    format!("bench-secret-for-{user}")
+}
+
 /// Guest tokens for `users`, in order, fetched `parallel` at a time (over as many kept-alive
 /// connections).
 pub async fn guest_tokens(
@@ -121,9 +128,7 @@ pub async fn guest_tokens(
 ) -> anyhow::Result<Vec<String>> {
     futures::stream::iter(users)
         .map(|user| async move {
-            // A secret derived from the name: a bench run again on the same log logs the
-            // same guests in again rather than finding their names held.
-            let secret = format!("bench-secret-for-{user}");
+            let secret = guest_secret(user);
             let body = serde_json::json!({ "user": user, "secret": secret }).to_string();
             let (status, answer) = target.post("/api/auth/guest", None, &body).await?;
             if status != 200 {
@@ -266,8 +271,12 @@ fn str_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 /// The unsigned number right after `key`.
 fn num_after(text: &str, key: &str) -> Option<u64> {
     let start = text.find(key)? + key.len();
-    text[start..]
-        .bytes()
+    leading_number(&text[start..])
+}
+
+/// The unsigned number `text` starts with (`None` when it starts with no digit).
+pub(crate) fn leading_number(text: &str) -> Option<u64> {
+    text.bytes()
         .take_while(u8::is_ascii_digit)
         .fold(None, |acc: Option<u64>, d| {
             Some(acc.unwrap_or(0).wrapping_mul(10) + u64::from(d - b'0'))

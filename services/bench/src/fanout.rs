@@ -1,8 +1,12 @@
-//! `fanout`: R rooms × M members, one WebSocket each, every member joined to its room. The
+//! `fanout`: R rooms × M members, one connection each, every member joined to its room. The
 //! members send at a fixed total rate, open loop (sends are scheduled on a clock, never wait for
 //! acks), spread evenly over the members and the rooms. Each send carries `t=<nanos since the
 //! bench started>` in its text; each member measures send-to-delivery latency on every event it
 //! receives, and checks per room that it sees every acknowledged seq exactly once.
+//!
+//! The connections are WebSockets (`send` frames out, `event` frames in), or with `--via line`
+//! line protocol clients (docs/protocol.md §7: `MSG <room> <text>` out, `MSG` lines in, acked by
+//! `OK sent <seq>`): the same members, sends, clock and checks, only the wire differs.
 //!
 //! The run is made of phases over the same connections: one (warm-up included) for a plain run;
 //! with `--step-up`, a warm-up then steps of rising rate until a step loses something, duplicates,
@@ -28,11 +32,12 @@ use tokio::{
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes, protocol::WebSocketConfig};
 
 use crate::{
     Common,
     client::{self, Frame, Ws},
+    line::{self, LineConn},
     stats::{EdgeHistogram, Latency, Local, Recorder},
     sys::{self, CpuUse, Pids},
 };
@@ -42,9 +47,18 @@ pub struct FanoutArgs {
     /// Rooms.
     #[arg(long, default_value_t = 100)]
     pub rooms: usize,
-    /// Members (WebSocket connections) per room.
+    /// Members (connections) per room.
     #[arg(long, default_value_t = 20)]
     pub members: usize,
+    /// How the members connect: `ws`, or `line` (the line protocol, docs/protocol.md §7: each
+    /// member logs in, sends `MSG <room> <text>` and reads `MSG` lines). The `--stalled`
+    /// members are WebSocket clients either way.
+    #[arg(long, value_enum, default_value_t = Via::Ws)]
+    pub via: Via,
+    /// The edge's line protocol address, for `--via line` (default: the host of --url, port
+    /// 5000, where `chatlog up` serves it).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub line_addr: Option<String>,
     /// Messages per second, all rooms together (the first step's rate with --step-up).
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
@@ -92,11 +106,46 @@ pub struct FanoutArgs {
     pub stalled: usize,
 }
 
+/// How the members talk to the edge.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// WebSocket, JSON frames.
+    Ws,
+    /// The line protocol over TCP.
+    Line,
+}
+
+impl Via {
+    /// What a member sends for one message, around its 13 digits of `t=`: a `send` frame's text
+    /// up to them, and after them.
+    fn send_template(self, room: &str, pad: &str) -> (String, String) {
+        match self {
+            Via::Ws => (
+                format!(r#"{{"type":"send","room":"{room}","text":"t="#),
+                format!(" {pad}\"}}"),
+            ),
+            Via::Line => (format!("MSG {room} t="), format!(" {pad}\n")),
+        }
+    }
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Via::Ws => "WebSocket",
+            Via::Line => "line protocol",
+        })
+    }
+}
+
 /// What a fanout run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutReport {
     pub rooms: usize,
     pub members: usize,
+    /// How the members connected.
+    pub via: Via,
     pub connections: usize,
     pub text_bytes: usize,
     pub step_up: bool,
@@ -221,8 +270,8 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
     let mut stalled = connect_stalled(common, &args).await?;
     let setup_seconds = setup.elapsed().as_secs_f64();
     eprintln!(
-        "fanout: {} rooms x {} members connected and joined in {setup_seconds:.1} s",
-        args.rooms, args.members
+        "fanout: {} rooms x {} members ({}) connected and joined in {setup_seconds:.1} s",
+        args.rooms, args.members, args.via
     );
     tokio::time::sleep(Duration::from_secs_f64(args.settle.max(0.0))).await;
     fleet.forget_setup().await;
@@ -277,6 +326,7 @@ pub async fn run(common: &Common, args: FanoutArgs) -> anyhow::Result<FanoutRepo
     Ok(FanoutReport {
         rooms: args.rooms,
         members: args.members,
+        via: args.via,
         connections,
         text_bytes: text_len(args.size),
         step_up: args.step_up,
@@ -437,12 +487,16 @@ struct MemberOut {
 }
 
 struct Member {
-    ws: Option<Ws>,
+    conn: Option<Conn>,
     base: std::time::Instant,
-    /// `{"type":"send","room":"R","text":"t=`
+    /// What is sent before the 13 digits of `t=`: `{"type":"send","room":"R","text":"t=`, or
+    /// `MSG R t=` ([`Via::send_template`])…
     head: String,
-    /// ` xxx…"}`
+    /// …and after them: ` xxx…"}`, or ` xxx…\n`.
     tail: String,
+    /// The room's head when the member joined: the events up to it are the backlog a line
+    /// `JOIN` starts with (a WebSocket join without `since` has none), not counted.
+    joined_head: u64,
     last_seq: u64,
     /// Seen between phases, reported with the next one.
     pending: MemberOut,
@@ -456,16 +510,117 @@ struct Member {
 enum Step {
     Stop,
     Tick(Instant),
-    Msg(Option<Result<Message, tungstenite::Error>>),
+    Msg(Incoming),
+}
+
+/// A member's connection.
+#[allow(clippy::large_enum_variant)] // one per member, in its task: a box would only add a hop
+enum Conn {
+    Ws(Ws),
+    Line(LineConn),
+}
+
+/// What a member's connection read.
+enum Incoming {
+    /// A WebSocket text frame.
+    Frame(Utf8Bytes),
+    /// A line of the line protocol.
+    Line(String),
+    /// Nothing the bench reads (a ping, a binary frame).
+    Nothing,
+    /// The connection ended or failed.
+    Closed,
+}
+
+impl Incoming {
+    /// The parts the bench reads, out of a frame's JSON or a line alike.
+    fn frame(&self) -> Option<Frame<'_>> {
+        match self {
+            Incoming::Frame(text) => client::scan(text),
+            Incoming::Line(line) => line::scan(line),
+            Incoming::Nothing | Incoming::Closed => None,
+        }
+    }
+}
+
+impl Conn {
+    /// The next thing the edge sent. Cancel-safe, as both streams are.
+    async fn read(&mut self) -> Incoming {
+        match self {
+            Conn::Ws(ws) => match ws.next().await {
+                Some(Ok(Message::Text(text))) => Incoming::Frame(text),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => Incoming::Closed,
+                Some(Ok(_)) => Incoming::Nothing,
+            },
+            Conn::Line(conn) => match conn.next_line().await {
+                Ok(Some(line)) => Incoming::Line(line),
+                Ok(None) | Err(_) => Incoming::Closed,
+            },
+        }
+    }
+
+    /// Sends one message (a `send` frame, or a `MSG` line with its `\n`); false when the
+    /// connection failed.
+    async fn send(&mut self, frame: &str) -> bool {
+        match self {
+            Conn::Ws(ws) => ws.send(Message::Text(frame.into())).await.is_ok(),
+            Conn::Line(conn) => conn.send(frame).await.is_ok(),
+        }
+    }
+
+    async fn close(&mut self) {
+        let closing = async {
+            match self {
+                Conn::Ws(ws) => drop(ws.close(None).await),
+                Conn::Line(conn) => conn.close().await,
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+    }
+}
+
+/// How the members' connections are opened: with their guest tokens over WebSocket, or logged
+/// in over the line protocol (with the secret their tokens were claimed with).
+enum Opener {
+    Ws {
+        target: Arc<client::Target>,
+        config: WebSocketConfig,
+        tokens: Vec<String>,
+    },
+    Line {
+        addr: std::net::SocketAddr,
+    },
+}
+
+impl Opener {
+    /// Member `k`'s (`user`'s) connection, joined to `room`, and the room's head.
+    async fn open(&self, k: usize, user: &str, room: &str) -> anyhow::Result<(Conn, u64)> {
+        match self {
+            Opener::Ws {
+                target,
+                config,
+                tokens,
+            } => {
+                let mut ws = client::connect_ws(target, &tokens[k], *config).await?;
+                let head = client::join(&mut ws, room).await?;
+                Ok((Conn::Ws(ws), head))
+            }
+            Opener::Line { addr } => {
+                let mut conn = LineConn::connect(*addr, user, &client::guest_secret(user)).await?;
+                let head = conn.join(room).await?;
+                Ok((Conn::Line(conn), head))
+            }
+        }
+    }
 }
 
 impl Member {
     async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
         loop {
-            let cmd = match self.ws.as_mut() {
-                Some(ws) => tokio::select! {
+            let cmd = match self.conn.as_mut() {
+                Some(conn) => tokio::select! {
                     cmd = cmds.recv() => cmd,
-                    msg = ws.next() => {
+                    msg = conn.read() => {
                         self.on_message(msg, None);
                         continue;
                     }
@@ -482,8 +637,8 @@ impl Member {
                 Some(Cmd::Close) | None => break,
             }
         }
-        if let Some(mut ws) = self.ws.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+        if let Some(mut conn) = self.conn.take() {
+            conn.close().await;
         }
     }
 
@@ -494,7 +649,7 @@ impl Member {
         let mut sending = plan.first < plan.send_end;
         let mut frame = String::with_capacity(self.head.len() + T_DIGITS + self.tail.len());
         loop {
-            let Some(ws) = self.ws.as_mut() else {
+            let Some(conn) = self.conn.as_mut() else {
                 // Closed: nothing more to see; wait for the end of the phase.
                 out.closed = true;
                 while let Some(Cmd::Phase(..)) = cmds.recv().await {}
@@ -503,7 +658,7 @@ impl Member {
             let step = tokio::select! {
                 biased;
                 at = tick.tick(), if sending => Step::Tick(at),
-                msg = ws.next() => Step::Msg(msg),
+                msg = conn.read() => Step::Msg(msg),
                 // Only `Stop` comes during a phase, after the sends and the drain: polled last,
                 // not before every frame read.
                 _ = cmds.recv() => Step::Stop,
@@ -524,9 +679,11 @@ impl Member {
                     frame.push_str(&self.head);
                     let _ = write!(frame, "{t:0width$}", width = T_DIGITS);
                     frame.push_str(&self.tail);
-                    let Some(ws) = self.ws.as_mut() else { continue };
-                    if ws.send(Message::Text(frame.as_str().into())).await.is_err() {
-                        self.ws = None;
+                    let Some(conn) = self.conn.as_mut() else {
+                        continue;
+                    };
+                    if !conn.send(&frame).await {
+                        self.conn = None;
                         continue;
                     }
                     out.sent += 1;
@@ -537,28 +694,21 @@ impl Member {
         self.latency.flush();
         self.lag.flush();
         self.ack.flush();
-        out.closed |= self.ws.is_none();
+        out.closed |= self.conn.is_none();
         out
     }
 
-    fn on_message(
-        &mut self,
-        msg: Option<Result<Message, tungstenite::Error>>,
-        phase: Option<(&Plan, &mut MemberOut)>,
-    ) {
-        let text = match msg {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(_)) | Err(_)) | None => {
-                self.ws = None;
-                return;
-            }
-            Some(Ok(_)) => return,
-        };
+    fn on_message(&mut self, msg: Incoming, phase: Option<(&Plan, &mut MemberOut)>) {
+        if let Incoming::Closed = msg {
+            self.conn = None;
+            return;
+        }
         let (plan, out) = match phase {
             Some((plan, out)) => (Some(plan), out),
             None => (None, &mut self.pending),
         };
-        match client::scan(&text) {
+        match msg.frame() {
+            Some(Frame::Event { seq, .. }) if seq <= self.joined_head => {}
             Some(Frame::Event { seq, t }) => {
                 if seq <= self.last_seq {
                     out.duplicates += 1;
@@ -646,36 +796,48 @@ impl Fleet {
             UserId::parse(user.as_str()).with_context(|| format!("user id {user:?}"))?;
         }
         let target = common.target.clone();
-        let tokens = client::guest_tokens(&target, &users, 16).await?;
-        client::create_rooms(&target, &tokens[0], &rooms).await?;
-
         let size = text_len(args.size);
+        let opener = match args.via {
+            Via::Ws => {
+                let tokens = client::guest_tokens(&target, &users, 16).await?;
+                // tungstenite zero-fills its whole read buffer before every read: sized for one
+                // event frame (the text and ~400 bytes of envelope), not 4 KiB, it was 4 % of the
+                // generator.
+                let config = client::ws_config((size + 512).next_power_of_two().clamp(1024, 8192));
+                Opener::Ws {
+                    target: target.clone(),
+                    config,
+                    tokens,
+                }
+            }
+            Via::Line => Opener::Line {
+                addr: line_addr(&target, args.line_addr.as_deref()).await?,
+            },
+        };
+        let creator = match &opener {
+            Opener::Ws { tokens, .. } => tokens[0].clone(),
+            // Line members log in on their connections: one token, to create the rooms.
+            Opener::Line { .. } => client::guest_tokens(&target, &users[..1], 1)
+                .await?
+                .remove(0),
+        };
+        client::create_rooms(&target, &creator, &rooms).await?;
+
         let pad = "x".repeat(size - T_DIGITS - 3);
         let parallel = args.connect_parallel.max(1);
-        // tungstenite zero-fills its whole read buffer before every read: sized for one event
-        // frame (the text and ~400 bytes of envelope), not 4 KiB, it was 4 % of the generator.
-        let read_buffer = client::ws_config((size + 512).next_power_of_two().clamp(1024, 8192));
-        let joined: Vec<(usize, anyhow::Result<Ws>)> =
-            futures::stream::iter(tokens.into_iter().enumerate())
-                .map(|(k, token)| {
-                    let target = target.clone();
-                    let room = rooms[k / args.members].clone();
-                    async move {
-                        let ws = async {
-                            let mut ws = client::connect_ws(&target, &token, read_buffer).await?;
-                            client::join(&mut ws, &room).await?;
-                            Ok(ws)
-                        }
-                        .await;
-                        (k, ws)
-                    }
+        let opener = &opener;
+        let joined: Vec<(usize, anyhow::Result<(Conn, u64)>)> =
+            futures::stream::iter(users.iter().enumerate())
+                .map(|(k, user)| {
+                    let room = &rooms[k / args.members];
+                    async move { (k, opener.open(k, user, room).await) }
                 })
                 .buffer_unordered(parallel)
                 .collect()
                 .await;
-        let mut sockets: Vec<Option<Ws>> = (0..users.len()).map(|_| None).collect();
-        for (k, ws) in joined {
-            sockets[k] = Some(ws.with_context(|| format!("member {}", users[k]))?);
+        let mut sockets: Vec<Option<(Conn, u64)>> = (0..users.len()).map(|_| None).collect();
+        for (k, joined) in joined {
+            sockets[k] = Some(joined.with_context(|| format!("member {}", users[k]))?);
         }
 
         let latency = Recorder::new();
@@ -684,14 +846,17 @@ impl Fleet {
         let mut cmds = Vec::new();
         let mut tasks = Vec::new();
         let mut order = Vec::new();
-        for (k, ws) in sockets.into_iter().enumerate() {
+        for (k, joined) in sockets.into_iter().enumerate() {
             let (r, m) = (k / args.members, k % args.members);
             order.push(m * args.rooms + r);
+            let (conn, joined_head) = joined.map_or((None, 0), |(conn, head)| (Some(conn), head));
+            let (head, tail) = args.via.send_template(&rooms[r], &pad);
             let member = Member {
-                ws,
+                conn,
                 base: common.base,
-                head: format!(r#"{{"type":"send","room":"{}","text":"t="#, rooms[r]),
-                tail: format!(" {pad}\"}}"),
+                head,
+                tail,
+                joined_head,
                 last_seq: 0,
                 pending: MemberOut::default(),
                 latency: latency.local(k),
@@ -932,6 +1097,21 @@ impl Fleet {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
+}
+
+/// The edge's line protocol address: `--line-addr`, or the host of `--url` at port 5000.
+async fn line_addr(
+    target: &client::Target,
+    given: Option<&str>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let Some(given) = given else {
+        return Ok(std::net::SocketAddr::new(target.addr.ip(), 5000));
+    };
+    tokio::net::lookup_host(given)
+        .await
+        .with_context(|| format!("resolving --line-addr {given}"))?
+        .next()
+        .with_context(|| format!("--line-addr {given} resolves to nothing"))
 }
 
 /// How many of `expected` are not in `got`, and how many of `got` are not in `expected`; both

@@ -1,9 +1,9 @@
 //! `chatlog-bench`: the load generator behind `chatlog bench <workload>`.
 //!
 //! Three workloads, each against a running edge (and its NATS server):
-//! - [`fanout`]: R rooms × M members over WebSocket, an open-loop send rate, end-to-end latency
-//!   from send to every delivery, deliveries per second, loss and duplicates per room seq;
-//!   `--step-up` finds the saturation rate.
+//! - [`fanout`]: R rooms × M members over WebSocket (or the line protocol, `--via line`), an
+//!   open-loop send rate, end-to-end latency from send to every delivery, deliveries per second,
+//!   loss and duplicates per room seq; `--step-up` finds the saturation rate.
 //! - [`append`]: closed-loop senders with a window: acked appends per second and ack latency,
 //!   beside raw async-nats JetStream publishing of the same event to a scratch stream.
 //! - [`idle`]: N idle joined connections and the edge's resident memory per connection.
@@ -20,6 +20,7 @@ pub mod append;
 pub mod client;
 pub mod fanout;
 pub mod idle;
+pub mod line;
 pub mod pace;
 pub mod replay;
 pub mod report;

@@ -14,7 +14,12 @@ use plotters::{
 };
 use serde::Serialize;
 
-use crate::{append::AppendReport, fanout::FanoutReport, idle::IdleReport, stats::Latency};
+use crate::{
+    append::AppendReport,
+    fanout::{FanoutReport, Via},
+    idle::IdleReport,
+    stats::Latency,
+};
 
 /// What a bench run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -96,9 +101,10 @@ impl Report {
         match &self.outcome {
             Outcome::Fanout(f) => match (&f.saturation, f.phases.last()) {
                 (Some(s), _) => format!(
-                    "fanout {}×{}: saturation {:.0} deliveries/s at {:.0} msg/s{}",
+                    "fanout {}×{}{}: saturation {:.0} deliveries/s at {:.0} msg/s{}",
                     f.rooms,
                     f.members,
+                    via_note(f.via),
                     s.deliveries_per_s,
                     s.send_rate,
                     f.ceiling
@@ -107,8 +113,14 @@ impl Report {
                         .unwrap_or_default()
                 ),
                 (None, Some(p)) => format!(
-                    "fanout {}×{} at {:.0} msg/s: p99 {:.2} ms, {:.0} deliveries/s, lost {}",
-                    f.rooms, f.members, p.target_rate, p.latency.p99_ms, p.deliveries_per_s, p.lost
+                    "fanout {}×{}{} at {:.0} msg/s: p99 {:.2} ms, {:.0} deliveries/s, lost {}",
+                    f.rooms,
+                    f.members,
+                    via_note(f.via),
+                    p.target_rate,
+                    p.latency.p99_ms,
+                    p.deliveries_per_s,
+                    p.lost
                 ),
                 (None, None) => format!("fanout {}×{}", f.rooms, f.members),
             },
@@ -171,11 +183,19 @@ impl fmt::Display for Report {
     }
 }
 
+/// How a headline names the line protocol (WebSocket, the default, goes unsaid).
+fn via_note(via: Via) -> &'static str {
+    match via {
+        Via::Ws => "",
+        Via::Line => " via line",
+    }
+}
+
 fn fanout_table(f: &mut fmt::Formatter<'_>, r: &FanoutReport) -> fmt::Result {
     writeln!(
         f,
-        "{} rooms × {} members = {} connections, text {} B, setup {:.1} s",
-        r.rooms, r.members, r.connections, r.text_bytes, r.setup_seconds
+        "{} rooms × {} members = {} connections ({}), text {} B, setup {:.1} s",
+        r.rooms, r.members, r.connections, r.via, r.text_bytes, r.setup_seconds
     )?;
     writeln!(f)?;
     writeln!(
