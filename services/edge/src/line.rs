@@ -7,6 +7,7 @@
 //! finds one whose network went away.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet, VecDeque},
     io,
     net::SocketAddr,
@@ -212,8 +213,12 @@ impl<R: AsyncRead + Unpin> Stream for Lines<R> {
 }
 
 /// Escapes what a line cannot hold: a newline in a text is sent as `\n`.
-fn escape(text: &str) -> String {
-    text.replace('\n', "\\n")
+fn escape(text: &str) -> Cow<'_, str> {
+    if text.contains('\n') {
+        Cow::Owned(text.replace('\n', "\\n"))
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 /// The room a bare line of text goes to: the one joined last, while it is joined.
@@ -240,82 +245,77 @@ impl Current {
     }
 }
 
-/// A server frame, as much of it as a line shows.
+/// A server frame, as much of it as a line shows: one flat struct of borrowed fields (an
+/// internally tagged enum would buffer the whole frame first), parsed once per connection.
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Frame {
-    Event {
-        room: String,
-        seq: u64,
-        event: Event,
-    },
-    Joined {
-        room: String,
-        head: u64,
-    },
-    Left {
-        room: String,
-    },
-    Ack {
-        seq: u64,
-    },
-    Error {
-        code: String,
-        message: String,
-    },
-    Pong,
-    Presence {
-        room: String,
-        online: Vec<String>,
-    },
-    Who {
-        room: String,
-        online: Vec<String>,
-    },
-    Rooms {
-        rooms: Vec<Room>,
-    },
-    #[serde(other)]
-    Other,
+struct Frame<'a> {
+    #[serde(borrow)]
+    r#type: Cow<'a, str>,
+    #[serde(borrow, default)]
+    room: Cow<'a, str>,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    head: u64,
+    #[serde(borrow, default)]
+    code: Cow<'a, str>,
+    #[serde(borrow, default)]
+    message: Cow<'a, str>,
+    #[serde(borrow, default)]
+    online: Vec<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    rooms: Vec<Room<'a>>,
+    #[serde(borrow, default)]
+    event: Option<Event<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Event {
-    id: String,
-    r#type: String,
-    #[serde(default)]
-    data: EventData,
+struct Event<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    r#type: Cow<'a, str>,
+    #[serde(borrow, default)]
+    data: EventData<'a>,
 }
 
 #[derive(Deserialize, Default)]
-struct EventData {
-    #[serde(default)]
-    user: String,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    message_id: Option<String>,
+struct EventData<'a> {
+    #[serde(borrow, default)]
+    user: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Cow<'a, str>,
+    #[serde(borrow, default)]
+    message_id: Option<Cow<'a, str>>,
     /// A redacted event: the message was deleted.
     #[serde(default)]
     deleted: bool,
 }
 
 #[derive(Deserialize)]
-struct Room {
-    id: String,
+struct Room<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
 }
 
-/// Messages a connection remembers the seq of (for `EDIT` and `DEL` lines).
-const REMEMBERED: usize = 10_000;
+/// Messages a connection remembers the seq of (for `EDIT` and `DEL` lines): the last ones it
+/// showed, by id as a number (an edit of an older message is not shown).
+const REMEMBERED: usize = 512;
 
-/// Renders server frames as lines. It remembers the seq of each message it showed (`EDIT` and
-/// `DEL` name the message by it; an edit of a message this client never saw is not shown) and
-/// who it last said was online in each room (`PRESENCE` lines say what changed).
+/// A message id as remembered: the UUID's 128 bits.
+fn message_key(id: &str) -> Option<u128> {
+    uuid::Uuid::parse_str(id).ok().map(|u| u.as_u128())
+}
+
+/// Renders server frames as lines. It remembers the seq of the last messages it showed (`EDIT`
+/// and `DEL` name the message by it; an edit of a message this client did not see, or saw long
+/// ago, is not shown) and who it last said was online in each room (`PRESENCE` lines say what
+/// changed).
 #[derive(Default)]
 pub struct Renderer {
     current: Current,
-    shown: HashMap<String, u64>,
-    shown_order: VecDeque<String>,
+    shown: HashMap<u128, u64>,
+    shown_order: VecDeque<u128>,
     online: HashMap<String, HashSet<String>>,
 }
 
@@ -333,25 +333,29 @@ impl Renderer {
         let Ok(frame) = serde_json::from_str::<Frame>(frame) else {
             return;
         };
+        let room = &*frame.room;
         // Writing to a String cannot fail.
-        let _ = match frame {
-            Frame::Event { room, seq, event } => self.event(&room, seq, event, out),
-            Frame::Joined { room, head } => {
-                self.current.set(Some(&room));
-                self.online.remove(&room);
-                writeln!(out, "JOINED {room} {head}")
+        let _ = match &*frame.r#type {
+            "event" => match frame.event {
+                Some(event) => self.event(room, frame.seq, event, out),
+                None => Ok(()),
+            },
+            "joined" => {
+                self.current.set(Some(room));
+                self.online.remove(room);
+                writeln!(out, "JOINED {room} {}", frame.head)
             }
-            Frame::Left { room } => {
-                self.current.clear_if(&room);
-                self.online.remove(&room);
+            "left" => {
+                self.current.clear_if(room);
+                self.online.remove(room);
                 writeln!(out, "OK left {room}")
             }
-            Frame::Ack { seq } => writeln!(out, "OK sent {seq}"),
-            Frame::Error { code, message } => writeln!(out, "ERR {code} {}", escape(&message)),
-            Frame::Pong => writeln!(out, "OK pong"),
-            Frame::Presence { room, online } => {
-                let now: HashSet<String> = online.into_iter().collect();
-                let before = self.online.remove(&room).unwrap_or_default();
+            "ack" => writeln!(out, "OK sent {}", frame.seq),
+            "error" => writeln!(out, "ERR {} {}", frame.code, escape(&frame.message)),
+            "pong" => writeln!(out, "OK pong"),
+            "presence" => {
+                let now: HashSet<String> = frame.online.iter().map(|u| u.to_string()).collect();
+                let before = self.online.remove(room).unwrap_or_default();
                 let mut came: Vec<&String> = now.difference(&before).collect();
                 let mut went: Vec<&String> = before.difference(&now).collect();
                 came.sort();
@@ -362,15 +366,15 @@ impl Renderer {
                 for user in went {
                     let _ = writeln!(out, "PRESENCE {room} {user} offline");
                 }
-                self.online.insert(room, now);
+                self.online.insert(room.to_string(), now);
                 Ok(())
             }
-            Frame::Who { room, online } => writeln!(out, "OK who {room} {}", online.join(" ")),
-            Frame::Rooms { rooms } => {
-                let ids: Vec<String> = rooms.into_iter().map(|r| r.id).collect();
+            "who" => writeln!(out, "OK who {room} {}", frame.online.join(" ")),
+            "rooms" => {
+                let ids: Vec<&str> = frame.rooms.iter().map(|r| &*r.id).collect();
                 writeln!(out, "OK rooms {}", ids.join(" "))
             }
-            Frame::Other => Ok(()),
+            _ => Ok(()),
         };
     }
 
@@ -380,20 +384,26 @@ impl Renderer {
         if data.deleted {
             return Ok(()); // redacted: deleted before this client saw it
         }
-        match event.r#type.as_str() {
+        let changed = data.message_id.as_deref().and_then(message_key);
+        match &*event.r#type {
             "chat.message.posted" => {
-                self.remember(event.id, seq);
-                let text = escape(data.text.as_deref().unwrap_or_default());
-                writeln!(out, "MSG {room} {seq} {} {text}", data.user)
+                if let Some(key) = message_key(&event.id) {
+                    self.remember(key, seq);
+                }
+                writeln!(out, "MSG {room} {seq} {} {}", data.user, escape(&data.text))
             }
-            "chat.message.edited" => match data.message_id.and_then(|m| self.shown.get(&m)) {
+            "chat.message.edited" => match changed.and_then(|m| self.shown.get(&m)) {
                 Some(shown) => {
-                    let text = escape(data.text.as_deref().unwrap_or_default());
-                    writeln!(out, "EDIT {room} {shown} {} {text}", data.user)
+                    writeln!(
+                        out,
+                        "EDIT {room} {shown} {} {}",
+                        data.user,
+                        escape(&data.text)
+                    )
                 }
                 None => Ok(()),
             },
-            "chat.message.deleted" => match data.message_id.and_then(|m| self.shown.get(&m)) {
+            "chat.message.deleted" => match changed.and_then(|m| self.shown.get(&m)) {
                 Some(shown) => writeln!(out, "DEL {room} {shown}"),
                 None => Ok(()),
             },
@@ -401,13 +411,13 @@ impl Renderer {
         }
     }
 
-    fn remember(&mut self, id: String, seq: u64) {
+    fn remember(&mut self, id: u128, seq: u64) {
         if self.shown.len() >= REMEMBERED
             && let Some(oldest) = self.shown_order.pop_front()
         {
             self.shown.remove(&oldest);
         }
-        self.shown_order.push_back(id.clone());
+        self.shown_order.push_back(id);
         self.shown.insert(id, seq);
     }
 }
@@ -780,9 +790,15 @@ mod tests {
         out
     }
 
+    /// The id of the event stored at `seq` in these tests.
+    fn uuid_of(seq: u64) -> String {
+        format!("00000000-0000-7000-8000-{seq:012}")
+    }
+
     fn event(room: &str, seq: u64, kind: &str, data: &str) -> String {
         format!(
-            r#"{{"type":"event","room":"{room}","seq":{seq},"event":{{"specversion":"1.0","id":"e{seq}","source":"/chatlog/edge","type":"{kind}","subject":"{room}","data":{data}}}}}"#
+            r#"{{"type":"event","room":"{room}","seq":{seq},"event":{{"specversion":"1.0","id":"{}","source":"/chatlog/edge","type":"{kind}","subject":"{room}","data":{data}}}}}"#,
+            uuid_of(seq)
         )
     }
 
@@ -804,26 +820,35 @@ mod tests {
                     "lobby",
                     6,
                     "chat.message.edited",
-                    r#"{"user":"ada","message_id":"e5","text":"hello"}"#,
+                    &format!(
+                        r#"{{"user":"ada","message_id":"{}","text":"hello"}}"#,
+                        uuid_of(5)
+                    ),
                 ),
                 &event(
                     "lobby",
                     7,
                     "chat.reaction.added",
-                    r#"{"user":"bob","message_id":"e5","emoji":"x"}"#,
+                    &format!(
+                        r#"{{"user":"bob","message_id":"{}","emoji":"x"}}"#,
+                        uuid_of(5)
+                    ),
                 ),
                 &event(
                     "lobby",
                     8,
                     "chat.message.deleted",
-                    r#"{"user":"ada","message_id":"e5"}"#,
+                    &format!(r#"{{"user":"ada","message_id":"{}"}}"#, uuid_of(5)),
                 ),
                 // An edit of a message this client never saw, and a redacted post: not shown.
                 &event(
                     "lobby",
                     9,
                     "chat.message.edited",
-                    r#"{"user":"ada","message_id":"e1","text":"x"}"#,
+                    &format!(
+                        r#"{{"user":"ada","message_id":"{}","text":"x"}}"#,
+                        uuid_of(1)
+                    ),
                 ),
                 &event("lobby", 10, "chat.message.posted", r#"{"deleted":true}"#),
                 r#"{"type":"ack","id":"x","seq":11}"#,
@@ -838,6 +863,24 @@ mod tests {
         assert_eq!(current.get().as_deref(), Some("lobby"));
         rendered(&mut r, &[r#"{"type":"left","room":"lobby"}"#]);
         assert_eq!(current.get(), None);
+    }
+
+    #[test]
+    fn a_connection_remembers_the_last_messages_it_showed_only() {
+        let mut r = Renderer::default();
+        let posts: Vec<String> = (1..=REMEMBERED as u64 + 1)
+            .map(|seq| event("a", seq, "chat.message.posted", r#"{"user":"ada","text":"t"}"#))
+            .collect();
+        let posts: Vec<&str> = posts.iter().map(String::as_str).collect();
+        rendered(&mut r, &posts);
+        assert_eq!(r.shown.len(), REMEMBERED);
+        let edit = |of: u64| {
+            let data = format!(r#"{{"user":"ada","message_id":"{}","text":"e"}}"#, uuid_of(of));
+            event("a", 9_999, "chat.message.edited", &data)
+        };
+        assert_eq!(rendered(&mut r, &[&edit(1)]), "", "forgotten");
+        let last = REMEMBERED as u64 + 1;
+        assert_eq!(rendered(&mut r, &[&edit(last)]), format!("EDIT a {last} ada e\n"));
     }
 
     #[test]
