@@ -1,7 +1,8 @@
 // Browser test of the web client: two users chat through real Chromium pages against a real
 // nats-server and `chatlog up`; one of them loses the network while the other writes, comes
-// back, and must see every missed message exactly once, in order. Then: a removal from a private
-// room, and guest names (held by a secret this browser keeps; refused to another browser).
+// back, and must see every missed message exactly once, in order. An EventSource on the room
+// resumes with Last-Event-ID after the edge restarts. Then: a removal from a private room, and
+// guest names (held by a secret this browser keeps; refused to another browser).
 //
 //   cd tests/browser && npm ci && node test.mjs
 //
@@ -253,6 +254,21 @@ async function main() {
     await expectExactly(bob, 'bob', ['hello bob', 'hi ada, good to see you', ...missed, 'written while offline', ...hung]);
   });
 
+  await step('an EventSource on lobby gets the room\'s events as server-sent events', async () => {
+    const token = JSON.parse(await ada.evaluate(() => localStorage.getItem('chatlog.token')));
+    await ada.evaluate((t) => {
+      window.sseSeen = [];
+      const es = new EventSource(`/api/rooms/lobby/stream?token=${t}`);
+      es.addEventListener('chat.message.posted', (e) => {
+        window.sseSeen.push({ id: Number(e.lastEventId), text: JSON.parse(e.data).data.text });
+      });
+      window.sse = es;
+    }, token);
+    await ada.waitForFunction(() => window.sse.readyState === EventSource.OPEN, null, { timeout: WAIT });
+    await send(ada, 'seen by the event stream');
+    await ada.waitForFunction(() => window.sseSeen.some((e) => e.text === 'seen by the event stream'), null, { timeout: WAIT });
+  });
+
   await step('the edge restarts (close 1001): both resume, a message written meanwhile is sent once', async () => {
     const adaBefore = await ada.$eval('#conn', (el) => ({ ...el.dataset }));
     const bobBefore = await bob.$eval('#conn', (el) => ({ ...el.dataset }));
@@ -266,9 +282,27 @@ async function main() {
     await waitAcked(ada, 'ada');
     await waitForText(bob, 'written while the edge was down', 'bob');
     await bob.waitForTimeout(500);
-    const expected = ['hello bob', 'hi ada, good to see you', ...missed, 'written while offline', ...hung, 'written while the edge was down'];
+    const expected = ['hello bob', 'hi ada, good to see you', ...missed, 'written while offline', ...hung,
+      'seen by the event stream', 'written while the edge was down'];
     await expectExactly(bob, 'bob', expected);
     await expectExactly(ada, 'ada', expected);
+  });
+
+  await step('the EventSource resumed after the restart with Last-Event-ID: what came meanwhile, once', async () => {
+    try {
+      await ada.waitForFunction(() => window.sseSeen.some((e) => e.text === 'written while the edge was down'), null, { timeout: 20_000 });
+    } catch {
+      fail(`the event stream saw ${JSON.stringify(await ada.evaluate(() => window.sseSeen))} (readyState ${await ada.evaluate(() => window.sse.readyState)})`);
+    }
+    await send(ada, 'after the restart, live');
+    await ada.waitForFunction(() => window.sseSeen.some((e) => e.text === 'after the restart, live'), null, { timeout: WAIT });
+    const seen = await ada.evaluate(() => { window.sse.close(); return window.sseSeen; });
+    const texts = seen.map((e) => e.text);
+    const want = ['seen by the event stream', 'written while the edge was down', 'after the restart, live'];
+    if (JSON.stringify(texts) !== JSON.stringify(want)) fail(`the event stream saw ${JSON.stringify(texts)}, want ${JSON.stringify(want)}`);
+    for (let i = 1; i < seen.length; i += 1) {
+      if (!(seen[i].id > seen[i - 1].id)) fail(`event ids not increasing: ${JSON.stringify(seen.map((e) => e.id))}`);
+    }
   });
 
   await step('bob reloads the page: still logged in, same messages once each', async () => {
@@ -279,7 +313,7 @@ async function main() {
     await waitForText(bob, 'after the reload', 'bob');
     await bob.waitForTimeout(300);
     await expectExactly(bob, 'bob', ['hello bob', 'hi ada, good to see you', ...missed, 'written while offline', ...hung,
-      'written while the edge was down', 'after the reload']);
+      'seen by the event stream', 'written while the edge was down', 'after the restart, live', 'after the reload']);
   });
 
   await step('bob is removed from a private room: his page drops it, says so, and does not join it again', async () => {
