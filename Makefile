@@ -73,6 +73,7 @@ test:
 	  $(CARGO) test --workspace --all-targets
 	@$(MAKE) --no-print-directory test-browser
 
+	@CARGO="$(CARGO)" infra/api-check.sh
 ## test-web: the web client's unit tests in Node (its history fold against the fixtures the
 ## history view's projection runs too, events/fixtures/fold/)
 test-web: browser-deps

@@ -165,6 +165,62 @@ impl<'de> Deserialize<'de> for EventId {
     }
 }
 
+/// The ids' JSON Schemas, for the edge's OpenAPI document: what [`RoomId::parse`] and
+/// [`EventId::parse`] accept.
+#[cfg(feature = "openapi")]
+mod schemas {
+    use utoipa::openapi::{
+        RefOr,
+        schema::{ObjectBuilder, Schema, SchemaFormat, Type},
+    };
+
+    use super::{EventId, MAX_ID_LEN, RoomId, UserId};
+
+    /// The pattern of room and user ids (docs/protocol.md §1).
+    pub const ID_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,31}$";
+
+    fn name_id(what: &str, example: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(ID_PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(MAX_ID_LEN))
+            .description(Some(format!(
+                "A {what} id: a-z, 0-9, '_' and '-', starting with a letter or digit, at most 32."
+            )))
+            .examples([example])
+            .into()
+    }
+
+    impl utoipa::PartialSchema for RoomId {
+        fn schema() -> RefOr<Schema> {
+            name_id("room", "lobby")
+        }
+    }
+    impl utoipa::ToSchema for RoomId {}
+
+    impl utoipa::PartialSchema for UserId {
+        fn schema() -> RefOr<Schema> {
+            name_id("user", "ada")
+        }
+    }
+    impl utoipa::ToSchema for UserId {}
+
+    impl utoipa::PartialSchema for EventId {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::Custom("uuid".into())))
+                .description(Some("An event id: a UUID."))
+                .into()
+        }
+    }
+    impl utoipa::ToSchema for EventId {}
+}
+
+#[cfg(feature = "openapi")]
+pub use schemas::ID_PATTERN;
+
 #[cfg(test)]
 mod tests {
     use super::*;

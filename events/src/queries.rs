@@ -94,6 +94,7 @@ pub struct MessagesRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessagesAnswer {
     /// Oldest first.
     pub messages: Vec<MessageView>,
@@ -109,6 +110,7 @@ pub struct MessagesAnswer {
 /// bounded whatever is stored: its text and mentions come from stored events, each at most the
 /// stream's `max_msg_size`, and its reactions are capped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageView {
     pub seq: u64,
     pub id: EventId,
@@ -276,6 +278,7 @@ pub struct PresenceRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceAnswer {
     /// Sorted, each once however many connections it has.
     pub online: Vec<UserId>,
@@ -307,6 +310,7 @@ pub struct NotificationsRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotificationsAnswer {
     pub notifications: Vec<NotificationView>,
     /// How many are unread in all.
@@ -318,6 +322,7 @@ pub struct NotificationsAnswer {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotificationView {
     pub id: EventId,
     pub room: RoomId,
@@ -354,6 +359,7 @@ pub struct UnreadRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UnreadAnswer {
     pub rooms: BTreeMap<RoomId, u64>,
 }

@@ -237,9 +237,18 @@ pub struct EdgeArgs {
     /// (comma-separated CIDRs); per-user limits still apply.
     #[arg(long, env = "CHATLOG_LIMITS_EXEMPT", value_delimiter = ',')]
     pub limits_exempt: Vec<String>,
-    /// Origins a browser may open WebSockets from, beside the edge's own and localhost
-    /// (comma-separated, e.g. https://chat.example.com).
-    #[arg(long, env = "CHATLOG_ALLOWED_ORIGINS", value_delimiter = ',')]
+    /// Origins of browser pages hosted elsewhere (comma-separated, e.g.
+    /// https://chat.example.com): answered with CORS headers, and let open WebSockets (as the
+    /// edge's own origin and localhost are). Empty by default: no CORS.
+    #[arg(long, env = "CHATLOG_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// The former name of --cors-origins, still read (the two lists are one).
+    #[arg(
+        long,
+        env = "CHATLOG_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        hide = true
+    )]
     pub allowed_origins: Vec<String>,
     /// Milliseconds between a connection's presence heartbeats (offline after 35 s without).
     #[arg(long, env = "CHATLOG_HEARTBEAT_MS", default_value_t = 15_000)]
@@ -309,7 +318,10 @@ impl EdgeArgs {
             streams,
             extra_metrics: Default::default(),
             extra_ready: Default::default(),
-            allowed_origins: self.allowed_origins,
+            cors_origins: chatlog_edge::cors::parse_origins(
+                &[self.cors_origins, self.allowed_origins].concat(),
+            )
+            .map_err(|e| anyhow::anyhow!("--cors-origins: {e}"))?,
             trusted_proxies: cidrs("trusted proxy", &self.trusted_proxies)?,
             limits_exempt: cidrs("exempt address", &self.limits_exempt)?,
             line: match self.line.as_deref().or(default_line) {
@@ -380,6 +392,36 @@ mod tests {
             assert!(refuse_placeholder("secret", refused).is_err(), "{refused}");
         }
         assert!(refuse_placeholder("secret", "9f2c1e7a5b3d48e6a0c4f1b2d3e4f5a6").is_ok());
+    #[test]
+    fn cors_origins_and_their_former_name_make_one_list() {
+        let cli = Cli::try_parse_from([
+            "chatlog",
+            "edge",
+            "--cors-origins",
+            "https://a.example/, https://b.example",
+            "--allowed-origins",
+            "https://c.example",
+        ])
+        .unwrap();
+        let Command::Edge(edge) = cli.command else {
+            panic!("edge");
+        };
+        let (config, _) = edge.into_config(None).unwrap();
+        assert_eq!(
+            config.cors_origins,
+            [
+                "https://a.example",
+                "https://b.example",
+                "https://c.example"
+            ]
+        );
+        let cli = Cli::try_parse_from(["chatlog", "edge", "--cors-origins", "*"]).unwrap();
+        let Command::Edge(edge) = cli.command else {
+            panic!("edge");
+        };
+        assert!(edge.into_config(None).is_err(), "a wildcard is no origin");
+    }
+
         for refused in [
             "nats://edge:edge-dev-password@127.0.0.1:4222",
             "nats://a:b@n1:4222,nats://edge:change-me-edge@nats.chatlog.svc:4222",

@@ -9,14 +9,15 @@ use axum::{
 };
 use serde::Serialize;
 
-/// The error codes of the protocol (`conflict` is HTTP-only: 409).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The error codes of the protocol (`conflict` and `method_not_allowed` are HTTP-only: 409, 405).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
     BadRequest,
     Unauthorized,
     Forbidden,
     NotFound,
+    MethodNotAllowed,
     Conflict,
     TooLarge,
     RateLimited,
@@ -32,6 +33,7 @@ impl Code {
             Code::Unauthorized => "unauthorized",
             Code::Forbidden => "forbidden",
             Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
             Code::Conflict => "conflict",
             Code::TooLarge => "too_large",
             Code::RateLimited => "rate_limited",
@@ -46,6 +48,7 @@ impl Code {
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::Conflict => StatusCode::CONFLICT,
             Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -55,10 +58,12 @@ impl Code {
     }
 }
 
-/// An error answered to a client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An error answered to a client: on HTTP, the body of every status 400 and over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct ApiError {
     pub code: Code,
+    /// Meant for a person; not a stable value.
     pub message: String,
     /// When to try again (`rate_limited`): HTTP's `Retry-After`.
     #[serde(skip)]

@@ -3,12 +3,14 @@
 
 use axum::{
     Json,
-    extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
-    http::{StatusCode, header},
+    extract::{
+        FromRequest, FromRequestParts, Path, Query, Request, State, rejection::JsonRejection,
+    },
+    http::{StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use chatlog_events::{
-    RoomId, Stream, UserId,
+    EventId, RoomId, Stream, UserId,
     queries::{
         MarkersAnswer, MarkersRequest, MessagesAnswer, MessagesRequest, NotificationsAnswer,
         NotificationsRequest, PresenceAnswer, PresenceRequest, RoomView, RoomsRequest,
@@ -29,7 +31,8 @@ use crate::{
 };
 
 /// A room as `GET /api/rooms` and `POST /api/rooms` answer it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Room)]
 pub struct RoomListing {
     id: RoomId,
     name: String,
@@ -90,10 +93,49 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
+/// Path parameters whose rejection (a segment that is not UTF-8 once decoded) is a protocol
+/// error (`400 {"code","message"}`), not axum's plain text.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| ApiPath(value))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// A query string whose rejection is a protocol error (`400 {"code","message"}`).
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// `GET /healthz`: 200 while the process runs (a liveness probe).
+#[utoipa::path(get, path = "/healthz", summary = "Liveness", tag = "operations",
+    responses((status = 200, description = "The process runs.", body = String, content_type = "text/plain", example = "ok")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// `GET /readyz`: 200 when NATS is reachable, the streams exist and the views in this process
+/// answer (a readiness probe).
+#[utoipa::path(get, path = "/readyz", summary = "Readiness", tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = String, content_type = "text/plain", example = "ready"),
+        (status = 503, description = "NATS unreachable, streams missing, or views catching up.", body = String, content_type = "text/plain"),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if !state.log.ready().await {
         (
@@ -108,6 +150,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `GET /metrics`: Prometheus text (not routed by the Ingress).
+#[utoipa::path(get, path = "/metrics", summary = "Prometheus metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4.", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut body = state
         .metrics
@@ -118,28 +163,48 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestLogin {
+    /// Not a reserved id: chatlog, admin, system, root, edge, handlers, and `--reserved-ids`.
+    #[schema(value_type = UserId)]
     user: String,
+    /// The name's secret: needed once a guest holds the name; a first login may choose it.
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::GuestSecret>)]
     secret: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenAnswer {
+    /// A JWT (HS256) for `Authorization: Bearer`, valid 24 hours by default.
     token: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct GuestAnswer {
+    /// A JWT (HS256) for `Authorization: Bearer`, valid 24 hours by default.
     token: String,
     /// What this guest must send to log in as this name again.
+    #[schema(value_type = crate::openapi::GuestSecret)]
     secret: String,
 }
 
 /// `POST /api/auth/guest {"user","secret"?}`: a token for a guest name, claimed by its first
 /// request (which gets the secret later requests need).
+#[utoipa::path(post, path = "/api/auth/guest", summary = "Log in as a guest",
+    description = "The first request for a free name claims it, with the `secret` given or a new one (answered); later requests for the name need that secret.", tag = "auth",
+    request_body = GuestLogin,
+    responses(
+        (status = 200, description = "A token, and the name's secret.", body = GuestAnswer),
+        (status = 400, description = "A malformed body, a bad id, a bad secret or a reserved id.", body = ApiError),
+        (status = 401, description = "A guest holds the name and this is not its secret.", body = ApiError),
+        (status = 403, description = "Guest logins are switched off.", body = ApiError),
+        (status = 409, description = "A guest holds the name and no secret was given, or it is an account's.", body = ApiError),
+        (status = 413, description = "The body is over the size limit.", body = ApiError),
+        (status = 429, description = "Too many logins from this address.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "The log is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn guest(
     State(state): State<AppState>,
     client: ClientAddr,
@@ -157,7 +222,17 @@ pub async fn guest(
     Ok(Json(GuestAnswer { token, secret }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Not a reserved id: chatlog, admin, system, root, edge, handlers, and `--reserved-ids`.
+    #[schema(value_type = UserId)]
+    user: String,
+    #[schema(value_type = crate::openapi::Password)]
+    password: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     user: String,
@@ -165,10 +240,20 @@ pub struct Credentials {
 }
 
 /// `POST /api/auth/register {"user","password"}`: 201 `{"token"}`; 409 taken.
+#[utoipa::path(post, path = "/api/auth/register", summary = "Register an account", tag = "auth",
+    request_body = Registration,
+    responses(
+        (status = 201, description = "Registered: a token.", body = TokenAnswer),
+        (status = 400, description = "A malformed body, a bad or reserved id, or a password shorter than 8 characters or over 1 024 bytes.", body = ApiError),
+        (status = 409, description = "The name is taken (an account's or a guest's).", body = ApiError),
+        (status = 413, description = "The body is over the size limit.", body = ApiError),
+        (status = 429, description = "Too many registrations from this address.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "The log is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn register(
     State(state): State<AppState>,
     client: ClientAddr,
-    ApiJson(creds): ApiJson<Credentials>,
+    ApiJson(creds): ApiJson<Registration>,
 ) -> Result<(StatusCode, Json<TokenAnswer>), ApiError> {
     client.take_auth(&state)?;
     let user = parse_user(&creds.user)?;
@@ -177,6 +262,16 @@ pub async fn register(
 }
 
 /// `POST /api/auth/login {"user","password"}`: 200 `{"token"}`; 401.
+#[utoipa::path(post, path = "/api/auth/login", summary = "Log in to an account", tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "A token.", body = TokenAnswer),
+        (status = 400, description = "A malformed body.", body = ApiError),
+        (status = 401, description = "Wrong name or password.", body = ApiError),
+        (status = 413, description = "The body is over the size limit.", body = ApiError),
+        (status = 429, description = "Too many logins from this address, or failed logins of this account.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "The log is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn login(
     State(state): State<AppState>,
     client: ClientAddr,
@@ -190,22 +285,36 @@ pub async fn login(
     Ok(Json(TokenAnswer { token }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RoomsQuery {
+    /// Only rooms whose id sorts after this one (the last of the page before).
     #[serde(default)]
+    #[param(value_type = Option<RoomId>)]
     after: Option<String>,
+    /// At most this many rooms (default 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
 }
 
 /// `GET /api/rooms?after=ID&limit=N`: the rooms the caller may see, by id, from the history view
 /// once it holds every room event stored when asked (a room just created is listed).
+#[utoipa::path(get, path = "/api/rooms", summary = "List the rooms the caller may see",
+    description = "By id, after `after`. Read once the history view holds every room event stored when asked: a room just created is listed. Private rooms list their members (at most 1 000), every room its `member_count`.", tag = "rooms",
+    params(RoomsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The rooms the caller may see, by id.", body = Vec<RoomListing>),
+        (status = 400, description = "A bad `after` or `limit`.", body = ApiError),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 503, description = "The log or a view is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn list_rooms(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    query: Result<Query<RoomsQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<RoomsQuery>,
 ) -> Result<Json<Vec<RoomListing>>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let after = query.after.as_deref().map(parse_room).transpose()?;
     let limit = query
         .limit
@@ -250,17 +359,24 @@ pub async fn rooms_of(
     Ok(listed)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoom {
+    #[schema(value_type = RoomId)]
     id: String,
+    /// Shown instead of the id (default: the id).
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::RoomName>)]
     name: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::Topic>)]
     topic: Option<String>,
+    /// Private: visible to its members only, who add others.
     #[serde(default)]
     private: bool,
+    /// A private room's first members (its creator is one).
     #[serde(default)]
+    #[schema(value_type = Vec<UserId>, max_items = 1000)]
     members: Vec<String>,
 }
 
@@ -269,6 +385,18 @@ const MAX_TOPIC_CHARS: usize = 1000;
 const MAX_MEMBERS: usize = 1000;
 
 /// `POST /api/rooms`: 201 the room; 409 when it exists.
+#[utoipa::path(post, path = "/api/rooms", summary = "Create a room", tag = "rooms",
+    request_body = CreateRoom,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created.", body = RoomListing),
+        (status = 400, description = "A malformed body, a bad id, a blank name, or a control character.", body = ApiError),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 409, description = "The room exists.", body = ApiError),
+        (status = 413, description = "A name over 100 characters, a topic over 1 000, or a body over the size limit.", body = ApiError),
+        (status = 429, description = "Too many rooms created by this user.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "The log is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn create_room(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -324,27 +452,47 @@ pub async fn create_room(
     Ok((StatusCode::CREATED, Json(listing.into())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostMessage {
+    #[schema(value_type = crate::openapi::Text)]
     text: String,
+    /// The message's id, for a retry to be stored once (default: a new UUIDv7).
     #[serde(default)]
+    #[schema(value_type = Option<EventId>)]
     id: Option<String>,
+    /// The message this one answers.
     #[serde(default)]
+    #[schema(value_type = Option<EventId>)]
     reply_to: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Posted {
+    #[schema(value_type = EventId)]
     id: String,
+    /// The message's seq in the room.
     seq: u64,
 }
 
 /// `POST /api/rooms/{room}/messages`: 201 `{"id","seq"}`, idempotent on `id`.
+#[utoipa::path(post, path = "/api/rooms/{room}/messages", summary = "Post a message", tag = "messages",
+    params(("room" = RoomId, Path)),
+    request_body = PostMessage,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Stored (again: the same `id` is stored once and answered with the same seq).", body = Posted),
+        (status = 400, description = "A malformed body, a bad room id, a blank text or a control character.", body = ApiError),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 404, description = "No such room, or a private one the caller is not a member of.", body = ApiError),
+        (status = 413, description = "A text over 4 000 characters, or a body over the size limit.", body = ApiError),
+        (status = 429, description = "Too many writes by this user.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "The log is unavailable: retry with the same `id`.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn post_message(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
     ApiJson(req): ApiJson<PostMessage>,
 ) -> Result<(StatusCode, Json<Posted>), ApiError> {
     let room = parse_room(&room)?;
@@ -370,11 +518,16 @@ pub async fn post_message(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
+    /// Only messages with a seq below this one (the oldest of the page before).
     #[serde(default)]
+    #[param(maximum = 18446744073709551615_u64)]
     before: Option<u64>,
+    /// At most this many (default 50; more than 200 counts as 200).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 18446744073709551615_u64)]
     limit: Option<usize>,
 }
 
@@ -384,13 +537,23 @@ const MAX_MESSAGES: usize = 200;
 /// `GET /api/rooms/{room}/messages?before=S&limit=N`: the latest N messages before S, oldest
 /// first, edits, deletes and reactions folded in (from the history view, once it has caught up
 /// with the room as it was when asked). N is at most 200.
+#[utoipa::path(get, path = "/api/rooms/{room}/messages", summary = "Read a room's messages",
+    description = "The latest `limit` messages with a seq below `before` (all, without it), oldest first, with edits, deletes and reactions folded in; `has_more` says whether older ones exist (ask again with `before` = the oldest seq answered). Read once the history view holds the room as it was when asked: a message just posted is on it.", tag = "messages",
+    params(("room" = RoomId, Path), MessagesQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The latest messages before `before`, oldest first, edits, deletes and reactions folded in.", body = MessagesAnswer),
+        (status = 400, description = "A bad room id, `before` or `limit`.", body = ApiError),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 404, description = "No such room, or a private one the caller is not a member of.", body = ApiError),
+        (status = 503, description = "The log or the history view is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn room_messages(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Path(room): Path<String>,
-    query: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
+    ApiPath(room): ApiPath<String>,
+    ApiQuery(query): ApiQuery<MessagesQuery>,
 ) -> Result<Json<MessagesAnswer>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = parse_room(&room)?;
     state.rooms.visible(&room, &user, &state.views).await?;
     let limit = query.limit.unwrap_or(DEFAULT_MESSAGES);
@@ -415,36 +578,53 @@ pub async fn room_messages(
     Ok(Json(answer))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Only events with a seq above this one (the last seen; default 0: from the start).
     #[serde(default)]
+    #[param(maximum = 18446744073709551615_u64)]
     since: u64,
+    /// At most this many (default 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Seconds to wait for an event after `since` when there is none yet (a long poll).
     #[serde(default)]
+    #[param(maximum = 30)]
     wait: u64,
 }
 
 const DEFAULT_EVENTS: usize = 100;
 const MAX_EVENTS: usize = 1000;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     seq: u64,
+    #[schema(value_type = crate::openapi::CloudEvent)]
     event: Box<RawValue>,
 }
 
 /// `GET /api/rooms/{room}/events?since=S&limit=N&wait=W`: the stored CloudEvents after S,
 /// oldest first, as they are now (a deleted message's redacted, an edited one's with its latest
 /// text). With none yet and `wait`, the answer waits up to W seconds for the next one.
+#[utoipa::path(get, path = "/api/rooms/{room}/events", summary = "Read a room's stored events (long poll with wait)",
+    description = "The stored events after `since`, oldest first, served as the messages are now (a deleted message's `chat.message.posted` and `chat.message.edited` carry `\"data\":{\"deleted\":true}`, an edited one's its latest text). With none yet and `wait`, the answer waits up to `wait` seconds for the next one, then answers `[]`.", tag = "messages",
+    params(("room" = RoomId, Path), EventsQuery),
+    security(("bearer" = []), ("token" = [])),
+    responses(
+        (status = 200, description = "The stored CloudEvents after `since`, oldest first, as they are now (a deleted message's redacted).", body = Vec<StoredEvent>),
+        (status = 400, description = "A bad room id, `since`, `limit` or `wait`.", body = ApiError),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 404, description = "No such room, or a private one the caller is not a member of.", body = ApiError),
+        (status = 503, description = "The log or a view is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn room_events(
     State(state): State<AppState>,
     StreamUser(user): StreamUser,
-    Path(room): Path<String>,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    ApiPath(room): ApiPath<String>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Json<Vec<StoredEvent>>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = parse_room(&room)?;
     state.rooms.visible(&room, &user, &state.views).await?;
     let limit = query.limit.unwrap_or(DEFAULT_EVENTS);
@@ -503,10 +683,20 @@ async fn stored_after(
 }
 
 /// `GET /api/rooms/{room}/presence`: who is online and typing, from the presence view.
+#[utoipa::path(get, path = "/api/rooms/{room}/presence", summary = "Who is online and typing", tag = "rooms",
+    params(("room" = RoomId, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Who is online and typing.", body = PresenceAnswer),
+        (status = 400, description = "A bad room id.", body = ApiError),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 404, description = "No such room, or a private one the caller is not a member of.", body = ApiError),
+        (status = 503, description = "The log or a view is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn room_presence(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
 ) -> Result<Json<PresenceAnswer>, ApiError> {
     let room = parse_room(&room)?;
     Ok(Json(presence_of(&state, &user, room).await?))
@@ -535,14 +725,19 @@ pub async fn presence_of(
         .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct NotificationsQuery {
+    /// Unread ones only.
     #[serde(default)]
     unread: bool,
     /// Only notifications older than this one (the last of the page before).
     #[serde(default)]
+    #[param(value_type = Option<EventId>)]
     before: Option<String>,
+    /// At most this many (default 100; 0 counts as 1, more than 500 as 500).
     #[serde(default)]
+    #[param(maximum = 18446744073709551615_u64)]
     limit: Option<usize>,
 }
 
@@ -550,12 +745,20 @@ const DEFAULT_NOTIFICATIONS: usize = 100;
 const MAX_NOTIFICATIONS: usize = 500;
 
 /// `GET /api/notifications?unread=true`: the caller's notifications, newest first.
+#[utoipa::path(get, path = "/api/notifications", summary = "The caller's notifications", tag = "notifications",
+    params(NotificationsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's notifications, newest first; each `text` as its message is now (empty once deleted).", body = NotificationsAnswer),
+        (status = 400, description = "A bad `unread`, `before` or `limit`.", body = ApiError),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 503, description = "The log or a view is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn list_notifications(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    query: Result<Query<NotificationsQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<NotificationsQuery>,
 ) -> Result<Json<NotificationsAnswer>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     // Read-your-writes: once the view holds the user's last event (a notification marked read).
     let head = state
         .log
@@ -626,6 +829,7 @@ async fn notifications_as_now(
     Ok(())
 }
 
+/// `{"ids":[…]}` or `{"all":true}` (one of them at least).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadNotifications {
@@ -635,9 +839,72 @@ pub struct ReadNotifications {
     all: bool,
 }
 
+impl utoipa::PartialSchema for ReadNotifications {
+    /// Some ids, or `all: true` (both may be given).
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::{
+            ToSchema,
+            openapi::schema::{
+                AdditionalProperties, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Ref, Type,
+            },
+        };
+        let ids = || {
+            ArrayBuilder::new()
+                .items(Ref::from_schema_name(EventId::name()))
+                .max_items(Some(MAX_READ_IDS))
+        };
+        let all = || ObjectBuilder::new().schema_type(Type::Boolean);
+        let base = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        AnyOfBuilder::new()
+            .item(
+                base()
+                    .property("ids", ids().min_items(Some(1)))
+                    .property("all", all())
+                    .required("ids"),
+            )
+            .item(
+                base()
+                    .property("ids", ids())
+                    .property("all", all().enum_values(Some([true])))
+                    .required("all"),
+            )
+            .description(Some(
+                "Some notifications by id, or all of them (`\"all\": true`).",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ReadNotifications {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::{PartialSchema, ToSchema};
+        schemas.push((<EventId as ToSchema>::name().into(), EventId::schema()));
+    }
+}
+
 const MAX_READ_IDS: usize = 1000;
 
 /// `POST /api/notifications/read {"ids":[...]}` or `{"all":true}`: 204.
+#[utoipa::path(post, path = "/api/notifications/read", summary = "Mark notifications read", tag = "notifications",
+    request_body = ReadNotifications,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Marked read."),
+        (status = 400, description = "A malformed body, neither `ids` nor `all`, or a bad id.", body = ApiError),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 413, description = "The body is over the size limit.", body = ApiError),
+        (status = 429, description = "Too many writes by this user.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "The log is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn read_notifications(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -665,6 +932,13 @@ pub async fn read_notifications(
 
 /// `GET /api/unread`: per room the caller joined, the messages after its read marker (all of
 /// them without one), not counting its own.
+#[utoipa::path(get, path = "/api/unread", summary = "Unread counts per room", tag = "notifications",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Per room the caller joined, its unread messages (not its own, not deleted; counted up to 10 000).", body = UnreadAnswer),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 503, description = "The log or a view is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn unread(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -697,17 +971,32 @@ pub async fn unread(
     Ok(Json(answer))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    #[schema(value_type = UserId)]
     user: String,
 }
 
 /// `POST /api/rooms/{room}/members {"user"}`: a member of a private room adds another (204).
+#[utoipa::path(post, path = "/api/rooms/{room}/members", summary = "Add a member to a private room", tag = "rooms",
+    params(("room" = RoomId, Path)),
+    request_body = AddMember,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "A member (already, or now: `chat.member.joined`)."),
+        (status = 400, description = "A malformed body, a bad id, or a public room (anyone may join it).", body = ApiError),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 403, description = "Refused by the membership rules.", body = ApiError),
+        (status = 404, description = "No such room, or a private one the caller is not a member of.", body = ApiError),
+        (status = 413, description = "The body is over the size limit.", body = ApiError),
+        (status = 429, description = "Too many writes by this user.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "The log or the history view is unavailable, or the room too busy.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn add_member(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
     ApiJson(req): ApiJson<AddMember>,
 ) -> Result<StatusCode, ApiError> {
     let room = parse_room(&room)?;
@@ -717,10 +1006,22 @@ pub async fn add_member(
 
 /// `DELETE /api/rooms/{room}/members/{user}`: leave a room, or (a private room's creator)
 /// remove someone from it (204).
+#[utoipa::path(delete, path = "/api/rooms/{room}/members/{user}", summary = "Leave a room, or remove a member", tag = "rooms",
+    params(("room" = RoomId, Path), ("user" = UserId, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Out of the room (`chat.member.left`)."),
+        (status = 400, description = "A bad id, or someone else in a public room.", body = ApiError),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 403, description = "Someone else's removal, by other than the private room's creator.", body = ApiError),
+        (status = 404, description = "No such room, one invisible to the caller, or not a member.", body = ApiError),
+        (status = 429, description = "Too many writes by this user.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "The log or the history view is unavailable, or the room too busy.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn remove_member(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Path((room, member)): Path<(String, String)>,
+    ApiPath((room, member)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let room = parse_room(&room)?;
     let member = parse_user(&member)?;
@@ -780,4 +1081,9 @@ pub fn parse_user(user: &str) -> Result<UserId, ApiError> {
 /// Any other path: a JSON 404.
 pub async fn fallback() -> ApiError {
     ApiError::not_found("route")
+}
+
+/// A route's path with a method it does not have: a JSON 405 (axum adds `Allow`).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(Code::MethodNotAllowed, "method not allowed")
 }

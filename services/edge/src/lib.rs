@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod address;
 pub mod auth;
+pub mod cors;
 pub mod decide;
 pub mod error;
 pub mod frames;
@@ -21,6 +22,7 @@ pub mod line;
 pub mod log;
 pub mod messages;
 pub mod metrics;
+pub mod openapi;
 pub mod rooms;
 pub mod served;
 pub mod sse;
@@ -61,9 +63,10 @@ pub struct Config {
     pub extra_metrics: metrics::Sources,
     /// More conditions of `/readyz` (the handlers running in the same process).
     pub extra_ready: metrics::ReadyChecks,
-    /// Origins (`scheme://host[:port]`) a browser may open WebSockets from, beside the edge's
-    /// own origin and localhost.
-    pub allowed_origins: Vec<String>,
+    /// Origins (`scheme://host[:port]`) of browser pages hosted elsewhere: answered with CORS
+    /// headers ([`cors`]), and let open WebSockets (beside the edge's own origin and localhost,
+    /// which need no CORS).
+    pub cors_origins: Vec<String>,
     /// Proxies whose `X-Forwarded-For` is believed (the client's address for per-address limits).
     pub trusted_proxies: Vec<limits::Cidr>,
     /// Client addresses exempt from the per-address limits (load generators on a trusted
@@ -87,7 +90,7 @@ impl Default for Config {
             streams: streams::StreamSettings::default(),
             extra_metrics: metrics::Sources::default(),
             extra_ready: metrics::ReadyChecks::default(),
-            allowed_origins: Vec::new(),
+            cors_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             limits_exempt: Vec::new(),
             line: None,
@@ -129,7 +132,9 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The router: every route of the protocol the edge serves.
+/// The router: every route of the protocol the edge serves. Each route's handler carries its
+/// `#[utoipa::path]` and is listed in [`openapi::ApiDoc`] (tests/openapi.rs checks both ways);
+/// the web client's files ([`web`]) are not API.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.limits.max_frame_bytes;
     Router::new()
@@ -156,9 +161,17 @@ pub fn app(state: AppState) -> Router {
         .route("/api/notifications", get(http::list_notifications))
         .route("/api/notifications/read", post(http::read_notifications))
         .route("/api/unread", get(http::unread))
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/api/docs", get(openapi::page))
         .merge(web::router())
         .fallback(http::fallback)
+        // After every route: a wrong method gets a JSON 405 on all of them (with `Allow`).
+        .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::middleware,
+        ))
         .with_state(state)
 }
 

@@ -869,18 +869,31 @@ mod tests {
     fn a_connection_remembers_the_last_messages_it_showed_only() {
         let mut r = Renderer::default();
         let posts: Vec<String> = (1..=REMEMBERED as u64 + 1)
-            .map(|seq| event("a", seq, "chat.message.posted", r#"{"user":"ada","text":"t"}"#))
+            .map(|seq| {
+                event(
+                    "a",
+                    seq,
+                    "chat.message.posted",
+                    r#"{"user":"ada","text":"t"}"#,
+                )
+            })
             .collect();
         let posts: Vec<&str> = posts.iter().map(String::as_str).collect();
         rendered(&mut r, &posts);
         assert_eq!(r.shown.len(), REMEMBERED);
         let edit = |of: u64| {
-            let data = format!(r#"{{"user":"ada","message_id":"{}","text":"e"}}"#, uuid_of(of));
+            let data = format!(
+                r#"{{"user":"ada","message_id":"{}","text":"e"}}"#,
+                uuid_of(of)
+            );
             event("a", 9_999, "chat.message.edited", &data)
         };
         assert_eq!(rendered(&mut r, &[&edit(1)]), "", "forgotten");
         let last = REMEMBERED as u64 + 1;
-        assert_eq!(rendered(&mut r, &[&edit(last)]), format!("EDIT a {last} ada e\n"));
+        assert_eq!(
+            rendered(&mut r, &[&edit(last)]),
+            format!("EDIT a {last} ada e\n")
+        );
     }
 
     #[test]

@@ -125,16 +125,15 @@ impl Directory {
         creator: &UserId,
         new: NewRoom,
     ) -> Result<(Arc<RoomView>, u64), ApiError> {
-        let mut members = new.members;
-        if new.private && !members.contains(creator) {
-            members.insert(0, creator.clone());
-        }
-        members.dedup();
         let created = RoomCreated {
+            members: if new.private {
+                first_members(creator, new.members)
+            } else {
+                Vec::new()
+            },
             name: new.name,
             topic: new.topic,
             private: new.private,
-            members: if new.private { members } else { Vec::new() },
         };
         let event = ChatEvent::in_room(
             &new.id,
@@ -177,6 +176,21 @@ impl Directory {
     }
 }
 
+/// A private room's first members: its creator first unless listed, then each listed user once,
+/// in the order given.
+fn first_members(creator: &UserId, listed: Vec<UserId>) -> Vec<UserId> {
+    let mut members = Vec::with_capacity(listed.len() + 1);
+    if !listed.contains(creator) {
+        members.push(creator.clone());
+    }
+    for member in listed {
+        if !members.contains(&member) {
+            members.push(member);
+        }
+    }
+    members
+}
+
 /// The room as its creation made it (a private room's members as listed then).
 fn created_view(id: RoomId, creator: UserId, created: RoomCreated) -> RoomView {
     RoomView {
@@ -187,5 +201,30 @@ fn created_view(id: RoomId, creator: UserId, created: RoomCreated) -> RoomView {
         members: created.members,
         creator,
         last_seq: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_private_room_lists_each_first_member_once() {
+        let ids = |l: &[&str]| {
+            l.iter()
+                .map(|u| UserId::parse(*u).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let ada = UserId::parse("ada").unwrap();
+        // `Vec::dedup` dropped only neighbours: bob was listed twice.
+        assert_eq!(
+            first_members(&ada, ids(&["bob", "cy", "bob"])),
+            ids(&["ada", "bob", "cy"])
+        );
+        assert_eq!(
+            first_members(&ada, ids(&["bob", "ada", "ada"])),
+            ids(&["bob", "ada"])
+        );
+        assert_eq!(first_members(&ada, Vec::new()), ids(&["ada"]));
     }
 }

@@ -16,7 +16,7 @@ pub mod session;
 use std::time::Duration;
 
 use axum::{
-    extract::{Query, State, WebSocketUpgrade},
+    extract::{State, WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection},
     http::{HeaderMap, header},
     response::{IntoResponse, Response},
 };
@@ -28,6 +28,7 @@ pub use connection::MAX_APPENDS_IN_FLIGHT;
 use crate::{
     AppState,
     error::{ApiError, Code},
+    http::ApiQuery,
 };
 
 /// Close codes the edge uses beside the standard ones.
@@ -48,15 +49,37 @@ pub struct WsQuery {
 }
 
 /// `GET /ws?token=`: refused before the upgrade with 403 for a foreign origin, 401 for a
-/// missing or bad token, 429 for a user over its connection limit.
+/// missing or bad token, 400 for what is not a WebSocket handshake, 429 for a user over its
+/// connection limit.
+#[utoipa::path(get, path = "/ws", summary = "Open a WebSocket", tag = "websocket",
+    description = "The WebSocket protocol (docs/protocol.md §3): after the upgrade, one JSON object per text \
+        frame, told apart by `type`. A browser's `Origin` must be the edge's own, localhost, or one of the \
+        configured origins (`--cors-origins`).",
+    params(
+        ("Connection" = String, Header, pattern = "[Uu][Pp][Gg][Rr][Aa][Dd][Ee]", example = "Upgrade",
+            description = "Names `upgrade`."),
+        ("Upgrade" = String, Header, pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$", example = "websocket"),
+        ("Sec-WebSocket-Version" = String, Header, pattern = "^13$", example = "13"),
+        ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$",
+            example = "dGhlIHNhbXBsZSBub25jZQ==", description = "16 random bytes, base64 (RFC 6455)."),
+    ),
+    security(("token" = [])),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol."),
+        (status = 400, description = "Not a WebSocket handshake.", body = ApiError),
+        (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
+        (status = 403, description = "A browser page from a foreign origin.", body = ApiError),
+        (status = 429, description = "The user (or address) holds its most connections on this edge.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "The log is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn upgrade(
     State(state): State<AppState>,
     client: crate::address::ClientAddr,
-    Query(query): Query<WsQuery>,
+    ApiQuery(query): ApiQuery<WsQuery>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if !origin_allowed(&headers, &state.config.allowed_origins) {
+    if !origin_allowed(&headers, &state.config.cors_origins) {
         return ApiError::new(Code::Forbidden, "websocket from a foreign origin").into_response();
     }
     let Some(token) = query.token.as_deref() else {
@@ -65,6 +88,19 @@ pub async fn upgrade(
     let user = match crate::auth::authenticate(&state, token).await {
         Ok(user) => user,
         Err(e) => return e.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) if key_is_valid(&headers) => ws,
+        Ok(_) => {
+            return ApiError::bad_request(
+                "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)",
+            )
+            .into_response();
+        }
+        Err(e) => {
+            return ApiError::bad_request(format!("not a WebSocket handshake: {}", e.body_text()))
+                .into_response();
+        }
     };
     let seat = match reserve_seats(&state, &user, client) {
         Ok(seat) => seat,
@@ -130,6 +166,21 @@ pub(crate) fn reserve_seats(
         None => None,
     };
     Ok((user_seat, address_seat))
+}
+
+/// Whether the handshake's `Sec-WebSocket-Key` is 16 bytes in base64, as RFC 6455 §4.2.1 asks
+/// (axum only checks that there is one).
+fn key_is_valid(headers: &HeaderMap) -> bool {
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return false;
+    };
+    let key = key.as_bytes();
+    let base64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    // 16 bytes: 21 characters, one that carries 2 bits (then zeros), and `==`.
+    key.len() == 24
+        && key[..21].iter().all(base64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
 }
 
 /// Browsers send `Origin`; other clients (websocat, bots) do not and are let through. A browser
