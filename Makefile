@@ -16,6 +16,7 @@ LINE ?= 127.0.0.1:5000
 ADMIN_NATS_URL ?= nats://admin:admin-dev-password@127.0.0.1:4222
 NATS_URL ?= nats://edge:edge-dev-password@127.0.0.1:4222
 HANDLERS_NATS_URL ?= nats://handlers:handlers-dev-password@127.0.0.1:4222
+FUNCTIONS_NATS_URL ?= nats://functions:functions-dev-password@127.0.0.1:4222
 # The pinned server version; infra/nats-server.sh installs it when PATH has none recent enough.
 export NATS_SERVER_VERSION ?= 2.14.6
 # The Go runtime settings of the nats-servers that `up`, `cluster-up` and `bench` start: JetStream
@@ -50,6 +51,7 @@ up: build-release
 	  echo "chatlog already running (pid $$(cat $(DATA)/chatlog.pid))"; \
 	else \
 	  NATS_URL=$(NATS_URL) CHATLOG_HANDLERS_NATS_URL=$(HANDLERS_NATS_URL) \
+	  CHATLOG_FUNCTIONS=true CHATLOG_FUNCTIONS_NATS_URL=$(FUNCTIONS_NATS_URL) \
 	  CHATLOG_HTTP=$(HTTP) CHATLOG_LINE=$(LINE) CHATLOG_DATA_DIR=$(DATA) CHATLOG_ALLOW_GUESTS=true CHATLOG_DEV=true \
 	    $(CHATLOG) up >$(DATA)/chatlog.log 2>&1 & echo $$! >$(DATA)/chatlog.pid; \
 	  echo "chatlog started (pid $$(cat $(DATA)/chatlog.pid), log $(DATA)/chatlog.log)"; \
@@ -63,17 +65,18 @@ down:
 	@infra/stop.sh $(DATA)/chatlog.pid -- $(DATA)/nats.pid
 
 ## test: install what the tests need, then run every test (each starts its own nats-server):
-## the Rust tests (unit, integration, fault suite), the web client's unit tests (Node) and the
-## web client in headless Chromium
+## the Rust tests (unit, integration, fault suite), schemathesis against a running system on the
+## OpenAPI document (infra/api-check.sh), the web client's unit tests (Node) and the web client in
+## headless Chromium
 test:
 	@infra/k8s-validate.sh --install
 	@infra/monitoring/promtool.sh --install
 	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" && export NATS_SERVER_BIN && \
 	  echo "using $$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version))" && \
 	  $(CARGO) test --workspace --all-targets
+	@CARGO="$(CARGO)" infra/api-check.sh
 	@$(MAKE) --no-print-directory test-browser
 
-	@CARGO="$(CARGO)" infra/api-check.sh
 ## test-web: the web client's unit tests in Node (its history fold against the fixtures the
 ## history view's projection runs too, events/fixtures/fold/)
 test-web: browser-deps

@@ -2,7 +2,8 @@
 # The `secrets` service of compose.yaml, run before anything else on every `up`. Its directories
 # are $SECRETS_ROOT/{keep,nats,admin,edge,handlers} (compose mounts a volume on each under
 # /secrets; services/chatlog/tests/manifests.rs runs it on a temporary directory):
-# - on the first run, random passwords for the NATS users admin, edge and handlers and for the
+# - on the first run, random passwords for the NATS users admin, edge, handlers and functions
+#   (no service runs the functions runtime yet: its user only gets a password) and for the
 #   routes between the NATS servers, and the edges' token secret, kept in keep/ (a volume only
 #   this service mounts); later runs reuse them;
 # - on every run, from those and nats-auth.conf (the users and their permissions), what each
@@ -51,12 +52,19 @@ edge_password=$(random)
 handlers_password=$(random)
 route_password=$(random)
 jwt_secret=$(random)
+functions_password=$(random)
 EOF
   echo "secrets: generated new passwords and a token secret"
 fi
 # shellcheck disable=SC1090
 . "$passwords"
-for value in "$admin_password" "$edge_password" "$handlers_password" "$route_password" "$jwt_secret"; do
+# Kept from before the functions user existed: add its password.
+if [ -z "${functions_password:-}" ]; then
+  functions_password=$(random)
+  { cat "$passwords"; echo "functions_password=$functions_password"; } | write "$passwords.new"
+  mv -f "$passwords.new" "$passwords"
+fi
+for value in "$admin_password" "$edge_password" "$handlers_password" "$functions_password" "$route_password" "$jwt_secret"; do
   case "$value" in
     "" | *[!0-9a-f]*)
       echo "secrets: $passwords is damaged; remove the volume holding it to start over" >&2
@@ -72,20 +80,21 @@ sed -E \
   -e "s/(user: *\"?admin\"?, *password: *)\"[^\"]*\"/\1\"$admin_password\"/" \
   -e "s/(user: *\"?edge\"?, *password: *)\"[^\"]*\"/\1\"$edge_password\"/" \
   -e "s/(user: *\"?handlers\"?, *password: *)\"[^\"]*\"/\1\"$handlers_password\"/" \
+  -e "s/(user: *\"?functions\"?, *password: *)\"[^\"]*\"/\1\"$functions_password\"/" \
   "$auth_conf" >"$new"
 # Every password left must be a generated one: a user added to nats-auth.conf and not here would
 # otherwise keep its development password.
 grep -oE 'password *[:=] *"[^"]*"' "$new" | sed -E 's/.*"([^"]*)"/\1/' |
   while read -r password; do
     case "$password" in
-      "$admin_password" | "$edge_password" | "$handlers_password") ;;
+      "$admin_password" | "$edge_password" | "$handlers_password" | "$functions_password") ;;
       *)
         echo "secrets: $auth_conf has a user this script does not know; add it here" >&2
         exit 1
         ;;
     esac
   done
-for password in "$admin_password" "$edge_password" "$handlers_password"; do
+for password in "$admin_password" "$edge_password" "$handlers_password" "$functions_password"; do
   grep -q "\"$password\"" "$new" || {
     echo "secrets: a user of $auth_conf was not given its password; fix the sed above" >&2
     exit 1

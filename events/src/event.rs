@@ -172,6 +172,13 @@ macro_rules! payloads {
                     _ => None,
                 }
             }
+
+            /// The stream events of this type are stored in.
+            pub fn stream(self) -> Stream {
+                match self {
+                    $(EventType::$variant => Stream::$stream,)*
+                }
+            }
         }
 
         impl Payload {
@@ -345,6 +352,7 @@ fn check_subject(payload: &Payload, subject: &str) -> Result<(), DecodeError> {
     let valid = match payload.stream() {
         Stream::Rooms | Stream::Presence => RoomId::parse(subject).is_ok(),
         Stream::Users | Stream::Accounts => UserId::parse(subject).is_ok(),
+        Stream::Functions | Stream::Dead => false,
     };
     if valid {
         Ok(())
@@ -398,7 +406,7 @@ impl ChatEvent {
     pub fn room(&self) -> Option<RoomId> {
         match self.payload.stream() {
             Stream::Rooms | Stream::Presence => RoomId::parse(self.subject.as_str()).ok(),
-            Stream::Users | Stream::Accounts => None,
+            Stream::Users | Stream::Accounts | Stream::Functions | Stream::Dead => None,
         }
     }
 

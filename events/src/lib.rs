@@ -7,6 +7,7 @@
 //! types, so a change here is a change of the wire format.
 
 pub mod event;
+pub mod functions;
 pub mod ids;
 pub mod membership;
 pub mod nats;

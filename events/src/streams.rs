@@ -19,14 +19,20 @@ pub enum Stream {
     Presence,
     Users,
     Accounts,
+    /// The functions' registry (`chatlog functions add`): no event of [`crate::Payload`].
+    Functions,
+    /// Events a function could not take after its last try, by function.
+    Dead,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 4] = [
+    pub const ALL: [Stream; 6] = [
         Stream::Rooms,
         Stream::Presence,
         Stream::Users,
         Stream::Accounts,
+        Stream::Functions,
+        Stream::Dead,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +41,8 @@ impl Stream {
             Stream::Presence => "CHAT_PRESENCE",
             Stream::Users => "CHAT_USERS",
             Stream::Accounts => "CHAT_ACCOUNTS",
+            Stream::Functions => "CHAT_FUNCTIONS",
+            Stream::Dead => "CHAT_DEAD",
         }
     }
 
@@ -45,6 +53,8 @@ impl Stream {
             Stream::Presence => "chat.presence",
             Stream::Users => "chat.user",
             Stream::Accounts => "chat.account",
+            Stream::Functions => "chat.function",
+            Stream::Dead => "chat.dead",
         }
     }
 
@@ -54,7 +64,7 @@ impl Stream {
             Stream::Rooms => Some("live.room"),
             Stream::Presence => Some("live.presence"),
             Stream::Users => Some("live.user"),
-            Stream::Accounts => None,
+            Stream::Accounts | Stream::Functions | Stream::Dead => None,
         }
     }
 
@@ -67,6 +77,9 @@ impl Stream {
         })
     }
 }
+
+/// How long `CHAT_DEAD` keeps an event a function did not take.
+pub const DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The knobs of the stream configurations; the defaults are the protocol's.
 #[derive(Debug, Clone)]
@@ -137,6 +150,16 @@ pub fn config(stream: Stream, settings: &StreamSettings) -> Config {
         Stream::Accounts => {
             config.description = Some("account registrations".into());
             config.deny_delete = true;
+        }
+        Stream::Functions => {
+            config.description = Some("the functions registry (chatlog functions)".into());
+            config.deny_delete = true;
+        }
+        Stream::Dead => {
+            config.description = Some("events a function did not take after its last try".into());
+            config.max_age = DEAD_MAX_AGE;
+            // An event as stored plus the headers saying why.
+            config.max_message_size = settings.max_msg_size.saturating_add(8 * 1024);
         }
     }
     config
@@ -339,15 +362,20 @@ mod tests {
     }
 
     #[test]
-    fn every_stream_but_accounts_has_a_live_copy() {
+    fn every_stream_of_client_events_but_accounts_has_a_live_copy() {
         for c in configs(&StreamSettings::default()) {
             assert_eq!(
                 c.republish.is_some(),
-                c.name != "CHAT_ACCOUNTS",
+                !["CHAT_ACCOUNTS", "CHAT_FUNCTIONS", "CHAT_DEAD"].contains(&c.name.as_str()),
                 "{}",
                 c.name
             );
         }
+        assert!(config(Stream::Dead, &StreamSettings::default()).max_age > Duration::ZERO);
+        assert_eq!(
+            config(Stream::Functions, &StreamSettings::default()).max_age,
+            Duration::ZERO
+        );
         assert!(config(Stream::Presence, &StreamSettings::default()).max_age > Duration::ZERO);
     }
 

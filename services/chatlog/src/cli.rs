@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     events::EventsCommand,
+    functions::FunctionsCommand,
     handlers::{HandlerArgs, HandlerName},
     views::ViewsCommand,
 };
@@ -36,6 +37,8 @@ pub enum Command {
         edge: EdgeArgs,
         #[command(flatten)]
         handlers: HandlerArgs,
+        #[command(flatten)]
+        functions: crate::functions::UpArgs,
     },
     /// Run the WebSocket and HTTP edge alone (for scaling out).
     Edge(EdgeArgs),
@@ -67,6 +70,13 @@ pub enum Command {
     Views {
         #[command(subcommand)]
         command: ViewsCommand,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Functions: HTTP hooks called with the log's events (docs/protocol.md §9).
+    Functions {
+        #[command(subcommand)]
+        command: FunctionsCommand,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -383,16 +393,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_repository_s_placeholder_secrets_are_refused_and_random_ones_accepted() {
-        for refused in [
-            "change-me-to-a-long-random-token-secret-of-64-characters-or-more",
-            "compose-dev-secret-shared-by-every-edge-0123",
-            "cluster-dev-secret-shared-by-every-edge",
-        ] {
-            assert!(refuse_placeholder("secret", refused).is_err(), "{refused}");
-        }
-        assert!(refuse_placeholder("secret", "9f2c1e7a5b3d48e6a0c4f1b2d3e4f5a6").is_ok());
-    #[test]
     fn cors_origins_and_their_former_name_make_one_list() {
         let cli = Cli::try_parse_from([
             "chatlog",
@@ -422,6 +422,16 @@ mod tests {
         assert!(edge.into_config(None).is_err(), "a wildcard is no origin");
     }
 
+    #[test]
+    fn the_repository_s_placeholder_secrets_are_refused_and_random_ones_accepted() {
+        for refused in [
+            "change-me-to-a-long-random-token-secret-of-64-characters-or-more",
+            "compose-dev-secret-shared-by-every-edge-0123",
+            "cluster-dev-secret-shared-by-every-edge",
+        ] {
+            assert!(refuse_placeholder("secret", refused).is_err(), "{refused}");
+        }
+        assert!(refuse_placeholder("secret", "9f2c1e7a5b3d48e6a0c4f1b2d3e4f5a6").is_ok());
         for refused in [
             "nats://edge:edge-dev-password@127.0.0.1:4222",
             "nats://a:b@n1:4222,nats://edge:change-me-edge@nats.chatlog.svc:4222",

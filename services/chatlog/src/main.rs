@@ -3,6 +3,7 @@
 
 mod cli;
 mod events;
+mod functions;
 mod handlers;
 mod telemetry;
 mod views;
@@ -38,8 +39,15 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     telemetry::init();
     match cli.command {
-        cli::Command::Up { edge, handlers } => {
-            if let Some(url) = &handlers.handlers_nats_url {
+        cli::Command::Up {
+            edge,
+            handlers,
+            functions,
+        } => {
+            for url in [&handlers.handlers_nats_url, &functions.functions_nats_url]
+                .into_iter()
+                .flatten()
+            {
                 edge.dev.check_nats_url(url)?;
             }
             let (mut config, http) = edge.into_config(Some(DEFAULT_LINE))?;
@@ -81,6 +89,17 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 hosted,
                 stopped.clone(),
             ));
+            if functions.enabled {
+                let url = functions
+                    .functions_nats_url
+                    .clone()
+                    .unwrap_or_else(|| config.nats_url.clone());
+                let stopped = until_true(stopped.clone());
+                tasks.spawn(async move {
+                    let (client, _) = chatlog_edge::connect(&url, "chatlog-functions").await?;
+                    functions::runtime(client, &functions.runtime, stopped).await
+                });
+            }
             let edge_stopped = until_true(stopped.clone());
             tasks.spawn(async move {
                 chatlog_edge::run(config, listener, edge_stopped)
@@ -166,6 +185,18 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }
         cli::Command::Views { command, nats } => {
             views::run(command, connect_once(&nats.nats_url).await?).await?;
+        }
+        cli::Command::Functions {
+            command: functions::FunctionsCommand::Run { dev, runtime },
+            nats,
+        } => {
+            dev.check_nats_url(&nats.nats_url)?;
+            let signals = stop_on_signal()?;
+            let (client, _) = chatlog_edge::connect(&nats.nats_url, "chatlog-functions").await?;
+            functions::runtime(client, &runtime, until_true(signals)).await?;
+        }
+        cli::Command::Functions { command, nats } => {
+            functions::run(command, connect_once(&nats.nats_url).await?).await?;
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ use serde_json::json;
 
 const EDGE: (&str, &str) = ("edge", "edge-dev-password");
 const HANDLERS: (&str, &str) = ("handlers", "handlers-dev-password");
+const FUNCTIONS: (&str, &str) = ("functions", "functions-dev-password");
 const ADMIN: (&str, &str) = ("admin", "admin-dev-password");
 
 fn auth_conf() -> PathBuf {
@@ -50,6 +51,11 @@ async fn chatlog_up_works_with_least_privilege_credentials() {
     up.env(
         "CHATLOG_HANDLERS_NATS_URL",
         nats.url_as(HANDLERS.0, HANDLERS.1),
+    );
+    // The functions runtime too, as its own user (it follows the registry even when empty).
+    up.env("CHATLOG_FUNCTIONS", "true").env(
+        "CHATLOG_FUNCTIONS_NATS_URL",
+        nats.url_as(FUNCTIONS.0, FUNCTIONS.1),
     );
     let (_up, app) = common::serve(up).await;
 
@@ -142,11 +148,17 @@ async fn components_cannot_delete_purge_or_stray() {
         })
         .await
         .unwrap();
+    admin_js
+        .publish("chat.function.echo", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let mut watch = admin.subscribe("stray.>").await.unwrap();
     let mut live = admin.subscribe("live.room.lobby").await.unwrap();
     admin.flush().await.unwrap();
 
-    for creds in [EDGE, HANDLERS] {
+    for creds in [EDGE, HANDLERS, FUNCTIONS] {
         let client = connect(&nats, creds).await;
         // A denied request is never answered: do not wait long for it.
         let mut js = jetstream::new(client.clone());
@@ -156,6 +168,8 @@ async fn components_cannot_delete_purge_or_stray() {
             "CHAT_USERS",
             "CHAT_PRESENCE",
             "CHAT_ACCOUNTS",
+            "CHAT_FUNCTIONS",
+            "CHAT_DEAD",
             "KV_CHATLOG_MARKS",
         ] {
             assert!(
@@ -210,6 +224,28 @@ async fn components_cannot_delete_purge_or_stray() {
             "{} read CHAT_ACCOUNTS with a consumer",
             creds.0
         );
+        // The functions' registry holds their secrets: only the functions runtime reads it,
+        // and nobody but admin writes it.
+        let registry = js.get_stream_no_info("CHAT_FUNCTIONS").await.unwrap();
+        if creds != FUNCTIONS {
+            assert!(
+                registry
+                    .create_consumer(pull::OrderedConfig::default())
+                    .await
+                    .is_err(),
+                "{} read CHAT_FUNCTIONS with a consumer",
+                creds.0
+            );
+            assert!(
+                registry.direct_get(1).await.is_err(),
+                "{} read CHAT_FUNCTIONS with a direct get",
+                creds.0
+            );
+        }
+        client
+            .publish("chat.function.spy", "{}".into())
+            .await
+            .unwrap();
         if creds == EDGE {
             // The handlers' emission marks are theirs alone.
             assert!(js.get_key_value("CHATLOG_MARKS").await.is_err());
@@ -254,6 +290,9 @@ async fn components_cannot_delete_purge_or_stray() {
     );
     let stream = admin_js.get_stream("CHAT_ROOMS").await.unwrap();
     assert_eq!(stream.cached_info().state.messages, 0);
+    // Only admin's registration is there.
+    let registry = admin_js.get_stream("CHAT_FUNCTIONS").await.unwrap();
+    assert_eq!(registry.cached_info().state.messages, 1);
     assert_eq!(stream.cached_info().config.max_messages_per_subject, -1);
     assert!(admin_js.get_stream("STRAY").await.is_err());
     let audit = stream
@@ -303,4 +342,112 @@ async fn components_cannot_delete_purge_or_stray() {
         .unwrap()
         .unwrap();
     assert_eq!(republished.payload.as_ref(), b"{}");
+}
+
+#[tokio::test]
+async fn the_functions_runtime_can_do_its_job_and_no_more() {
+    let nats = server().await;
+    let admin_js = jetstream::new(connect(&nats, ADMIN).await);
+    chatlog_events::streams::ensure(&admin_js, &Default::default())
+        .await
+        .unwrap();
+    admin_js
+        .publish("chat.function.echo", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let client = connect(&nats, FUNCTIONS).await;
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(Duration::from_millis(500));
+    // Its job: the registry, a pinned durable consumer per function, acks, answers, dead letters.
+    let registry = js.get_stream("CHAT_FUNCTIONS").await.unwrap();
+    let mut read = registry
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: "chat.function.*".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), read.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.subject.as_str(), "chat.function.echo");
+    let ack = js
+        .publish("chat.room.lobby", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    js.publish("chat.dead.echo", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let rooms = js.get_stream("CHAT_ROOMS").await.unwrap();
+    rooms
+        .direct_get_first_for_subject("chat.room.lobby")
+        .await
+        .unwrap();
+    let consumer = rooms
+        .create_consumer(pull::Config {
+            durable_name: Some("fn-echo-1".into()),
+            filter_subject: "chat.room.>".into(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+            priority_groups: vec!["chatlog".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.stream().group("chatlog").messages().await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.info().unwrap().stream_sequence, ack.sequence);
+    message.double_ack().await.unwrap();
+    let names: Vec<String> = rooms
+        .consumer_names()
+        .filter_map(|n| async { n.ok() })
+        .collect()
+        .await;
+    assert_eq!(names, ["fn-echo-1"]);
+    rooms.unpin_consumer("fn-echo-1", "chatlog").await.unwrap();
+    drop(messages);
+    rooms.delete_consumer("fn-echo-1").await.unwrap();
+
+    // No more: the registry is admin's, the streams setup's, accounts nobody's to read.
+    client
+        .publish("chat.function.forged", "{}".into())
+        .await
+        .unwrap();
+    client
+        .publish("chat.account.ada", "{}".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let accounts = js.get_stream_no_info("CHAT_ACCOUNTS").await.unwrap();
+    assert!(accounts.direct_get(1).await.is_err());
+    assert!(
+        accounts
+            .create_consumer(pull::OrderedConfig::default())
+            .await
+            .is_err()
+    );
+    assert!(js.delete_stream("CHAT_FUNCTIONS").await.is_err());
+    assert!(
+        registry.direct_get(1).await.is_err(),
+        "the registry is read in order, not by gets"
+    );
+    let admin_registry = admin_js.get_stream("CHAT_FUNCTIONS").await.unwrap();
+    assert_eq!(admin_registry.cached_info().state.messages, 1);
+    let admin_accounts = admin_js.get_stream("CHAT_ACCOUNTS").await.unwrap();
+    assert_eq!(admin_accounts.cached_info().state.messages, 0);
 }

@@ -27,6 +27,8 @@ async fn setup_on_a_cluster_without_advertised_peers_makes_r3_streams_that_an_ed
             "CHAT_PRESENCE",
             "CHAT_USERS",
             "CHAT_ACCOUNTS",
+            "CHAT_FUNCTIONS",
+            "CHAT_DEAD",
             "KV_CHATLOG_MARKS",
         ] {
             let info = js.get_stream(name).await.unwrap().cached_info().clone();

@@ -1,0 +1,216 @@
+//! What each function did in this process: counters and a call-latency histogram, answered as
+//! JSON on `functions.stats` (every runtime replica answers; `chatlog functions stats` adds them).
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use chatlog_events::functions::FunctionName;
+use serde::{Deserialize, Serialize};
+
+/// Where the runtime answers stats requests.
+pub const SUBJECT: &str = "functions.stats";
+
+/// One function's counters in this process (across its generations).
+#[derive(Default)]
+pub struct FunctionStats {
+    /// Events a 2xx acknowledged.
+    pub delivered: AtomicU64,
+    /// Calls that failed (an error, a timeout or a status other than 2xx).
+    pub failed: AtomicU64,
+    /// Events written to `CHAT_DEAD`.
+    pub dead: AtomicU64,
+    /// Events not delivered: of a type not wanted, or the function's own.
+    pub skipped: AtomicU64,
+    /// Events appended from answers.
+    pub answers: AtomicU64,
+    /// Answers rejected (nothing of them stored).
+    pub rejected: AtomicU64,
+    pub latency: Histogram,
+    detail: Mutex<Detail>,
+}
+
+#[derive(Default)]
+struct Detail {
+    rejections: BTreeMap<&'static str, u64>,
+    last_rejection: Option<String>,
+    last_failure: Option<String>,
+}
+
+impl FunctionStats {
+    pub fn reject(&self, kind: &'static str, why: String) {
+        self.rejected.fetch_add(1, Relaxed);
+        let mut d = self.detail.lock().unwrap_or_else(|e| e.into_inner());
+        *d.rejections.entry(kind).or_default() += 1;
+        d.last_rejection = Some(why);
+    }
+
+    pub fn fail(&self, why: String) {
+        self.failed.fetch_add(1, Relaxed);
+        self.detail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_failure = Some(why);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let d = self.detail.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot {
+            delivered: self.delivered.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            dead: self.dead.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
+            answers: self.answers.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            rejections: d
+                .rejections
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            last_rejection: d.last_rejection.clone(),
+            last_failure: d.last_failure.clone(),
+            calls: self.latency.count(),
+            p50_ms: self.latency.quantile(0.5),
+            p99_ms: self.latency.quantile(0.99),
+        }
+    }
+}
+
+/// A function's counters as answered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub delivered: u64,
+    pub failed: u64,
+    pub dead: u64,
+    pub skipped: u64,
+    pub answers: u64,
+    pub rejected: u64,
+    #[serde(default)]
+    pub rejections: BTreeMap<String, u64>,
+    pub last_rejection: Option<String>,
+    pub last_failure: Option<String>,
+    pub calls: u64,
+    /// Call latency (an upper bound, within 19%), when there were calls.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// A replica's answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplicaStats {
+    pub replica: String,
+    pub functions: BTreeMap<String, Snapshot>,
+}
+
+/// Every function's stats in this process.
+#[derive(Clone, Default)]
+pub struct Stats(Arc<Mutex<BTreeMap<FunctionName, Arc<FunctionStats>>>>);
+
+impl Stats {
+    pub fn of(&self, name: &FunctionName) -> Arc<FunctionStats> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.clone())
+            .or_default()
+            .clone()
+    }
+
+    pub fn snapshot(&self, replica: &str) -> ReplicaStats {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        ReplicaStats {
+            replica: replica.to_string(),
+            functions: all
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.snapshot()))
+                .collect(),
+        }
+    }
+}
+
+const BUCKETS: usize = 128;
+/// Buckets per doubling: each bucket's upper bound is 2^(1/4) (19%) above its lower one.
+const PER_DOUBLING: f64 = 4.0;
+
+/// Durations in log-spaced buckets from 1 µs to about an hour, without locks.
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let micros = d.as_micros().max(1) as f64;
+        let i = ((micros.log2() * PER_DOUBLING) as usize).min(BUCKETS - 1);
+        self.buckets[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// The upper bound of the bucket holding quantile `q`, in milliseconds.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(2f64.powf((i + 1) as f64 / PER_DOUBLING) / 1000.0);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_upper_bounds_within_a_bucket() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile(0.99), None);
+        for _ in 0..99 {
+            h.record(Duration::from_millis(1));
+        }
+        h.record(Duration::from_secs(1));
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((1.0..1.2).contains(&p50), "{p50}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!((1.0..1.2).contains(&p99), "{p99}");
+        let max = h.quantile(1.0).unwrap();
+        assert!((1000.0..1200.0).contains(&max), "{max}");
+        assert_eq!(h.count(), 100);
+    }
+
+    #[test]
+    fn a_snapshot_counts_rejections_by_kind() {
+        let stats = Stats::default();
+        let echo = FunctionName::parse("echo").unwrap();
+        stats.of(&echo).reject("loop", "too many hops".into());
+        stats.of(&echo).reject("loop", "again".into());
+        stats.of(&echo).delivered.fetch_add(3, Relaxed);
+        let s = &stats.snapshot("r1").functions["echo"];
+        assert_eq!((s.delivered, s.rejected), (3, 2));
+        assert_eq!(s.rejections["loop"], 2);
+        assert_eq!(s.last_rejection.as_deref(), Some("again"));
+    }
+}
