@@ -1,8 +1,7 @@
-//! Measurements for bench/README.md ("Functions (issue 25)"), not run by default:
+//! Measurements for bench/README.md ("Functions (issue 25)"): a program, not a test.
 //!
 //! ```sh
-//! NATS_SERVER_BIN=$(infra/nats-server.sh) cargo test --release -p chatlog-functions \
-//!   --test bench -- --ignored --nocapture
+//! NATS_SERVER_BIN=$(infra/nats-server.sh) cargo run --release -p chatlog-functions --example bench
 //! ```
 //!
 //! 1. Delivery rate: N stored events to a function that answers 204 at once, beside a durable
@@ -10,6 +9,7 @@
 //! 2. Latency: a message every 10 ms to a function that answers each; from before the append to
 //!    the answer seen on the room's live copy.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::{
@@ -67,9 +67,8 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement: run with --ignored --nocapture, in release"]
-async fn delivery_rate_and_answer_latency() {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
     let bench = Bench::start().await;
     for room in 0..ROOMS {
         common::create_room(&bench.js, &format!("r{room}"), false).await;
