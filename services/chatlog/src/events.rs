@@ -265,7 +265,8 @@ async fn stats(js: &jetstream::Context, client: &async_nats::Client) -> anyhow::
         let stream = view.stream();
         let view = view.name();
         let stream_last = last_seqs.get(&stream).copied().unwrap_or(0);
-        let replicas = gather(client, &format!("$SRV.STATS.{view}")).await?;
+        let replicas: Vec<serde_json::Value> =
+            gather(client, &format!("$SRV.STATS.{view}")).await?;
         if replicas.is_empty() {
             println!("{view:<14} not running");
         }
@@ -290,11 +291,12 @@ async fn stats(js: &jetstream::Context, client: &async_nats::Client) -> anyhow::
     Ok(())
 }
 
-/// Every answer to `subject` within a short window (one per service instance).
-async fn gather(
+/// Every answer to `subject` within a short window (one per service instance or replica) that
+/// parses as a `T`.
+pub(crate) async fn gather<T: serde::de::DeserializeOwned>(
     client: &async_nats::Client,
     subject: &str,
-) -> anyhow::Result<Vec<serde_json::Value>> {
+) -> anyhow::Result<Vec<T>> {
     let inbox = client.new_inbox();
     let mut answers = client.subscribe(inbox.clone()).await?;
     client

@@ -11,7 +11,6 @@ use chatlog_events::{
 };
 use chatlog_functions::{registry, stats};
 use clap::{Args, Subcommand, ValueEnum};
-use futures::StreamExt;
 
 use crate::cli::DevArgs;
 
@@ -222,7 +221,7 @@ async fn print_stats(
     only: Option<String>,
 ) -> anyhow::Result<()> {
     let registry = registry::load(js).await?;
-    let replicas = gather(client, stats::SUBJECT).await?;
+    let replicas: Vec<stats::ReplicaStats> = crate::events::gather(client, stats::SUBJECT).await?;
     let mut total: BTreeMap<String, stats::Snapshot> = BTreeMap::new();
     for replica in &replicas {
         for (name, s) in &replica.functions {
@@ -316,25 +315,4 @@ async fn print_stats(
         anyhow::bail!("no function {name}");
     }
     Ok(())
-}
-
-/// Every replica's answer to `subject` within a short window.
-async fn gather(
-    client: &async_nats::Client,
-    subject: &str,
-) -> anyhow::Result<Vec<stats::ReplicaStats>> {
-    let inbox = client.new_inbox();
-    let mut answers = client.subscribe(inbox.clone()).await?;
-    client
-        .publish_with_reply(subject.to_string(), inbox, bytes::Bytes::new())
-        .await?;
-    client.flush().await?;
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, answers.next()).await {
-        if let Ok(v) = serde_json::from_slice(&message.payload) {
-            out.push(v);
-        }
-    }
-    Ok(out)
 }
