@@ -801,8 +801,7 @@ impl Fleet {
             Via::Ws => {
                 let tokens = client::guest_tokens(&target, &users, 16).await?;
                 // tungstenite zero-fills its whole read buffer before every read: sized for one
-                // event frame (the text and ~400 bytes of envelope), not 4 KiB, it was 4 % of the
-                // generator.
+                // event frame (the text and its envelope) rather than a generous default.
                 let config = client::ws_config((size + 512).next_power_of_two().clamp(1024, 8192));
                 Opener::Ws {
                     target: target.clone(),

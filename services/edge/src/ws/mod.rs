@@ -107,10 +107,9 @@ pub async fn upgrade(
         Err(e) => return e.into_response(),
     };
     let max = state.config.limits.max_frame_bytes;
-    // Small buffers: chat frames are small, tungstenite zero-fills its read buffer on every read
-    // (with the 128 KiB default, a large share of the edge's CPU under fan-out), and both buffers
-    // stay allocated for the life of the connection (an idle connection's memory).
-    // Frames written in one turn still leave in one write up to 4 KiB.
+    // Small buffers: chat frames are small, tungstenite zero-fills its read buffer on every read,
+    // and both buffers stay allocated for the life of the connection (bench/README.md, "Where the
+    // edge's time goes"). Frames written in one turn still leave in one write.
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(512)
