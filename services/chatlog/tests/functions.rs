@@ -131,19 +131,23 @@ async fn the_echo_bot_answers_in_the_room_through_chatlog_up() {
     // function delivered failed dead skipped answers rejected lag in-hand p99: the three posts
     // delivered; skipped, the room's creation (not a post) and its two answers (its own).
     let want = ["3", "0", "0", "3", "2", "0", "0", "0"];
-    let mut stats = String::new();
-    for _ in 0..50 {
-        stats = admin(&nats, data.path(), &["functions", "stats", "echo"]);
-        let columns: Vec<String> = stats
-            .lines()
-            .find(|l| l.starts_with("echo "))
-            .map(|l| l.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_default();
-        if columns.get(1..9).is_some_and(|c| c == want) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The counters settle once the answers' own deliveries were skipped: the last shown when
+    // they do not.
+    let stats =
+        chatlog_test_support::eventually_ok("the stats", Duration::from_secs(10), async || {
+            let stats = admin(&nats, data.path(), &["functions", "stats", "echo"]);
+            let columns: Vec<String> = stats
+                .lines()
+                .find(|l| l.starts_with("echo "))
+                .map(|l| l.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default();
+            if columns.get(1..9).is_some_and(|c| c == want) {
+                Ok(stats)
+            } else {
+                Err(stats)
+            }
+        })
+        .await;
     assert!(stats.contains("1 runtime replica(s) answered"), "{stats}");
     let line = stats.lines().find(|l| l.starts_with("echo ")).unwrap();
     assert_eq!(
