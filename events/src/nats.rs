@@ -1,8 +1,39 @@
 //! How every chatlog component reads a NATS URL: one URL or a comma-separated list of a
 //! cluster's, with the user and password the first one embeds (`nats://user:password@host:4222`).
 //! async-nats 0.51 does not read credentials from the URL itself. No connection is made here.
+//! Also the one append of an encoded event, which every retrying appender repeats.
 
-use async_nats::{ConnectOptions, ServerAddr};
+use std::time::Duration;
+
+use async_nats::{
+    ConnectOptions, ServerAddr,
+    jetstream::{self, context::PublishError, publish::PublishAck},
+};
+
+use crate::Encoded;
+
+/// One attempt at appending `encoded`: published with its headers, then its ack awaited. A retry
+/// carries the same `Nats-Msg-Id`, so JetStream stores the event once.
+pub async fn append_once(
+    js: &jetstream::Context,
+    encoded: &Encoded,
+) -> Result<PublishAck, PublishError> {
+    js.publish_with_headers(
+        encoded.subject.clone(),
+        encoded.headers.clone(),
+        encoded.body.clone(),
+    )
+    .await?
+    .await
+}
+
+/// The pause before the next attempt after `pause`: doubling, at most 2 s.
+pub fn next_pause(pause: Duration) -> Duration {
+    (pause * 2).min(Duration::from_secs(2))
+}
+
+/// The pause before a second attempt.
+pub const FIRST_PAUSE: Duration = Duration::from_millis(50);
 
 /// Connect options carrying the URL's credentials, and the parsed addresses to connect to.
 pub fn connect_options(urls: &str) -> Result<(ConnectOptions, Vec<ServerAddr>), async_nats::Error> {

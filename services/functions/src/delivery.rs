@@ -302,18 +302,10 @@ async fn store(
 /// refuses for good.
 pub(crate) async fn append(js: &jetstream::Context, encoded: Encoded) -> Result<u64, String> {
     use async_nats::jetstream::context::PublishErrorKind as Kind;
-    let mut pause = Duration::from_millis(50);
+    use chatlog_events::nats;
+    let mut pause = nats::FIRST_PAUSE;
     loop {
-        let attempt = async {
-            js.publish_with_headers(
-                encoded.subject.clone(),
-                encoded.headers.clone(),
-                encoded.body.clone(),
-            )
-            .await?
-            .await
-        };
-        match attempt.await {
+        match nats::append_once(js, &encoded).await {
             Ok(ack) => return Ok(ack.sequence),
             Err(e)
                 if matches!(
@@ -323,7 +315,7 @@ pub(crate) async fn append(js: &jetstream::Context, encoded: Encoded) -> Result<
             {
                 tracing::debug!(error = %e, subject = encoded.subject, "append failed, retrying");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
+                pause = nats::next_pause(pause);
             }
             Err(e) => return Err(e.to_string()),
         }

@@ -887,24 +887,17 @@ async fn append_until_stored(
     stopping: &Stopping,
 ) -> Result<(), HostError> {
     let encoded = event.encode().map_err(|e| HostError::Nats(e.to_string()))?;
-    let mut pause = Duration::from_millis(50);
+    use chatlog_events::nats;
+    let mut pause = nats::FIRST_PAUSE;
     loop {
-        let attempt = async {
-            js.publish_with_headers(
-                encoded.subject.clone(),
-                encoded.headers.clone(),
-                encoded.body.clone(),
-            )
-            .await?
-            .await
-        };
+        let attempt = nats::append_once(js, &encoded);
         let error = match stopping.unless(async { Ok(attempt.await) }).await? {
             Ok(_) => return Ok(()),
             Err(e) => e,
         };
         tracing::warn!(error = %error, id = %event.id, "emitting a derived event failed, retrying");
         stopping.sleep(pause).await?;
-        pause = (pause * 2).min(Duration::from_secs(2));
+        pause = nats::next_pause(pause);
     }
 }
 
