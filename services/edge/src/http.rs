@@ -617,11 +617,13 @@ pub struct StoredEvent {
         (status = 400, description = "A bad room id, `since`, `limit` or `wait`.", body = ApiError),
         (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
         (status = 404, description = "No such room, or a private one the caller is not a member of.", body = ApiError),
+        (status = 429, description = "A poll that would wait while the user (or address) holds its most connections on this edge.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
         (status = 503, description = "The log or a view is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ))]
 pub async fn room_events(
     State(state): State<AppState>,
     StreamUser(user): StreamUser,
+    client: ClientAddr,
     ApiPath(room): ApiPath<String>,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Json<Vec<StoredEvent>>, ApiError> {
@@ -641,11 +643,12 @@ pub async fn room_events(
     }
     let mut events = stored_after(&state, &room, query.since, limit).await?;
     let within = std::time::Duration::from_secs(query.wait);
-    if events.is_empty()
-        && !within.is_zero()
-        && crate::sse::wait_for_event(&state, &user, &room, query.since, within).await?
-    {
-        events = stored_after(&state, &room, query.since, limit).await?;
+    if events.is_empty() && !within.is_zero() {
+        // A waiting poll holds a connection's seat while it waits, as a socket would.
+        let _seat = crate::ws::reserve_seats(&state, &user, client)?;
+        if crate::sse::wait_for_event(&state, &user, &room, query.since, within).await? {
+            events = stored_after(&state, &room, query.since, limit).await?;
+        }
     }
     Ok(Json(events))
 }

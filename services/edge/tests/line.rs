@@ -393,3 +393,26 @@ async fn a_line_client_that_does_not_read_is_closed_like_a_slow_websocket() {
         assert!(last.starts_with("ERR unavailable slow consumer"), "{last}");
     }
 }
+
+#[tokio::test]
+async fn questions_to_the_views_count_against_the_users_signals() {
+    let app = spawn_app_with(|c| {
+        c.limits.signals_per_second = 0.01;
+        c.limits.signal_burst = 3.0;
+    })
+    .await;
+    let mut nc = Nc::login(app.line, "ada").await;
+    nc.join("lobby", None).await;
+    nc.send("ROOMS").await;
+    assert_eq!(nc.next_starting("OK rooms").await, "OK rooms lobby");
+    nc.send("WHO lobby").await;
+    nc.next_starting("OK who").await;
+    // A loop of questions, as from a script: refused, and the connection stays.
+    for question in ["WHO lobby", "ROOMS"] {
+        nc.send(question).await;
+        let refused = nc.next_starting("ERR").await;
+        assert!(refused.starts_with("ERR rate_limited"), "{refused}");
+    }
+    nc.send("MSG lobby still here").await;
+    assert!(nc.next_starting("OK sent").await.starts_with("OK sent "));
+}

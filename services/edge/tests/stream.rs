@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{PATIENCE, spawn_app};
+use common::{PATIENCE, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 
 /// Posts `text` to `room` as the owner of `token`: its seq.
@@ -171,4 +171,31 @@ async fn a_long_poll_answers_with_the_event_it_waited_for() {
         )
         .await;
     assert_eq!(answer.body.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_waiting_long_poll_holds_one_of_the_users_connections() {
+    let app = spawn_app_with(|c| c.limits.max_connections_per_user = 1).await;
+    let token = app.token("ada").await;
+    let head = post(&app, &token, "lobby", "before").await;
+    let path = format!("/api/rooms/lobby/events?since={head}&wait=1");
+    // With ada's one seat free, the poll waits and answers nothing new.
+    let answer = app.get(&path, &token).await;
+    assert_eq!(
+        (answer.status, answer.body.clone()),
+        (200, json!([])),
+        "{answer:?}"
+    );
+    // With her socket holding it, a poll that would wait is refused; one with events is not.
+    let _ws = app.ws("ada").await;
+    let answer = app.get(&path, &token).await;
+    assert_eq!(answer.status, 429, "{answer:?}");
+    assert!(answer.retry_after.is_some());
+    let answer = app
+        .get(
+            &format!("/api/rooms/lobby/events?since={}&wait=1", head - 1),
+            &token,
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
 }

@@ -70,8 +70,15 @@ impl Connection {
                 };
                 (id, answer)
             }
-            ClientFrame::Rooms { id } => (id, self.rooms().await),
-            ClientFrame::Who { room, id } => (id, self.who(&room).await),
+            // Each asks a view: counted with the other signals, so a loop of them is refused.
+            ClientFrame::Rooms { id } => match self.take_signal() {
+                Ok(()) => (id, self.rooms().await),
+                Err(e) => (id, Err(e)),
+            },
+            ClientFrame::Who { room, id } => match self.take_signal() {
+                Ok(()) => (id, self.who(&room).await),
+                Err(e) => (id, Err(e)),
+            },
             ClientFrame::Leave { room, id } => {
                 (id, self.take_signal().and_then(|()| self.leave(&room)))
             }
