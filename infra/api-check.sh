@@ -9,8 +9,7 @@
 #   infra/api-check.sh              install schemathesis if missing, build chatlog, check
 #   infra/api-check.sh --install    only install it
 #
-# schemathesis goes to .tools/python/schemathesis-<version>/ (pip --target from PyPI: no venv, no
-# system site-packages touched), as infra/k8s-validate.sh installs kubernetes-validate. The
+# schemathesis goes to .tools/python/schemathesis-<version>/ (infra/pip-tool.sh). The
 # chatlog binary is target/debug/chatlog (under $CARGO_TARGET_DIR when set), built first, or
 # $CHATLOG_BIN. MAX_EXAMPLES (default 20) bounds the requests generated per operation.
 set -euo pipefail
@@ -18,28 +17,8 @@ set -euo pipefail
 SCHEMATHESIS_VERSION=4.32.5
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-dir="$root/.tools/python/schemathesis-$SCHEMATHESIS_VERSION"
 python="${PYTHON:-python3}"
-
-installed() {
-  PYTHONPATH="$dir" "$python" -c 'import schemathesis' 2>/dev/null
-}
-
-install() {
-  echo "installing schemathesis $SCHEMATHESIS_VERSION into $dir (pip)" >&2
-  mkdir -p "$root/.tools/python"
-  # Into a fresh directory first, then renamed: an interrupted install leaves no half of it.
-  local tmp
-  tmp="$(mktemp -d "$root/.tools/python/.install.XXXXXX")"
-  trap 'rm -rf "$tmp"' EXIT
-  PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check \
-    --no-warn-script-location --target "$tmp" "schemathesis==$SCHEMATHESIS_VERSION" >&2
-  rm -rf "$dir"
-  mv "$tmp" "$dir"
-  trap - EXIT
-}
-
-installed || install
+dir="$("$root/infra/pip-tool.sh" schemathesis "$SCHEMATHESIS_VERSION" schemathesis)"
 [ "${1:-}" = --install ] && exit 0
 
 cd "$root"

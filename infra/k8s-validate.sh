@@ -9,48 +9,26 @@
 #   infra/k8s-validate.sh --installed  validate, or fail at once if it is not installed (the test
 #                                      in services/chatlog/tests/manifests.rs: tests fetch nothing)
 #
-# It goes to .tools/python/kubernetes-validate-<version>/ (pip --target from PyPI: no venv, no
-# system site-packages touched); a second run finds it there and installs nothing.
+# It goes to .tools/python/kubernetes-validate-<version>/ (infra/pip-tool.sh); a second run finds
+# it there and installs nothing.
 set -euo pipefail
 
 KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBERNETES_VERSION=1.37.0
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-dir="$root/.tools/python/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
 python="${PYTHON:-python3}"
-
-installed() {
-  PYTHONPATH="$dir" "$python" -c 'import kubernetes_validate' 2>/dev/null
-}
-
-install() {
-  echo "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $dir (pip)" >&2
-  mkdir -p "$root/.tools/python"
-  # Into a fresh directory first, then renamed: an interrupted install leaves no half of it.
-  local tmp
-  tmp="$(mktemp -d "$root/.tools/python/.install.XXXXXX")"
-  trap 'rm -rf "$tmp"' EXIT
-  PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check \
-    --no-warn-script-location --target "$tmp" \
-    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2
-  rm -rf "$dir"
-  mv "$tmp" "$dir"
-  trap - EXIT
-}
 
 mode="${1:-}"
 case "$mode" in
   --install | --installed) shift ;;
 esac
 
-if ! installed; then
-  if [ "$mode" = --installed ]; then
-    echo "kubernetes-validate $KUBERNETES_VALIDATE_VERSION is not installed in $dir:" \
-      "run \`make test\` or \`infra/k8s-validate.sh --install\` first" >&2
-    exit 3
-  fi
-  install
+tool=(kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" kubernetes_validate)
+if [ "$mode" = --installed ]; then
+  dir="$("$root/infra/pip-tool.sh" --check "${tool[@]}")"
+else
+  dir="$("$root/infra/pip-tool.sh" "${tool[@]}")"
 fi
 [ "$mode" = --install ] && exit 0
 
