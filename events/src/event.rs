@@ -143,6 +143,14 @@ pub struct GuestClaimed {
     pub secret_sha256: String,
 }
 
+/// `chat.account.reserved`: a name the operator reserved, on the account subject of that name, so
+/// that no guest or account can take it: a function's name (its answers' author) is reserved when
+/// it is first registered. `by` says for what (`function`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountReserved {
+    pub by: String,
+}
+
 macro_rules! payloads {
     ($($variant:ident($data:ty) = $ty:literal in $stream:ident,)*) => {
         /// What happened: one variant per CloudEvent `type` of the protocol.
@@ -254,6 +262,7 @@ payloads! {
     NotificationRead(NotificationRead) = "chat.notification.read" in Users,
     AccountRegistered(AccountRegistered) = "chat.account.registered" in Accounts,
     GuestClaimed(GuestClaimed) = "chat.guest.claimed" in Accounts,
+    AccountReserved(AccountReserved) = "chat.account.reserved" in Accounts,
 }
 
 impl EventType {

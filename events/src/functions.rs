@@ -30,6 +30,13 @@ pub const HOPS: &str = "chatloghops";
 pub const MAX_HOPS: u32 = 4;
 /// `source` of a function's answers is `/chatlog/function/<name>`: this is the component.
 pub const COMPONENT_PREFIX: &str = "function/";
+
+/// Whether an event of `component` was stored by the functions runtime as a function's answer.
+/// Only the runtime appends such events, and it appends a function's `chat.message.deleted` only
+/// where the operator granted that function moderation, so views take it as a moderator's.
+pub fn is_function(component: &str) -> bool {
+    component.starts_with(COMPONENT_PREFIX)
+}
 /// HTTP header of a delivery: `sha256=<hex of HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "Chatlog-Signature";
 
@@ -147,6 +154,10 @@ pub struct FunctionSpec {
     /// Event types delivered; empty: every type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<String>,
+    /// Rooms where the operator granted the function moderation: its answers there may delete
+    /// anyone's message (`chat.message.deleted`). Each must be one its filter covers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moderates: Vec<crate::RoomId>,
 }
 
 /// Longest URL and secret a registration may hold, in bytes.
@@ -180,7 +191,19 @@ impl FunctionSpec {
                 None => return Err(format!("unknown event type {ty:?}")),
             }
         }
+        for room in &self.moderates {
+            if self.stream != Source::Rooms || !self.covers(&crate::subjects::room(room)) {
+                return Err(format!(
+                    "--moderates {room}: the function's filter does not cover that room"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether the operator granted the function moderation of `room`.
+    pub fn moderates(&self, room: &crate::RoomId) -> bool {
+        self.moderates.contains(room)
     }
 
     /// Whether `subject` (a stored event's) is one this spec's pattern matches.
@@ -327,6 +350,7 @@ mod tests {
             stream: Source::Rooms,
             subject: "chat.room.>".into(),
             types: vec!["chat.message.posted".into()],
+            moderates: vec![],
         }
     }
 

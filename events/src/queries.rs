@@ -122,6 +122,9 @@ pub struct MessageView {
     pub reply_to: Option<EventId>,
     pub edited: bool,
     pub deleted: bool,
+    /// Deleted by a function the operator granted moderation of the room, not by its author.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moderated: bool,
     /// Emoji to the users who reacted with it, both sorted (in an answer, at most
     /// [`MAX_REACTION_USERS`] of them per emoji: the first by id).
     pub reactions: BTreeMap<String, Vec<UserId>>,
@@ -260,6 +263,9 @@ pub struct CurrentAnswer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Current {
     pub deleted: bool,
+    /// Deleted by moderation (see [`MessageView::moderated`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moderated: bool,
     pub edited: bool,
     /// The latest text; empty once deleted.
     pub text: String,
@@ -421,6 +427,7 @@ mod tests {
                 id,
                 Current {
                     deleted: false,
+                    moderated: false,
                     edited: true,
                     text: "hello".into(),
                 },

@@ -1,7 +1,8 @@
 //! Stored room events as they may be served now. The log keeps every text for good (it is
 //! append-only and deny-delete); what reaches a client is the message as it is now: a deleted
 //! message's `chat.message.posted` and `chat.message.edited` are served with `{"deleted":true}`
-//! in place of their data, and an edited message's events with its latest text.
+//! (and `"moderated":true` when moderation deleted it) in place of their data, and an edited
+//! message's events with its latest text.
 
 use serde_json::{Map, Value};
 
@@ -37,6 +38,9 @@ pub fn as_now(body: &[u8], now: &Current) -> Option<Vec<u8>> {
     if now.deleted {
         let mut data = Map::new();
         data.insert("deleted".into(), Value::Bool(true));
+        if now.moderated {
+            data.insert("moderated".into(), Value::Bool(true));
+        }
         event.insert("data".into(), Value::Object(data));
     } else {
         let data = event.get_mut("data")?.as_object_mut()?;
@@ -77,6 +81,7 @@ mod tests {
     fn now(deleted: bool, text: &str) -> Current {
         Current {
             deleted,
+            moderated: false,
             edited: !deleted,
             text: text.into(),
         }
@@ -100,6 +105,20 @@ mod tests {
         assert_eq!(text_of(&edit), Some(id));
         let served = String::from_utf8(as_now(&edit, &now(true, "")).unwrap()).unwrap();
         assert!(!served.contains("secret"), "{served}");
+    }
+
+    #[test]
+    fn a_message_moderation_deleted_says_so_and_nothing_more() {
+        let (_, post) = stored(posted("spam spam"));
+        let moderated = Current {
+            moderated: true,
+            ..now(true, "")
+        };
+        let served: Value = serde_json::from_slice(&as_now(&post, &moderated).unwrap()).unwrap();
+        assert_eq!(
+            served["data"],
+            serde_json::json!({"deleted": true, "moderated": true})
+        );
     }
 
     #[test]

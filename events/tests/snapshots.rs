@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use chatlog_events::{
     ChatEvent, EventId, Payload, RoomId, UserId,
     event::{
-        AccountRegistered, Empty, GuestClaimed, Membership, MessageDeleted, MessageEdited,
-        MessagePosted, NotificationCreated, NotificationRead, Presence, Reaction, ReadMarked,
-        RoomCreated, RoomUpdated,
+        AccountRegistered, AccountReserved, Empty, GuestClaimed, Membership, MessageDeleted,
+        MessageEdited, MessagePosted, NotificationCreated, NotificationRead, Presence, Reaction,
+        ReadMarked, RoomCreated, RoomUpdated,
     },
 };
 use chrono::{DateTime, Utc};
@@ -95,6 +95,14 @@ fn samples() -> Vec<ChatEvent> {
             secret_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
                 .into(),
         })),
+        ChatEvent::for_user(
+            &UserId::parse("echo").unwrap(),
+            UserId::parse("echo").unwrap(),
+            "cli",
+            Payload::AccountReserved(AccountReserved {
+                by: "function".into(),
+            }),
+        ),
     ];
     for (n, ev) in all.iter_mut().enumerate() {
         *ev = ev.clone().with_id(id(n as u8)).with_time(time);

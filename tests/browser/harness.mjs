@@ -135,7 +135,7 @@ export async function startServers() {
   const natsUrl = `nats://127.0.0.1:${natsPort}`;
   const chatlogArgs = [
     'up', '--http', `127.0.0.1:${httpPort}`, '--nats-url', natsUrl,
-    '--data-dir', data, '--views-dir', path.join(data, 'views'),
+    '--data-dir', data, '--views-dir', path.join(data, 'views'), '--functions',
   ];
   const baseUrl = `http://127.0.0.1:${httpPort}`;
   // The streams first, as `make up` does (`chatlog up` waits for them, it does not create them).
@@ -166,6 +166,38 @@ export async function startServers() {
     return res.status === 200 && (await res.json()).some((r) => r.id === 'lobby');
   }, 20000, chatlog);
   return servers;
+}
+
+/**
+ * Runs `examples/functions/<script>` (with `args`) on a free port and registers it as function
+ * `name` with `register` (extra `chatlog functions add` arguments); resolves when it listens.
+ */
+export async function startFunction(servers, name, script, args, register) {
+  const secret = 'the browser test function secret';
+  const child = spawn('python3', [path.join(repoRoot, 'examples', 'functions', script), '--port', '0', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, CHATLOG_FUNCTION_SECRET: secret, PYTHONDONTWRITEBYTECODE: '1' },
+  });
+  child.label = name;
+  children.add(child);
+  spawned.push(child);
+  let out = '';
+  child.stderr.on('data', (c) => { out += c; });
+  child.output = () => out;
+  child.on('exit', () => children.delete(child));
+  const url = await new Promise((resolve, reject) => {
+    let first = '';
+    child.stdout.on('data', (c) => {
+      first += c;
+      const m = /listening on (http:\/\/\S+)/.exec(first);
+      if (m) resolve(m[1]);
+    });
+    child.once('exit', (code) => reject(new Error(`${script} exited with ${code}: ${out}`)));
+  });
+  execFileSync(findChatlog(), ['functions', '--nats-url', servers.natsUrl, 'add', name, '--url', url, ...register], {
+    stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, CHATLOG_FUNCTION_SECRET: secret },
+  });
+  return url;
 }
 
 /**

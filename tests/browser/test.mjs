@@ -13,7 +13,7 @@ import { mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  blackholeProxy, chromiumArgs, chromiumPath, log, serverLogs, startServers, stopServers,
+  blackholeProxy, chromiumArgs, chromiumPath, log, serverLogs, startFunction, startServers, stopServers,
 } from './harness.mjs';
 
 const TOTAL_TIMEOUT = 90_000; // the whole run; it normally takes well under a minute
@@ -410,6 +410,21 @@ async function main() {
       fail(`bob shows no deleted message: ${JSON.stringify(await messages(bob))}`);
     }
     if ((await messages(bob)).some((m) => m.text.includes('a secret to delete'))) fail('bob\'s page shows the deleted text');
+  });
+
+  await step('a message with a word the moderator lists is removed: both pages say "Removed by moderation."', async () => {
+    await startFunction(servers, 'moderator', 'moderator.py', ['--words', 'spam'], ['--type', 'chat.message.posted', '--moderates', 'lobby']);
+    await send(ada, 'get cheap spam here');
+    for (const [page, who] of [[ada, 'ada'], [bob, 'bob']]) {
+      try {
+        await page.waitForSelector('#messages li.msg.deleted.moderated', { timeout: WAIT });
+      } catch {
+        fail(`${who} shows no moderated message: ${JSON.stringify(await messages(page))}`);
+      }
+      const shown = await page.$eval('#messages li.msg.moderated .text', (el) => el.textContent);
+      if (shown !== 'Removed by moderation.') fail(`${who} shows ${JSON.stringify(shown)}`);
+      if ((await messages(page)).some((m) => m.text.includes('cheap spam'))) fail(`${who}'s page keeps the removed text`);
+    }
   });
 
   await step('no script errors in the pages', async () => {

@@ -30,6 +30,7 @@ const common = (m) => ({
   deleted: m.deleted,
   reply_to: m.reply_to,
   reactions: Object.fromEntries(m.reactions),
+  ...(m.moderated ? { moderated: true } : {}),
 });
 
 /** The fixture's events (`form`: `event` as stored, or `served`) as the client folds them, per room. */

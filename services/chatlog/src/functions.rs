@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::Context;
 use async_nats::jetstream;
 use chatlog_events::{
+    RoomId,
     functions::{FunctionName, FunctionSpec, Source},
     streams::StreamSettings,
 };
@@ -67,6 +68,10 @@ pub struct AddArgs {
     /// Only events of this type (repeat for several; default: every type).
     #[arg(long = "type")]
     pub types: Vec<String>,
+    /// Grant the function moderation of this room (repeat for several): its answers there may
+    /// delete anyone's message. The room must be one its filter covers.
+    #[arg(long = "moderates")]
+    pub moderates: Vec<String>,
     /// Change the registered function of that name (a new filter starts from now).
     #[arg(long)]
     pub replace: bool,
@@ -167,6 +172,13 @@ pub async fn run(command: FunctionsCommand, client: async_nats::Client) -> anyho
                 stream,
                 subject: args.subject.unwrap_or_else(|| stream.all_subjects()),
                 types: args.types,
+                moderates: args
+                    .moderates
+                    .iter()
+                    .map(|r| {
+                        RoomId::parse(r.as_str()).with_context(|| format!("--moderates {r:?}"))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
             };
             let seq = registry::register(&js, name.clone(), spec, args.replace).await?;
             println!("{name} registered (CHAT_FUNCTIONS seq {seq})");
@@ -180,8 +192,8 @@ pub async fn run(command: FunctionsCommand, client: async_nats::Client) -> anyho
         FunctionsCommand::Ls => {
             let registry = registry::load(&js).await?;
             println!(
-                "{:<20} {:<40} {:<9} {:<22} {:<26} consumer",
-                "name", "url", "stream", "subject", "types"
+                "{:<20} {:<40} {:<9} {:<22} {:<26} {:<16} consumer",
+                "name", "url", "stream", "subject", "types", "moderates"
             );
             for f in registry.iter() {
                 let types = if f.spec.types.is_empty() {
@@ -189,13 +201,24 @@ pub async fn run(command: FunctionsCommand, client: async_nats::Client) -> anyho
                 } else {
                     f.spec.types.join(",")
                 };
+                let moderates = if f.spec.moderates.is_empty() {
+                    "-".to_string()
+                } else {
+                    f.spec
+                        .moderates
+                        .iter()
+                        .map(RoomId::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
                 println!(
-                    "{:<20} {:<40} {:<9} {:<22} {:<26} {}",
+                    "{:<20} {:<40} {:<9} {:<22} {:<26} {:<16} {}",
                     f.name.as_str(),
                     f.spec.url,
                     format!("{:?}", f.spec.stream).to_lowercase(),
                     f.spec.subject,
                     types,
+                    moderates,
                     f.consumer()
                 );
             }

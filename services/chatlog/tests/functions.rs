@@ -21,32 +21,40 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The example, on a free port: the process (killed on drop) and its URL.
-struct Bot(std::process::Child);
+/// An example function, on a free port: the process (killed on drop) and its URL.
+struct Example(std::process::Child);
 
-impl Drop for Bot {
+impl Drop for Example {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn start_bot() -> Option<(Bot, String)> {
+/// Runs `examples/functions/<script>` with `args`; python3 is on every machine the tests run on.
+fn start_example(script: &str, args: &[&str]) -> (Example, String) {
     let mut child = Command::new("python3")
-        .arg(root().join("examples/functions/echo_bot.py"))
+        .arg(root().join("examples/functions").join(script))
         .args(["--port", "0"])
+        .args(args)
         .env("CHATLOG_FUNCTION_SECRET", SECRET)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .ok()?;
+        .expect("python3 runs the example");
     let mut line = String::new();
-    BufReader::new(child.stdout.take()?)
+    BufReader::new(child.stdout.take().expect("piped"))
         .read_line(&mut line)
-        .ok()?;
-    let url = line.trim().rsplit(' ').next()?.to_string();
-    Some((Bot(child), url))
+        .expect("the example's first line");
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("listening on <url>")
+        .to_string();
+    assert!(url.starts_with("http://"), "{line}");
+    (Example(child), url)
 }
 
 fn admin(nats: &NatsServer, data: &std::path::Path, args: &[&str]) -> String {
@@ -55,15 +63,62 @@ fn admin(nats: &NatsServer, data: &std::path::Path, args: &[&str]) -> String {
     common::stdout_of(cmd)
 }
 
-#[tokio::test]
-async fn the_echo_bot_answers_in_the_room_through_chatlog_up() {
-    let Some((_bot, url)) = start_bot() else {
-        eprintln!("skipped: python3 is not available");
-        return;
-    };
+/// NATS with `infra/nats-auth.conf`'s users, its streams set up by admin.
+async fn nats() -> NatsServer {
     let auth = std::fs::read_to_string(root().join("infra/nats-auth.conf")).unwrap();
     let nats = NatsServer::start_with_auth(&auth, Some(ADMIN)).await;
     common::setup(&nats.url_as(ADMIN.0, ADMIN.1));
+    nats
+}
+
+/// `chatlog up --functions`, each part as its own least-privilege user.
+async fn up(
+    nats: &NatsServer,
+    data: &std::path::Path,
+) -> (common::Proc, chatlog_test_support::client::Client) {
+    let mut up = common::command(&nats.url_as("edge", "edge-dev-password"), data, &["up"]);
+    up.env("CHATLOG_DEV", "true")
+        .env(
+            "CHATLOG_HANDLERS_NATS_URL",
+            nats.url_as("handlers", "handlers-dev-password"),
+        )
+        .env("CHATLOG_FUNCTIONS", "true")
+        .env(
+            "CHATLOG_FUNCTIONS_NATS_URL",
+            nats.url_as("functions", "functions-dev-password"),
+        );
+    common::serve(up).await
+}
+
+/// The counters of `chatlog functions stats <name>` (delivered failed dead skipped answers
+/// rejected lag in-hand p99), once `settled` says they are what they should be; the last shown
+/// when they never are.
+async fn stats_when(
+    nats: &NatsServer,
+    data: &std::path::Path,
+    name: &str,
+    settled: impl Fn(&[String]) -> bool,
+) -> String {
+    chatlog_test_support::eventually_ok("the stats", Duration::from_secs(10), async || {
+        let stats = admin(nats, data, &["functions", "stats", name]);
+        let columns: Vec<String> = stats
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        if columns.get(1..9).is_some_and(&settled) {
+            Ok(stats)
+        } else {
+            Err(stats)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_echo_bot_answers_in_the_room_through_chatlog_up() {
+    let (_bot, url) = start_example("echo_bot.py", &[]);
+    let nats = nats().await;
     let data = tempfile::tempdir().unwrap();
     let out = admin(
         &nats,
@@ -85,22 +140,7 @@ async fn the_echo_bot_answers_in_the_room_through_chatlog_up() {
     assert!(listed.contains("echo") && listed.contains(&url), "{listed}");
     assert!(!listed.contains(SECRET), "ls shows the secret: {listed}");
 
-    let mut up = common::command(
-        &nats.url_as("edge", "edge-dev-password"),
-        data.path(),
-        &["up"],
-    );
-    up.env("CHATLOG_DEV", "true")
-        .env(
-            "CHATLOG_HANDLERS_NATS_URL",
-            nats.url_as("handlers", "handlers-dev-password"),
-        )
-        .env("CHATLOG_FUNCTIONS", "true")
-        .env(
-            "CHATLOG_FUNCTIONS_NATS_URL",
-            nats.url_as("functions", "functions-dev-password"),
-        );
-    let (_up, app) = common::serve(up).await;
+    let (_up, app) = up(&nats, data.path()).await;
     let token = app.token("ada").await;
     for text in ["@echo hello from ada", "/roll 2d6", "just chatting"] {
         let posted = app
@@ -131,23 +171,8 @@ async fn the_echo_bot_answers_in_the_room_through_chatlog_up() {
     // function delivered failed dead skipped answers rejected lag in-hand p99: the three posts
     // delivered; skipped, the room's creation (not a post) and its two answers (its own).
     let want = ["3", "0", "0", "3", "2", "0", "0", "0"];
-    // The counters settle once the answers' own deliveries were skipped: the last shown when
-    // they do not.
-    let stats =
-        chatlog_test_support::eventually_ok("the stats", Duration::from_secs(10), async || {
-            let stats = admin(&nats, data.path(), &["functions", "stats", "echo"]);
-            let columns: Vec<String> = stats
-                .lines()
-                .find(|l| l.starts_with("echo "))
-                .map(|l| l.split_whitespace().map(str::to_string).collect())
-                .unwrap_or_default();
-            if columns.get(1..9).is_some_and(|c| c == want) {
-                Ok(stats)
-            } else {
-                Err(stats)
-            }
-        })
-        .await;
+    // The counters settle once the answers' own deliveries were skipped.
+    let stats = stats_when(&nats, data.path(), "echo", |c| c == want).await;
     assert!(stats.contains("1 runtime replica(s) answered"), "{stats}");
     let line = stats.lines().find(|l| l.starts_with("echo ")).unwrap();
     assert_eq!(
@@ -206,4 +231,153 @@ async fn the_echo_bot_answers_in_the_room_through_chatlog_up() {
         let out = cmd.output().unwrap();
         assert!(!out.status.success(), "{args:?} accepted");
     }
+}
+
+#[tokio::test]
+async fn the_moderator_removes_a_message_only_where_it_was_granted_moderation() {
+    let (_moderator, url) = start_example("moderator.py", &["--words", "spam,scam"]);
+    let nats = nats().await;
+    let data = tempfile::tempdir().unwrap();
+    let (_up, app) = up(&nats, data.path()).await;
+    // The name a function's answers are signed with is nobody else's: a guest holding it before
+    // the registration keeps it, and the function cannot have it.
+    let held = app.token("mallory").await;
+    let mut taken = common::command(
+        &nats.url_as(ADMIN.0, ADMIN.1),
+        data.path(),
+        &[
+            "functions",
+            "add",
+            "mallory",
+            "--url",
+            &url,
+            "--secret",
+            SECRET,
+        ],
+    );
+    taken.stderr(Stdio::piped());
+    let out = taken.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "a guest's name was given to a function"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a user's name"),
+        "{out:?}"
+    );
+    assert_eq!(
+        app.get("/api/rooms", &held).await.status,
+        200,
+        "the guest still holds it"
+    );
+
+    let out = admin(
+        &nats,
+        data.path(),
+        &[
+            "functions",
+            "add",
+            "moderator",
+            "--url",
+            &url,
+            "--secret",
+            SECRET,
+            "--type",
+            "chat.message.posted",
+            "--moderates",
+            "lobby",
+        ],
+    );
+    assert!(out.contains("moderator registered"), "{out}");
+    let listed = admin(&nats, data.path(), &["functions", "ls"]);
+    assert!(listed.contains("lobby"), "{listed}");
+    // ... and no guest takes the function's name once it is registered.
+    let claim = app
+        .request(
+            "POST",
+            "/api/auth/guest",
+            None,
+            Some(json!({ "user": "moderator" })),
+        )
+        .await;
+    assert_eq!(claim.status, 400, "{claim:?}");
+
+    let ada = app.token("ada").await;
+    let created = app
+        .post("/api/rooms", &ada, json!({ "id": "offtopic" }))
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let mut posted = Vec::new();
+    for (room, text) in [
+        ("offtopic", "SPAM outside the moderated room"),
+        ("lobby", "hello, all"),
+        ("lobby", "cheap Spam, click here"),
+        ("lobby", "spammy is not a listed word"),
+    ] {
+        let answer = app
+            .post(
+                &format!("/api/rooms/{room}/messages"),
+                &ada,
+                json!({ "text": text }),
+            )
+            .await;
+        assert_eq!(answer.status, 201, "{answer:?}");
+        posted.push(answer.body["id"].as_str().unwrap().to_string());
+    }
+    let started = std::time::Instant::now();
+    let page = app
+        .get_until("/api/rooms/lobby/messages", &ada, |b| {
+            b["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["deleted"] == true))
+        })
+        .await;
+    eprintln!(
+        "removed by moderation {:?} after the post was acknowledged",
+        started.elapsed()
+    );
+    let messages = page["messages"].as_array().unwrap();
+    let by_id = |id: &str| messages.iter().find(|m| m["id"] == id).unwrap();
+    let removed = by_id(&posted[2]);
+    assert_eq!(
+        (&removed["deleted"], &removed["moderated"], &removed["text"]),
+        (&json!(true), &json!(true), &json!("")),
+        "{messages:?}"
+    );
+    for kept in [&posted[1], &posted[3]] {
+        let m = by_id(kept);
+        assert!(m["deleted"] == false && m.get("moderated").is_none(), "{m}");
+    }
+    // Every path serves the removed message redacted, saying it was moderation.
+    let events = app.get("/api/rooms/lobby/events?since=0", &ada).await;
+    let served = events.body.as_array().unwrap();
+    let post = served
+        .iter()
+        .find(|e| e["event"]["id"] == posted[2].as_str())
+        .unwrap();
+    assert_eq!(
+        post["event"]["data"],
+        json!({"deleted": true, "moderated": true})
+    );
+    assert!(!events.text.contains("click here"), "{}", events.text);
+    let delete = served
+        .iter()
+        .find(|e| e["event"]["type"] == "chat.message.deleted")
+        .unwrap();
+    assert_eq!(delete["event"]["source"], "/chatlog/function/moderator");
+    assert_eq!(delete["event"]["data"]["message_id"], posted[2].as_str());
+
+    // In the room it was not granted, its delete is refused and counted, and the message stays:
+    // delivered = the four posts; answers = the one stored; rejected = the one refused.
+    stats_when(&nats, data.path(), "moderator", |c| {
+        c[0] == "4" && c[4] == "1" && c[5] == "1"
+    })
+    .await;
+    let elsewhere = app.get("/api/rooms/offtopic/messages", &ada).await;
+    let m = &elsewhere.body["messages"][0];
+    assert_eq!(
+        (&m["id"], &m["deleted"]),
+        (&json!(posted[0]), &json!(false)),
+        "{elsewhere:?}"
+    );
 }

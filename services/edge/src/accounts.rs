@@ -39,6 +39,9 @@ pub enum Holder {
     Account { password_hash: String },
     /// A guest, with the SHA-256 (hex) of its secret.
     Guest { secret_sha256: String },
+    /// A name the operator reserved on the log (a function's: its answers' author); nobody
+    /// logs in with it.
+    Reserved,
 }
 
 impl Holder {
@@ -50,6 +53,7 @@ impl Holder {
             Payload::GuestClaimed(g) => Ok(Holder::Guest {
                 secret_sha256: g.secret_sha256,
             }),
+            Payload::AccountReserved(_) => Ok(Holder::Reserved),
             _ => Err(ApiError::internal(
                 "the account subject holds another event",
             )),
@@ -107,9 +111,14 @@ impl Registry {
 pub fn check_not_reserved(user: &UserId, extra: &[String]) -> Result<(), ApiError> {
     let id = user.as_str();
     if RESERVED.contains(&id) || extra.iter().any(|r| r == id) {
-        return Err(ApiError::bad_request(format!("the id {id} is reserved")));
+        return Err(reserved(user));
     }
     Ok(())
+}
+
+/// 400: `user` is a name nobody may take.
+pub fn reserved(user: &UserId) -> ApiError {
+    ApiError::bad_request(format!("the id {user} is reserved"))
 }
 
 /// Shortest and longest secret a guest may present (the edge's own are 64 hex characters).
@@ -214,8 +223,10 @@ pub async fn register(
 ) -> Result<String, ApiError> {
     check_not_reserved(user, &state.config.reserved_ids)?;
     check_password(&password)?;
-    if state.accounts.holder(&state.log, user).await? != Holder::Free {
-        return Err(taken());
+    match state.accounts.holder(&state.log, user).await? {
+        Holder::Free => {}
+        Holder::Reserved => return Err(reserved(user)),
+        Holder::Account { .. } | Holder::Guest { .. } => return Err(taken()),
     }
     let _permit = hashing_permit(state).await?;
     let hash = tokio::task::spawn_blocking(move || {

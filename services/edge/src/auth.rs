@@ -89,7 +89,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<UserId, ApiEr
                     "that name is a registered account: log in",
                 ));
             }
-            crate::accounts::Holder::Free => {
+            crate::accounts::Holder::Free | crate::accounts::Holder::Reserved => {
                 return Err(ApiError::new(
                     Code::Unauthorized,
                     "that guest name is not held: log in as a guest again",

@@ -225,6 +225,7 @@ pub fn guest(
                 "wrong secret for that guest name",
             )),
         },
+        Holder::Reserved => Err(ApiError::bad_request("that name is reserved")),
         Holder::Free => {
             let secret = secret.map_or_else(new_secret, str::to_string);
             let claim = GuestClaimed {

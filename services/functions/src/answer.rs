@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use chatlog_events::{
     ChatEvent, Encoded, EventId, Payload, RoomId,
-    event::MessagePosted,
+    event::{MessageDeleted, MessagePosted},
     functions::{FunctionName, FunctionSpec, HOPS, MAX_HOPS, Source},
     subjects,
 };
@@ -72,6 +72,8 @@ pub enum Rejection {
     BadSubject(String),
     #[error("room {0} is not one the function's filter covers")]
     NotCovered(RoomId),
+    #[error("the function was not granted moderation of room {0}")]
+    NotModerator(RoomId),
     #[error("room {0} does not exist or is private")]
     NoSuchRoom(RoomId),
     #[error("bad data: {0}")]
@@ -95,6 +97,7 @@ impl Rejection {
             Rejection::ForbiddenType(_) => "forbidden_type",
             Rejection::BadSubject(_) => "bad_subject",
             Rejection::NotCovered(_) => "not_covered",
+            Rejection::NotModerator(_) => "not_moderator",
             Rejection::NoSuchRoom(_) => "no_such_room",
             Rejection::BadData(_) => "bad_data",
             Rejection::Blank | Rejection::TooLong | Rejection::ControlCharacter(_) => "bad_text",
@@ -155,14 +158,20 @@ struct Post {
     reply_to: Option<EventId>,
 }
 
+/// The data of a `chat.message.deleted` a moderating function sends.
+#[derive(Deserialize)]
+struct Delete {
+    message_id: EventId,
+}
+
+/// The types a function may answer with.
+const POSTED: &str = "chat.message.posted";
+const DELETED: &str = "chat.message.deleted";
+
 fn one(answered: &Answered, event: &Event, index: usize, hops: u32) -> Result<Answer, Rejection> {
-    let posted = Payload::MessagePosted(MessagePosted {
-        text: String::new(),
-        mentions: Vec::new(),
-        reply_to: None,
-    });
-    if event.ty() != posted.event_type() {
-        return Err(Rejection::ForbiddenType(event.ty().to_string()));
+    let ty = event.ty();
+    if ty != POSTED && ty != DELETED {
+        return Err(Rejection::ForbiddenType(ty.to_string()));
     }
     let room = match event.subject() {
         Some(s) => RoomId::parse(s).map_err(|e| Rejection::BadSubject(e.to_string()))?,
@@ -179,14 +188,24 @@ fn one(answered: &Answered, event: &Event, index: usize, hops: u32) -> Result<An
     {
         return Err(Rejection::BadData(format!("data of content type {ct:?}")));
     }
-    let bad = |e: serde_json::Error| Rejection::BadData(e.to_string());
-    let post: Post = match event.data() {
-        Some(Data::Json(v)) => Post::deserialize(v).map_err(bad)?,
-        Some(Data::String(s)) => serde_json::from_str(s).map_err(bad)?,
-        Some(Data::Binary(b)) => serde_json::from_slice(b).map_err(bad)?,
-        None => return Err(Rejection::BadData("no data".into())),
+    let payload = if ty == DELETED {
+        // The view takes a function's delete as a moderator's: only where it was granted.
+        if !answered.spec.moderates(&room) {
+            return Err(Rejection::NotModerator(room));
+        }
+        let delete: Delete = data(event)?;
+        Payload::MessageDeleted(MessageDeleted {
+            message_id: delete.message_id,
+        })
+    } else {
+        let post: Post = data(event)?;
+        validate_text(&post.text)?;
+        Payload::MessagePosted(MessagePosted {
+            text: post.text,
+            mentions: Vec::new(),
+            reply_to: post.reply_to,
+        })
     };
-    validate_text(&post.text)?;
     let id = EventId::derived(
         &answered.id,
         &format!("{}/{}", answered.function.component(), index),
@@ -195,14 +214,21 @@ fn one(answered: &Answered, event: &Event, index: usize, hops: u32) -> Result<An
         &room,
         answered.function.as_user(),
         &answered.function.component(),
-        Payload::MessagePosted(MessagePosted {
-            text: post.text,
-            mentions: Vec::new(),
-            reply_to: post.reply_to,
-        }),
+        payload,
     )
     .with_id(id);
     Ok(Answer { room, event, hops })
+}
+
+/// An answered event's data, as JSON of `T`.
+fn data<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T, Rejection> {
+    let bad = |e: serde_json::Error| Rejection::BadData(e.to_string());
+    match event.data() {
+        Some(Data::Json(v)) => T::deserialize(v).map_err(bad),
+        Some(Data::String(s)) => serde_json::from_str(s).map_err(bad),
+        Some(Data::Binary(b)) => serde_json::from_slice(b).map_err(bad),
+        None => Err(Rejection::BadData("no data".into())),
+    }
 }
 
 /// The edge's rule for a message's text (`services/edge/src/messages.rs`, `validate_text`).
@@ -236,6 +262,7 @@ mod tests {
             stream: Source::Rooms,
             subject: subject.into(),
             types: vec![],
+            moderates: vec![],
         }
     }
 
@@ -464,6 +491,55 @@ mod tests {
             reject(&given, "chat.message.posted", br#"{"text":"hi"}"#),
             Rejection::NotCovered(_)
         ));
+    }
+
+    #[test]
+    fn a_delete_is_accepted_only_in_a_room_the_function_moderates() {
+        let mut given = Given::new();
+        let message = "0190f7a2-5b1c-7000-8000-000000000009";
+        let body = format!(r#"{{"message_id":"{message}"}}"#);
+        let lobby = RoomId::parse("lobby").unwrap();
+        assert_eq!(
+            given
+                .parse(&binary("chat.message.deleted"), body.as_bytes())
+                .unwrap_err(),
+            Rejection::NotModerator(lobby.clone())
+        );
+        given.spec.moderates = vec![RoomId::parse("dev").unwrap()];
+        assert_eq!(
+            given
+                .parse(&binary("chat.message.deleted"), body.as_bytes())
+                .unwrap_err(),
+            Rejection::NotModerator(lobby.clone())
+        );
+        given.spec.moderates.push(lobby);
+        let answers = given
+            .parse(&binary("chat.message.deleted"), body.as_bytes())
+            .unwrap();
+        let Payload::MessageDeleted(d) = &answers[0].event.payload else {
+            panic!("{:?}", answers[0].event.payload)
+        };
+        assert_eq!(d.message_id.to_string(), message);
+        assert_eq!(answers[0].event.component, "function/echo");
+        assert!(chatlog_events::functions::is_function(
+            &answers[0].event.component
+        ));
+        assert!(matches!(
+            given
+                .parse(&binary("chat.message.deleted"), br#"{"message_id":"x"}"#)
+                .unwrap_err(),
+            Rejection::BadData(_)
+        ));
+        // Granted moderation, a function still edits nothing.
+        assert_eq!(
+            given
+                .parse(
+                    &binary("chat.message.edited"),
+                    format!(r#"{{"message_id":"{message}","text":"x"}}"#).as_bytes()
+                )
+                .unwrap_err(),
+            Rejection::ForbiddenType("chat.message.edited".into())
+        );
     }
 
     #[test]

@@ -457,6 +457,7 @@ mod tests {
             stream: Source::Rooms,
             subject: "chat.room.>".into(),
             types: vec![],
+            moderates: vec![],
         };
         let body = stored(None);
         let p = prepare(Stream::Rooms, &body).unwrap();
@@ -503,6 +504,7 @@ mod tests {
             stream: Source::Rooms,
             subject: "chat.room.>".into(),
             types: vec![],
+            moderates: vec![],
         };
         assert_eq!(request(&p, &spec).unwrap().headers()["ce-chatloghops"], "3");
         assert!(prepare(Stream::Rooms, b"garbage").is_err());

@@ -8,7 +8,8 @@ use async_nats::jetstream::{
     consumer::{DeliverPolicy, pull::OrderedConfig},
 };
 use chatlog_events::{
-    Stream,
+    ChatEvent, Payload, Stream,
+    event::AccountReserved,
     functions::{Change, FunctionName, FunctionSpec, Record},
     subjects::headers,
 };
@@ -236,8 +237,55 @@ pub async fn register(
             "{name} is registered already: `rm` it first, or add with --replace"
         )));
     }
+    reserve(js, &name).await?;
     let expected = registry.last_seq(&name);
     append(js, &Record::new(name, Change::Registered(spec)), expected).await
+}
+
+/// Reserves `name` as a user id (`chat.account.reserved`, stored only on an empty account
+/// subject, as a guest's claim is), so that no guest or account can post as the function or be
+/// taken for it; a name held by a user already is refused. Names stay reserved after `rm`, as
+/// accounts are never deleted.
+pub async fn reserve(js: &jetstream::Context, name: &FunctionName) -> Result<(), RegistryError> {
+    let user = name.as_user();
+    let event = ChatEvent::for_user(
+        &user,
+        user.clone(),
+        "cli",
+        Payload::AccountReserved(AccountReserved {
+            by: "function".into(),
+        }),
+    );
+    let encoded = event
+        .encode()
+        .map_err(|e| RegistryError::Refused(e.to_string()))?;
+    let mut headers = encoded.headers;
+    headers.insert(headers::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+    let stored = js
+        .publish_with_headers(encoded.subject.clone(), headers, encoded.body)
+        .await
+        .map_err(nats)?
+        .await;
+    match stored {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence =>
+        {
+            let accounts = js.get_stream(Stream::Accounts.name()).await.map_err(nats)?;
+            let first = accounts
+                .direct_get_first_for_subject(encoded.subject.as_str())
+                .await
+                .map_err(nats)?;
+            match ChatEvent::decode(&first.payload).map(|e| e.payload) {
+                Ok(Payload::AccountReserved(_)) => Ok(()),
+                _ => Err(RegistryError::Refused(format!(
+                    "{name} is a user's name (an account or a guest): pick another, since a \
+                     function's answers are signed with its name"
+                ))),
+            }
+        }
+        Err(e) => Err(nats(e)),
+    }
 }
 
 /// `chatlog functions rm`.
@@ -267,6 +315,7 @@ mod tests {
             stream: Source::Rooms,
             subject: subject.into(),
             types: vec![],
+            moderates: vec![],
         }
     }
 

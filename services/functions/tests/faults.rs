@@ -104,6 +104,7 @@ async fn a_function_changed_or_removed_while_running_follows_the_registry() {
         stream: Source::Rooms,
         subject: "chat.room.lobby".into(),
         types: vec![],
+        moderates: vec![],
     };
     assert!(
         chatlog_functions::registry::register(&bench.js, name.clone(), spec.clone(), false)

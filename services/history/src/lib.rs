@@ -20,8 +20,9 @@
 //!
 //! Rules beyond the protocol's: a membership event applies only when [`membership::allowed`] says
 //! so (the rule the edge checks before appending it); only a message's author may edit or delete
-//! it; a deleted message
-//! stays deleted (later edits and reactions are ignored); an edit, delete or reaction naming an
+//! it, but a function's delete (source `/chatlog/function/<name>`) is a moderator's: the
+//! functions runtime appends one only where the operator granted that function moderation of the
+//! room, and it marks the message `moderated`; a deleted message stays deleted (later edits and reactions are ignored); an edit, delete or reaction naming an
 //! unknown message, or a message of another room, is ignored (the edge only writes them for
 //! existing messages, so such an event did not come from it).
 
@@ -30,7 +31,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use chatlog_events::{
-    ChatEvent, EventId, Payload, RoomId, Stream, UserId, membership,
+    ChatEvent, EventId, Payload, RoomId, Stream, UserId, functions, membership,
     queries::{
         Current, CurrentAnswer, CurrentRequest, DEFAULT_ROOMS, ListedRoom, MAX_ANSWER_BYTES,
         MAX_CURRENT_IDS, MAX_LISTED_MEMBERS, MAX_MEMBERS_ASKED, MAX_REACTION_USERS,
@@ -313,6 +314,7 @@ impl Projection for History {
                     reply_to: posted.reply_to,
                     edited: false,
                     deleted: false,
+                    moderated: false,
                     reactions: BTreeMap::new(),
                     mentions: posted.mentions.clone(),
                     // Only answers carry it: the view keeps every reaction.
@@ -343,12 +345,15 @@ impl Projection for History {
                 }
             }
             Payload::MessageDeleted(delete) => {
+                let moderation = functions::is_function(&event.component);
                 if let Some(mut found) = message_in(view, &room, &delete.message_id)
-                    && found.message.user == event.user
+                    && (found.message.user == event.user || moderation)
                     && !found.message.deleted
                 {
                     let message = &mut found.message;
                     message.deleted = true;
+                    // A function deleting its own answer is its author, not a moderator.
+                    message.moderated = message.user != event.user;
                     message.text.clear();
                     message.mentions.clear();
                     message.reactions.clear();
@@ -586,6 +591,7 @@ pub fn current(view: &dyn Read, req: CurrentRequest) -> Result<CurrentAnswer, Qu
         };
         let current = Current {
             deleted: message.deleted,
+            moderated: message.moderated,
             edited: message.edited,
             text: message.text,
         };

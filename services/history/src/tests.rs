@@ -623,6 +623,7 @@ fn current_answers_the_messages_of_the_room_as_they_are_now() {
     let answer: CurrentAnswer = serde_json::from_slice(&asked).unwrap();
     let current = |deleted, edited, text: &str| Current {
         deleted,
+        moderated: false,
         edited,
         text: text.into(),
     };

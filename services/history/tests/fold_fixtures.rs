@@ -71,7 +71,7 @@ fn common(m: &MessageView) -> Value {
         m.reaction_counts.is_empty(),
         "a fixture's reactions are under the answer's caps"
     );
-    json!({
+    let mut common = json!({
         "seq": m.seq,
         "id": m.id,
         "author": m.user,
@@ -80,7 +80,11 @@ fn common(m: &MessageView) -> Value {
         "deleted": m.deleted,
         "reply_to": m.reply_to,
         "reactions": m.reactions,
-    })
+    });
+    if m.moderated {
+        common["moderated"] = json!(true);
+    }
+    common
 }
 
 /// The fixture's events applied to a fresh view, `batch` at a time.

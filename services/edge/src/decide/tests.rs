@@ -49,6 +49,7 @@ fn message(room: &RoomView, author: &str, deleted: bool) -> MessageView {
         reply_to: None,
         edited: false,
         deleted,
+        moderated: false,
         reactions: BTreeMap::new(),
         reaction_counts: BTreeMap::new(),
         mentions: Vec::new(),
@@ -379,6 +380,19 @@ fn an_accounts_name_is_no_guests() {
         assert_eq!(
             guest(&account, secret, || unreachable!()).unwrap_err().code,
             Code::Conflict
+        );
+    }
+}
+
+#[test]
+fn a_reserved_name_is_nobodys() {
+    // A function's name: a guest must not post as the bot, nor be taken for its moderation.
+    for secret in [None, Some("any-secret-at-all-0123")] {
+        assert_eq!(
+            guest(&Holder::Reserved, secret, || unreachable!())
+                .unwrap_err()
+                .code,
+            Code::BadRequest
         );
     }
 }

@@ -3,7 +3,9 @@
 // folds run the same fixtures (events/fixtures/fold/; tests/web/fold.test.mjs here,
 // services/history/tests/fold_fixtures.rs there):
 // - an event whose id was applied already is not applied again;
-// - only a message's author edits or deletes it; a deleted message stays deleted, without text,
+// - only a message's author edits or deletes it, but a function's delete (source
+//   `/chatlog/function/<name>`, stored only where the operator granted it moderation) is a
+//   moderator's and marks the message `moderated`; a deleted message stays deleted, without text,
 //   mentions or reactions (later edits and reactions change nothing);
 // - reactions are a set of users per emoji: the same user adding one twice counts once;
 // - an edit, delete or reaction naming a message the timeline does not have waits for it (the
@@ -24,6 +26,7 @@ const EDITED = 'chat.message.edited';
 const DELETED = 'chat.message.deleted';
 const REACTION_ADDED = 'chat.reaction.added';
 const REACTION_REMOVED = 'chat.reaction.removed';
+const FUNCTION_SOURCE = '/chatlog/function/';
 const CHANGES = new Set([EDITED, DELETED, REACTION_ADDED, REACTION_REMOVED]);
 
 const SEEN_MAX = 5000; // event ids remembered per room, to apply each once
@@ -64,6 +67,7 @@ export function message(fields) {
     reply_to: str(fields.reply_to, null),
     edited: fields.edited === true,
     deleted,
+    moderated: deleted && fields.moderated === true,
     mentions: Object.freeze(deleted ? [] : strList(fields.mentions)),
     reactions,
     pending: fields.pending === true,
@@ -74,7 +78,9 @@ export function message(fields) {
 /** `m` with `fields` changed. */
 export const withFields = (m, fields) => Object.freeze({ ...m, ...fields });
 
-const tombstone = (m) => withFields(m, { deleted: true, text: '', mentions: Object.freeze([]), reactions: NO_REACTIONS });
+const tombstone = (m, moderated = false) => withFields(m, {
+  deleted: true, moderated, text: '', mentions: Object.freeze([]), reactions: NO_REACTIONS,
+});
 
 /**
  * What edit, delete or reaction `event` does to message `m`: a new message, or `m` itself when
@@ -87,9 +93,12 @@ export function foldMessage(m, event) {
     case EDITED:
       if (m.deleted || !by || by !== m.user || typeof d.text !== 'string') return m;
       return withFields(m, { text: d.text, edited: true });
-    case DELETED:
-      if (m.deleted || !by || by !== m.user) return m;
-      return tombstone(m);
+    case DELETED: {
+      if (m.deleted || !by) return m;
+      if (by === m.user) return tombstone(m);
+      // A function's own answer deleted by itself is its author's delete, above.
+      return str(event.source).startsWith(FUNCTION_SOURCE) ? tombstone(m, true) : m;
+    }
     case REACTION_ADDED: {
       const emoji = str(d.emoji);
       const users = m.reactions.get(emoji) || [];
@@ -221,12 +230,12 @@ function posted(t, seq, event, d) {
     // At another seq it is another event with the same id: applied once, at the first.
     if (before.seq != null && before.seq !== seq) return { before, after: before };
     let after = withFields(before, { seq, pending: false, failed: null, time: str(event.time, before.time) });
-    if (d.deleted === true && !after.deleted) after = tombstone(after);
+    if (d.deleted === true && !after.deleted) after = tombstone(after, d.moderated === true);
     return { before, after: replace(t, before, after) };
   }
   const m = message({
     id: event.id, seq, user: d.user, text: d.text, time: event.time, reply_to: d.reply_to,
-    mentions: d.mentions, edited: d.edited, deleted: d.deleted,
+    mentions: d.mentions, edited: d.edited, deleted: d.deleted, moderated: d.moderated,
   });
   insert(t, m);
   return { before: undefined, after: catchUp(t, m) };

@@ -54,6 +54,9 @@ export function h(tag, attrs, ...children) {
 /** The name shown for a message's author (a redacted event may not say). */
 export const authorName = (m) => m.user || 'unknown';
 
+/** What a deleted message shows in its place. */
+export const deletedText = (m) => (m.moderated ? 'Removed by moderation.' : 'This message was deleted.');
+
 /** What a notification says: the message's text, which is empty once the message was deleted. */
 export function notificationText(n) {
   return typeof n.text === 'string' && n.text ? n.text : 'message deleted';
@@ -408,7 +411,7 @@ function draw(r, m, i) {
   el.dataset.user = m.user;
   el.tabIndex = -1;
   el.className = ['msg', own && 'own', grouped && 'grouped', m.pending && 'pending', m.failed && 'failed',
-    m.deleted && 'deleted', m.mentions.includes(S.user) && !own && 'mentions-me'].filter(Boolean).join(' ');
+    m.deleted && 'deleted', m.moderated && 'moderated', m.mentions.includes(S.user) && !own && 'mentions-me'].filter(Boolean).join(' ');
   // The handlers act on the message as it is when clicked.
   const now = () => r.timeline.byId.get(m.id) || m;
 
@@ -430,7 +433,7 @@ function draw(r, m, i) {
     m.edited && !m.deleted ? h('span', { class: 'edited', text: '(edited)' }) : null,
     m.pending && !m.failed ? h('span', { class: 'status', text: 'sending…' }) : null);
   parts.push(meta);
-  parts.push(h('div', { class: 'text' }, m.deleted ? h('em', { text: 'This message was deleted.' }) : richText(m.text)));
+  parts.push(h('div', { class: 'text' }, m.deleted ? h('em', { text: deletedText(m) }) : richText(m.text)));
   if (m.failed) {
     parts.push(h('div', { class: 'failed-note', role: 'alert' },
       `Not sent: ${m.failed} `,

@@ -73,6 +73,7 @@ impl Bench {
             stream: Source::Rooms,
             subject: subject.into(),
             types: types.iter().map(|t| t.to_string()).collect(),
+            moderates: vec![],
         };
         chatlog_functions::registry::register(
             &self.js,
