@@ -40,6 +40,10 @@ pub enum FunctionsCommand {
         dev: DevArgs,
         #[command(flatten)]
         runtime: RuntimeArgs,
+        /// Serve `/livez` and `/metrics` (Prometheus: each function's counters, lag and call
+        /// latency) here, e.g. `0.0.0.0:9091`.
+        #[arg(long, env = "CHATLOG_FUNCTIONS_HTTP")]
+        http: Option<String>,
     },
 }
 
@@ -95,7 +99,7 @@ pub struct UpArgs {
 #[derive(Args, Clone)]
 pub struct RuntimeArgs {
     /// Calls per event before it goes to CHAT_DEAD.
-    #[arg(long, env = "CHATLOG_FUNCTION_TRIES", default_value_t = 5)]
+    #[arg(long, env = "CHATLOG_FUNCTION_TRIES", default_value_t = 10)]
     pub function_tries: u32,
     /// Milliseconds one call may take, its answer read included.
     #[arg(long, env = "CHATLOG_FUNCTION_TIMEOUT_MS", default_value_t = 10_000)]
@@ -137,6 +141,7 @@ impl RuntimeArgs {
 pub async fn runtime(
     client: async_nats::Client,
     args: &RuntimeArgs,
+    stats: stats::Stats,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(stop);
@@ -150,7 +155,7 @@ pub async fn runtime(
             found.map_err(|e| anyhow::anyhow!(e))?;
         }
     }
-    chatlog_functions::run(client, args.config(), stats::Stats::default(), stop)
+    chatlog_functions::run(client, args.config(), stats, stop)
         .await
         .context("the functions runtime")
 }
@@ -338,4 +343,27 @@ async fn print_stats(
         anyhow::bail!("no function {name}");
     }
     Ok(())
+}
+
+/// `functions run --http`: `/livez` while the process runs, `/metrics`.
+pub fn health_routes(stats: stats::Stats) -> axum::Router {
+    use axum::{response::IntoResponse, routing::get};
+    axum::Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let body = stats.render_prometheus();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        )
 }

@@ -90,6 +90,12 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 stopped.clone(),
             ));
             if functions.enabled {
+                let function_stats = chatlog_functions::stats::Stats::default();
+                let shown = function_stats.clone();
+                config
+                    .extra_metrics
+                    .0
+                    .push(Arc::new(move || shown.render_prometheus()));
                 let url = functions
                     .functions_nats_url
                     .clone()
@@ -97,7 +103,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 let stopped = until_true(stopped.clone());
                 tasks.spawn(async move {
                     let (client, _) = chatlog_edge::connect(&url, "chatlog-functions").await?;
-                    functions::runtime(client, &functions.runtime, stopped).await
+                    functions::runtime(client, &functions.runtime, function_stats, stopped).await
                 });
             }
             let edge_stopped = until_true(stopped.clone());
@@ -187,13 +193,23 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             views::run(command, connect_once(&nats.nats_url).await?).await?;
         }
         cli::Command::Functions {
-            command: functions::FunctionsCommand::Run { dev, runtime },
+            command: functions::FunctionsCommand::Run { dev, runtime, http },
             nats,
         } => {
             dev.check_nats_url(&nats.nats_url)?;
             let signals = stop_on_signal()?;
+            let stats = chatlog_functions::stats::Stats::default();
+            if let Some(addr) = http {
+                let listener = bind(&addr).await?;
+                let routes = functions::health_routes(stats.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, routes).await {
+                        tracing::error!(error = %e, "the runtime's HTTP listener failed");
+                    }
+                });
+            }
             let (client, _) = chatlog_edge::connect(&nats.nats_url, "chatlog-functions").await?;
-            functions::runtime(client, &runtime, until_true(signals)).await?;
+            functions::runtime(client, &runtime, stats, until_true(signals)).await?;
         }
         cli::Command::Functions { command, nats } => {
             functions::run(command, connect_once(&nats.nats_url).await?).await?;

@@ -76,6 +76,15 @@ async fn up(
     nats: &NatsServer,
     data: &std::path::Path,
 ) -> (common::Proc, chatlog_test_support::client::Client) {
+    up_with(nats, data, &[]).await
+}
+
+/// [`up`] with more environment.
+async fn up_with(
+    nats: &NatsServer,
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (common::Proc, chatlog_test_support::client::Client) {
     let mut up = common::command(&nats.url_as("edge", "edge-dev-password"), data, &["up"]);
     up.env("CHATLOG_DEV", "true")
         .env(
@@ -86,7 +95,8 @@ async fn up(
         .env(
             "CHATLOG_FUNCTIONS_NATS_URL",
             nats.url_as("functions", "functions-dev-password"),
-        );
+        )
+        .envs(env.iter().copied());
     common::serve(up).await
 }
 
@@ -174,6 +184,18 @@ async fn the_echo_bot_answers_in_the_room_through_chatlog_up() {
     // The counters settle once the answers' own deliveries were skipped.
     let stats = stats_when(&nats, data.path(), "echo", |c| c == want).await;
     assert!(stats.contains("1 runtime replica(s) answered"), "{stats}");
+    // The same counters in the process's Prometheus text.
+    let metrics = app.get("/metrics", &token).await.text;
+    for line in [
+        "chatlog_function_delivered_total{function=\"echo\"} 3",
+        "chatlog_function_answers_total{function=\"echo\"} 2",
+        "chatlog_function_call_seconds_count{function=\"echo\"} 3",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in {metrics}"
+        );
+    }
     let line = stats.lines().find(|l| l.starts_with("echo ")).unwrap();
     assert_eq!(
         line.split_whitespace().collect::<Vec<_>>()[1..9],
@@ -380,4 +402,94 @@ async fn the_moderator_removes_a_message_only_where_it_was_granted_moderation() 
         (&json!(posted[0]), &json!(false)),
         "{elsewhere:?}"
     );
+}
+
+#[tokio::test]
+async fn a_bot_down_for_ten_seconds_misses_nothing_and_answers_each_message_once() {
+    let (bot, url) = start_example("echo_bot.py", &[]);
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let nats = nats().await;
+    let data = tempfile::tempdir().unwrap();
+    admin(
+        &nats,
+        data.path(),
+        &[
+            "functions",
+            "add",
+            "echo",
+            "--url",
+            &url,
+            "--secret",
+            SECRET,
+            "--type",
+            "chat.message.posted",
+        ],
+    );
+    // Retries at most 2 s apart, so the bot is called again soon after it is back; the default
+    // tries (10) outlast the outage either way.
+    let (_up, app) = up_with(
+        &nats,
+        data.path(),
+        &[("CHATLOG_FUNCTION_MAX_BACKOFF_MS", "2000")],
+    )
+    .await;
+    let token = app.token("ada").await;
+    let post = async |n: usize| {
+        let answer = app
+            .post(
+                "/api/rooms/lobby/messages",
+                &token,
+                json!({ "text": format!("@echo number {n}") }),
+            )
+            .await;
+        assert_eq!(answer.status, 201, "{answer:?}");
+    };
+    let echoes = |body: &serde_json::Value| -> Vec<String> {
+        body["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter(|m| m["user"] == "echo")
+                    .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for n in 0..3 {
+        post(n).await;
+    }
+    app.get_until("/api/rooms/lobby/messages", &token, |b| {
+        echoes(b).len() == 3
+    })
+    .await;
+
+    drop(bot);
+    for n in 3..8 {
+        post(n).await;
+    }
+    // The outage the issue names: the bot stays away this long while its events wait.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (_bot, again) = start_example("echo_bot.py", &["--port", &port]);
+    assert_eq!(again, url);
+    for n in 8..10 {
+        post(n).await;
+    }
+    let page = app
+        .get_until("/api/rooms/lobby/messages", &token, |b| {
+            echoes(b).len() >= 10
+        })
+        .await;
+    // Every message answered once, in the order written.
+    let want: Vec<String> = (0..10).map(|n| format!("number {n}")).collect();
+    assert_eq!(echoes(&page), want);
+    let stats = stats_when(&nats, data.path(), "echo", |c| c[0] == "10" && c[4] == "10").await;
+    let line = stats.lines().find(|l| l.starts_with("echo ")).unwrap();
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(columns[3], "0", "nothing dead: {stats}");
+    assert_ne!(columns[2], "0", "the calls while down failed: {stats}");
 }

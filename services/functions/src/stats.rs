@@ -31,6 +31,9 @@ pub struct FunctionStats {
     pub answers: AtomicU64,
     /// Answers rejected (nothing of them stored).
     pub rejected: AtomicU64,
+    /// Events stored after the last one this process received, not yet sent to it (the
+    /// consumer's count as of then).
+    pub lag: AtomicU64,
     pub latency: Histogram,
     detail: Mutex<Detail>,
 }
@@ -119,6 +122,103 @@ impl Stats {
             .entry(name.clone())
             .or_default()
             .clone()
+    }
+
+    /// Prometheus text: a line per function and counter, rejections by kind, and the call
+    /// latency as a summary (the bucket bounds of its quantiles).
+    pub fn render_prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        type Value = fn(&FunctionStats) -> u64;
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let counters: [(&str, &str, &str, Value); 7] = [
+            ("delivered_total", "counter", "Events a 2xx took.", |s| {
+                s.delivered.load(Relaxed)
+            }),
+            (
+                "failed_calls_total",
+                "counter",
+                "Calls that failed (an error, a timeout or a status other than 2xx).",
+                |s| s.failed.load(Relaxed),
+            ),
+            (
+                "dead_total",
+                "counter",
+                "Events written to CHAT_DEAD.",
+                |s| s.dead.load(Relaxed),
+            ),
+            (
+                "skipped_total",
+                "counter",
+                "Events not delivered: of a type not wanted, or the function's own.",
+                |s| s.skipped.load(Relaxed),
+            ),
+            (
+                "answers_total",
+                "counter",
+                "Events stored from answers.",
+                |s| s.answers.load(Relaxed),
+            ),
+            (
+                "rejected_total",
+                "counter",
+                "Answers rejected, nothing of them stored.",
+                |s| s.rejected.load(Relaxed),
+            ),
+            (
+                "lag",
+                "gauge",
+                "Events stored after the last one received, not sent to this process yet.",
+                |s| s.lag.load(Relaxed),
+            ),
+        ];
+        let mut out = String::new();
+        for (metric, kind, help, value) in counters {
+            let _ = writeln!(out, "# HELP chatlog_function_{metric} {help}");
+            let _ = writeln!(out, "# TYPE chatlog_function_{metric} {kind}");
+            for (name, stats) in &all {
+                let _ = writeln!(
+                    out,
+                    "chatlog_function_{metric}{{function=\"{name}\"}} {}",
+                    value(stats)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP chatlog_function_rejections_total Answers rejected, by kind."
+        );
+        let _ = writeln!(out, "# TYPE chatlog_function_rejections_total counter");
+        for (name, stats) in &all {
+            let d = stats.detail.lock().unwrap_or_else(|e| e.into_inner());
+            for (kind, n) in &d.rejections {
+                let _ = writeln!(
+                    out,
+                    "chatlog_function_rejections_total{{function=\"{name}\",kind=\"{kind}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP chatlog_function_call_seconds Call latency, the answer read included."
+        );
+        let _ = writeln!(out, "# TYPE chatlog_function_call_seconds summary");
+        for (name, stats) in &all {
+            for q in [0.5, 0.99] {
+                if let Some(ms) = stats.latency.quantile(q) {
+                    let _ = writeln!(
+                        out,
+                        "chatlog_function_call_seconds{{function=\"{name}\",quantile=\"{q}\"}} {}",
+                        ms / 1000.0
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "chatlog_function_call_seconds_count{{function=\"{name}\"}} {}",
+                stats.latency.count()
+            );
+        }
+        out
     }
 
     pub fn snapshot(&self, replica: &str) -> ReplicaStats {
@@ -212,5 +312,24 @@ mod tests {
         assert_eq!((s.delivered, s.rejected), (3, 2));
         assert_eq!(s.rejections["loop"], 2);
         assert_eq!(s.last_rejection.as_deref(), Some("again"));
+    }
+
+    #[test]
+    fn prometheus_has_a_line_per_function_and_counter() {
+        let stats = Stats::default();
+        let echo = FunctionName::parse("echo").unwrap();
+        stats.of(&echo).delivered.fetch_add(3, Relaxed);
+        stats.of(&echo).reject("not_moderator", "no".into());
+        stats.of(&echo).latency.record(Duration::from_millis(2));
+        let text = stats.render_prometheus();
+        for line in [
+            "chatlog_function_delivered_total{function=\"echo\"} 3",
+            "chatlog_function_rejected_total{function=\"echo\"} 1",
+            "chatlog_function_rejections_total{function=\"echo\",kind=\"not_moderator\"} 1",
+            "chatlog_function_call_seconds_count{function=\"echo\"} 1",
+            "# TYPE chatlog_function_lag gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
@@ -123,7 +123,10 @@ impl Worker {
                     Some(Ok(message)) => {
                         pinned = true;
                         let seq = match message.info() {
-                            Ok(info) => info.stream_sequence,
+                            Ok(info) => {
+                                self.target.stats.lag.store(info.pending, Relaxed);
+                                info.stream_sequence
+                            }
                             Err(e) => break Err(e),
                         };
                         let subject = message.subject.to_string();
