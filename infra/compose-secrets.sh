@@ -1,17 +1,16 @@
 #!/bin/sh
 # The `secrets` service of compose.yaml, run before anything else on every `up`. Its directories
-# are $SECRETS_ROOT/{keep,nats,admin,edge,handlers} (compose mounts a volume on each under
+# are $SECRETS_ROOT/{keep,nats,admin,edge,handlers,functions} (compose mounts a volume on each under
 # /secrets; services/chatlog/tests/manifests.rs runs it on a temporary directory):
 # - on the first run, random passwords for the NATS users admin, edge, handlers and functions
-#   (no service runs the functions runtime yet: its user only gets a password) and for the
-#   routes between the NATS servers, and the edges' token secret, kept in keep/ (a volume only
+#   and for the routes between the NATS servers, and the edges' token secret, kept in keep/ (a volume only
 #   this service mounts); later runs reuse them;
 # - on every run, from those and nats-auth.conf (the users and their permissions), what each
 #   service reads, each from its own volume: the NATS servers' config (nats/nats.conf, which
 #   includes the users with the generated passwords and authenticates the routes), admin's NATS
 #   URL for `chatlog setup` (admin/chatlog.env), the edges' URL and token secret
-#   (edge/chatlog.env), the handlers' URL (handlers/chatlog.env). An edge or handler container
-#   never sees admin's password.
+#   (edge/chatlog.env), the handlers' URL (handlers/chatlog.env), the functions runtime's
+#   (functions/chatlog.env). An edge, handler or runtime container never sees admin's password.
 # POSIX sh and coreutils only (it runs in the chatlog image, Debian slim).
 set -eu
 
@@ -22,6 +21,7 @@ nats_dir="$root/nats"
 admin_dir="$root/admin"
 edge_dir="$root/edge"
 handlers_dir="$root/handlers"
+functions_dir="$root/functions"
 # The NATS servers' host names, and the uid the chatlog image runs as (infra/Dockerfile).
 servers="${NATS_SERVERS:-n1 n2 n3}"
 chatlog_uid="${CHATLOG_UID:-10001}"
@@ -137,5 +137,8 @@ CHATLOG_JWT_SECRET='$jwt_secret'
 EOF
 write "$handlers_dir/chatlog.env" "$chatlog_uid" <<EOF
 NATS_URL='$(urls handlers "$handlers_password")'
+EOF
+write "$functions_dir/chatlog.env" "$chatlog_uid" <<EOF
+NATS_URL='$(urls functions "$functions_password")'
 EOF
 echo "secrets: wrote the NATS config and the components' environments"

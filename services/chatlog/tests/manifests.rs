@@ -737,21 +737,25 @@ fn compose_sets_the_streams_up_as_admin_before_any_component_starts() {
         let Some(command) = service["command"][0].as_str() else {
             continue;
         };
-        if command == "edge" || command == "handler" {
+        if command == "edge" || command == "handler" || command == "functions" {
             components += 1;
             assert_eq!(
                 service["depends_on"]["setup"]["condition"], "service_completed_successfully",
                 "{name:?}"
             );
             let (user, env) = user_of(service);
-            assert_eq!(user, command.replace("handler", "handlers"), "{name:?}");
+            let want = match command {
+                "handler" => "handlers",
+                other => other,
+            };
+            assert_eq!(user, want, "{name:?}");
             if command == "edge" {
                 let secret = env.get("CHATLOG_JWT_SECRET").expect("a token secret");
                 assert!(secret.len() >= 32);
             }
         }
     }
-    assert!(components >= 8, "{components} components");
+    assert!(components >= 10, "{components} components");
 }
 
 #[test]
