@@ -40,7 +40,7 @@ pub enum FunctionsCommand {
         dev: DevArgs,
         #[command(flatten)]
         runtime: RuntimeArgs,
-        /// Serve `/livez` and `/metrics` (Prometheus: each function's counters, lag and call
+        /// Serve `/livez`, `/readyz` and `/metrics` (Prometheus: each function's counters, lag and call
         /// latency) here, e.g. `0.0.0.0:9091`.
         #[arg(long, env = "CHATLOG_FUNCTIONS_HTTP")]
         http: Option<String>,
@@ -345,11 +345,24 @@ async fn print_stats(
     Ok(())
 }
 
-/// `functions run --http`: `/livez` while the process runs, `/metrics`.
+/// `functions run --http`: `/livez` while the process runs, `/readyz` once it read the registry
+/// and started its functions, `/metrics`.
 pub fn health_routes(stats: stats::Stats) -> axum::Router {
-    use axum::{response::IntoResponse, routing::get};
+    use axum::{http::StatusCode, response::IntoResponse, routing::get};
+    let ready = stats.clone();
     axum::Router::new()
         .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let answer = if ready.is_ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "reading the registry")
+                };
+                async move { answer }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {

@@ -493,3 +493,44 @@ async fn a_bot_down_for_ten_seconds_misses_nothing_and_answers_each_message_once
     assert_eq!(columns[3], "0", "nothing dead: {stats}");
     assert_ne!(columns[2], "0", "the calls while down failed: {stats}");
 }
+
+#[tokio::test]
+async fn the_runtime_alone_is_ready_once_it_started_the_registry_and_serves_its_metrics() {
+    let (_bot, url) = start_example("echo_bot.py", &[]);
+    let nats = nats().await;
+    let data = tempfile::tempdir().unwrap();
+    admin(
+        &nats,
+        data.path(),
+        &[
+            "functions",
+            "add",
+            "echo",
+            "--url",
+            &url,
+            "--secret",
+            SECRET,
+        ],
+    );
+    let mut run = common::command(
+        &nats.url_as("functions", "functions-dev-password"),
+        data.path(),
+        &["functions", "run"],
+    );
+    run.env("CHATLOG_DEV", "true");
+    // Ready (`/readyz` 200) once the registry is read: its function has its counters then.
+    let (_run, runtime) = common::serve(run).await;
+    let metrics = runtime.request("GET", "/metrics", None, None).await;
+    assert_eq!(metrics.status, 200);
+    for line in [
+        "# TYPE chatlog_function_delivered_total counter",
+        "chatlog_function_delivered_total{function=\"echo\"} 0",
+        "chatlog_function_lag{function=\"echo\"} 0",
+    ] {
+        assert!(
+            metrics.text.lines().any(|l| l == line),
+            "{line} not in {}",
+            metrics.text
+        );
+    }
+}

@@ -889,7 +889,11 @@ fn the_helm_values_grant_what_nats_auth_conf_grants() {
     let users = values["config"]["merge"]["authorization"]["users"]
         .as_sequence()
         .unwrap();
-    for (block, user) in [("EDGE = {", "edge"), ("HANDLERS = {", "handlers")] {
+    for (block, user) in [
+        ("EDGE = {", "edge"),
+        ("HANDLERS = {", "handlers"),
+        ("FUNCTIONS = {", "functions"),
+    ] {
         let at = conf.find(block).unwrap();
         let helm = users.iter().find(|u| u["user"] == user).unwrap();
         for (key, list) in [("allow", "allow"), ("deny", "deny")] {

@@ -317,6 +317,7 @@ impl Runtime {
     async fn caught_up(&mut self) {
         tracing::info!(functions = self.registry.len(), "functions registry read");
         self.reconcile();
+        self.stats.set_ready();
         let current: Vec<String> = self.registry.iter().map(Function::consumer).collect();
         for source in [Source::Rooms, Source::Users, Source::Presence] {
             let name = source.stream().name();

@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -112,11 +112,24 @@ pub struct ReplicaStats {
 
 /// Every function's stats in this process.
 #[derive(Clone, Default)]
-pub struct Stats(Arc<Mutex<BTreeMap<FunctionName, Arc<FunctionStats>>>>);
+pub struct Stats {
+    functions: Arc<Mutex<BTreeMap<FunctionName, Arc<FunctionStats>>>>,
+    /// Set once the registry was read and its functions started (`/readyz`).
+    ready: Arc<AtomicBool>,
+}
 
 impl Stats {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Relaxed);
+    }
+
+    /// Whether the runtime read the registry and started its functions.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
     pub fn of(&self, name: &FunctionName) -> Arc<FunctionStats> {
-        self.0
+        self.functions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.clone())
@@ -129,7 +142,11 @@ impl Stats {
     pub fn render_prometheus(&self) -> String {
         use std::fmt::Write as _;
         type Value = fn(&FunctionStats) -> u64;
-        let all = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let all = self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let counters: [(&str, &str, &str, Value); 7] = [
             ("delivered_total", "counter", "Events a 2xx took.", |s| {
                 s.delivered.load(Relaxed)
@@ -222,7 +239,11 @@ impl Stats {
     }
 
     pub fn snapshot(&self, replica: &str) -> ReplicaStats {
-        let all = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let all = self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         ReplicaStats {
             replica: replica.to_string(),
             functions: all
