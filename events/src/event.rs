@@ -56,6 +56,20 @@ pub struct MessagePosted {
     pub mentions: Vec<UserId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<EventId>,
+    /// Files uploaded to the room by the author, as they were when posted (docs/protocol.md §8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file a message carries: what a reader needs to show and fetch it (`GET /api/files/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Attachment {
+    /// `<room>.<sha256 hex>`: the room's copy of those bytes.
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    pub content_type: String,
 }
 
 /// `chat.message.edited`.
@@ -650,6 +664,7 @@ mod tests {
                 text: "hi".into(),
                 mentions: vec![],
                 reply_to: None,
+                attachments: Vec::new(),
             }),
         );
         let enc = ev.encode().unwrap();

@@ -130,6 +130,9 @@ pub struct MessageView {
     pub reactions: BTreeMap<String, Vec<UserId>>,
     #[serde(default)]
     pub mentions: Vec<UserId>,
+    /// The files it carries (none once deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<crate::event::Attachment>,
     /// For each emoji whose `reactions` list was cut, how many users reacted with it in all.
     /// Absent when none was cut, and never stored (the view keeps every reaction).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

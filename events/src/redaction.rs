@@ -75,6 +75,7 @@ mod tests {
             text: text.into(),
             mentions: vec![UserId::parse("bob").unwrap()],
             reply_to: None,
+            attachments: Vec::new(),
         })
     }
 

@@ -46,6 +46,7 @@ fn samples() -> Vec<ChatEvent> {
             text: "hi @bob \"quoted\" ünïcode".into(),
             mentions: vec![bob.clone()],
             reply_to: Some(id(0xff)),
+            attachments: Vec::new(),
         })),
         room(Payload::MessageEdited(MessageEdited {
             message_id: id(0xfe),
@@ -197,6 +198,7 @@ fn the_direct_body_is_the_sdk_cloudevent() {
             text: "\"quoted\"\n\ttab \\ back \u{1F600} \u{0001}".into(),
             mentions: vec![],
             reply_to: None,
+            attachments: Vec::new(),
         }),
     ));
     for ev in all {

@@ -31,6 +31,7 @@ const common = (m) => ({
   reply_to: m.reply_to,
   reactions: Object.fromEntries(m.reactions),
   ...(m.moderated ? { moderated: true } : {}),
+  ...(m.attachments.length ? { attachments: m.attachments.map((a) => ({ ...a })) } : {}),
 });
 
 /** The fixture's events (`form`: `event` as stored, or `served`) as the client folds them, per room. */

@@ -148,6 +148,7 @@ pub async fn run(common: &Common, args: AppendArgs) -> anyhow::Result<AppendRepo
             text: text.clone(),
             mentions: Vec::new(),
             reply_to: None,
+            attachments: Vec::new(),
         }),
     )
     .encode()

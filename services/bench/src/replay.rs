@@ -108,6 +108,7 @@ pub async fn run(common: &Common, args: ReplayArgs) -> anyhow::Result<ReplayRepo
                     text: format!("replay message {n} with a typical length of chat text"),
                     mentions: vec![],
                     reply_to: None,
+                    attachments: Vec::new(),
                 }),
             );
             let enc = event.encode()?;

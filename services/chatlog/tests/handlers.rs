@@ -81,6 +81,7 @@ async fn fill(js: &jetstream::Context, n: usize) -> u64 {
                 text: format!("message {i}"),
                 mentions: vec![],
                 reply_to: None,
+                attachments: Vec::new(),
             }),
         };
         let event = ChatEvent::in_room(&lobby, ada.clone(), "test", payload);
@@ -719,6 +720,7 @@ async fn a_notifications_handler_that_lost_its_disk_notifies_nobody_twice() {
                 text: text.into(),
                 mentions: vec![bob.clone()],
                 reply_to: None,
+                attachments: Vec::new(),
             }),
         )
     };

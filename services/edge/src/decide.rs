@@ -120,6 +120,7 @@ pub fn decide(actor: &UserId, given: &Given, command: Command) -> Result<Vec<Pay
                 text,
                 mentions,
                 reply_to,
+                attachments: Vec::new(),
             })])
         }
         Command::Change { message_id, change } => {

@@ -417,6 +417,7 @@ async fn a_gap_on_the_live_feed_is_filled_from_the_stream() {
                 text: format!("while away {n}"),
                 mentions: vec![],
                 reply_to: None,
+                attachments: Vec::new(),
             }),
         );
         let enc = ev.encode().unwrap();

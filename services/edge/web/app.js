@@ -14,6 +14,7 @@
 // events at or below it, and event ids already applied, are dropped, so nothing shows twice.
 
 import { hooks, checkSocket, isConnected, reconnectNow, wentOffline } from './js/connection.js';
+import { addFiles, onUploadsChange } from './js/files.js';
 import { setUnauthorizedHandler } from './js/http.js';
 import {
   cancelComposerMode, composerMode, deleteMessage, discardMessage, editLast, onAck, onError,
@@ -23,8 +24,8 @@ import {
 import { addNotification, markAllNotificationsRead, markNotificationsRead, refreshNotifications } from './js/notifications.js';
 import { ID_RE, notificationOf } from './js/protocol.js';
 import {
-  $, actions, autoGrow, closePicker, focusMessage, isAtBottom, scrollToBottom, setNav,
-  toggleNotifications, updateCount,
+  $, actions, autoGrow, closePicker, focusMessage, isAtBottom, renderUploads, scrollToBottom, setNav,
+  toast, toggleNotifications, updateCount,
 } from './js/render.js';
 import {
   addMember, createRoom, fetchPresence, forgetRoom, leaveRoom, loadInitial, loadOlder, onEvent, onLeft,
@@ -118,6 +119,36 @@ function wire() {
   input.addEventListener('input', () => { autoGrow(); updateCount(); onTypingInput(); });
   input.addEventListener('blur', () => setTimeout(() => { if (document.activeElement !== input) stopTyping(); }, 0));
   $('composer-cancel').addEventListener('click', () => { cancelComposerMode(); input.focus(); });
+
+  // Files: the button, a drop anywhere on the room, a paste into the message box.
+  const attach = (files) => {
+    const r = currentRoom();
+    if (!r || !files || !files.length) return;
+    const refused = addFiles(r.id, files);
+    if (refused) toast(refused, 'error');
+  };
+  onUploadsChange(renderUploads);
+  $('attach').addEventListener('click', () => $('attach-input').click());
+  $('attach-input').addEventListener('change', (e) => { attach(e.target.files); e.target.value = ''; });
+  const dropZone = $('room');
+  dropZone.addEventListener('dragover', (e) => {
+    if (![...e.dataTransfer.types].includes('Files')) return;
+    e.preventDefault();
+    dropZone.classList.add('dropping');
+  });
+  dropZone.addEventListener('dragleave', (e) => {
+    if (!dropZone.contains(e.relatedTarget)) dropZone.classList.remove('dropping');
+  });
+  dropZone.addEventListener('drop', (e) => {
+    dropZone.classList.remove('dropping');
+    if (!e.dataTransfer.files.length) return;
+    e.preventDefault();
+    attach(e.dataTransfer.files);
+  });
+  input.addEventListener('paste', (e) => {
+    const files = e.clipboardData && e.clipboardData.files;
+    if (files && files.length) { e.preventDefault(); attach(files); }
+  });
 
   $('scroller').addEventListener('scroll', () => {
     const r = currentRoom();

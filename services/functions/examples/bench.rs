@@ -36,6 +36,7 @@ fn message(room: usize, n: usize) -> ChatEvent {
             text: format!("message {n}"),
             mentions: vec![],
             reply_to: None,
+            attachments: Vec::new(),
         }),
     )
 }

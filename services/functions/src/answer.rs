@@ -204,6 +204,7 @@ fn one(answered: &Answered, event: &Event, index: usize, hops: u32) -> Result<An
             text: post.text,
             mentions: Vec::new(),
             reply_to: post.reply_to,
+            attachments: Vec::new(),
         })
     };
     let id = EventId::derived(

@@ -439,6 +439,7 @@ mod tests {
                 text: "hi".into(),
                 mentions: vec![],
                 reply_to: None,
+                attachments: Vec::new(),
             }),
         );
         let mut body = ev.encode().unwrap().body.to_vec();

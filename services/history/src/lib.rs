@@ -317,6 +317,7 @@ impl Projection for History {
                     moderated: false,
                     reactions: BTreeMap::new(),
                     mentions: posted.mentions.clone(),
+                    attachments: posted.attachments.clone(),
                     // Only answers carry it: the view keeps every reaction.
                     reaction_counts: BTreeMap::new(),
                 };
@@ -356,6 +357,7 @@ impl Projection for History {
                     message.moderated = message.user != event.user;
                     message.text.clear();
                     message.mentions.clear();
+                    message.attachments.clear();
                     message.reactions.clear();
                     found.put(&mut changes);
                 }

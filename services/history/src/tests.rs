@@ -769,6 +769,7 @@ fn posted_worst(n: u32, text: String) -> ChatEvent {
             text,
             mentions: (0..50).map(long_user).collect(),
             reply_to: None,
+            attachments: Vec::new(),
         }),
     )
 }

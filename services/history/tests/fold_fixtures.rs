@@ -84,6 +84,9 @@ fn common(m: &MessageView) -> Value {
     if m.moderated {
         common["moderated"] = json!(true);
     }
+    if !m.attachments.is_empty() {
+        common["attachments"] = json!(m.attachments);
+    }
     common
 }
 

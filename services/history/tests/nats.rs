@@ -79,6 +79,7 @@ async fn the_abusive_rooms_and_messages_are_answered_through_nats_page_after_pag
             text: text.clone(),
             mentions: vec![],
             reply_to: None,
+            attachments: Vec::new(),
         };
         let payload = Payload::MessagePosted(posted);
         events.push(ChatEvent::in_room(&rooms[0], ada.clone(), "test", payload));

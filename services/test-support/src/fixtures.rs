@@ -171,6 +171,7 @@ pub fn posted(n: u32, by: &str, text: &str) -> ChatEvent {
             text: text.into(),
             mentions: vec![],
             reply_to: None,
+            attachments: Vec::new(),
         }),
     )
 }
@@ -184,6 +185,7 @@ pub fn mentioning(n: u32, by: &str, mentions: &[&str]) -> ChatEvent {
             text: format!("hi {}", mentions.join(" ")),
             mentions: users(mentions),
             reply_to: None,
+            attachments: Vec::new(),
         }),
     )
 }
@@ -197,6 +199,7 @@ pub fn replied(n: u32, by: &str, to: u32, text: &str) -> ChatEvent {
             text: text.into(),
             mentions: vec![],
             reply_to: Some(id(to)),
+            attachments: Vec::new(),
         }),
     )
 }

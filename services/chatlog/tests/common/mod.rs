@@ -169,6 +169,7 @@ pub fn message(room: &RoomId, user: &str, n: usize) -> ChatEvent {
             text: format!("message {n}"),
             mentions: vec![],
             reply_to: None,
+            attachments: Vec::new(),
         }),
     )
 }

@@ -53,6 +53,7 @@ fn message(room: &RoomView, author: &str, deleted: bool) -> MessageView {
         reactions: BTreeMap::new(),
         reaction_counts: BTreeMap::new(),
         mentions: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -234,6 +235,7 @@ fn mentions_in_a_private_room_name_its_members_only() {
             text: "@bob @eve".into(),
             mentions: vec![user("bob")],
             reply_to: None,
+            attachments: Vec::new(),
         })]
     );
     // A public room's mentions are every held name the adapter found.

@@ -33,6 +33,18 @@ const SEEN_MAX = 5000; // event ids remembered per room, to apply each once
 const WAITING_MAX = 1000; // messages with changes waiting for them (the oldest dropped past that)
 
 const NO_REACTIONS = new Map();
+const NO_ATTACHMENTS = Object.freeze([]);
+const MAX_ATTACHMENTS = 10;
+
+/** A message's attachments as given (JSON), each `{id, name, size, content_type}` checked. */
+function attachmentList(list) {
+  if (!Array.isArray(list)) return NO_ATTACHMENTS;
+  const ok = list.filter((a) => isObject(a) && typeof a.id === 'string' && a.id
+    && typeof a.name === 'string' && Number.isSafeInteger(a.size) && a.size >= 0
+    && typeof a.content_type === 'string').slice(0, MAX_ATTACHMENTS)
+    .map((a) => Object.freeze({ id: a.id, name: a.name, size: a.size, content_type: a.content_type }));
+  return ok.length ? Object.freeze(ok) : NO_ATTACHMENTS;
+}
 
 /**
  * An empty timeline: `list` the messages in order (stored ones by seq, then this page's unsent
@@ -69,6 +81,7 @@ export function message(fields) {
     deleted,
     moderated: deleted && fields.moderated === true,
     mentions: Object.freeze(deleted ? [] : strList(fields.mentions)),
+    attachments: deleted ? NO_ATTACHMENTS : attachmentList(fields.attachments),
     reactions,
     pending: fields.pending === true,
     failed: fields.failed || null,
@@ -79,7 +92,7 @@ export function message(fields) {
 export const withFields = (m, fields) => Object.freeze({ ...m, ...fields });
 
 const tombstone = (m, moderated = false) => withFields(m, {
-  deleted: true, moderated, text: '', mentions: Object.freeze([]), reactions: NO_REACTIONS,
+  deleted: true, moderated, text: '', mentions: Object.freeze([]), attachments: NO_ATTACHMENTS, reactions: NO_REACTIONS,
 });
 
 /**
@@ -235,7 +248,8 @@ function posted(t, seq, event, d) {
   }
   const m = message({
     id: event.id, seq, user: d.user, text: d.text, time: event.time, reply_to: d.reply_to,
-    mentions: d.mentions, edited: d.edited, deleted: d.deleted, moderated: d.moderated,
+    mentions: d.mentions, attachments: d.attachments, edited: d.edited, deleted: d.deleted,
+    moderated: d.moderated,
   });
   insert(t, m);
   return { before: undefined, after: catchUp(t, m) };

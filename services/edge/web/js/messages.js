@@ -5,6 +5,7 @@
 // again, with the same id, after a reconnect (the server stores each id once). Unacked messages
 // are kept in localStorage too, so that the next page sends them.
 
+import { clearSent, readyFor } from './files.js';
 import { insert, message, remove, replace, withFields } from './fold.js';
 import {
   ID_RE, MAX_TEXT, chars, deleteFrame, editFrame, mentionsIn, reactFrame, readFrame, sendFrame, str,
@@ -157,22 +158,22 @@ export function clearMessages() {
 
 // ------------------------------------------------------------------ actions
 
-function sendMessage(r, text, replyTo) {
+function sendMessage(r, text, replyTo, attachments) {
   const id = uuid();
   const m = message({
     id, user: S.user, text, reply_to: replyTo, pending: true, local: ++local,
-    time: new Date().toISOString(), mentions: mentionsIn(text),
+    time: new Date().toISOString(), mentions: mentionsIn(text), attachments,
   });
   insert(r.timeline, m);
   showMessage(r, m);
   afterAppend(true);
-  sendOp('send', r.id, sendFrame(r.id, id, text, replyTo));
+  sendOp('send', r.id, sendFrame(r.id, id, text, replyTo, attachments.map((a) => a.id)));
 }
 
 export function retryMessage(r, m) {
   const again = replace(r.timeline, m, withFields(m, { failed: null, pending: true }));
   showMessage(r, again);
-  sendOp('send', r.id, sendFrame(r.id, m.id, m.text, m.reply_to));
+  sendOp('send', r.id, sendFrame(r.id, m.id, m.text, m.reply_to, m.attachments.map((a) => a.id)));
 }
 
 export function discardMessage(r, m) {
@@ -245,17 +246,26 @@ export function submitComposer() {
   const r = currentRoom();
   const input = $('composer-input');
   const text = input.value;
-  if (!r || !text.trim()) return;
+  const { mode, target } = composer;
+  const files = mode === 'edit' ? { busy: false, attachments: [] } : (r ? readyFor(r.id) : null);
+  if (!r || (!text.trim() && !files.attachments.length)) {
+    if (files && files.busy) toast('The files are still uploading.', 'info');
+    return;
+  }
+  if (files.busy) {
+    toast('Wait for the files to finish uploading.', 'info');
+    return;
+  }
   if (chars(text) > MAX_TEXT) {
     toast(`Messages are at most ${MAX_TEXT} characters.`, 'error');
     return;
   }
-  const { mode, target } = composer;
   if (mode === 'edit') {
     const m = r.timeline.byId.get(target);
     if (m && m.text !== text && !m.deleted) sendOp('edit', r.id, editFrame(r.id, m.id, text));
   } else {
-    sendMessage(r, text, mode === 'reply' ? target : null);
+    sendMessage(r, text, mode === 'reply' ? target : null, files.attachments);
+    clearSent(r.id);
   }
   input.value = '';
   composer = { mode: 'send', target: null };

@@ -58,9 +58,10 @@ export function joinFrame(room, since) {
 
 export const leaveFrame = (room) => ({ type: 'leave', room });
 
-export function sendFrame(room, id, text, replyTo) {
+export function sendFrame(room, id, text, replyTo, attachments) {
   const frame = { type: 'send', room, text, id };
   if (replyTo) frame.reply_to = replyTo;
+  if (attachments && attachments.length) frame.attachments = attachments;
   return frame;
 }
 

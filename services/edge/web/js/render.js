@@ -3,6 +3,7 @@
 //
 // What a click does is the business of the modules above this one: they set `actions`.
 
+import { download, fileUrl, fmtSize, isImage, removeUpload, uploadsOf } from './files.js';
 import { indexOf } from './fold.js';
 import { MAX_TEXT, chars } from './protocol.js';
 import { S, currentRoom } from './state.js';
@@ -53,6 +54,59 @@ export function h(tag, attrs, ...children) {
 
 /** The name shown for a message's author (a redacted event may not say). */
 export const authorName = (m) => m.user || 'unknown';
+
+// ------------------------------------------------------------------ files
+
+/** A message's files: raster images as thumbnails that open full size, the rest as cards. */
+function attachmentsOf(m) {
+  return h('div', { class: 'attachments' }, m.attachments.map((a) => (isImage(a) ? thumbnail(a) : fileCard(a))));
+}
+
+function thumbnail(a) {
+  const img = h('img', { class: 'thumb', alt: a.name });
+  fileUrl(a.id).then((url) => {
+    if (url) img.src = url; else img.alt = `${a.name} (not available)`;
+  });
+  return h('button', {
+    type: 'button', class: 'attachment image', 'data-action': 'open-file', title: `${a.name}, ${fmtSize(a.size)}`,
+    'aria-label': `Open ${a.name} full size`,
+    onclick: async () => {
+      const url = await fileUrl(a.id);
+      if (url) window.open(url, '_blank', 'noopener');
+    },
+  }, img);
+}
+
+function fileCard(a) {
+  return h('div', { class: 'attachment card' },
+    h('span', { class: 'file-icon', 'aria-hidden': 'true', text: '📄' }),
+    h('span', { class: 'file-name', text: a.name }),
+    h('span', { class: 'file-size', text: fmtSize(a.size) }),
+    h('button', {
+      type: 'button', class: 'link-button', 'data-action': 'download', text: 'Download', 'aria-label': `Download ${a.name}`,
+      onclick: async () => { if (!(await download(a))) toast(`${a.name} could not be downloaded.`, 'error'); },
+    }));
+}
+
+/** The composer's files: name, size, a progress bar while uploading, the error if it failed. */
+export function renderUploads() {
+  const list = $('composer-files');
+  if (!list) return;
+  const r = currentRoom();
+  const ups = r ? uploadsOf(r.id) : [];
+  list.hidden = !ups.length;
+  list.replaceChildren(...ups.map((u) => h('li', { class: `upload ${u.state}` },
+    h('span', { class: 'file-name', text: u.name }),
+    h('span', { class: 'file-size', text: fmtSize(u.size) }),
+    u.state === 'uploading'
+      ? h('progress', { max: String(Math.max(u.size, 1)), value: String(u.loaded), 'aria-label': `Uploading ${u.name}` })
+      : null,
+    u.state === 'failed' ? h('span', { class: 'upload-error', role: 'alert', text: u.error }) : null,
+    h('button', {
+      type: 'button', class: 'link-button', 'data-action': 'remove-upload', 'aria-label': `Remove ${u.name}`, text: '×',
+      onclick: () => removeUpload(u.key),
+    }))));
+}
 
 /** What a deleted message shows in its place. */
 export const deletedText = (m) => (m.moderated ? 'Removed by moderation.' : 'This message was deleted.');
@@ -253,6 +307,7 @@ export function renderRoom() {
   const r = currentRoom();
   renderRooms();
   renderRoomHeader();
+  renderUploads();
   const list = $('messages');
   if (!r) {
     list.replaceChildren();
@@ -433,7 +488,10 @@ function draw(r, m, i) {
     m.edited && !m.deleted ? h('span', { class: 'edited', text: '(edited)' }) : null,
     m.pending && !m.failed ? h('span', { class: 'status', text: 'sending…' }) : null);
   parts.push(meta);
-  parts.push(h('div', { class: 'text' }, m.deleted ? h('em', { text: deletedText(m) }) : richText(m.text)));
+  if (m.deleted || m.text) {
+    parts.push(h('div', { class: 'text' }, m.deleted ? h('em', { text: deletedText(m) }) : richText(m.text)));
+  }
+  if (!m.deleted && m.attachments.length) parts.push(attachmentsOf(m));
   if (m.failed) {
     parts.push(h('div', { class: 'failed-note', role: 'alert' },
       `Not sent: ${m.failed} `,

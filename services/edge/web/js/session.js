@@ -6,6 +6,7 @@
 // (logging out keeps it, so the same browser can be that guest again): losing it would lose the
 // name.
 
+import { clearUploads } from './files.js';
 import { api, errText } from './http.js';
 import { ID_RE, str, tokenClaims } from './protocol.js';
 import { S, load, room, signIn, signOut, store } from './state.js';
@@ -184,6 +185,7 @@ export function logout(message, byUser = false) {
   disconnect();
   clearRooms();
   clearMessages();
+  clearUploads();
   clearPage();
   showLogin(message, user);
   if (byUser) renderLoginNote(true);

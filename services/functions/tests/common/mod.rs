@@ -95,6 +95,7 @@ impl Bench {
                 text: text.into(),
                 mentions: vec![],
                 reply_to: None,
+                attachments: Vec::new(),
             }),
         );
         let seq = append(&self.js, &event).await;
