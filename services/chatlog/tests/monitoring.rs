@@ -41,6 +41,14 @@ const EXPORTED: &[&str] = &[
     "chatlog_handler_reads_total",
     "chatlog_handler_skipped_total",
     "chatlog_handler_ready",
+    "chatlog_function_delivered_total",
+    "chatlog_function_failed_calls_total",
+    "chatlog_function_dead_total",
+    "chatlog_function_skipped_total",
+    "chatlog_function_answers_total",
+    "chatlog_function_rejected_total",
+    "chatlog_function_lag",
+    "chatlog_function_call_seconds_count",
 ];
 
 /// Series Prometheus itself makes for every target.
@@ -112,6 +120,8 @@ const ALERTS: &[&str] = &[
     "ChatlogViewStalled",
     "ChatlogStreamNearLimit",
     "ChatlogJetStreamStorageNearFull",
+    "ChatlogFunctionDeadLetters",
+    "ChatlogFunctionBehind",
 ];
 
 /// What the dashboard must show, by the metric each panel is about.
@@ -601,7 +611,28 @@ async fn every_chatlog_metric_named_is_served_by_a_running_chatlog() {
     let nats = NatsServer::start().await;
     common::setup(&nats.url());
     let data = tempfile::tempdir().unwrap();
-    let (_up, up_http) = common::serve(common::command(&nats.url(), data.path(), &["up"])).await;
+    // A function registered (never called: no event of its type comes), so that the runtime of
+    // `up --functions` has its lines.
+    let mut add = common::command(
+        &nats.url(),
+        data.path(),
+        &[
+            "functions",
+            "add",
+            "probe",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--secret",
+            "a secret of sixteen bytes",
+            "--type",
+            "chat.reaction.removed",
+        ],
+    );
+    add.env("CHATLOG_DEV", "true");
+    common::stdout_of(add);
+    let mut up = common::command(&nats.url(), data.path(), &["up", "--functions"]);
+    up.env("CHATLOG_DEV", "true");
+    let (_up, up_http) = common::serve(up).await;
     let up = Scrape::of(&up_http).await;
     let views = tempfile::tempdir().unwrap();
     let (_handler, handler_http) = handler_with_http(&nats, "history", views.path()).await;
