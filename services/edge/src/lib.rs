@@ -276,12 +276,18 @@ pub async fn await_streams(
     let mut said = false;
     loop {
         let settings = resolved(&js, client, settings).await;
-        let missing = match streams::check(&js, &settings).await {
-            Ok(found) => {
+        let checked = match streams::check(&js, &settings).await {
+            Ok(found) => streams::files_exist(&js).await.map(|files| (found, files)),
+            Err(e) => Err(e),
+        };
+        let missing = match checked {
+            Ok((found, files)) => {
                 let missing = found
                     .iter()
                     .find(|(_, c)| *c == streams::Checked::Missing)
-                    .map(|(s, _)| s.name());
+                    .map(|(s, _)| s.name())
+                    // The edge serves files too: it needs their bucket (the handlers do not).
+                    .or((!files).then_some(streams::FILES_BUCKET));
                 if missing.is_none() {
                     for (stream, _) in found
                         .iter()

@@ -445,13 +445,14 @@ impl Log {
         }
     }
 
-    /// Whether NATS is reachable and every stream exists.
+    /// Whether NATS is reachable and every stream exists, and the files bucket.
     pub async fn ready(&self) -> bool {
         if !self.connected() {
             return false;
         }
-        for stream in Stream::ALL {
-            match self.bounded(self.0.js.get_stream(stream.name())).await {
+        let names = Stream::ALL.map(Stream::name);
+        for name in names.iter().chain([&chatlog_events::streams::FILES_STREAM]) {
+            match self.bounded(self.0.js.get_stream(*name)).await {
                 Ok(Ok(_)) => {}
                 _ => return false,
             }
