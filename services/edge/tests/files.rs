@@ -637,3 +637,29 @@ async fn the_edge_is_ready_only_with_the_files_bucket() {
     let unready = send(app.addr, "GET", "/readyz", &[], None).await;
     assert_eq!(unready.status, 503);
 }
+
+#[tokio::test]
+async fn a_deleted_file_is_gone_and_its_bytes_can_be_stored_again() {
+    let app = spawn_app().await;
+    let ada = app.token("ada").await;
+    let bytes = png(200_000, 11);
+    let id = upload(&app, &ada, "lobby", "x.png", "image/png", &bytes)
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = chatlog_edge::files::FileId::parse(&id).unwrap();
+    app.state.files.delete(&file).await.unwrap();
+    assert_eq!(download(&app, &ada, &id, &[]).await.status, 404);
+    // Only the info saying it was deleted is left: its chunks are purged.
+    assert_eq!(stored_messages(&app).await, 1);
+    assert!(objects(&app).await.is_empty());
+    app.state.files.delete(&file).await.unwrap();
+    let again = upload(&app, &ada, "lobby", "x.png", "image/png", &bytes).await;
+    assert_eq!(
+        (again.status, again.json()["id"].as_str()),
+        (201, Some(id.as_str()))
+    );
+    assert_eq!(download(&app, &ada, &id, &[]).await.body, bytes);
+}

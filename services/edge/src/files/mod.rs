@@ -230,10 +230,16 @@ async fn receive(
         }
     };
     let content_type = declared.unwrap_or_else(|| sniffed.content_type().to_string());
-    upload
-        .finish(&room, user, name, content_type)
-        .await
-        .map_err(|e| (FileRejection::Unavailable, e.into()))
+    // On a task of its own: a client that goes away now must not cancel the naming half done
+    // (the object's info stored, and then its chunks purged as an abandoned upload's).
+    let user = user.clone();
+    let finished =
+        tokio::spawn(async move { upload.finish(&room, &user, name, content_type).await }).await;
+    match finished {
+        Ok(Ok(meta)) => Ok(meta),
+        Ok(Err(e)) => Err((FileRejection::Unavailable, e.into())),
+        Err(e) => Err((FileRejection::Unavailable, ApiError::internal(e))),
+    }
 }
 
 /// What `head` looks like; 415 when the declared type contradicts it.
