@@ -73,6 +73,13 @@ pub enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// The files clients uploaded (docs/protocol.md §10).
+    Files {
+        #[command(subcommand)]
+        command: crate::files::FilesCommand,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
     /// Functions: HTTP hooks called with the log's events (docs/protocol.md §9).
     Functions {
         #[command(subcommand)]
