@@ -176,6 +176,16 @@ async fn download(app: &TestApp, token: &str, id: &str, headers: &[(&str, &str)]
     send(app.addr, "GET", &format!("/api/files/{id}"), &all, None).await
 }
 
+/// A counter of the edge's `/metrics` (process-wide: other tests of this binary add to it).
+async fn metric(app: &TestApp, line: &str) -> u64 {
+    let text = send(app.addr, "GET", "/metrics", &[], None).await.body;
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line} in /metrics"))
+}
+
 /// Messages in the bucket's stream: chunks and objects' infos, whatever they belong to.
 async fn stored_messages(app: &TestApp) -> u64 {
     let mut stream = app
@@ -265,6 +275,10 @@ async fn an_upload_round_trips_and_the_same_bytes_are_stored_once() {
     assert_eq!(meta.json()["room"], "lobby");
     assert_eq!(meta.json()["size"], bytes.len());
 
+    assert!(metric(&app, "chatlog_edge_file_bytes_in_total ").await >= bytes.len() as u64);
+    assert!(metric(&app, "chatlog_edge_file_bytes_out_total ").await >= 2 * bytes.len() as u64);
+    assert!(metric(&app, "chatlog_edge_file_uploads_total ").await >= 1);
+    assert!(metric(&app, "chatlog_edge_file_downloads_total ").await >= 2);
     // Stored as one object: four chunks and its info.
     assert_eq!(stored_messages(&app).await, 5);
     assert_eq!(objects(&app).await, vec![id.clone()]);
@@ -518,6 +532,8 @@ async fn a_declared_type_the_bytes_contradict_is_refused_and_stores_nothing() {
         );
     }
     assert_eq!(stored_messages(&app).await, 0);
+    let refused = r#"chatlog_edge_file_rejections_total{reason="type"} "#;
+    assert!(metric(&app, refused).await >= 4);
     let bad_type = upload(&app, &ada, "lobby", "x", "not a type", b"hello").await;
     assert_eq!(bad_type.status, 400);
     for name in ["a%2Fb", "a%5Cb", "a%0Ab", &"x".repeat(256)] {
