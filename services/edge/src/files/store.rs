@@ -36,6 +36,9 @@ const ACKS_IN_FLIGHT: usize = 8;
 /// Chunks asked for per batched direct get when reading, and their bytes.
 const READ_CHUNKS: usize = 8;
 const READ_BYTES: usize = READ_CHUNKS * CHUNK_SIZE;
+/// How long a read waits for a replica that is behind, and between its asks.
+const BEHIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+const BEHIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 /// How often publishing an object's info is tried again when another upload moved it.
 const CAS_TRIES: usize = 10;
 
@@ -258,7 +261,7 @@ impl Files {
 
     /// The file `id`, if it is stored.
     pub async fn get(&self, id: &FileId) -> Result<Option<FileMeta>, LogError> {
-        Ok(self.find(id).await?.meta)
+        Ok(self.find(id, false).await?.meta)
     }
 
     /// The file `id` if `user` uploaded it (to its room): what a message may attach.
@@ -273,22 +276,42 @@ impl Files {
             .filter(|meta| meta.uploaders.contains_key(user)))
     }
 
-    async fn find(&self, id: &FileId) -> Result<Found, LogError> {
+    /// `id`'s info as last stored. A direct get (any replica answers) first; when it finds
+    /// nothing, or `for_update`, the stream's leader is asked: a replica that is behind must not
+    /// make a file just stored look missing, nor an update compare with an old seq.
+    async fn find(&self, id: &FileId, for_update: bool) -> Result<Found, LogError> {
         let stream = self.stream().await?;
-        crate::metrics::counters::add(&crate::metrics::counters::DIRECT_GETS, 1);
-        let got = self
-            .bounded(stream.direct_get_last_for_subject(id.meta_subject()))
-            .await?;
-        let message = match got {
-            Ok(m) => m,
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
-                return Ok(Found {
-                    meta: None,
-                    info: None,
-                    seq: 0,
-                });
+        let subject = id.meta_subject();
+        let mut message = None;
+        if !for_update {
+            crate::metrics::counters::add(&crate::metrics::counters::DIRECT_GETS, 1);
+            match self
+                .bounded(stream.direct_get_last_for_subject(subject.as_str()))
+                .await?
+            {
+                Ok(m) => message = Some(m),
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {}
+                Err(e) => return Err(unavailable("reading a file's info", e)),
             }
-            Err(e) => return Err(unavailable("reading a file's info", e)),
+        }
+        let message = match message {
+            Some(m) => m,
+            None => match self
+                .bounded(stream.get_last_raw_message_by_subject(&subject))
+                .await?
+            {
+                Ok(m) => m,
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    return Ok(Found {
+                        meta: None,
+                        info: None,
+                        seq: 0,
+                    });
+                }
+                Err(e) => return Err(unavailable("reading a file's info", e)),
+            },
         };
         let info: Option<ObjectInfo> = serde_json::from_slice(&message.payload).ok();
         if info.is_none() {
@@ -334,7 +357,7 @@ impl Files {
     /// deletes. Deleting a file that is not there does nothing.
     pub async fn delete(&self, id: &FileId) -> Result<(), LogError> {
         for _ in 0..CAS_TRIES {
-            let found = self.find(id).await?;
+            let found = self.find(id, true).await?;
             let Some(mut info) = found.info.filter(|i| !i.deleted) else {
                 return Ok(());
             };
@@ -397,6 +420,7 @@ impl Files {
             answers: None,
             queue: VecDeque::new(),
             done: false,
+            behind_since: None,
         };
         futures::stream::unfold(reading, |mut r| async move {
             let next = r.next().await?;
@@ -417,6 +441,8 @@ struct Reading {
     answers: Option<(String, async_nats::Subscriber)>,
     queue: VecDeque<Bytes>,
     done: bool,
+    /// Since when the replica answering has had none of the chunks still to read.
+    behind_since: Option<tokio::time::Instant>,
 }
 
 impl Reading {
@@ -470,10 +496,20 @@ impl Reading {
             )
             .await?;
         if batch.is_empty() {
-            return Err(LogError::Internal(
-                "a file's chunks end before its size".into(),
-            ));
+            // Every chunk was stored before the info that named them: a replica that has not
+            // got them yet is behind, and is asked again for a while.
+            let since = *self
+                .behind_since
+                .get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= BEHIND_PATIENCE {
+                return Err(LogError::Internal(
+                    "a file's chunks end before its size".into(),
+                ));
+            }
+            tokio::time::sleep(BEHIND_PAUSE).await;
+            return Ok(());
         }
+        self.behind_since = None;
         for chunk in batch {
             self.next_seq = chunk.seq + 1;
             let len = chunk.body.len() as u64;
@@ -600,7 +636,7 @@ impl Upload {
         };
         let files = self.files.clone();
         for _ in 0..CAS_TRIES {
-            let found = match files.find(&id).await {
+            let found = match files.find(&id, true).await {
                 Ok(found) => found,
                 Err(e) => {
                     self.abort().await;
