@@ -679,3 +679,33 @@ async fn a_deleted_file_is_gone_and_its_bytes_can_be_stored_again() {
     );
     assert_eq!(download(&app, &ada, &id, &[]).await.body, bytes);
 }
+
+#[tokio::test]
+async fn the_same_bytes_uploaded_at_once_by_many_are_one_file_with_every_uploader() {
+    let app = spawn_app().await;
+    let users = ["ada", "bob", "cy", "dee", "eve", "fay"];
+    let mut tokens = Vec::new();
+    for user in users {
+        tokens.push(app.token(user).await);
+    }
+    // Two chunks each: every upload writes its own before any can see another's.
+    let bytes = png(200_000, 12);
+    let uploads = tokens
+        .iter()
+        .map(|token| upload(&app, token, "lobby", "x.png", "image/png", &bytes));
+    let answers = futures::future::join_all(uploads).await;
+    let id = format!("lobby.{}", sha256_hex(&bytes));
+    for answer in &answers {
+        assert_eq!(answer.status, 201);
+        assert_eq!(answer.json()["id"], id.as_str());
+    }
+    // One object (two chunks and its info); every other upload's chunks purged.
+    assert_eq!(stored_messages(&app).await, 3);
+    let file = chatlog_edge::files::FileId::parse(&id).unwrap();
+    let meta = app.state.files.get(&file).await.unwrap().unwrap();
+    let uploaders: Vec<&str> = meta.uploaders.keys().map(|u| u.as_str()).collect();
+    let mut all = users.to_vec();
+    all.sort_unstable();
+    assert_eq!(uploaders, all);
+    assert_eq!(download(&app, &tokens[0], &id, &[]).await.body, bytes);
+}

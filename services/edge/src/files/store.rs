@@ -39,8 +39,9 @@ const READ_BYTES: usize = READ_CHUNKS * CHUNK_SIZE;
 /// How long a read waits for a replica that is behind, and between its asks.
 const BEHIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 const BEHIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
-/// How often publishing an object's info is tried again when another upload moved it.
-const CAS_TRIES: usize = 10;
+/// How often publishing an object's info is tried again when another upload moved it (each
+/// conflict is another upload's success: this many uploads of the same bytes at once).
+const CAS_TRIES: usize = 32;
 
 /// A file's id: `<room>.<sha256 hex>`. The room is what a download checks access against; the
 /// digest makes the same bytes in the same room one file, and an id of another room's file
