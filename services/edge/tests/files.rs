@@ -375,6 +375,28 @@ async fn ranges_and_conditional_requests_are_served() {
         );
         assert_eq!(refused.json()["code"], "range_not_satisfiable");
     }
+    // Past the first marks (a chunk's seq is kept every 8 chunks, 1 MiB), with another upload's
+    // chunks between this one's.
+    let big = png(2_700_000, 13);
+    let other = png(400_000, 14);
+    let (up, _) = tokio::join!(
+        upload(&app, &ada, "lobby", "big.png", "image/png", &big),
+        upload(&app, &ada, "lobby", "other.png", "image/png", &other),
+    );
+    let big_id = up.json()["id"].as_str().unwrap().to_string();
+    let mib = 1 << 20;
+    for (from, to) in [
+        (mib - 3, mib + 3),
+        (mib + 5, mib + 5),
+        (2 * mib + 131_072, 2 * mib + 200_000),
+        (big.len() - 10, big.len() - 1),
+        (0, big.len() - 1),
+    ] {
+        let range = format!("bytes={from}-{to}");
+        let part = download(&app, &ada, &big_id, &[("Range", &range)]).await;
+        assert_eq!(part.status, 206, "{range}");
+        assert!(part.body == big[from..=to], "{range}");
+    }
     let etag = format!("\"{}\"", sha256_hex(&bytes));
     let cached = download(&app, &ada, &id, &[("If-None-Match", &etag)]).await;
     assert_eq!(cached.status, 304);

@@ -113,9 +113,14 @@ pub struct FileMeta {
     /// Who uploaded it to its room, with when each did first.
     pub uploaders: BTreeMap<UserId, String>,
     nuid: String,
-    /// The stream seq of its first chunk: reads start there rather than at the stream's start.
-    first_seq: u64,
+    /// The stream seqs of its chunks 0, [`MARK_EVERY`], 2 × [`MARK_EVERY`], …: a read starts at
+    /// the mark before its first byte rather than at the stream's start (a `Range` at a large
+    /// file's end reads less than a mark's worth it does not send).
+    marks: Vec<u64>,
 }
+
+/// A chunk's seq is remembered every this many chunks (1 MiB).
+const MARK_EVERY: u64 = 8;
 
 #[cfg(test)]
 impl FileMeta {
@@ -128,7 +133,7 @@ impl FileMeta {
             created: String::new(),
             uploaders: BTreeMap::new(),
             nuid: String::new(),
-            first_seq: 1,
+            marks: vec![1],
         }
     }
 }
@@ -164,7 +169,7 @@ struct ObjectInfo {
 const NAME: &str = "name";
 const CONTENT_TYPE: &str = "content-type";
 const CREATED: &str = "created";
-const FIRST_SEQ: &str = "first-seq";
+const MARKS: &str = "chunk-seqs";
 const UPLOADER: &str = "uploader.";
 
 impl ObjectInfo {
@@ -173,7 +178,7 @@ impl ObjectInfo {
             (NAME.to_string(), meta.name.clone()),
             (CONTENT_TYPE.to_string(), meta.content_type.clone()),
             (CREATED.to_string(), meta.created.clone()),
-            (FIRST_SEQ.to_string(), meta.first_seq.to_string()),
+            (MARKS.to_string(), marks_text(&meta.marks)),
         ]);
         for (user, at) in &meta.uploaders {
             metadata.insert(format!("{UPLOADER}{user}"), at.clone());
@@ -213,7 +218,10 @@ impl ObjectInfo {
             name: get(NAME)?,
             content_type: get(CONTENT_TYPE)?,
             created: get(CREATED).unwrap_or_default(),
-            first_seq: get(FIRST_SEQ).and_then(|s| s.parse().ok()).unwrap_or(1),
+            marks: get(MARKS)
+                .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
+                .filter(|marks: &Vec<u64>| !marks.is_empty())
+                .unwrap_or_else(|| vec![1]),
             uploaders,
             size: self.size,
             nuid: self.nuid.clone(),
@@ -397,7 +405,8 @@ impl Files {
             hasher: Sha256::new(),
             size: 0,
             chunks: 0,
-            first_seq: None,
+            marks: Vec::new(),
+            acked: 0,
             pending: VecDeque::new(),
             settled: false,
         }
@@ -411,11 +420,17 @@ impl Files {
         start: u64,
         end: u64,
     ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        // The last mark at or before `start` (each mark begins MARK_EVERY chunks, chunks being
+        // CHUNK_SIZE but the last).
+        let chunk = start / CHUNK_SIZE as u64;
+        let mark = usize::try_from(chunk / MARK_EVERY)
+            .unwrap_or(usize::MAX)
+            .min(file.marks.len().saturating_sub(1));
         let reading = Reading {
             log: self.log.clone(),
             subject: chunk_subject(&file.nuid),
-            next_seq: file.first_seq.max(1),
-            pos: 0,
+            next_seq: file.marks.get(mark).copied().unwrap_or(1).max(1),
+            pos: mark as u64 * MARK_EVERY * CHUNK_SIZE as u64,
             start,
             end: end.min(file.size),
             answers: None,
@@ -540,7 +555,9 @@ pub struct Upload {
     hasher: Sha256,
     size: u64,
     chunks: u64,
-    first_seq: Option<u64>,
+    /// The seqs of the chunks acknowledged so far every [`MARK_EVERY`], and how many were.
+    marks: Vec<u64>,
+    acked: u64,
     pending: VecDeque<PublishAckFuture>,
     /// Finished or aborted: nothing left to purge on drop.
     settled: bool,
@@ -593,7 +610,11 @@ impl Upload {
             .bounded(ack)
             .await?
             .map_err(|e| unavailable("storing a file's chunk", e))?;
-        self.first_seq.get_or_insert(ack.sequence);
+        // Acks come in the order the chunks were published.
+        if self.acked % MARK_EVERY == 0 {
+            self.marks.push(ack.sequence);
+        }
+        self.acked += 1;
         Ok(())
     }
 
@@ -633,7 +654,7 @@ impl Upload {
             created: at.clone(),
             uploaders: BTreeMap::from([(user.clone(), at.clone())]),
             nuid: self.nuid.clone(),
-            first_seq: self.first_seq.unwrap_or(1),
+            marks: self.marks.clone(),
         };
         let files = self.files.clone();
         for _ in 0..CAS_TRIES {
@@ -723,6 +744,14 @@ async fn purge_after(files: Files, nuid: String, pending: VecDeque<PublishAckFut
         // objects. They only take space until the purge is done by hand.
         tracing::warn!(error = %e, nuid, "purging a failed upload's chunks failed");
     }
+}
+
+fn marks_text(marks: &[u64]) -> String {
+    marks
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn chunk_subject(nuid: &str) -> String {
