@@ -182,6 +182,23 @@ pub fn marks_config(settings: &StreamSettings) -> jetstream::kv::Config {
     }
 }
 
+/// The JetStream Object Store bucket of the files clients upload (docs/protocol.md §10), and the
+/// stream that holds it. Not part of the log: a file's bytes are too large for an event, and a
+/// message names its files by id. Replicated like the streams.
+pub const FILES_BUCKET: &str = "CHAT_FILES";
+pub const FILES_STREAM: &str = "OBJ_CHAT_FILES";
+
+/// The files bucket's configuration: file storage, replicated like the streams.
+pub fn files_config(settings: &StreamSettings) -> jetstream::object_store::Config {
+    jetstream::object_store::Config {
+        bucket: FILES_BUCKET.to_string(),
+        description: Some("chatlog: the files uploaded to rooms (docs/protocol.md §10)".into()),
+        storage: StorageType::File,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
 /// Whether `have` (as the server reports it) lacks something `want` asks for.
 fn differs(want: &Config, have: &Config) -> bool {
     want.subjects != have.subjects
@@ -259,6 +276,7 @@ pub async fn ensure(
         done.push((name, outcome));
     }
     done.push((MARKS_BUCKET, ensure_marks(js, settings).await?));
+    done.push((FILES_BUCKET, ensure_files(js, settings).await?));
     Ok(done)
 }
 
@@ -292,6 +310,59 @@ async fn ensure_marks(
         .await
         .map_err(|e| fail("creating or updating")(e.into()))?;
     Ok(outcome)
+}
+
+/// Creates the files bucket, or sets its replicas.
+async fn ensure_files(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<Ensured, EnsureError> {
+    let fail = |action: &'static str| {
+        move |e: Box<dyn std::error::Error + Send + Sync>| EnsureError {
+            action,
+            stream: FILES_BUCKET,
+            source: e,
+        }
+    };
+    let want = files_config(settings);
+    match js.get_stream(FILES_STREAM).await {
+        Ok(existing) => {
+            let have = existing.cached_info().config.clone();
+            if have.num_replicas.max(1) == want.num_replicas.max(1) {
+                return Ok(Ensured::Unchanged);
+            }
+            // The object store's own configuration (subjects, rollups, direct gets) is kept;
+            // only the replicas follow the streams'.
+            let changed = Config {
+                num_replicas: want.num_replicas,
+                ..have
+            };
+            js.update_stream(&changed)
+                .await
+                .map_err(|e| fail("updating")(e.into()))?;
+            Ok(Ensured::Updated)
+        }
+        Err(e) if not_found(&e) => {
+            js.create_object_store(want)
+                .await
+                .map_err(|e| fail("creating")(e.into()))?;
+            Ok(Ensured::Created)
+        }
+        Err(e) => Err(fail("reading")(e.into())),
+    }
+}
+
+/// Whether the files bucket exists (the edge needs it; the handlers do not).
+pub async fn files_exist(js: &jetstream::Context) -> Result<bool, EnsureError> {
+    match js.get_stream(FILES_STREAM).await {
+        Ok(_) => Ok(true),
+        Err(e) if not_found(&e) => Ok(false),
+        Err(e) => Err(EnsureError {
+            action: "reading",
+            stream: FILES_BUCKET,
+            source: e.into(),
+        }),
+    }
 }
 
 /// Whether reading a stream failed because it does not exist.

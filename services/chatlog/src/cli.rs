@@ -73,6 +73,13 @@ pub enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// The files clients uploaded (docs/protocol.md §10).
+    Files {
+        #[command(subcommand)]
+        command: crate::files::FilesCommand,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
     /// Functions: HTTP hooks called with the log's events (docs/protocol.md §9).
     Functions {
         #[command(subcommand)]
@@ -215,6 +222,12 @@ pub struct EdgeArgs {
     /// Password hashes computed at once (argon2 is memory-hard); more logins wait their turn.
     #[arg(long, env = "CHATLOG_CONCURRENT_HASHES", default_value_t = Limits::default().concurrent_hashes)]
     pub concurrent_hashes: usize,
+    /// Largest file one upload may store, in bytes (25 MiB).
+    #[arg(long, env = "CHATLOG_MAX_FILE_BYTES", default_value_t = Limits::default().max_file_bytes)]
+    pub max_file_bytes: u64,
+    /// File bytes one user may upload per UTC day on this edge (200 MiB).
+    #[arg(long, env = "CHATLOG_FILE_QUOTA_BYTES", default_value_t = Limits::default().file_quota_bytes)]
+    pub file_quota_bytes: u64,
     /// Rooms one connection may join.
     #[arg(long, env = "CHATLOG_MAX_ROOMS", default_value_t = Limits::default().max_rooms_per_connection)]
     pub max_rooms: usize,
@@ -308,6 +321,8 @@ impl EdgeArgs {
             auth_burst: self.auth_burst,
             request_head: Duration::from_secs(self.request_head_secs.max(1)),
             request_body: Duration::from_secs(self.request_body_secs.max(1)),
+            max_file_bytes: self.max_file_bytes,
+            file_quota_bytes: self.file_quota_bytes,
             ..Limits::default()
         };
         let streams = stream_settings(self.max_frame, self.replicas);

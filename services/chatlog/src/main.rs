@@ -3,6 +3,7 @@
 
 mod cli;
 mod events;
+mod files;
 mod functions;
 mod handlers;
 mod telemetry;
@@ -185,6 +186,9 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }
         cli::Command::Events { command, nats } => {
             events::run(command, connect_once(&nats.nats_url).await?).await?;
+        }
+        cli::Command::Files { command, nats } => {
+            files::run(command, connect_once(&nats.nats_url).await?).await?;
         }
         cli::Command::Bench(args) => {
             chatlog_bench::cli(args).await?;

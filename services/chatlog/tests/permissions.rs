@@ -48,6 +48,7 @@ async fn chatlog_up_works_with_least_privilege_credentials() {
     let mut up = common::command(&nats.url_as(EDGE.0, EDGE.1), data.path(), &["up"]);
     // The repository's development passwords: accepted with --dev only.
     up.env("CHATLOG_DEV", "true");
+    up.env("CHATLOG_MAX_FILE_BYTES", "200000");
     up.env(
         "CHATLOG_HANDLERS_NATS_URL",
         nats.url_as(HANDLERS.0, HANDLERS.1),
@@ -126,6 +127,32 @@ async fn chatlog_up_works_with_least_privilege_credentials() {
     assert_eq!(
         app.get("/api/rooms/team/messages", &token).await.status,
         404
+    );
+
+    // Files: stored, stored again (the duplicate's chunks purged), read back, and one over the
+    // limit refused after its first chunk was stored (purged too). Only the first remains.
+    let text = json!("a file's bytes");
+    let up = app
+        .post("/api/rooms/lobby/files", &token, text.clone())
+        .await;
+    assert_eq!(up.status, 201, "{up:?}");
+    let again = app.post("/api/rooms/lobby/files", &ada_token, text).await;
+    assert_eq!(again.body["id"], up.body["id"], "{again:?}");
+    let id = up.body["id"].as_str().unwrap();
+    let down = app.get(&format!("/api/files/{id}"), &token).await;
+    assert_eq!(
+        (down.status, down.text.as_str()),
+        (200, "\"a file's bytes\"")
+    );
+    let big = json!("x".repeat(300_000));
+    let over = app.post("/api/rooms/lobby/files", &token, big).await;
+    assert_eq!(over.status, 413, "{over:?}");
+    let admin = jetstream::new(connect(&nats, ADMIN).await);
+    let mut bucket = admin.get_stream("OBJ_CHAT_FILES").await.unwrap();
+    assert_eq!(
+        bucket.info().await.unwrap().state.messages,
+        2,
+        "one chunk and its info"
     );
 }
 

@@ -9,7 +9,8 @@ use axum::{
 };
 use serde::Serialize;
 
-/// The error codes of the protocol (`conflict` and `method_not_allowed` are HTTP-only: 409, 405).
+/// The error codes of the protocol (`conflict`, `method_not_allowed`, `unsupported_media_type` and
+/// `range_not_satisfiable` are HTTP-only: 409, 405, 415, 416).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
@@ -20,6 +21,10 @@ pub enum Code {
     MethodNotAllowed,
     Conflict,
     TooLarge,
+    /// A file whose declared type its bytes contradict (HTTP-only: 415).
+    UnsupportedMediaType,
+    /// A `Range` that starts past a file's end (HTTP-only: 416).
+    RangeNotSatisfiable,
     RateLimited,
     Unavailable,
     Internal,
@@ -36,6 +41,8 @@ impl Code {
             Code::MethodNotAllowed => "method_not_allowed",
             Code::Conflict => "conflict",
             Code::TooLarge => "too_large",
+            Code::UnsupportedMediaType => "unsupported_media_type",
+            Code::RangeNotSatisfiable => "range_not_satisfiable",
             Code::RateLimited => "rate_limited",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
@@ -51,6 +58,8 @@ impl Code {
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::Conflict => StatusCode::CONFLICT,
             Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,

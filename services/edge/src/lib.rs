@@ -13,6 +13,7 @@ pub mod auth;
 pub mod cors;
 pub mod decide;
 pub mod error;
+pub mod files;
 pub mod frames;
 pub mod http;
 pub mod hub;
@@ -109,6 +110,8 @@ pub struct Inner {
     pub rooms: rooms::Directory,
     /// The views' query services (history, ...).
     pub views: views::Views,
+    /// The files bucket (`CHAT_FILES`).
+    pub files: files::Files,
     /// This edge's connections by user, fed by one subscription to users' live events.
     pub users: Arc<users::UserFeeds>,
     pub auth: auth::Auth,
@@ -153,6 +156,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api/rooms/{room}/events", get(http::room_events))
         .route("/api/rooms/{room}/stream", get(sse::stream))
         .route("/api/rooms/{room}/presence", get(http::room_presence))
+        .route(
+            "/api/rooms/{room}/files",
+            post(files::upload).layer(files::unlimited_body()),
+        )
+        .route("/api/files/{id}", get(files::download))
+        .route("/api/files/{id}/meta", get(files::meta))
         .route("/api/rooms/{room}/members", post(http::add_member))
         .route(
             "/api/rooms/{room}/members/{user}",
@@ -276,12 +285,18 @@ pub async fn await_streams(
     let mut said = false;
     loop {
         let settings = resolved(&js, client, settings).await;
-        let missing = match streams::check(&js, &settings).await {
-            Ok(found) => {
+        let checked = match streams::check(&js, &settings).await {
+            Ok(found) => streams::files_exist(&js).await.map(|files| (found, files)),
+            Err(e) => Err(e),
+        };
+        let missing = match checked {
+            Ok((found, files)) => {
                 let missing = found
                     .iter()
                     .find(|(_, c)| *c == streams::Checked::Missing)
-                    .map(|(s, _)| s.name());
+                    .map(|(s, _)| s.name())
+                    // The edge serves files too: it needs their bucket (the handlers do not).
+                    .or((!files).then_some(streams::FILES_BUCKET));
                 if missing.is_none() {
                     for (stream, _) in found
                         .iter()
@@ -354,6 +369,7 @@ pub async fn state(
         rooms: rooms::Directory::new(log.clone()),
         users: users::UserFeeds::start(log.clone()),
         views,
+        files: files::Files::new(log.clone(), config.limits.nats_deadline),
         metrics: metrics::Metrics::default(),
         budgets: limits::Budgets::new(&config.limits),
         hashing: tokio::sync::Semaphore::new(config.limits.concurrent_hashes.max(1)),

@@ -57,6 +57,10 @@ pub struct Limits {
     pub ping: Duration,
     /// A connection's `typing` frames become at most one `chat.typing.started` per this period.
     pub typing_throttle: Duration,
+    /// Largest file one upload may store, in bytes (docs/protocol.md §10: 25 MiB).
+    pub max_file_bytes: u64,
+    /// File bytes one user may upload per UTC day on one edge (§10: 200 MiB).
+    pub file_quota_bytes: u64,
 }
 
 impl Default for Limits {
@@ -84,6 +88,8 @@ impl Default for Limits {
             heartbeat: Duration::from_secs(15),
             typing_throttle: Duration::from_secs(3),
             ping: Duration::from_secs(20),
+            max_file_bytes: 25 * 1024 * 1024,
+            file_quota_bytes: 200 * 1024 * 1024,
         }
     }
 }
@@ -317,6 +323,72 @@ impl Cidr {
     }
 }
 
+/// Bytes per key per UTC day (the file uploads' quota): counted as they arrive, refused past the
+/// day's allowance until the next day. Keys of earlier days are forgotten now and then.
+#[derive(Debug)]
+pub struct DailyBytes<K> {
+    allowance: u64,
+    /// Per key: the day (days since the epoch) and the bytes taken that day.
+    map: Mutex<HashMap<K, (u64, u64)>>,
+}
+
+const DAY_SECS: u64 = 24 * 3600;
+
+impl<K: Hash + Eq + Clone> DailyBytes<K> {
+    pub fn new(allowance: u64) -> Self {
+        Self {
+            allowance,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes `n` of `key`'s bytes for today, or (taking none) says how long until tomorrow.
+    pub fn take(&self, key: &K, n: u64) -> Result<(), Duration> {
+        self.take_at(key, n, unix_secs())
+    }
+
+    /// Whether `n` more bytes would fit today, taking nothing.
+    pub fn check(&self, key: &K, n: u64) -> Result<(), Duration> {
+        let now = unix_secs();
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let used = map
+            .get(key)
+            .filter(|(day, _)| *day == now / DAY_SECS)
+            .map_or(0, |(_, used)| *used);
+        if used.saturating_add(n) > self.allowance {
+            return Err(until_tomorrow(now));
+        }
+        Ok(())
+    }
+
+    fn take_at(&self, key: &K, n: u64, now: u64) -> Result<(), Duration> {
+        let today = now / DAY_SECS;
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= FORGET_PAST && !map.contains_key(key) {
+            map.retain(|_, (day, _)| *day == today);
+        }
+        let (day, used) = map.entry(key.clone()).or_insert((today, 0));
+        if *day != today {
+            (*day, *used) = (today, 0);
+        }
+        if used.saturating_add(n) > self.allowance {
+            return Err(until_tomorrow(now));
+        }
+        *used += n;
+        Ok(())
+    }
+}
+
+fn until_tomorrow(now: u64) -> Duration {
+    Duration::from_secs(DAY_SECS - now % DAY_SECS)
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Takes one of `user`'s appends (`rate_limited` with when to come back, beyond the budget).
 pub fn take_append(
     state: &crate::AppState,
@@ -346,6 +418,8 @@ pub struct Budgets {
     pub user_seats: Arc<Seats<chatlog_events::UserId>>,
     /// WebSocket connections per client address.
     pub address_seats: Arc<Seats<IpAddr>>,
+    /// File bytes uploaded per user today.
+    pub file_bytes: DailyBytes<chatlog_events::UserId>,
 }
 
 impl Budgets {
@@ -361,6 +435,7 @@ impl Budgets {
             auth_by_address: Buckets::new(limits.auth_per_minute / 60.0, limits.auth_burst),
             user_seats: Arc::default(),
             address_seats: Arc::default(),
+            file_bytes: DailyBytes::new(limits.file_quota_bytes),
         }
     }
 }
@@ -426,6 +501,24 @@ mod tests {
         for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_daily_allowance_is_refused_past_until_the_next_day() {
+        let quota = DailyBytes::new(100);
+        let day = 20_000 * DAY_SECS;
+        assert!(quota.take_at(&"ada", 60, day + 10).is_ok());
+        assert!(quota.take_at(&"ada", 40, day + 20).is_ok());
+        // Refused with the time to midnight, and nothing taken.
+        assert_eq!(
+            quota.take_at(&"ada", 1, day + DAY_SECS - 5),
+            Err(Duration::from_secs(5))
+        );
+        assert!(quota.take_at(&"bob", 100, day + 30).is_ok(), "bob's own");
+        assert!(
+            quota.take_at(&"ada", 100, day + DAY_SECS).is_ok(),
+            "a new day"
+        );
     }
 
     #[test]

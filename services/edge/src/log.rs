@@ -353,7 +353,15 @@ impl Log {
         loop {
             let want = (limit - count).min(READ_BATCH);
             let batch = self
-                .direct_batch(&mut answers, &inbox, stream, subject, next, want)
+                .direct_batch(
+                    &mut answers,
+                    &inbox,
+                    stream.name(),
+                    subject,
+                    next,
+                    want,
+                    READ_BATCH_BYTES,
+                )
                 .await?;
             let got = batch.len();
             for m in batch {
@@ -381,28 +389,30 @@ impl Log {
     }
 
     /// One batched direct get (ADR-31), answered to `inbox` (`answers`): up to `batch` messages
-    /// on `subject` from seq `from`, at most [`READ_BATCH_BYTES`] of them, ended by the server's
+    /// on `subject` of `stream` from seq `from`, at most `max_bytes` of them, ended by the server's
     /// end-of-batch message. None found is an empty batch.
-    async fn direct_batch(
+    #[allow(clippy::too_many_arguments)] // one request's fields, as ADR-31 names them
+    pub(crate) async fn direct_batch(
         &self,
         answers: &mut async_nats::Subscriber,
         inbox: &str,
-        stream: Stream,
+        stream: &str,
         subject: &str,
         from: u64,
         batch: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Stored>, LogError> {
         let request = serde_json::json!({
             "seq": from,
             "next_by_subj": subject,
             "batch": batch,
-            "max_bytes": READ_BATCH_BYTES,
+            "max_bytes": max_bytes,
         });
         crate::metrics::counters::add(&crate::metrics::counters::DIRECT_GETS, 1);
         self.0
             .client
             .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{}", stream.name()),
+                format!("$JS.API.DIRECT.GET.{stream}"),
                 inbox.to_string(),
                 Bytes::from(request.to_string()),
             )
@@ -445,13 +455,14 @@ impl Log {
         }
     }
 
-    /// Whether NATS is reachable and every stream exists.
+    /// Whether NATS is reachable and every stream exists, and the files bucket.
     pub async fn ready(&self) -> bool {
         if !self.connected() {
             return false;
         }
-        for stream in Stream::ALL {
-            match self.bounded(self.0.js.get_stream(stream.name())).await {
+        let names = Stream::ALL.map(Stream::name);
+        for name in names.iter().chain([&chatlog_events::streams::FILES_STREAM]) {
+            match self.bounded(self.0.js.get_stream(*name)).await {
                 Ok(Ok(_)) => {}
                 _ => return false,
             }

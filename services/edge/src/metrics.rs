@@ -49,6 +49,59 @@ pub mod counters {
     /// Direct get requests sent to JetStream (a batch counts once).
     pub static DIRECT_GETS: AtomicU64 = AtomicU64::new(0);
 
+    /// File bytes received by uploads (stored or not) and sent by downloads.
+    pub static FILE_BYTES_IN: AtomicU64 = AtomicU64::new(0);
+    pub static FILE_BYTES_OUT: AtomicU64 = AtomicU64::new(0);
+    /// Uploads stored (a duplicate of a stored file too), and downloads answered (200 or 206).
+    pub static FILE_UPLOADS: AtomicU64 = AtomicU64::new(0);
+    pub static FILE_DOWNLOADS: AtomicU64 = AtomicU64::new(0);
+    /// Uploads refused or lost, by [`FileRejection`].
+    pub static FILE_REJECTIONS: [AtomicU64; FileRejection::ALL.len()] =
+        [const { AtomicU64::new(0) }; FileRejection::ALL.len()];
+
+    /// Why an upload stored nothing.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum FileRejection {
+        /// Over the size limit (413).
+        TooLarge,
+        /// Over the user's daily quota (429).
+        Quota,
+        /// The declared type contradicts the bytes (415).
+        Type,
+        /// Any other bad request: a name, a type, an empty file, a room (4xx).
+        BadRequest,
+        /// The body ended short or the client went away.
+        Aborted,
+        /// NATS failed it (503).
+        Unavailable,
+    }
+
+    impl FileRejection {
+        pub const ALL: [FileRejection; 6] = [
+            FileRejection::TooLarge,
+            FileRejection::Quota,
+            FileRejection::Type,
+            FileRejection::BadRequest,
+            FileRejection::Aborted,
+            FileRejection::Unavailable,
+        ];
+
+        pub fn label(self) -> &'static str {
+            match self {
+                FileRejection::TooLarge => "too_large",
+                FileRejection::Quota => "quota",
+                FileRejection::Type => "type",
+                FileRejection::BadRequest => "bad_request",
+                FileRejection::Aborted => "aborted",
+                FileRejection::Unavailable => "unavailable",
+            }
+        }
+
+        pub fn count(self) {
+            FILE_REJECTIONS[self as usize].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
@@ -172,6 +225,46 @@ impl Metrics {
             let _ = write!(
                 text,
                 "# HELP chatlog_edge_{name} {help}\n# TYPE chatlog_edge_{name} {kind}\nchatlog_edge_{name} {value}\n"
+            );
+        }
+        for (name, help, value) in [
+            (
+                "file_bytes_in_total",
+                "File bytes received by uploads (stored or not).",
+                &FILE_BYTES_IN,
+            ),
+            (
+                "file_bytes_out_total",
+                "File bytes sent by downloads.",
+                &FILE_BYTES_OUT,
+            ),
+            (
+                "file_uploads_total",
+                "Uploads stored (a duplicate of a stored file too).",
+                &FILE_UPLOADS,
+            ),
+            (
+                "file_downloads_total",
+                "Downloads answered with bytes (200 or 206).",
+                &FILE_DOWNLOADS,
+            ),
+        ] {
+            let _ = write!(
+                text,
+                "# HELP chatlog_edge_{name} {help}\n# TYPE chatlog_edge_{name} counter\nchatlog_edge_{name} {}\n",
+                value.load(Relaxed)
+            );
+        }
+        text.push_str(
+            "# HELP chatlog_edge_file_rejections_total Uploads that stored nothing, by reason.\n\
+             # TYPE chatlog_edge_file_rejections_total counter\n",
+        );
+        for reason in FileRejection::ALL {
+            let _ = writeln!(
+                text,
+                "chatlog_edge_file_rejections_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                FILE_REJECTIONS[reason as usize].load(Relaxed)
             );
         }
         self.render_append_latency(&mut text);

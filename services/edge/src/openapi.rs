@@ -30,7 +30,7 @@ use utoipa::{
         description = "The HTTP API of chatlog's edge (docs/protocol.md). JSON in and out; every error is \
             `{\"code\",\"message\"}` with its status, `Retry-After` on 429 and 503. Tokens come from `/api/auth/*` \
             and go in `Authorization: Bearer`, or as `?token=` where a browser cannot set headers (`/ws`, \
-            `/stream`, `/events`)."
+            `/stream`, `/events`, `/api/files/{id}`)."
     ),
     paths(
         crate::http::healthz,
@@ -47,6 +47,9 @@ use utoipa::{
         crate::http::room_events,
         crate::sse::stream,
         crate::http::room_presence,
+        crate::files::upload,
+        crate::files::download,
+        crate::files::meta,
         crate::http::add_member,
         crate::http::remove_member,
         crate::http::list_notifications,
@@ -62,6 +65,7 @@ use utoipa::{
         (name = "messages", description = "Posting and reading a room's messages and events; the event \
             stream and the long poll for clients without WebSocket."),
         (name = "notifications", description = "Mentions and unread counts."),
+        (name = "files", description = "Files uploaded to rooms, and their download."),
         (name = "websocket", description = "The WebSocket protocol's upgrade."),
         (name = "operations", description = "Probes and metrics (not routed by the Ingress)."),
         (name = "docs", description = "This document."),
@@ -268,5 +272,34 @@ schema!(
                 .content_media_type("application/json"),
         )
         .required("data")
+        .into()
+);
+
+schema!(
+    /// A file's bytes.
+    FileBytes => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .content_media_type("application/octet-stream")
+        .description(Some("The file's bytes, as they are."))
+        .into()
+);
+
+schema!(
+    /// A file's name.
+    FileName => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(crate::files::MAX_NAME_CHARS))
+        .pattern(Some(r"^[^\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069/\\]+$"))
+        .description(Some("At most 255 characters, not blank, no control character, no / or \\."))
+        .into()
+);
+
+schema!(
+    /// A file's id.
+    FileIdSchema => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[a-z0-9][a-z0-9_-]{0,31}\\.[0-9a-f]{64}$"))
+        .description(Some("`<room>.<sha256 hex>`: the room the file belongs to, and its bytes' digest."))
         .into()
 );
