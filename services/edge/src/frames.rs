@@ -30,11 +30,15 @@ pub enum ClientFrame {
     },
     Send {
         room: String,
+        #[serde(default)]
         text: String,
         #[serde(default)]
         id: Option<String>,
         #[serde(default)]
         reply_to: Option<String>,
+        /// Ids of files the sender uploaded to the room (docs/protocol.md §10).
+        #[serde(default)]
+        attachments: Vec<String>,
     },
     Edit {
         room: String,

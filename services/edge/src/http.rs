@@ -465,6 +465,11 @@ pub struct PostMessage {
     #[serde(default)]
     #[schema(value_type = Option<EventId>)]
     reply_to: Option<String>,
+    /// Ids of files the caller uploaded to this room (`POST /api/rooms/{room}/files`), at most
+    /// 10; with some, `text` may be empty.
+    #[serde(default)]
+    #[schema(value_type = Vec<crate::openapi::FileIdSchema>)]
+    attachments: Vec<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -501,9 +506,12 @@ pub async fn post_message(
         &state,
         &user,
         &room,
-        req.text,
-        req.id.as_deref(),
-        req.reply_to.as_deref(),
+        crate::messages::Post {
+            text: req.text,
+            id: req.id.as_deref(),
+            reply_to: req.reply_to.as_deref(),
+            attachments: &req.attachments,
+        },
     )
     .await?;
     let started = std::time::Instant::now();

@@ -114,6 +114,7 @@ pub fn parse(line: &str) -> Line {
                 text: text.to_string(),
                 id: None,
                 reply_to: None,
+                attachments: Vec::new(),
             })
         }
         ("MSG", _) => bad("MSG <room> <text>"),
@@ -290,6 +291,19 @@ struct EventData<'a> {
     /// A redacted event: the message was deleted.
     #[serde(default)]
     deleted: bool,
+    #[serde(borrow, default)]
+    attachments: Vec<LineAttachment<'a>>,
+}
+
+/// A file a message carries, as a line shows it.
+#[derive(Deserialize)]
+struct LineAttachment<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(default)]
+    size: u64,
 }
 
 #[derive(Deserialize)]
@@ -390,7 +404,18 @@ impl Renderer {
                 if let Some(key) = message_key(&event.id) {
                     self.remember(key, seq);
                 }
-                writeln!(out, "MSG {room} {seq} {} {}", data.user, escape(&data.text))
+                write!(out, "MSG {room} {seq} {} {}", data.user, escape(&data.text))?;
+                // A terminal cannot show a file: its name, size and where to fetch it.
+                for a in &data.attachments {
+                    write!(
+                        out,
+                        " [file {} ({} bytes) /api/files/{}]",
+                        escape(&a.name),
+                        a.size,
+                        a.id
+                    )?;
+                }
+                writeln!(out)
             }
             "chat.message.edited" => match changed.and_then(|m| self.shown.get(&m)) {
                 Some(shown) => {
@@ -528,6 +553,7 @@ fn incoming(read: io::Result<Read>, current: &Current) -> Result<Incoming, Error
                 text,
                 id: None,
                 reply_to: None,
+                attachments: Vec::new(),
             }),
             None => Incoming::Bad(ApiError::bad_request(
                 "join a room first (JOIN <room>), or MSG <room> <text>",
@@ -736,7 +762,8 @@ mod tests {
                 room: "lobby".into(),
                 text: "hello  there ".into(),
                 id: None,
-                reply_to: None
+                reply_to: None,
+                attachments: Vec::new(),
             }
         );
         assert_eq!(
@@ -844,6 +871,12 @@ mod tests {
                     ),
                 ),
                 &event("lobby", 10, "chat.message.posted", r#"{"deleted":true}"#),
+                &event(
+                    "lobby",
+                    11,
+                    "chat.message.posted",
+                    r#"{"user":"bob","text":"","attachments":[{"id":"lobby.ab","name":"a\nb.pdf","size":12,"content_type":"application/pdf"}]}"#,
+                ),
                 r#"{"type":"ack","id":"x","seq":11}"#,
                 r#"{"type":"error","code":"rate_limited","message":"slow\ndown"}"#,
             ],
@@ -851,6 +884,7 @@ mod tests {
         assert_eq!(
             out,
             "JOINED lobby 4\nMSG lobby 5 ada hi\\nthere\nEDIT lobby 5 ada hello\nDEL lobby 5\n\
+             MSG lobby 11 bob  [file a\\nb.pdf (12 bytes) /api/files/lobby.ab]\n\
              OK sent 11\nERR rate_limited slow\\ndown\n"
         );
         assert_eq!(current.get().as_deref(), Some("lobby"));

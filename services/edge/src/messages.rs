@@ -12,18 +12,38 @@ use crate::{
     error::{ApiError, Code},
 };
 
+/// Most files one message carries.
+pub const MAX_ATTACHMENTS: usize = 10;
+
+/// A message as a client sent it (a `send` frame, `POST /api/rooms/{room}/messages`).
+pub struct Post<'a> {
+    pub text: String,
+    pub id: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
+    /// File ids.
+    pub attachments: &'a [String],
+}
+
 /// Validates a message, decides it on the room ([`crate::decide`]) and builds its event.
 /// Nothing is appended here.
 pub async fn post(
     state: &AppState,
     user: &UserId,
     room: &RoomId,
-    text: String,
-    id: Option<&str>,
-    reply_to: Option<&str>,
+    post: Post<'_>,
 ) -> Result<ChatEvent, ApiError> {
+    let Post {
+        text,
+        id,
+        reply_to,
+        attachments,
+    } = post;
     let id = parse_id(id)?;
-    validate_text(&text, state.config.limits.max_text_chars)?;
+    let files = parse_attachments(attachments)?;
+    // A message of files alone may have no text.
+    if files.is_empty() || !text.is_empty() {
+        validate_text(&text, state.config.limits.max_text_chars)?;
+    }
     let reply_to = reply_to
         .map(EventId::parse)
         .transpose()
@@ -34,8 +54,60 @@ pub async fn post(
         mentions,
         reply_to,
     };
-    let payload = decide_one(state, user, room, command, None).await?;
+    let mut payload = decide_one(state, user, room, command, None).await?;
+    // After the decision: a room the caller may not post to answers as it does without files.
+    if let Payload::MessagePosted(posted) = &mut payload {
+        posted.attachments = attached(state, user, room, &files).await?;
+    }
     Ok(ChatEvent::in_room(room, user.clone(), "edge", payload).with_id(id))
+}
+
+/// The file ids a message names, well formed, each once, at most [`MAX_ATTACHMENTS`].
+fn parse_attachments(ids: &[String]) -> Result<Vec<crate::files::FileId>, ApiError> {
+    if ids.len() > MAX_ATTACHMENTS {
+        return Err(ApiError::bad_request(format!(
+            "a message carries at most {MAX_ATTACHMENTS} files"
+        )));
+    }
+    let mut files: Vec<crate::files::FileId> = Vec::with_capacity(ids.len());
+    for id in ids {
+        let file = crate::files::FileId::parse(id)
+            .ok_or_else(|| ApiError::bad_request(format!("{id:?} is not a file id")))?;
+        if !files.contains(&file) {
+            files.push(file);
+        }
+    }
+    Ok(files)
+}
+
+/// What the message carries of `files`: each must be one `user` uploaded to `room` (another's,
+/// another room's or an unknown one are refused alike, 400, saying nothing of it).
+async fn attached(
+    state: &AppState,
+    user: &UserId,
+    room: &RoomId,
+    files: &[crate::files::FileId],
+) -> Result<Vec<chatlog_events::event::Attachment>, ApiError> {
+    let mut out = Vec::with_capacity(files.len());
+    for file in files {
+        let meta = if file.room() == room {
+            state.files.uploaded_by(file, user).await?
+        } else {
+            None
+        };
+        let Some(meta) = meta else {
+            return Err(ApiError::bad_request(format!(
+                "{file} is not a file you uploaded to {room}"
+            )));
+        };
+        out.push(chatlog_events::event::Attachment {
+            id: file.to_string(),
+            name: meta.name,
+            size: meta.size,
+            content_type: meta.content_type,
+        });
+    }
+    Ok(out)
 }
 
 /// Reads what `command` needs as of the room's head, decides, and returns its one payload.

@@ -87,9 +87,16 @@ impl Connection {
                 text,
                 id,
                 reply_to,
+                attachments,
             } => {
                 let answer = self
-                    .send(&room, text, id.as_deref(), reply_to.as_deref())
+                    .send(
+                        &room,
+                        text,
+                        id.as_deref(),
+                        reply_to.as_deref(),
+                        &attachments,
+                    )
                     .await;
                 (id, answer)
             }
@@ -473,11 +480,22 @@ impl Connection {
         text: String,
         id: Option<&str>,
         reply_to: Option<&str>,
+        attachments: &[String],
     ) -> Result<Option<Utf8Bytes>, ApiError> {
         self.take_send()?;
         let room = parse_room(room)?;
-        let event =
-            crate::messages::post(&self.state, &self.user, &room, text, id, reply_to).await?;
+        let event = crate::messages::post(
+            &self.state,
+            &self.user,
+            &room,
+            crate::messages::Post {
+                text,
+                id,
+                reply_to,
+                attachments,
+            },
+        )
+        .await?;
         self.start_append(event).await;
         Ok(None)
     }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod files;
+
 use std::{net::SocketAddr, time::Duration};
 
 use chatlog_edge::{AppState, Config};
