@@ -414,6 +414,92 @@ async function main() {
     if ((await messages(bob)).some((m) => m.text.includes('a secret to delete'))) fail('bob\'s page shows the deleted text');
   });
 
+  // A 1x1 PNG (a real one: the thumbnail must decode).
+  const DOT = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==', 'base64');
+  const PDF = Buffer.from('%PDF-1.4\n% the minutes\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n');
+  const uploadsDone = (page, n) => page.waitForFunction((k) => document.querySelectorAll('#composer-files li.upload.done').length === k
+    && !document.querySelector('#composer-files li.upload.uploading'), n, { timeout: WAIT });
+
+  await step('ada attaches an image and a PDF with the button (a progress bar each); bob sees a thumbnail and a card, and downloads the PDF', async () => {
+    await ada.evaluate(() => {
+      window.sawProgress = false;
+      new MutationObserver(() => { if (document.querySelector('#composer-files progress')) window.sawProgress = true; })
+        .observe(document.getElementById('composer-files'), { childList: true, subtree: true });
+    });
+    await ada.setInputFiles('#attach-input', [
+      { name: 'dot.png', mimeType: 'image/png', buffer: DOT },
+      { name: 'minutes.pdf', mimeType: 'application/pdf', buffer: PDF },
+    ]);
+    await uploadsDone(ada, 2);
+    if (!(await ada.evaluate(() => window.sawProgress))) fail('no progress bar while uploading');
+    await send(ada, 'the dot and the minutes');
+    await waitForText(bob, 'the dot and the minutes', 'bob');
+    if (await ada.$('#composer-files li')) fail('the sent files stay in the composer');
+    try {
+      await bob.waitForFunction(() => [...document.querySelectorAll('#messages .attachments img.thumb')]
+        .some((img) => img.complete && img.naturalWidth === 1 && img.src.startsWith('blob:')), null, { timeout: WAIT });
+    } catch {
+      fail(`bob shows no decoded thumbnail: ${await bob.$$eval('#messages .attachments', (els) => els.map((e) => e.outerHTML))}`);
+    }
+    const card = bob.locator('#messages .attachment.card', { hasText: 'minutes.pdf' });
+    await card.waitFor({ timeout: WAIT });
+    const [download] = await Promise.all([bob.waitForEvent('download', { timeout: WAIT }), card.locator('[data-action="download"]').click()]);
+    if (download.suggestedFilename() !== 'minutes.pdf') fail(`downloaded as ${download.suggestedFilename()}`);
+    const chunks = [];
+    for await (const c of await download.createReadStream()) chunks.push(c);
+    if (!Buffer.concat(chunks).equals(PDF)) fail('the downloaded PDF differs from the uploaded one');
+  });
+
+  await step('a file pasted into the message box and one dropped on the room upload too, and go as a message of files alone', async () => {
+    await ada.evaluate(() => {
+      const paste = new DataTransfer();
+      paste.items.add(new File(['pasted words\n'], 'pasted.txt', { type: 'text/plain' }));
+      document.getElementById('composer-input').dispatchEvent(new ClipboardEvent('paste', { clipboardData: paste, bubbles: true, cancelable: true }));
+      const drop = new DataTransfer();
+      drop.items.add(new File(['dropped words\n'], 'dropped.txt', { type: 'text/plain' }));
+      document.getElementById('room').dispatchEvent(new DragEvent('drop', { dataTransfer: drop, bubbles: true, cancelable: true }));
+    });
+    await uploadsDone(ada, 2);
+    await ada.press('#composer-input', 'Enter');
+    try {
+      await bob.waitForFunction(() => [...document.querySelectorAll('#messages li.msg')].some((li) => {
+        const names = [...li.querySelectorAll('.attachment.card .file-name')].map((e) => e.textContent);
+        return names.includes('pasted.txt') && names.includes('dropped.txt') && !li.querySelector('.text');
+      }), null, { timeout: WAIT });
+    } catch {
+      fail(`bob shows no message of the two files: ${JSON.stringify(await messages(bob))}`);
+    }
+  });
+
+  await step('an uploaded HTML or SVG file is a card, and opened as a link it is downloaded, never run in the page\'s origin', async () => {
+    const evil = '<html><body><script>document.title = "pwned"; localStorage.setItem("pwned", "1");</script></body></html>';
+    const svg = '<svg xmlns="http://www.w3.org/2000/svg"><script>localStorage.setItem("pwned", "1")</script></svg>';
+    await ada.setInputFiles('#attach-input', [
+      { name: 'evil.html', mimeType: 'text/html', buffer: Buffer.from(evil) },
+      { name: 'evil.svg', mimeType: 'image/svg+xml', buffer: Buffer.from(svg) },
+    ]);
+    await uploadsDone(ada, 2);
+    await send(ada, 'open these');
+    await waitForText(bob, 'open these', 'bob');
+    const li = bob.locator('#messages li.msg', { has: bob.locator('.text', { hasText: 'open these' }) });
+    const cards = await li.locator('.attachment.card .file-name').allTextContents();
+    if (cards.sort().join() !== 'evil.html,evil.svg') fail(`cards: ${JSON.stringify(cards)}`);
+    if (await li.locator('img').count()) fail('an HTML or SVG file is shown as an image');
+    const token = JSON.parse(await bob.evaluate(() => localStorage.getItem('chatlog.token')));
+    const page = await api(bob, servers.baseUrl, 'GET', '/api/rooms/lobby/messages?limit=5');
+    const sent = page.messages.find((m) => m.text === 'open these');
+    if (!sent || sent.attachments.length !== 2) fail(`the message's attachments: ${JSON.stringify(sent)}`);
+    for (const a of sent.attachments) {
+      const tab = await bobCtx.newPage();
+      const downloaded = tab.waitForEvent('download', { timeout: WAIT });
+      await tab.goto(`${servers.baseUrl}/api/files/${a.id}?token=${token}`).catch(() => {});
+      await downloaded;
+      if ((await tab.evaluate(() => document.title)) === 'pwned') fail(`${a.name} ran its script`);
+      await tab.close();
+    }
+    if (await bob.evaluate(() => localStorage.getItem('pwned'))) fail('a file\'s script ran in the page\'s origin');
+  });
+
   await step('a message with a word the moderator lists is removed: both pages say "Removed by moderation."', async () => {
     await startFunction(servers, 'moderator', 'moderator.py', ['--words', 'spam'], ['--type', 'chat.message.posted', '--moderates', 'lobby']);
     await send(ada, 'get cheap spam here');
