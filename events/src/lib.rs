@@ -15,6 +15,7 @@ pub mod queries;
 pub mod redaction;
 pub mod streams;
 pub mod subjects;
+pub mod text;
 
 pub use event::{ChatEvent, DecodeError, Encoded, EventType, Payload};
 pub use ids::{EventId, IdError, RoomId, UserId};

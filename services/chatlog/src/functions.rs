@@ -151,7 +151,7 @@ pub async fn runtime(
     };
     tokio::select! {
         () = &mut stop => return Ok(()),
-        found = chatlog_edge::await_streams(&client, &settings, chatlog_edge::STREAMS_PATIENCE) => {
+        found = chatlog_edge::await_log_streams(&client, &settings, chatlog_edge::STREAMS_PATIENCE) => {
             found.map_err(|e| anyhow::anyhow!(e))?;
         }
     }

@@ -152,6 +152,9 @@ async fn the_echo_bot_answers_in_the_room_through_chatlog_up() {
 
     let (_up, app) = up(&nats, data.path()).await;
     let token = app.token("ada").await;
+    // A member of the room, so that a mention of her notifies her.
+    let mut ada = app.ws("ada").await;
+    ada.join("lobby", None).await;
     for text in ["@echo hello from ada", "/roll 2d6", "just chatting"] {
         let posted = app
             .post("/api/rooms/lobby/messages", &token, json!({ "text": text }))
@@ -174,13 +177,25 @@ async fn the_echo_bot_answers_in_the_room_through_chatlog_up() {
     assert_eq!(echo[0]["text"], "hello from ada");
     assert_eq!(echo[0]["reply_to"], by("ada")[0]["id"]);
     let roll = echo[1]["text"].as_str().unwrap();
-    assert!(roll.starts_with("2d6: "), "{roll}");
+    assert!(roll.starts_with("@ada rolled 2d6: "), "{roll}");
+    // The answer mentions the author of the message it answers: ada is notified.
+    assert_eq!(echo[1]["mentions"], json!(["ada"]));
+    let notified = app
+        .get_until("/api/notifications", &token, |b| {
+            b["notifications"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["by"] == "echo"))
+        })
+        .await;
+    let n = &notified["notifications"][0];
+    assert_eq!((&n["by"], &n["text"]), (&json!("echo"), &echo[1]["text"]));
     let total: u32 = roll.rsplit(' ').next().unwrap().parse().unwrap();
     assert!((2..=12).contains(&total), "{roll}");
 
     // function delivered failed dead skipped answers rejected lag in-hand p99: the three posts
-    // delivered; skipped, the room's creation (not a post) and its two answers (its own).
-    let want = ["3", "0", "0", "3", "2", "0", "0", "0"];
+    // delivered; skipped, the room's creation and ada's join (not posts) and its two answers (its
+    // own).
+    let want = ["3", "0", "0", "4", "2", "0", "0", "0"];
     // The counters settle once the answers' own deliveries were skipped.
     let stats = stats_when(&nats, data.path(), "echo", |c| c == want).await;
     assert!(stats.contains("1 runtime replica(s) answered"), "{stats}");

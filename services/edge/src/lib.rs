@@ -280,13 +280,33 @@ pub async fn await_streams(
     settings: &streams::StreamSettings,
     patience: Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    await_streams_and(client, settings, patience, true).await
+}
+
+/// [`await_streams`] for a component that reads the log but serves no file (the functions
+/// runtime): the files bucket is not its to wait for, nor its NATS user's to read.
+pub async fn await_log_streams(
+    client: &async_nats::Client,
+    settings: &streams::StreamSettings,
+    patience: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    await_streams_and(client, settings, patience, false).await
+}
+
+async fn await_streams_and(
+    client: &async_nats::Client,
+    settings: &streams::StreamSettings,
+    patience: Duration,
+    files_too: bool,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let js = async_nats::jetstream::new(client.clone());
     let until = tokio::time::Instant::now() + patience;
     let mut said = false;
     loop {
         let settings = resolved(&js, client, settings).await;
         let checked = match streams::check(&js, &settings).await {
-            Ok(found) => streams::files_exist(&js).await.map(|files| (found, files)),
+            Ok(found) if files_too => streams::files_exist(&js).await.map(|files| (found, files)),
+            Ok(found) => Ok((found, true)),
             Err(e) => Err(e),
         };
         let missing = match checked {

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use chatlog_events::{
-    ChatEvent, Encoded, EventId, Payload, RoomId,
+    ChatEvent, Encoded, EventId, Payload, RoomId, UserId,
     event::{MessageDeleted, MessagePosted},
     functions::{FunctionName, FunctionSpec, HOPS, MAX_HOPS, Source},
     subjects,
@@ -30,6 +30,9 @@ pub struct Answered<'a> {
     pub room: Option<RoomId>,
     /// The answered event's hop count.
     pub hops: u32,
+    /// Users known to hold their names: the answered event's author and those it mentions. An
+    /// answer's `@id`s among them are its mentions (so they are notified); others are text.
+    pub people: &'a [UserId],
 }
 
 /// One event to append.
@@ -200,9 +203,13 @@ fn one(answered: &Answered, event: &Event, index: usize, hops: u32) -> Result<An
     } else {
         let post: Post = data(event)?;
         validate_text(&post.text)?;
+        let mentions = chatlog_events::text::mentions(&post.text)
+            .into_iter()
+            .filter(|u| answered.people.contains(u))
+            .collect();
         Payload::MessagePosted(MessagePosted {
             text: post.text,
-            mentions: Vec::new(),
+            mentions,
             reply_to: post.reply_to,
             attachments: Vec::new(),
         })
@@ -271,6 +278,7 @@ mod tests {
         name: FunctionName,
         spec: FunctionSpec,
         hops: u32,
+        people: Vec<UserId>,
     }
 
     impl Given {
@@ -279,6 +287,7 @@ mod tests {
                 name: FunctionName::parse("echo").unwrap(),
                 spec: spec("chat.room.>"),
                 hops: 0,
+                people: vec![UserId::parse("ada").unwrap()],
             }
         }
 
@@ -289,6 +298,7 @@ mod tests {
                 id: EventId::parse("0190f7a2-5b1c-7000-8000-000000000001").unwrap(),
                 room: Some(RoomId::parse("lobby").unwrap()),
                 hops: self.hops,
+                people: &self.people,
             }
         }
 
@@ -492,6 +502,21 @@ mod tests {
             reject(&given, "chat.message.posted", br#"{"text":"hi"}"#),
             Rejection::NotCovered(_)
         ));
+    }
+
+    #[test]
+    fn an_answer_mentions_only_users_the_answered_event_named() {
+        let given = Given::new();
+        let answers = given
+            .parse(
+                &binary("chat.message.posted"),
+                br#"{"text":"@ada rolled 7; @nobody and @eve are just text"}"#,
+            )
+            .unwrap();
+        let Payload::MessagePosted(p) = &answers[0].event.payload else {
+            panic!("{:?}", answers[0].event.payload)
+        };
+        assert_eq!(p.mentions, vec![UserId::parse("ada").unwrap()]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
 use chatlog_events::{
-    ChatEvent, Encoded, EventId, Payload, RoomId, Stream,
+    ChatEvent, Encoded, EventId, Payload, RoomId, Stream, UserId,
     functions::{FunctionName, FunctionSpec, HOPS, SIGNATURE_HEADER, dead_headers, dead_subject},
     subjects::{self, headers},
 };
@@ -33,6 +33,9 @@ pub struct Prepared {
     /// Its room, for a room's event.
     pub room: Option<RoomId>,
     pub hops: u32,
+    /// Who it names as holding their names: its author and the users it mentions. An answer may
+    /// mention these (the runtime cannot ask who else holds a name).
+    pub people: Vec<UserId>,
     event: Event,
 }
 
@@ -51,14 +54,41 @@ pub fn prepare(stream: Stream, body: &[u8]) -> Result<Prepared, String> {
         Stream::Rooms => event.subject().and_then(|s| RoomId::parse(s).ok()),
         _ => None,
     };
+    let people = people_of(&event);
     Ok(Prepared {
         id,
         ty: event.ty().to_string(),
         source: event.source().to_string(),
         room,
         hops,
+        people,
         event,
     })
+}
+
+/// The event's `data.user` and `data.mentions`, those that are user ids.
+fn people_of(event: &Event) -> Vec<UserId> {
+    let data: Option<serde_json::Value> = match event.data() {
+        Some(cloudevents::Data::Json(v)) => Some(v.clone()),
+        Some(cloudevents::Data::String(s)) => serde_json::from_str(s).ok(),
+        Some(cloudevents::Data::Binary(b)) => serde_json::from_slice(b).ok(),
+        None => None,
+    };
+    let Some(data) = data else {
+        return Vec::new();
+    };
+    let author = data.get("user").into_iter();
+    let mentioned = data
+        .get("mentions")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten();
+    let mut people: Vec<UserId> = author
+        .chain(mentioned)
+        .filter_map(|v| UserId::parse(v.as_str()?).ok())
+        .collect();
+    people.dedup();
+    people
 }
 
 /// The delivery of `prepared` to `spec`'s URL: the event in binary mode (cloudevents-sdk's HTTP
@@ -240,6 +270,7 @@ pub(crate) async fn try_deliver(
                     id: prepared.id,
                     room: prepared.room.clone(),
                     hops: prepared.hops,
+                    people: &prepared.people,
                 };
                 let parsed = answer::parse(
                     &answered,
