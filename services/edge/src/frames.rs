@@ -290,7 +290,8 @@ mod tests {
             let err = ClientFrame::parse(bad).unwrap_err();
             assert_eq!(err.error.code, Code::BadRequest, "{bad}");
         }
-        let err = ClientFrame::parse(r#"{"type":"send","room":"a","id":"abc"}"#).unwrap_err();
+        let err =
+            ClientFrame::parse(r#"{"type":"send","room":"a","text":[],"id":"abc"}"#).unwrap_err();
         assert_eq!(err.id.as_deref(), Some("abc"));
     }
 
