@@ -11,6 +11,7 @@
 
 pub mod sniff;
 pub mod store;
+pub mod sweep;
 
 use axum::{
     Json,
@@ -325,7 +326,12 @@ async fn readable(state: &AppState, user: &UserId, id: &str) -> Result<FileMeta,
         Err(e) if matches!(e.code, Code::NotFound | Code::Forbidden) => return Err(missing()),
         Err(e) => return Err(e),
     }
-    state.files.get(&id).await?.ok_or_else(missing)
+    let meta = state.files.get(&id).await?.ok_or_else(missing)?;
+    // A deleted message's files go with it at once, for readers; their bytes a moment later.
+    if sweep::released(state, &meta).await? {
+        return Err(missing());
+    }
+    Ok(meta)
 }
 
 /// `GET /api/files/{id}`: the file's bytes.
