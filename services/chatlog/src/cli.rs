@@ -228,6 +228,13 @@ pub struct EdgeArgs {
     /// File bytes one user may upload per UTC day on this edge (200 MiB).
     #[arg(long, env = "CHATLOG_FILE_QUOTA_BYTES", default_value_t = Limits::default().file_quota_bytes)]
     pub file_quota_bytes: u64,
+    /// Seconds between this edge's sweeps of the files bucket (give or take a quarter; 0: none):
+    /// files no live message names are removed once older than `--files-unattached-secs`.
+    #[arg(long, env = "CHATLOG_FILES_SWEEP_SECS", default_value_t = 3600)]
+    pub files_sweep_secs: u64,
+    /// Seconds a file no live message names is kept after its last upload.
+    #[arg(long, env = "CHATLOG_FILES_UNATTACHED_SECS", default_value_t = 86_400)]
+    pub files_unattached_secs: u64,
     /// Rooms one connection may join.
     #[arg(long, env = "CHATLOG_MAX_ROOMS", default_value_t = Limits::default().max_rooms_per_connection)]
     pub max_rooms: usize,
@@ -353,6 +360,8 @@ impl EdgeArgs {
                 None | Some("" | "off") => None,
                 Some(addr) => Some(addr.to_string()),
             },
+            files_sweep: Duration::from_secs(self.files_sweep_secs),
+            files_unattached: Duration::from_secs(self.files_unattached_secs),
         };
         Ok((config, self.http))
     }

@@ -1,9 +1,9 @@
-//! `chatlog files ls|get|stats`: the `CHAT_FILES` bucket (docs/protocol.md §10) for operators,
-//! on admin's NATS user. It reads the bucket as any Object Store client does (the edge writes it
-//! in that format): every file with its room, name, size, type and first upload; one file's
-//! bytes; the totals.
+//! `chatlog files ls|get|stats|gc`: the `CHAT_FILES` bucket (docs/protocol.md §10) for
+//! operators, on admin's NATS user. It reads the bucket as any Object Store client does (the edge
+//! writes it in that format): every file with its room, name, size, type and first upload; one
+//! file's bytes; the totals. `gc` runs one sweep, as every edge does on its own schedule.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use async_nats::jetstream::{self, object_store::ObjectInfo};
@@ -28,9 +28,22 @@ pub enum FilesCommand {
     },
     /// How many files and bytes, and what the bucket's stream holds.
     Stats,
+    /// One sweep now (as every edge runs every `--files-sweep-secs`): removes the files no live
+    /// message names, those never attached once older than the period; prints each removed id.
+    Gc {
+        /// Seconds a file no live message names is kept after its last upload.
+        #[arg(long, env = "CHATLOG_FILES_UNATTACHED_SECS", default_value_t = 86_400)]
+        files_unattached_secs: u64,
+    },
 }
 
 pub async fn run(command: FilesCommand, client: async_nats::Client) -> anyhow::Result<()> {
+    if let FilesCommand::Gc {
+        files_unattached_secs,
+    } = command
+    {
+        return gc(client, Duration::from_secs(files_unattached_secs)).await;
+    }
     let js = jetstream::new(client);
     let store = js
         .get_object_store(FILES_BUCKET)
@@ -68,6 +81,7 @@ pub async fn run(command: FilesCommand, client: async_nats::Client) -> anyhow::R
             };
             eprintln!("{written} bytes");
         }
+        FilesCommand::Gc { .. } => {}
         FilesCommand::Stats => {
             let files = objects(&store).await?;
             let bytes: usize = files.iter().map(|f| f.size).sum();
@@ -78,6 +92,32 @@ pub async fn run(command: FilesCommand, client: async_nats::Client) -> anyhow::R
             println!("stream_messages\t{}", state.messages);
             println!("stream_bytes\t{}", state.bytes);
         }
+    }
+    Ok(())
+}
+
+/// One sweep, with the edge's own code: the history view must be running to answer which
+/// messages are deleted.
+async fn gc(client: async_nats::Client, unattached: Duration) -> anyhow::Result<()> {
+    let deadline = chatlog_edge::Limits::default().nats_deadline;
+    let log = chatlog_edge::log::Log::new(client.clone(), deadline);
+    let views = chatlog_edge::views::Views::new(client, deadline);
+    let files = chatlog_edge::files::Files::new(log.clone(), deadline);
+    let swept = chatlog_edge::files::sweep::sweep(&files, &log, &views, unattached)
+        .await
+        .map_err(|e| anyhow::anyhow!("sweeping the files: {}", e.message))?;
+    for id in &swept.removed {
+        println!("{id}");
+    }
+    eprintln!(
+        "{} files, {} removed, {} references to deleted messages dropped, {} not settled",
+        swept.files,
+        swept.removed.len(),
+        swept.forgotten,
+        swept.failed
+    );
+    if swept.failed > 0 {
+        anyhow::bail!("{} files could not be settled (see the log)", swept.failed);
     }
     Ok(())
 }

@@ -3,8 +3,10 @@
 //!
 //! A preflight (`OPTIONS` with `Access-Control-Request-Method`) from a listed origin is answered
 //! here, 204 with the methods, the headers a client sends (`Authorization`, `Content-Type`,
-//! `Last-Event-ID`) and how long to keep it; any other request from a listed origin gets
-//! `Access-Control-Allow-Origin` echoed, and `Retry-After` exposed. An origin not listed gets
+//! `Last-Event-ID`, and a download's `Range` and `If-None-Match`) and how long to keep it; any
+//! other request from a listed origin gets `Access-Control-Allow-Origin` echoed, and
+//! `Retry-After` exposed with what a page needs of a download (`ETag`, `Content-Range`,
+//! `Content-Disposition`, `Content-Length`, `Accept-Ranges`). An origin not listed gets
 //! no CORS header at all (its preflight goes on to the router: 405), so its browser keeps the
 //! answers from the page. No credentials: tokens travel in `Authorization`, never in cookies.
 
@@ -20,9 +22,13 @@ use crate::AppState;
 /// The methods of the API.
 pub const ALLOW_METHODS: &str = "GET, POST, DELETE";
 /// The request headers a client of the API sends beside the CORS-safelisted ones.
-pub const ALLOW_HEADERS: &str = "Authorization, Content-Type, Last-Event-ID";
-/// What a client may read of an answer beside the CORS-safelisted headers.
-pub const EXPOSE_HEADERS: &str = "Retry-After";
+/// `Range` is safelisted only for a single simple range and `If-None-Match` not at all: a page
+/// resuming or revalidating a download (docs/protocol.md §10) names them.
+pub const ALLOW_HEADERS: &str = "Authorization, Content-Type, Last-Event-ID, Range, If-None-Match";
+/// What a client may read of an answer beside the CORS-safelisted headers: a download's name,
+/// size, range and tag are in headers.
+pub const EXPOSE_HEADERS: &str =
+    "Retry-After, ETag, Content-Range, Content-Disposition, Content-Length, Accept-Ranges";
 /// Seconds a browser may keep a preflight's answer (Chromium keeps at most 2 hours).
 pub const MAX_AGE_SECS: u32 = 7200;
 

@@ -75,6 +75,10 @@ pub struct Config {
     pub limits_exempt: Vec<limits::Cidr>,
     /// Where to serve the line protocol ([`line`]), if anywhere.
     pub line: Option<String>,
+    /// How often this edge sweeps the files bucket ([`files::sweep`]; zero: never).
+    pub files_sweep: Duration,
+    /// How long a file no live message names is kept after its last upload.
+    pub files_unattached: Duration,
 }
 
 impl Default for Config {
@@ -95,6 +99,8 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             limits_exempt: Vec::new(),
             line: None,
+            files_sweep: Duration::from_secs(3600),
+            files_unattached: Duration::from_secs(86_400),
         }
     }
 }
@@ -541,6 +547,7 @@ pub async fn run(
     if let Some(line) = line {
         tokio::spawn(line::serve(state.clone(), line, shutdown.clone()));
     }
+    tokio::spawn(files::sweep::every(state.clone(), shutdown.clone()));
     serve(state, listener, shutdown).await?;
     Ok(())
 }

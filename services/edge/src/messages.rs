@@ -57,7 +57,7 @@ pub async fn post(
     let mut payload = decide_one(state, user, room, command, None).await?;
     // After the decision: a room the caller may not post to answers as it does without files.
     if let Payload::MessagePosted(posted) = &mut payload {
-        posted.attachments = attached(state, user, room, &files).await?;
+        posted.attachments = attached(state, user, room, id, &files).await?;
     }
     Ok(ChatEvent::in_room(room, user.clone(), "edge", payload).with_id(id))
 }
@@ -80,25 +80,38 @@ fn parse_attachments(ids: &[String]) -> Result<Vec<crate::files::FileId>, ApiErr
     Ok(files)
 }
 
-/// What the message carries of `files`: each must be one `user` uploaded to `room` (another's,
-/// another room's or an unknown one are refused alike, 400, saying nothing of it).
+/// What message `message` carries of `files`: each must be one `user` uploaded to `room`
+/// (another's, another room's or an unknown one are refused alike, 400, saying nothing of it).
+/// Each file names the message before it is appended, so a stored message's files always name
+/// it (a message whose append then fails is named until a sweep finds it was never stored).
 async fn attached(
     state: &AppState,
     user: &UserId,
     room: &RoomId,
+    message: EventId,
     files: &[crate::files::FileId],
 ) -> Result<Vec<chatlog_events::event::Attachment>, ApiError> {
+    use crate::files::store::Attach;
     let mut out = Vec::with_capacity(files.len());
     for file in files {
-        let meta = if file.room() == room {
-            state.files.uploaded_by(file, user).await?
+        let attach = if file.room() == room {
+            state.files.attach(file, user, message).await?
         } else {
-            None
+            Attach::NotUploaded
         };
-        let Some(meta) = meta else {
-            return Err(ApiError::bad_request(format!(
-                "{file} is not a file you uploaded to {room}"
-            )));
+        let meta = match attach {
+            Attach::Attached(meta) => *meta,
+            Attach::NotUploaded => {
+                return Err(ApiError::bad_request(format!(
+                    "{file} is not a file you uploaded to {room}"
+                )));
+            }
+            Attach::TooMany => {
+                return Err(ApiError::bad_request(format!(
+                    "{file} is attached to {} messages already",
+                    crate::files::store::MAX_MESSAGES
+                )));
+            }
         };
         out.push(chatlog_events::event::Attachment {
             id: file.to_string(),
@@ -194,7 +207,8 @@ pub const MAX_EMOJI_BYTES: usize = 64;
 
 /// Validates a change of message `message_id` in `room` by `user` and builds its event, decided
 /// on the message as the history view holds it once it has the room's head (a message just sent
-/// is known).
+/// is known). With it, for a delete, the files the message carries (to release once the delete
+/// is stored: [`crate::files::sweep::release`]).
 pub async fn change(
     state: &AppState,
     user: &UserId,
@@ -202,7 +216,7 @@ pub async fn change(
     message_id: &str,
     id: Option<&str>,
     change: Change,
-) -> Result<ChatEvent, ApiError> {
+) -> Result<(ChatEvent, Vec<crate::files::FileId>), ApiError> {
     use chatlog_events::queries::{MessageRequest, history};
     let id = parse_id(id)?;
     let message_id = EventId::parse(message_id)
@@ -232,9 +246,20 @@ pub async fn change(
             Some(head),
         )
         .await?;
+    let files = match (&change, &message) {
+        (Change::Delete, Some(message)) => message
+            .attachments
+            .iter()
+            .filter_map(|a| crate::files::FileId::parse(&a.id))
+            .collect(),
+        _ => Vec::new(),
+    };
     let command = Command::Change { message_id, change };
     let payload = decide_one(state, user, room, command, message).await?;
-    Ok(ChatEvent::in_room(room, user.clone(), "edge", payload).with_id(id))
+    Ok((
+        ChatEvent::in_room(room, user.clone(), "edge", payload).with_id(id),
+        files,
+    ))
 }
 
 /// Validates a read marker and builds its `chat.read.marked` on the user's own subject.

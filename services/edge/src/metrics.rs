@@ -55,6 +55,10 @@ pub mod counters {
     /// Uploads stored (a duplicate of a stored file too), and downloads answered (200 or 206).
     pub static FILE_UPLOADS: AtomicU64 = AtomicU64::new(0);
     pub static FILE_DOWNLOADS: AtomicU64 = AtomicU64::new(0);
+    /// Sweeps of the files bucket this edge finished, and files deleted because no live message
+    /// names them (by a sweep or after a delete).
+    pub static FILE_SWEEPS: AtomicU64 = AtomicU64::new(0);
+    pub static FILES_REMOVED: AtomicU64 = AtomicU64::new(0);
     /// Uploads refused or lost, by [`FileRejection`].
     pub static FILE_REJECTIONS: [AtomicU64; FileRejection::ALL.len()] =
         [const { AtomicU64::new(0) }; FileRejection::ALL.len()];
@@ -247,6 +251,16 @@ impl Metrics {
                 "file_downloads_total",
                 "Downloads answered with bytes (200 or 206).",
                 &FILE_DOWNLOADS,
+            ),
+            (
+                "file_sweeps_total",
+                "Sweeps of the files bucket finished.",
+                &FILE_SWEEPS,
+            ),
+            (
+                "files_removed_total",
+                "Files deleted because no live message names them.",
+                &FILES_REMOVED,
             ),
         ] {
             let _ = write!(

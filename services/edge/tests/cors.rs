@@ -135,3 +135,77 @@ async fn a_websocket_from_a_listed_origin_is_let_in_and_from_another_foreign_one
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_page_of_a_listed_origin_may_ask_for_a_range_and_read_a_downloads_headers() {
+    let app = app().await;
+    let token = app.token("ada").await;
+    let up = common::files::upload(
+        &app,
+        &token,
+        "lobby",
+        "notes.txt",
+        "text/plain",
+        b"hello, files",
+    )
+    .await;
+    assert_eq!(up.status, 201);
+    let id = up.json()["id"].as_str().unwrap().to_string();
+    let path = format!("/api/files/{id}");
+
+    let asked = [
+        ("Origin", LISTED),
+        ("Access-Control-Request-Method", "GET"),
+        (
+            "Access-Control-Request-Headers",
+            "authorization, range, if-none-match",
+        ),
+    ];
+    let answer = raw::request(app.addr, "OPTIONS", &path, &asked).await;
+    assert_eq!(answer.status, 204, "{answer:?}");
+    let allowed = answer
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    for header in ["range", "if-none-match"] {
+        assert!(allowed.contains(header), "{allowed}");
+    }
+
+    let bearer = format!("Bearer {token}");
+    let answer = raw::request(
+        app.addr,
+        "GET",
+        &path,
+        &[
+            ("Origin", LISTED),
+            ("Authorization", &bearer),
+            ("Range", "bytes=0-4"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 206, "{answer:?}");
+    assert_eq!(answer.body, "hello");
+    let exposed = answer
+        .header("access-control-expose-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    for header in [
+        "etag",
+        "content-range",
+        "content-disposition",
+        "content-length",
+        "accept-ranges",
+        "retry-after",
+    ] {
+        assert!(exposed.contains(header), "{header} in {exposed}");
+    }
+    // Each one exposed is one the answer has.
+    for header in [
+        "etag",
+        "content-range",
+        "content-disposition",
+        "accept-ranges",
+    ] {
+        assert!(answer.header(header).is_some(), "{header}: {answer:?}");
+    }
+}

@@ -7,10 +7,12 @@
 //! answered exactly as one that does not exist. An upload is never whole in memory (chunks of
 //! [`store::CHUNK_SIZE`] go to NATS as they arrive) and a refused or broken upload leaves nothing
 //! stored. A file is served so that a browser cannot run it: `nosniff`, a sandboxing CSP, and
-//! inline only for raster images ([`sniff::inline`]), checked against their bytes at upload.
+//! inline only for raster images ([`sniff::inline`]), checked against their bytes at upload. A
+//! file whose messages are all deleted is answered as one that does not exist ([`sweep`]).
 
 pub mod sniff;
 pub mod store;
+pub mod sweep;
 
 use axum::{
     Json,
@@ -325,7 +327,12 @@ async fn readable(state: &AppState, user: &UserId, id: &str) -> Result<FileMeta,
         Err(e) if matches!(e.code, Code::NotFound | Code::Forbidden) => return Err(missing()),
         Err(e) => return Err(e),
     }
-    state.files.get(&id).await?.ok_or_else(missing)
+    let meta = state.files.get(&id).await?.ok_or_else(missing)?;
+    // A deleted message's files go with it at once, for readers; their bytes a moment later.
+    if sweep::released(state, &meta).await? {
+        return Err(missing());
+    }
+    Ok(meta)
 }
 
 /// `GET /api/files/{id}`: the file's bytes.
@@ -340,7 +347,7 @@ async fn readable(state: &AppState, user: &UserId, id: &str) -> Result<FileMeta,
             headers(("Content-Range" = String), ("ETag" = String))),
         (status = 304, description = "`If-None-Match` names this file's `ETag`."),
         (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
-        (status = 404, description = "No such file, or one of a room the caller may not read.", body = ApiError),
+        (status = 404, description = "No such file, one of a room the caller may not read, or one whose messages were all deleted.", body = ApiError),
         (status = 416, description = "The range starts past the file's end (`Content-Range: bytes */size`).", body = ApiError, headers(("Content-Range" = String))),
         (status = 503, description = "The log or the bucket is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ))]
@@ -419,7 +426,7 @@ pub async fn download(
     responses(
         (status = 200, description = "The file's name (its first uploader's), size, type, digest, room and first upload.", body = FileInfo),
         (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
-        (status = 404, description = "No such file, or one of a room the caller may not read.", body = ApiError),
+        (status = 404, description = "No such file, one of a room the caller may not read, or one whose messages were all deleted.", body = ApiError),
         (status = 503, description = "The log or the bucket is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ))]
 pub async fn meta(

@@ -20,7 +20,7 @@ use async_nats::{
 };
 use bytes::{Bytes, BytesMut};
 use chatlog_events::{
-    RoomId, UserId,
+    EventId, RoomId, UserId,
     streams::{FILES_BUCKET, FILES_STREAM},
 };
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,11 @@ const BEHIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 /// How often publishing an object's info is tried again when another upload moved it (each
 /// conflict is another upload's success: this many uploads of the same bytes at once).
 const CAS_TRIES: usize = 32;
+/// Most messages one file's info names: every one is asked about in one `current` query when
+/// the file is read, and the info must stay far below NATS's largest message.
+pub const MAX_MESSAGES: usize = chatlog_events::queries::MAX_CURRENT_IDS;
+/// Infos asked for per batched direct get when listing the bucket.
+const LIST_BATCH: usize = 256;
 
 /// A file's id: `<room>.<sha256 hex>`. The room is what a download checks access against; the
 /// digest makes the same bytes in the same room one file, and an id of another room's file
@@ -112,6 +117,11 @@ pub struct FileMeta {
     pub created: String,
     /// Who uploaded it to its room, with when each did first.
     pub uploaders: BTreeMap<UserId, String>,
+    /// When it was last uploaded, by anyone (RFC 3339).
+    pub uploaded: String,
+    /// The messages that attach it, with when each did (RFC 3339): a file is the messages'
+    /// while one of them lives, and goes when they are all deleted.
+    pub messages: BTreeMap<EventId, String>,
     nuid: String,
     /// The stream seqs of its chunks 0, [`MARK_EVERY`], 2 × [`MARK_EVERY`], …: a read starts at
     /// the mark before its first byte rather than at the stream's start (a `Range` at a large
@@ -132,6 +142,8 @@ impl FileMeta {
             content_type: "application/octet-stream".into(),
             created: String::new(),
             uploaders: BTreeMap::new(),
+            uploaded: String::new(),
+            messages: BTreeMap::new(),
             nuid: String::new(),
             marks: vec![1],
         }
@@ -171,22 +183,52 @@ const CONTENT_TYPE: &str = "content-type";
 const CREATED: &str = "created";
 const MARKS: &str = "chunk-seqs";
 const UPLOADER: &str = "uploader.";
+const UPLOADED: &str = "uploaded";
+const MESSAGE: &str = "message.";
+
+impl FileMeta {
+    /// When a message last attached it (`None`: never, or none it names now).
+    pub fn last_attached(&self) -> Option<&str> {
+        self.messages.values().map(String::as_str).max()
+    }
+
+    /// Whether it was uploaded again since a message last attached it: then it is also a fresh
+    /// upload, not only those messages' file (the same bytes uploaded anew would be this file).
+    pub fn uploaded_since_attached(&self) -> bool {
+        self.last_attached()
+            .is_none_or(|attached| time(&self.uploaded) > time(attached))
+    }
+
+    fn metadata(&self) -> HashMap<String, String> {
+        let mut metadata = HashMap::from([
+            (NAME.to_string(), self.name.clone()),
+            (CONTENT_TYPE.to_string(), self.content_type.clone()),
+            (CREATED.to_string(), self.created.clone()),
+            (MARKS.to_string(), marks_text(&self.marks)),
+            (UPLOADED.to_string(), self.uploaded.clone()),
+        ]);
+        for (user, at) in &self.uploaders {
+            metadata.insert(format!("{UPLOADER}{user}"), at.clone());
+        }
+        for (message, at) in &self.messages {
+            metadata.insert(format!("{MESSAGE}{message}"), at.clone());
+        }
+        metadata
+    }
+}
+
+/// An RFC 3339 time as milliseconds since the epoch; one that does not parse is the epoch (the
+/// oldest: a sweep does not keep a file for a time it cannot read).
+pub fn time(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).map_or(0, |t| t.timestamp_millis())
+}
 
 impl ObjectInfo {
     fn of(meta: &FileMeta, sha256: &[u8], chunks: u64) -> Self {
-        let mut metadata = HashMap::from([
-            (NAME.to_string(), meta.name.clone()),
-            (CONTENT_TYPE.to_string(), meta.content_type.clone()),
-            (CREATED.to_string(), meta.created.clone()),
-            (MARKS.to_string(), marks_text(&meta.marks)),
-        ]);
-        for (user, at) in &meta.uploaders {
-            metadata.insert(format!("{UPLOADER}{user}"), at.clone());
-        }
         ObjectInfo {
             name: meta.id.to_string(),
             description: None,
-            metadata,
+            metadata: meta.metadata(),
             headers: None,
             options: Some(serde_json::json!({ "link": null, "max_chunk_size": CHUNK_SIZE })),
             bucket: FILES_BUCKET.to_string(),
@@ -206,7 +248,7 @@ impl ObjectInfo {
         }
         let id = FileId::parse(&self.name)?;
         let get = |key: &str| self.metadata.get(key).cloned();
-        let uploaders = self
+        let uploaders: BTreeMap<UserId, String> = self
             .metadata
             .iter()
             .filter_map(|(k, v)| {
@@ -214,10 +256,25 @@ impl ObjectInfo {
                 Some((user, v.clone()))
             })
             .collect();
+        let messages = self
+            .metadata
+            .iter()
+            .filter_map(|(k, v)| {
+                let message = EventId::parse(k.strip_prefix(MESSAGE)?).ok()?;
+                Some((message, v.clone()))
+            })
+            .collect();
+        let created = get(CREATED).unwrap_or_default();
+        // Infos written before `uploaded` was: the latest of its uploaders' first uploads.
+        let uploaded = get(UPLOADED)
+            .or_else(|| uploaders.values().max_by_key(|at| time(at)).cloned())
+            .unwrap_or_else(|| created.clone());
         Some(FileMeta {
             name: get(NAME)?,
             content_type: get(CONTENT_TYPE)?,
-            created: get(CREATED).unwrap_or_default(),
+            created,
+            uploaded,
+            messages,
             marks: get(MARKS)
                 .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
                 .filter(|marks: &Vec<u64>| !marks.is_empty())
@@ -228,6 +285,36 @@ impl ObjectInfo {
             id,
         })
     }
+}
+
+/// What [`Files::attach`] did.
+pub enum Attach {
+    /// The file names the message (now, or already did).
+    Attached(Box<FileMeta>),
+    /// No such file, or not one the user uploaded.
+    NotUploaded,
+    /// The file names [`MAX_MESSAGES`] messages already.
+    TooMany,
+}
+
+/// What [`Files::settle`] is to do with a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    Keep,
+    /// No longer name these messages.
+    Forget(Vec<EventId>),
+    Delete,
+}
+
+/// What [`Files::settle`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Kept,
+    /// Forgot this many messages.
+    Forgot(usize),
+    Deleted,
+    /// No such file (any more).
+    Missing,
 }
 
 /// An object's info as last stored, and the seq it is stored at (0: never stored).
@@ -365,24 +452,149 @@ impl Files {
     /// Deletes file `id` (its info marked deleted, its chunks purged), as the Object Store
     /// deletes. Deleting a file that is not there does nothing.
     pub async fn delete(&self, id: &FileId) -> Result<(), LogError> {
+        self.settle(id, |_| async { Ok::<_, LogError>(Settle::Delete) })
+            .await
+            .map(|_| ())
+    }
+
+    /// Attaches file `id` to `message` if `user` uploaded it: the file then names the message
+    /// (a retried send with the same message id names it once).
+    pub async fn attach(
+        &self,
+        id: &FileId,
+        user: &UserId,
+        message: EventId,
+    ) -> Result<Attach, LogError> {
         for _ in 0..CAS_TRIES {
             let found = self.find(id, true).await?;
-            let Some(mut info) = found.info.filter(|i| !i.deleted) else {
-                return Ok(());
+            let Some(mut meta) = found
+                .meta
+                .clone()
+                .filter(|m| m.uploaders.contains_key(user))
+            else {
+                return Ok(Attach::NotUploaded);
             };
-            let nuid = std::mem::take(&mut info.nuid);
-            info.deleted = true;
-            info.size = 0;
-            info.chunks = 0;
-            info.mtime = Some(now());
-            info.nuid = nuid.clone();
-            match self.publish_info(id, &info, found.seq).await {
-                Ok(()) => return self.purge_chunks(&nuid).await,
+            if meta.messages.contains_key(&message) {
+                return Ok(Attach::Attached(Box::new(meta)));
+            }
+            if meta.messages.len() >= MAX_MESSAGES {
+                return Ok(Attach::TooMany);
+            }
+            meta.messages.insert(message, now());
+            match self.republish(id, found, &meta).await {
+                Ok(()) => return Ok(Attach::Attached(Box::new(meta))),
                 Err(LogError::Conflict) => continue,
                 Err(e) => return Err(e),
             }
         }
         Err(LogError::Unavailable)
+    }
+
+    /// Decides what becomes of file `id` as last stored (`decide`), and does it only if the file
+    /// is still as decided on: when another edge changed it in between, it is read and decided
+    /// again. So any number of edges may settle the same file at once.
+    pub async fn settle<E, F, Fut>(&self, id: &FileId, mut decide: F) -> Result<Settled, E>
+    where
+        E: From<LogError>,
+        F: FnMut(FileMeta) -> Fut,
+        Fut: Future<Output = Result<Settle, E>>,
+    {
+        for _ in 0..CAS_TRIES {
+            let found = self.find(id, true).await?;
+            let Some(meta) = found.meta.clone() else {
+                return Ok(Settled::Missing);
+            };
+            let outcome = match decide(meta.clone()).await? {
+                Settle::Keep => return Ok(Settled::Kept),
+                Settle::Forget(messages) => {
+                    let mut meta = meta;
+                    let before = meta.messages.len();
+                    meta.messages.retain(|m, _| !messages.contains(m));
+                    if meta.messages.len() == before {
+                        return Ok(Settled::Kept);
+                    }
+                    let forgot = before - meta.messages.len();
+                    self.republish(id, found, &meta)
+                        .await
+                        .map(|()| Settled::Forgot(forgot))
+                }
+                Settle::Delete => self
+                    .delete_found(id, found)
+                    .await
+                    .map(|()| Settled::Deleted),
+            };
+            match outcome {
+                Ok(settled) => return Ok(settled),
+                Err(LogError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(LogError::Unavailable.into())
+    }
+
+    /// Publishes `meta` as `id`'s info in place of `found`, only if that is still the last.
+    async fn republish(&self, id: &FileId, found: Found, meta: &FileMeta) -> Result<(), LogError> {
+        let Some(mut info) = found.info else {
+            return Err(LogError::Conflict);
+        };
+        info.metadata = meta.metadata();
+        info.mtime = Some(now());
+        self.publish_info(id, &info, found.seq).await
+    }
+
+    /// Marks `found` deleted (only if it is still the last info) and purges its chunks.
+    async fn delete_found(&self, id: &FileId, found: Found) -> Result<(), LogError> {
+        let Some(mut info) = found.info.filter(|i| !i.deleted) else {
+            return Ok(());
+        };
+        let nuid = std::mem::take(&mut info.nuid);
+        info.deleted = true;
+        info.size = 0;
+        info.chunks = 0;
+        info.mtime = Some(now());
+        info.nuid = nuid.clone();
+        self.publish_info(id, &info, found.seq).await?;
+        self.purge_chunks(&nuid).await
+    }
+
+    /// Every file in the bucket, as listed from the infos' subjects by batched direct gets (no
+    /// consumer): each file's last info (the others were rolled up), deleted ones left out.
+    pub async fn list(&self) -> Result<Vec<FileMeta>, LogError> {
+        if !self.log.connected() {
+            return Err(LogError::Unavailable);
+        }
+        let client = self.log.client();
+        let inbox = client.new_inbox();
+        let mut answers = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable("listing the files", e))?;
+        let subject = format!("$O.{FILES_BUCKET}.M.>");
+        let (mut next, mut out) = (1, Vec::new());
+        loop {
+            let batch = self
+                .log
+                .direct_batch(
+                    &mut answers,
+                    &inbox,
+                    FILES_STREAM,
+                    &subject,
+                    next,
+                    LIST_BATCH,
+                    READ_BYTES,
+                )
+                .await?;
+            let Some(last) = batch.last() else {
+                return Ok(out);
+            };
+            next = last.seq + 1;
+            out.extend(batch.iter().filter_map(|m| {
+                serde_json::from_slice::<ObjectInfo>(&m.body)
+                    .ok()
+                    .as_ref()
+                    .and_then(ObjectInfo::file)
+            }));
+        }
     }
 
     async fn purge_chunks(&self, nuid: &str) -> Result<(), LogError> {
@@ -653,6 +865,8 @@ impl Upload {
             content_type,
             created: at.clone(),
             uploaders: BTreeMap::from([(user.clone(), at.clone())]),
+            uploaded: at.clone(),
+            messages: BTreeMap::new(),
             nuid: self.nuid.clone(),
             marks: self.marks.clone(),
         };
@@ -671,10 +885,13 @@ impl Upload {
                     if !self.settled {
                         self.abort().await;
                     }
-                    if existing.uploaders.contains_key(user) {
-                        return Ok(existing);
-                    }
-                    existing.uploaders.insert(user.clone(), at.clone());
+                    // Uploaded again, by a new uploader or not: when it was matters to whether it
+                    // outlives the messages that attached it (`FileMeta::uploaded_since_attached`).
+                    existing
+                        .uploaders
+                        .entry(user.clone())
+                        .or_insert_with(|| at.clone());
+                    existing.uploaded = at.clone();
                     let info = ObjectInfo::of(&existing, &digest, chunks_of(existing.size));
                     files
                         .publish_info(&id, &info, found.seq)

@@ -397,7 +397,7 @@ impl Connection {
         self.take_send()?;
         let room = parse_room(room)?;
         let event = crate::messages::read_marker(&self.state, &self.user, &room, seq, id).await?;
-        self.start_append(event).await;
+        self.start_append(event, Vec::new()).await;
         Ok(None)
     }
 
@@ -496,7 +496,7 @@ impl Connection {
             },
         )
         .await?;
-        self.start_append(event).await;
+        self.start_append(event, Vec::new()).await;
         Ok(None)
     }
 
@@ -510,9 +510,9 @@ impl Connection {
     ) -> Result<Option<Utf8Bytes>, ApiError> {
         self.take_send()?;
         let room = parse_room(room)?;
-        let event =
+        let (event, files) =
             crate::messages::change(&self.state, &self.user, &room, message_id, id, change).await?;
-        self.start_append(event).await;
+        self.start_append(event, files).await;
         Ok(None)
     }
 
@@ -534,7 +534,8 @@ impl Connection {
     /// Starts appending `event`: handed to JetStream now (a connection's appends are stored in
     /// the order it sent them); its ack (or error) frame is written when it completes, by the
     /// connection's own loop: appends are pipelined, with no task or channel hop of their own.
-    async fn start_append(&mut self, event: ChatEvent) {
+    /// `released`: the files of a message this event deletes, released once it is stored.
+    async fn start_append(&mut self, event: ChatEvent, released: Vec<crate::files::FileId>) {
         let state = self.state.clone();
         let id = event.id.to_string();
         let started = std::time::Instant::now();
@@ -547,6 +548,7 @@ impl Connection {
             match acked.await {
                 Ok(appended) => {
                     state.metrics.appended(started.elapsed());
+                    crate::files::sweep::release(&state, released);
                     ServerFrame::Ack {
                         id: &id,
                         seq: appended.seq,
