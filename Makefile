@@ -105,11 +105,12 @@ bench: build-release nats-server
 	@bench/run.sh
 
 ## test-faults: the fault suite alone (kill -9 of NATS, of a cluster leader, of an edge; a node
-## lost under reads; an outage; a reconnect storm; SIGTERM in any state; a client that never reads)
+## lost under reads; an outage; a reconnect storm; SIGTERM in any state; a client that never reads;
+## a file's bucket leader killed; files swept)
 test-faults:
 	@NATS_SERVER_BIN="$$(infra/nats-server.sh)" && export NATS_SERVER_BIN && \
 	  $(CARGO) test -p chatlog --test faults --test storm --test shutdown --test handlers --test presence \
-	  --test slow_consumer -- --nocapture
+	  --test slow_consumer --test file_faults --test file_sweep -- --nocapture
 
 CLUSTER := $(DATA)/cluster
 CLUSTER_URLS = nats://127.0.0.1:4231,nats://127.0.0.1:4232,nats://127.0.0.1:4233
