@@ -177,17 +177,28 @@ mod tests {
     #[tokio::test]
     async fn ticks_at_a_period_finer_than_a_millisecond() {
         let period = Duration::from_micros(100);
-        let start = Instant::now();
-        let mut ticker = Ticker::new(start + period, period).expect("timerfd");
-        let (mut ticks, mut wakes) = (0, 0);
-        while ticks < 50 {
-            ticks += ticker.tick().await.expect("tick");
-            wakes += 1;
+        // A loaded machine (the test suite runs beside it) may deschedule this thread for
+        // milliseconds: one run of the five seeing the periods one by one is the property.
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            let mut ticker = Ticker::new(start + period, period).expect("timerfd");
+            let (mut ticks, mut wakes) = (0, 0);
+            while ticks < 50 {
+                ticks += ticker.tick().await.expect("tick");
+                wakes += 1;
+            }
+            // Every period is counted, none twice.
+            let elapsed = start.elapsed();
+            assert!(elapsed >= Duration::from_millis(5));
+            assert!(u128::from(ticks) <= elapsed.as_micros() / 100 + 1, "{ticks} in {elapsed:?}");
+            // Timers in 1 ms slots would wake at most ~6 times in those 5 ms.
+            if wakes > 10 {
+                return;
+            }
+            runs.push((wakes, ticks));
         }
-        // 50 periods of 100 µs have passed, and most were seen one by one: timers in 1 ms slots
-        // would wake at most ~6 times in those 5 ms.
-        assert!(start.elapsed() >= Duration::from_millis(5));
-        assert!(wakes > 10, "{wakes} wakes for {ticks} ticks");
+        panic!("no run woke more than 10 times: (wakes, ticks) {runs:?}");
     }
 
     #[tokio::test]
