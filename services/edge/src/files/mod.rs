@@ -44,7 +44,7 @@ pub struct UploadQuery {
     /// The file's name (default `file`): at most 255 characters, no control character, no `/`
     /// or `\`.
     #[serde(default)]
-    #[param(value_type = Option<crate::openapi::FileName>)]
+    #[param(inline, value_type = Option<crate::openapi::FileName>)]
     name: Option<String>,
 }
 
