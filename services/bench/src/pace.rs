@@ -191,7 +191,10 @@ mod tests {
             // Every period is counted, none twice.
             let elapsed = start.elapsed();
             assert!(elapsed >= Duration::from_millis(5));
-            assert!(u128::from(ticks) <= elapsed.as_micros() / 100 + 1, "{ticks} in {elapsed:?}");
+            assert!(
+                u128::from(ticks) <= elapsed.as_micros() / 100 + 1,
+                "{ticks} in {elapsed:?}"
+            );
             // Timers in 1 ms slots would wake at most ~6 times in those 5 ms.
             if wakes > 10 {
                 return;

@@ -348,7 +348,7 @@ async fn print_stats(
 /// `functions run --http`: `/livez` while the process runs, `/readyz` once it read the registry
 /// and started its functions, `/metrics`.
 pub fn health_routes(stats: stats::Stats) -> axum::Router {
-    use axum::{http::StatusCode, response::IntoResponse, routing::get};
+    use axum::{http::StatusCode, routing::get};
     let ready = stats.clone();
     axum::Router::new()
         .route("/livez", get(|| async { "ok" }))
@@ -367,16 +367,7 @@ pub fn health_routes(stats: stats::Stats) -> axum::Router {
             "/metrics",
             get(move || {
                 let body = stats.render_prometheus();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        body,
-                    )
-                        .into_response()
-                }
+                async move { crate::handlers::prometheus(body) }
             }),
         )
 }

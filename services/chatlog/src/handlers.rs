@@ -186,7 +186,7 @@ pub async fn run(
 /// A handler's own HTTP listener (`chatlog handler --http`): `/livez` while the process runs,
 /// `/readyz` once every view answers queries (caught up to the head it saw at start), `/metrics`.
 pub fn health_routes(stats: ViewStats) -> axum::Router {
-    use axum::{http::StatusCode, response::IntoResponse, routing::get};
+    use axum::{http::StatusCode, routing::get};
     let ready = stats.clone();
     axum::Router::new()
         .route("/livez", get(|| async { "ok" }))
@@ -210,16 +210,17 @@ pub fn health_routes(stats: ViewStats) -> axum::Router {
             "/metrics",
             get(move || {
                 let body = stats.render_prometheus();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        body,
-                    )
-                        .into_response()
-                }
+                async move { prometheus(body) }
             }),
         )
+}
+
+/// Prometheus text as an answer.
+pub fn prometheus(body: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+        .into_response()
 }

@@ -63,6 +63,13 @@ fn admin(nats: &NatsServer, data: &std::path::Path, args: &[&str]) -> String {
     common::stdout_of(cmd)
 }
 
+/// `chatlog functions add <name> --url <url> --secret SECRET <more>` as admin; its output.
+fn add(nats: &NatsServer, data: &std::path::Path, name: &str, url: &str, more: &[&str]) -> String {
+    let mut args = vec!["functions", "add", name, "--url", url, "--secret", SECRET];
+    args.extend_from_slice(more);
+    admin(nats, data, &args)
+}
+
 /// NATS with `infra/nats-auth.conf`'s users, its streams set up by admin.
 async fn nats() -> NatsServer {
     let auth = std::fs::read_to_string(root().join("infra/nats-auth.conf")).unwrap();
@@ -130,20 +137,12 @@ async fn the_echo_bot_answers_in_the_room_through_chatlog_up() {
     let (_bot, url) = start_example("echo_bot.py", &[]);
     let nats = nats().await;
     let data = tempfile::tempdir().unwrap();
-    let out = admin(
+    let out = add(
         &nats,
         data.path(),
-        &[
-            "functions",
-            "add",
-            "echo",
-            "--url",
-            &url,
-            "--secret",
-            SECRET,
-            "--type",
-            "chat.message.posted",
-        ],
+        "echo",
+        &url,
+        &["--type", "chat.message.posted"],
     );
     assert!(out.contains("echo registered"), "{out}");
     let listed = admin(&nats, data.path(), &["functions", "ls"]);
@@ -308,22 +307,12 @@ async fn the_moderator_removes_a_message_only_where_it_was_granted_moderation() 
         "the guest still holds it"
     );
 
-    let out = admin(
+    let out = add(
         &nats,
         data.path(),
-        &[
-            "functions",
-            "add",
-            "moderator",
-            "--url",
-            &url,
-            "--secret",
-            SECRET,
-            "--type",
-            "chat.message.posted",
-            "--moderates",
-            "lobby",
-        ],
+        "moderator",
+        &url,
+        &["--type", "chat.message.posted", "--moderates", "lobby"],
     );
     assert!(out.contains("moderator registered"), "{out}");
     let listed = admin(&nats, data.path(), &["functions", "ls"]);
@@ -430,20 +419,12 @@ async fn a_bot_down_for_ten_seconds_misses_nothing_and_answers_each_message_once
         .to_string();
     let nats = nats().await;
     let data = tempfile::tempdir().unwrap();
-    admin(
+    add(
         &nats,
         data.path(),
-        &[
-            "functions",
-            "add",
-            "echo",
-            "--url",
-            &url,
-            "--secret",
-            SECRET,
-            "--type",
-            "chat.message.posted",
-        ],
+        "echo",
+        &url,
+        &["--type", "chat.message.posted"],
     );
     // Retries at most 2 s apart, so the bot is called again soon after it is back; the default
     // tries (10) outlast the outage either way.
@@ -514,19 +495,7 @@ async fn the_runtime_alone_is_ready_once_it_started_the_registry_and_serves_its_
     let (_bot, url) = start_example("echo_bot.py", &[]);
     let nats = nats().await;
     let data = tempfile::tempdir().unwrap();
-    admin(
-        &nats,
-        data.path(),
-        &[
-            "functions",
-            "add",
-            "echo",
-            "--url",
-            &url,
-            "--secret",
-            SECRET,
-        ],
-    );
+    add(&nats, data.path(), "echo", &url, &[]);
     let mut run = common::command(
         &nats.url_as("functions", "functions-dev-password"),
         data.path(),
