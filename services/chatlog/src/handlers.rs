@@ -219,7 +219,10 @@ pub fn health_routes(stats: ViewStats) -> axum::Router {
 pub fn prometheus(body: String) -> axum::response::Response {
     use axum::response::IntoResponse;
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         body,
     )
         .into_response()
