@@ -13,6 +13,7 @@ use chatlog_edge::files::{
     sweep::{Swept, sweep},
 };
 use chatlog_events::{ChatEvent, EventId, Payload, RoomId, UserId, event::MessageDeleted};
+use chatlog_test_support::{eventually, eventually_ok};
 use common::{
     TestApp,
     files::{download, png, send, stored_messages, upload},
@@ -91,14 +92,11 @@ async fn exists(app: &TestApp, id: &str) -> bool {
 /// Polls (the release after a delete runs in the background) until `id` is gone from the
 /// bucket, or fails after a deadline.
 async fn until_removed(app: &TestApp, id: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while exists(app, id).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} still stored after its message's delete"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{id} removed after its message's delete");
+    eventually(what, Duration::from_secs(10), async || {
+        (!exists(app, id).await).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -130,19 +128,18 @@ async fn deleting_a_message_makes_its_file_404_at_once_and_removes_its_bytes() {
     );
     until_removed(&app, &file).await;
     // Its chunks are purged (just after its info is marked deleted): only that info is left.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually_ok("the chunks purged", Duration::from_secs(10), async || {
         let left = stored_messages(&app).await;
         if left == before + 1 {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "{left} messages in the bucket's stream, not {}",
+                before + 1
+            ))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{left} messages in the bucket's stream, not {}",
-            before + 1
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
