@@ -360,18 +360,6 @@ impl Files {
         Ok(self.find(id, false).await?.meta)
     }
 
-    /// The file `id` if `user` uploaded it (to its room): what a message may attach.
-    pub async fn uploaded_by(
-        &self,
-        id: &FileId,
-        user: &UserId,
-    ) -> Result<Option<FileMeta>, LogError> {
-        Ok(self
-            .get(id)
-            .await?
-            .filter(|meta| meta.uploaders.contains_key(user)))
-    }
-
     /// `id`'s info as last stored. A direct get (any replica answers) first; when it finds
     /// nothing, or `for_update`, the stream's leader is asked: a replica that is behind must not
     /// make a file just stored look missing, nor an update compare with an old seq.
