@@ -66,29 +66,22 @@ pub fn prepare(stream: Stream, body: &[u8]) -> Result<Prepared, String> {
     })
 }
 
-/// The event's `data.user` and `data.mentions`, those that are user ids.
+/// The event's `data.user` and `data.mentions` (none when they are not user ids, which no stored
+/// event has: the edge validates both).
 fn people_of(event: &Event) -> Vec<UserId> {
-    let data: Option<serde_json::Value> = match event.data() {
-        Some(cloudevents::Data::Json(v)) => Some(v.clone()),
-        Some(cloudevents::Data::String(s)) => serde_json::from_str(s).ok(),
-        Some(cloudevents::Data::Binary(b)) => serde_json::from_slice(b).ok(),
-        None => None,
-    };
-    let Some(data) = data else {
+    #[derive(serde::Deserialize)]
+    struct People {
+        #[serde(default)]
+        user: Option<UserId>,
+        #[serde(default)]
+        mentions: Vec<UserId>,
+    }
+    let Ok(people) = crate::answer::data::<People>(event) else {
         return Vec::new();
     };
-    let author = data.get("user").into_iter();
-    let mentioned = data
-        .get("mentions")
-        .and_then(serde_json::Value::as_array)
-        .into_iter()
-        .flatten();
-    let mut people: Vec<UserId> = author
-        .chain(mentioned)
-        .filter_map(|v| UserId::parse(v.as_str()?).ok())
-        .collect();
-    people.dedup();
-    people
+    let mut all: Vec<UserId> = people.user.into_iter().chain(people.mentions).collect();
+    all.dedup();
+    all
 }
 
 /// The delivery of `prepared` to `spec`'s URL: the event in binary mode (cloudevents-sdk's HTTP
