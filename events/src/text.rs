@@ -1,5 +1,6 @@
-//! What a message's text says beyond itself: the users it mentions. Shared by the edge (a
-//! client's message) and the functions runtime (a function's answer), so both read `@id` alike.
+//! A message's text: what it may hold, and the users it mentions. Shared by the edge (a
+//! client's message) and the functions runtime (a function's answer), so both judge and read a
+//! text alike.
 
 use crate::UserId;
 
@@ -30,6 +31,39 @@ pub fn mentions(text: &str) -> Vec<UserId> {
         previous = Some(c);
     }
     found
+}
+
+/// Whether `c` may not appear in text, names or topics: C0 controls but newline and tab, DEL
+/// and C1, and the bidirectional overrides and isolates that make text read otherwise than it is
+/// stored.
+pub fn is_refused_control(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Why a message's text is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextError {
+    Blank,
+    /// Holds this refused control character ([`is_refused_control`]).
+    Control(char),
+    /// Longer than the limit, in characters.
+    TooLong,
+}
+
+/// A message's text must not be blank, must hold no refused control character and must have at
+/// most `max_chars` characters.
+pub fn check(text: &str, max_chars: usize) -> Result<(), TextError> {
+    if text.trim().is_empty() {
+        return Err(TextError::Blank);
+    }
+    if let Some(c) = text.chars().find(|&c| is_refused_control(c)) {
+        return Err(TextError::Control(c));
+    }
+    if text.chars().count() > max_chars {
+        return Err(TextError::TooLong);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -92,13 +92,17 @@ async fn attached(
     files: &[crate::files::FileId],
 ) -> Result<Vec<chatlog_events::event::Attachment>, ApiError> {
     use crate::files::store::Attach;
-    let mut out = Vec::with_capacity(files.len());
-    for file in files {
-        let attach = if file.room() == room {
-            state.files.attach(file, user, message).await?
+    // Each file's info is its own compare and set: the files are named at once, not in turn.
+    let attaches = futures::future::try_join_all(files.iter().map(|file| async move {
+        if file.room() == room {
+            state.files.attach(file, user, message).await
         } else {
-            Attach::NotUploaded
-        };
+            Ok(Attach::NotUploaded)
+        }
+    }))
+    .await?;
+    let mut out = Vec::with_capacity(files.len());
+    for (file, attach) in files.iter().zip(attaches) {
         let meta = match attach {
             Attach::Attached(meta) => *meta,
             Attach::NotUploaded => {
@@ -168,34 +172,31 @@ async fn held(state: &AppState, mentioned: Vec<UserId>) -> Result<Vec<UserId>, A
 
 /// Text must not be blank, must fit the limit and must hold no control character.
 pub fn validate_text(text: &str, max_chars: usize) -> Result<(), ApiError> {
-    if text.trim().is_empty() {
-        return Err(ApiError::bad_request("text is empty"));
-    }
-    refuse_controls("text", text)?;
-    if text.chars().count() > max_chars {
-        return Err(ApiError::new(
+    use chatlog_events::text::{TextError, check};
+    match check(text, max_chars) {
+        Ok(()) => Ok(()),
+        Err(TextError::Blank) => Err(ApiError::bad_request("text is empty")),
+        Err(TextError::Control(c)) => Err(control("text", c)),
+        Err(TextError::TooLong) => Err(ApiError::new(
             Code::TooLarge,
             format!("text is longer than {max_chars} characters"),
-        ));
+        )),
     }
-    Ok(())
 }
 
-/// Whether `c` may not appear in text, names or topics: C0 controls but newline and tab, DEL
-/// and C1, and the bidirectional overrides and isolates that make text read otherwise than it is
-/// stored.
-pub fn is_refused_control(c: char) -> bool {
-    (c.is_control() && c != '\n' && c != '\t')
-        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+pub use chatlog_events::text::is_refused_control;
+
+fn control(what: &str, c: char) -> ApiError {
+    ApiError::bad_request(format!(
+        "{what} holds a control character (U+{:04X})",
+        u32::from(c)
+    ))
 }
 
 /// `bad_request` naming `what` when `value` holds a refused control character.
 pub fn refuse_controls(what: &str, value: &str) -> Result<(), ApiError> {
     match value.chars().find(|c| is_refused_control(*c)) {
-        Some(c) => Err(ApiError::bad_request(format!(
-            "{what} holds a control character (U+{:04X})",
-            u32::from(c)
-        ))),
+        Some(c) => Err(control(what, c)),
         None => Ok(()),
     }
 }

@@ -228,8 +228,8 @@ fn one(answered: &Answered, event: &Event, index: usize, hops: u32) -> Result<An
     Ok(Answer { room, event, hops })
 }
 
-/// An answered event's data, as JSON of `T`.
-fn data<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T, Rejection> {
+/// An event's data, as JSON of `T` (borrowed when it is JSON already).
+pub(crate) fn data<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T, Rejection> {
     let bad = |e: serde_json::Error| Rejection::BadData(e.to_string());
     match event.data() {
         Some(Data::Json(v)) => T::deserialize(v).map_err(bad),
@@ -239,21 +239,14 @@ fn data<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T, Rejection> {
     }
 }
 
-/// The edge's rule for a message's text (`services/edge/src/messages.rs`, `validate_text`).
+/// The edge's rule for a message's text, at its default limit.
 fn validate_text(text: &str) -> Result<(), Rejection> {
-    if text.trim().is_empty() {
-        return Err(Rejection::Blank);
-    }
-    if let Some(c) = text.chars().find(|&c| {
-        (c.is_control() && c != '\n' && c != '\t')
-            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    }) {
-        return Err(Rejection::ControlCharacter(u32::from(c)));
-    }
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(Rejection::TooLong);
-    }
-    Ok(())
+    use chatlog_events::text::{TextError, check};
+    check(text, MAX_TEXT_CHARS).map_err(|e| match e {
+        TextError::Blank => Rejection::Blank,
+        TextError::Control(c) => Rejection::ControlCharacter(u32::from(c)),
+        TextError::TooLong => Rejection::TooLong,
+    })
 }
 
 #[cfg(test)]
