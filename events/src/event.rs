@@ -334,6 +334,8 @@ pub struct ChatEvent {
     pub user: UserId,
     /// W3C trace context of the action, when there is one.
     pub traceparent: Option<String>,
+    /// How many function answers led to it (the `chatloghops` extension, absent when 0).
+    pub hops: u32,
     pub payload: Payload,
 }
 
@@ -383,6 +385,7 @@ fn check_subject(payload: &Payload, subject: &str) -> Result<(), DecodeError> {
         Err(DecodeError::Attribute("subject is not a valid id".into()))
     }
 }
+use crate::functions::HOPS;
 const TRACEPARENT: &str = "traceparent";
 
 impl ChatEvent {
@@ -404,6 +407,7 @@ impl ChatEvent {
             time: Utc::now().trunc_subsecs(6),
             user,
             traceparent: None,
+            hops: 0,
             payload,
         }
     }
@@ -459,6 +463,9 @@ impl ChatEvent {
         if let Some(tp) = &self.traceparent {
             builder = builder.extension(TRACEPARENT, tp.clone());
         }
+        if self.hops > 0 {
+            builder = builder.extension(HOPS, i64::from(self.hops));
+        }
         builder.build().map_err(|e| EncodeError(e.to_string()))
     }
 
@@ -496,6 +503,9 @@ impl ChatEvent {
         if let Some(tp) = &self.traceparent {
             out.extend_from_slice(br#","traceparent":"#);
             serde_json::to_writer(&mut out, tp).map_err(err)?;
+        }
+        if self.hops > 0 {
+            let _ = write!(out, r#","{HOPS}":{}"#, self.hops);
         }
         out.push(b'}');
         Ok(out)
@@ -557,6 +567,8 @@ impl ChatEvent {
             data: Option<&'a serde_json::value::RawValue>,
             #[serde(default)]
             traceparent: Option<String>,
+            #[serde(default, rename = "chatloghops")]
+            hops: u32,
         }
         #[derive(Deserialize)]
         struct Actor {
@@ -591,6 +603,7 @@ impl ChatEvent {
             time,
             user,
             traceparent: wire.traceparent,
+            hops: wire.hops,
             payload,
         })
     }
@@ -611,6 +624,13 @@ impl ChatEvent {
             .ok_or_else(|| attr("subject is missing"))?
             .to_string();
         let traceparent = event.extension(TRACEPARENT).map(|v| v.to_string());
+        let hops = match event.extension(HOPS) {
+            Some(cloudevents::event::ExtensionValue::Integer(i)) => {
+                u32::try_from(*i).map_err(|_| attr("chatloghops is not a count"))?
+            }
+            Some(_) => return Err(attr("chatloghops is not a count")),
+            None => 0,
+        };
         let ty = event.ty().to_string();
         let mut data = match event.data() {
             Some(Data::Json(Value::Object(map))) => map.clone(),
@@ -637,6 +657,7 @@ impl ChatEvent {
             time,
             user,
             traceparent,
+            hops,
             payload,
         })
     }

@@ -201,9 +201,19 @@ fn the_direct_body_is_the_sdk_cloudevent() {
             attachments: Vec::new(),
         }),
     ));
+    // A function's answer: its hop count is an extension attribute, read back by both decoders.
+    let mut answer = all[all.len() - 1].clone();
+    answer.component = "function/echo".into();
+    answer.hops = 2;
+    all.push(answer.clone());
     for ev in all {
         let direct: serde_json::Value = serde_json::from_slice(&ev.to_json().unwrap()).unwrap();
         let sdk = serde_json::to_value(ev.to_cloudevent().unwrap()).unwrap();
         assert_eq!(direct, sdk, "{}", ev.payload.event_type());
+        assert_eq!(direct.get("chatloghops").is_some(), ev.hops > 0);
     }
+    let body = answer.to_json().unwrap();
+    assert_eq!(ChatEvent::decode(&body).unwrap(), answer);
+    let sdk: cloudevents::Event = serde_json::from_slice(&body).unwrap();
+    assert_eq!(ChatEvent::from_cloudevent(sdk).unwrap(), answer);
 }

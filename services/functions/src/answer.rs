@@ -2,11 +2,10 @@
 //! or a batch), each validated as the edge validates a client's message, into the events to
 //! append. Pure: the room's existence is checked by the caller.
 
-use bytes::Bytes;
 use chatlog_events::{
     ChatEvent, Encoded, EventId, Payload, RoomId, UserId,
     event::{MessageDeleted, MessagePosted},
-    functions::{FunctionName, FunctionSpec, HOPS, MAX_HOPS, Source},
+    functions::{FunctionName, FunctionSpec, MAX_HOPS, Source},
     subjects,
 };
 use cloudevents::{AttributesReader, Data, Event};
@@ -39,22 +38,14 @@ pub struct Answered<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub room: RoomId,
+    /// With its hop count (`ChatEvent::hops`).
     pub event: ChatEvent,
-    pub hops: u32,
 }
 
 impl Answer {
-    /// The append: the event as the edge would store it, with the hop count.
+    /// The append: the event as the edge would store it.
     pub fn encode(&self) -> Result<Encoded, String> {
-        let mut encoded = self.event.encode().map_err(|e| e.to_string())?;
-        let mut body = Vec::from(encoded.body.as_ref());
-        // The encoder writes a JSON object: the extension goes before its last brace.
-        if body.pop() != Some(b'}') {
-            return Err("an encoded event is not a JSON object".into());
-        }
-        body.extend_from_slice(format!(r#","{HOPS}":{}}}"#, self.hops).as_bytes());
-        encoded.body = Bytes::from(body);
-        Ok(encoded)
+        self.event.encode().map_err(|e| e.to_string())
     }
 }
 
@@ -218,14 +209,15 @@ fn one(answered: &Answered, event: &Event, index: usize, hops: u32) -> Result<An
         &answered.id,
         &format!("{}/{}", answered.function.component(), index),
     );
-    let event = ChatEvent::in_room(
+    let mut event = ChatEvent::in_room(
         &room,
         answered.function.as_user(),
         &answered.function.component(),
         payload,
     )
     .with_id(id);
-    Ok(Answer { room, event, hops })
+    event.hops = hops;
+    Ok(Answer { room, event })
 }
 
 /// An event's data, as JSON of `T` (borrowed when it is JSON already).
@@ -336,7 +328,7 @@ mod tests {
             .unwrap();
         assert_eq!(answers.len(), 1);
         let a = &answers[0];
-        assert_eq!((a.room.as_str(), a.hops), ("lobby", 1));
+        assert_eq!((a.room.as_str(), a.event.hops), ("lobby", 1));
         assert_eq!(a.event.user.as_str(), "echo");
         assert_eq!(a.event.component, "function/echo");
         let Payload::MessagePosted(p) = &a.event.payload else {
@@ -593,7 +585,7 @@ mod tests {
         let ok = given
             .parse(&binary("chat.message.posted"), br#"{"text":"hi"}"#)
             .unwrap();
-        assert_eq!(ok[0].hops, MAX_HOPS);
+        assert_eq!(ok[0].event.hops, MAX_HOPS);
         given.hops = MAX_HOPS;
         assert_eq!(
             given
