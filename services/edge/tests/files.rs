@@ -545,3 +545,40 @@ async fn the_same_bytes_uploaded_at_once_by_many_are_one_file_with_every_uploade
     assert_eq!(uploaders, all);
     assert_eq!(download(&app, &tokens[0], &id, &[]).await.body, bytes);
 }
+
+#[tokio::test]
+async fn an_upload_holds_one_of_the_users_connections_while_its_body_arrives() {
+    let app = spawn_app_with(|c| c.limits.max_connections_per_user = 1).await;
+    let ada = app.token("ada").await;
+    let before = stored_messages(&app).await;
+    // Her one connection is a socket: an upload now would be a second.
+    let ws = app.ws("ada").await;
+    let refused = upload(&app, &ada, "lobby", "a.png", "image/png", &png(1000, 1)).await;
+    assert_eq!(
+        refused.status,
+        429,
+        "{:?}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.json()["code"], "rate_limited");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(stored_messages(&app).await, before, "nothing stored");
+    // Socket closed, seat free: the same upload goes through.
+    drop(ws);
+    let bytes = png(1000, 1);
+    // The edge frees the seat once it sees the socket closed.
+    let stored = chatlog_test_support::eventually_ok(
+        "an upload once the socket is gone",
+        PATIENCE,
+        async || {
+            let up = upload(&app, &ada, "lobby", "a.png", "image/png", &bytes).await;
+            if up.status == 201 {
+                Ok(up)
+            } else {
+                Err(up.status)
+            }
+        },
+    )
+    .await;
+    assert_eq!(stored.json()["sha256"], sha256_hex(&bytes));
+}

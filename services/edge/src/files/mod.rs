@@ -105,11 +105,23 @@ impl From<&FileMeta> for Uploaded {
 pub async fn upload(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    client: crate::address::ClientAddr,
     ApiPath(room): ApiPath<String>,
     ApiQuery(query): ApiQuery<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
+    // An upload is a write (the user's append budget) and, while its body arrives, holds one of
+    // the user's connections, as a socket would: twenty slow uploads are twenty connections.
+    let started = crate::limits::take_append(&state, &user)
+        .and_then(|()| crate::ws::reserve_seats(&state, &user, client));
+    let _seat = match started {
+        Ok(seat) => seat,
+        Err(e) => {
+            FileRejection::Quota.count();
+            return Err(e);
+        }
+    };
     match receive(&state, &user, &room, query, &headers, body).await {
         Ok(meta) => {
             counters::add(&counters::FILE_UPLOADS, 1);
