@@ -547,11 +547,15 @@ async fn the_same_bytes_uploaded_at_once_by_many_are_one_file_with_every_uploade
 }
 
 #[tokio::test]
-async fn an_upload_holds_one_of_the_users_connections_while_its_body_arrives() {
+async fn an_upload_or_a_download_holds_one_of_the_users_connections_while_its_bytes_move() {
     let app = spawn_app_with(|c| c.limits.max_connections_per_user = 1).await;
     let ada = app.token("ada").await;
+    let kept = png(1000, 2);
+    let up = upload(&app, &ada, "lobby", "kept.png", "image/png", &kept).await;
+    assert_eq!(up.status, 201);
+    let kept_id = up.json()["id"].as_str().unwrap().to_string();
     let before = stored_messages(&app).await;
-    // Her one connection is a socket: an upload now would be a second.
+    // Her one connection is a socket: an upload or a download now would be a second.
     let ws = app.ws("ada").await;
     let refused = upload(&app, &ada, "lobby", "a.png", "image/png", &png(1000, 1)).await;
     assert_eq!(
@@ -563,10 +567,11 @@ async fn an_upload_holds_one_of_the_users_connections_while_its_body_arrives() {
     assert_eq!(refused.json()["code"], "rate_limited");
     assert!(refused.header("retry-after").is_some());
     assert_eq!(stored_messages(&app).await, before, "nothing stored");
-    // Socket closed, seat free: the same upload goes through.
+    let refused = download(&app, &ada, &kept_id, &[]).await;
+    assert_eq!(refused.status, 429);
+    // Socket closed, seat free (once the edge sees it closed): both go through.
     drop(ws);
     let bytes = png(1000, 1);
-    // The edge frees the seat once it sees the socket closed.
     let stored = chatlog_test_support::eventually_ok(
         "an upload once the socket is gone",
         PATIENCE,
@@ -581,4 +586,6 @@ async fn an_upload_holds_one_of_the_users_connections_while_its_body_arrives() {
     )
     .await;
     assert_eq!(stored.json()["sha256"], sha256_hex(&bytes));
+    let back = download(&app, &ada, &kept_id, &[]).await;
+    assert_eq!((back.status, back.body), (200, kept));
 }

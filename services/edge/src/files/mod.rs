@@ -99,7 +99,7 @@ impl From<&FileMeta> for Uploaded {
         (status = 404, description = "No such room, or a private one the caller is not a member of.", body = ApiError),
         (status = 413, description = "Over the size limit (by `Content-Length`, or counted).", body = ApiError),
         (status = 415, description = "The declared `Content-Type` contradicts the bytes.", body = ApiError),
-        (status = 429, description = "Over the user's daily upload quota.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 429, description = "Over the user's daily upload quota, its appends a second, or its connections (an upload holds one while its body arrives).", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
         (status = 503, description = "The log or the bucket is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ))]
 pub async fn upload(
@@ -361,11 +361,13 @@ async fn readable(state: &AppState, user: &UserId, id: &str) -> Result<FileMeta,
         (status = 401, description = "No token, or a bad or expired one.", body = ApiError),
         (status = 404, description = "No such file, one of a room the caller may not read, or one whose messages were all deleted.", body = ApiError),
         (status = 416, description = "The range starts past the file's end (`Content-Range: bytes */size`).", body = ApiError, headers(("Content-Range" = String))),
+        (status = 429, description = "All of the user's connections are in use (a download holds one while its bytes go out).", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
         (status = 503, description = "The log or the bucket is unavailable.", body = ApiError, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ))]
 pub async fn download(
     State(state): State<AppState>,
     StreamUser(user): StreamUser,
+    client: crate::address::ClientAddr,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -425,9 +427,14 @@ pub async fn download(
             return Ok(refused);
         }
     };
+    // While its bytes go out, a download holds one of the user's connections, as an upload does.
+    let seat = crate::ws::reserve_seats(&state, &user, client)?;
     answer.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     counters::add(&counters::FILE_DOWNLOADS, 1);
-    let body = Body::from_stream(state.files.read(&meta, start, end));
+    let body = Body::from_stream(state.files.read(&meta, start, end).map(move |chunk| {
+        let _held = &seat;
+        chunk
+    }));
     Ok((status, answer, body).into_response())
 }
 
