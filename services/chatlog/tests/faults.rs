@@ -463,24 +463,7 @@ async fn every_read_answers_through_the_loss_of_a_node() {
     .await;
 
     // The node that leads the room log goes, and with it the connections on it.
-    let (client, _) = chatlog_edge::connect(&cluster.urls(), "test")
-        .await
-        .unwrap();
-    let leader = jetstream::new(client)
-        .get_stream(Stream::Rooms.name())
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .cluster
-        .clone()
-        .and_then(|c| c.leader)
-        .expect("a leader");
-    cluster
-        .node_named(&leader)
-        .expect("the leader's node")
-        .kill();
+    cluster.kill_leader_of(Stream::Rooms.name()).await;
     let killed = Instant::now();
 
     // Reads answer 200 or 503 with Retry-After meanwhile, and all answer 200 again in seconds.

@@ -114,21 +114,7 @@ async fn a_file_stored_before_the_buckets_leader_is_killed_downloads_whole_after
         String::from_utf8_lossy(&body)
     );
 
-    let leader = js
-        .get_stream(FILES_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .cluster
-        .clone()
-        .and_then(|c| c.leader)
-        .expect("a leader");
-    cluster
-        .node_named(&leader)
-        .expect("the leader's node")
-        .kill();
+    cluster.kill_leader_of(FILES_STREAM).await;
 
     // The edge may be on the node killed, and the bucket needs a new leader: both take a moment.
     let path = format!("/api/files/{id}");

@@ -300,6 +300,36 @@ impl NatsCluster {
             .iter_mut()
             .find(|n| format!("n{}", n.port()) == name)
     }
+
+    /// The name of the node leading `stream` now.
+    pub async fn leader_of(&self, stream: &str) -> String {
+        let nodes: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .map(|n| n.url().parse().expect("a node's url"))
+            .collect();
+        let client = async_nats::connect(nodes)
+            .await
+            .expect("connecting to the cluster");
+        async_nats::jetstream::new(client)
+            .get_stream(stream)
+            .await
+            .expect("the stream")
+            .info()
+            .await
+            .expect("its info")
+            .cluster
+            .clone()
+            .and_then(|c| c.leader)
+            .expect("a leader")
+    }
+
+    /// Kills (SIGKILL) the node leading `stream`; its name.
+    pub async fn kill_leader_of(&mut self, stream: &str) -> String {
+        let leader = self.leader_of(stream).await;
+        self.node_named(&leader).expect("the leader's node").kill();
+        leader
+    }
 }
 
 /// A loopback port nobody listens on right now.
