@@ -12,6 +12,23 @@ use common::{
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Uploads `body` (already in chunked transfer coding, [`chunked`]) to lobby as a PNG, with
+/// `auth` as the `Authorization` header.
+async fn upload_chunked(app: &TestApp, auth: &str, body: &[u8]) -> common::files::Answer {
+    send(
+        app.addr,
+        "POST",
+        "/api/rooms/lobby/files",
+        &[
+            ("Authorization", auth),
+            ("Content-Type", "image/png"),
+            ("Transfer-Encoding", "chunked"),
+        ],
+        Some(body),
+    )
+    .await
+}
+
 /// A counter of the edge's `/metrics` (process-wide: other tests of this binary add to it).
 async fn metric(app: &TestApp, line: &str) -> u64 {
     let text = send(app.addr, "GET", "/metrics", &[], None).await.body;
@@ -290,18 +307,7 @@ async fn an_upload_over_the_limit_is_refused_and_stores_nothing() {
     assert_eq!(said.json()["code"], "too_large");
     // Chunked, so counted: refused once past the limit, its chunks so far purged.
     let body = chunked(&png(max as usize + 1, 5));
-    let counted = send(
-        app.addr,
-        "POST",
-        "/api/rooms/lobby/files",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "image/png"),
-            ("Transfer-Encoding", "chunked"),
-        ],
-        Some(&body),
-    )
-    .await;
+    let counted = upload_chunked(&app, &auth, &body).await;
     assert_eq!(counted.status, 413);
     assert_eq!(stored_messages(&app).await, 0);
     // At the limit, it is stored.
@@ -454,18 +460,7 @@ async fn the_daily_quota_is_refused_with_when_to_come_back() {
     assert!((1..=86_400).contains(&wait), "{wait}");
     // Counted too when the length is not said.
     let body = chunked(&png(60_000, 9));
-    let counted = send(
-        app.addr,
-        "POST",
-        "/api/rooms/lobby/files",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "image/png"),
-            ("Transfer-Encoding", "chunked"),
-        ],
-        Some(&body),
-    )
-    .await;
+    let counted = upload_chunked(&app, &auth, &body).await;
     assert_eq!(counted.status, 429);
     assert_eq!(stored_messages(&app).await, before);
     // bob's quota is his own.
