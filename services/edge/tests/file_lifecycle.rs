@@ -16,7 +16,7 @@ use chatlog_events::{ChatEvent, EventId, Payload, RoomId, UserId, event::Message
 use chatlog_test_support::{eventually, eventually_ok};
 use common::{
     TestApp,
-    files::{download, png, send, stored_messages, upload},
+    files::{download, metric, png, stored_messages, upload},
     spawn_app,
 };
 use serde_json::json;
@@ -73,15 +73,6 @@ async fn swept(app: &TestApp, unattached: Duration) -> Swept {
     )
     .await
     .unwrap()
-}
-
-async fn metric(app: &TestApp, line: &str) -> u64 {
-    let text = send(app.addr, "GET", "/metrics", &[], None).await.body;
-    String::from_utf8(text)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{line} in /metrics"))
 }
 
 async fn exists(app: &TestApp, id: &str) -> bool {

@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     PATIENCE, TestApp,
-    files::{chunked, download, png, send, sha256_hex, stored_messages, upload},
+    files::{chunked, download, metric, png, send, sha256_hex, stored_messages, upload},
     spawn_app, spawn_app_with,
 };
 use serde_json::json;
@@ -27,16 +27,6 @@ async fn upload_chunked(app: &TestApp, auth: &str, body: &[u8]) -> common::files
         Some(body),
     )
     .await
-}
-
-/// A counter of the edge's `/metrics` (process-wide: other tests of this binary add to it).
-async fn metric(app: &TestApp, line: &str) -> u64 {
-    let text = send(app.addr, "GET", "/metrics", &[], None).await.body;
-    String::from_utf8(text)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{line} in /metrics"))
 }
 
 /// The objects of the bucket, as async-nats' Object Store client lists them.

@@ -185,3 +185,13 @@ pub async fn stored_messages(app: &TestApp) -> u64 {
         .unwrap();
     stream.info().await.unwrap().state.messages
 }
+
+/// A counter of the edge's `/metrics` (process-wide: other tests of the binary add to it).
+pub async fn metric(app: &TestApp, line: &str) -> u64 {
+    let text = send(app.addr, "GET", "/metrics", &[], None).await.body;
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line} in /metrics"))
+}
